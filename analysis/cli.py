@@ -1,0 +1,80 @@
+"""Command line: ``python -m analysis <command> ...``.
+
+Sub-commands live in :mod:`analysis.commands` (one module each, discovered here). User errors print one
+line on stderr and exit 2; nothing prints a traceback unless ``ENTROSCOPE_DEBUG=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+from . import commands
+from .errors import EntroscopeError, is_oom, oom_error
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit 2 (argparse's own convention)
+        self.print_usage(sys.stderr)
+        raise SystemExit(f"error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m analysis",
+                     description="Entroscope: entropy and information-theoretic analysis and pruning of causal LMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        mod = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if hasattr(mod, "register"):
+            mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EntroscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
+        if os.environ.get("ENTROSCOPE_DEBUG") == "1":
+            raise
+        if is_oom(exc):
+            print(f"error: {oom_error(exc)}", file=sys.stderr)
+            return 2
+        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(set ENTROSCOPE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    """``"20,21"`` or ``"3-5,9"`` → [20, 21] / [3, 4, 5, 9] (0-based indices)."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, None)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected 0-based indices like 3,5,7 or 3-5, got {text!r}") from None
+    return out

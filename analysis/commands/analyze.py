@@ -1,0 +1,59 @@
+"""``python -m analysis analyze``: the entropy analysis pass → run.json."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..cli import positive_int
+from .common import add_data_args, add_model_args, load_lm, stderr_progress, tokens_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze", help="stream calibration text through the model and score every block",
+                       description="Per-layer entropy (resid_pre/mid/post), ΔH per block, two-stage boundary, "
+                                   "EntroDrop drop order and the cosine baselines. Blocks are 0-based.")
+    add_model_args(p)
+    add_data_args(p)
+    g = p.add_argument_group("estimator")
+    g.add_argument("--estimator", default="bucket", choices=["bucket", "knn", "knn-norm", "renyi"])
+    g.add_argument("--also", default="", help="extra estimators computed in the same pass, e.g. knn,renyi")
+    g.add_argument("--k", type=positive_int, default=25, help="KNN neighbours (default 25)")
+    g.add_argument("--bins", type=positive_int, default=80, help="Bucket bins (default 80)")
+    g.add_argument("--alpha", type=float, default=4.0, help="Rényi order (default 4)")
+    g.add_argument("--granularity", default="attention", choices=["attention", "mlp", "layer"])
+    g.add_argument("--protect", default="fixed", choices=["fixed", "auto", "none"],
+                   help="fixed = {0, 1, L-1} as EntroDrop's code; auto = detected compression stage + last")
+    g.add_argument("--skip-first-token", action="store_true", help="exclude position 0 (attention sink)")
+    g.add_argument("--batch-size", type=positive_int, default=8)
+    g.add_argument("--mi", action="store_true", help="also keep sampled states and compute MI-PRUN scores")
+    p.add_argument("--out", required=True, help="where to write the run JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..run import EXTENSIONS, AnalysisConfig, analyze
+
+    also = tuple(e for e in (s.strip() for s in args.also.split(",")) if e and e != args.estimator)
+    cfg = AnalysisConfig(estimator=args.estimator, extra_estimators=also, k=args.k, bins=args.bins,
+                         alpha=args.alpha, granularity=args.granularity, protect=args.protect,
+                         batch_size=args.batch_size, skip_first_token=args.skip_first_token, seed=args.seed)
+    if args.mi:
+        if "mi" not in EXTENSIONS:
+            import importlib
+
+            importlib.import_module("analysis.mi")  # registers the extension
+        cfg.extensions = ("mi",)
+        cfg.state_tokens = 2048
+    cfg.validate(args.seq_len)
+    progress = stderr_progress(args.quiet)
+    lm = load_lm(args, progress)
+    tokens = tokens_from_args(args, lm)
+    result = analyze(lm, tokens, cfg, progress=progress)
+    result.save(args.out)
+    if not args.quiet:
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(json.dumps({"out": args.out, "num_layers": result.num_layers, "boundary": result.boundary,
+                          "protected": result.protected, "drop_order": result.drop_order}))
+    return 0

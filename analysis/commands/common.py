@@ -1,0 +1,83 @@
+"""Arguments and helpers shared by several CLI commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import positive_int
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="smollm2",
+                   help="embedded name (smollm2, gemma3-270m, qwen2.5-coder-0.5b), hub id, directory or .gguf")
+    g.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto (multi-GPU / offload)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="run the checkpoint's own Python code (only for checkpoints you trust)")
+    g.add_argument("--offline", action="store_true", help="never access the network")
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("calibration data (one of)")
+    src = g.add_mutually_exclusive_group(required=required)
+    src.add_argument("--corpus", help="built-in domain (wiki, news, code, docs, dialogue, math), a mix "
+                                      "like wiki:1,code:1, or hub:NAME[/CONFIG]")
+    src.add_argument("--text", help="text file: .txt, .jsonl, .csv or .parquet")
+    src.add_argument("--tokens", help="token-id file (.npy or .pt, integer [N, T]) used as-is")
+    g.add_argument("--text-field", default=None, help="column holding the text (jsonl/csv/parquet)")
+    g.add_argument("--samples", type=positive_int, default=128, help="N windows (default 128)")
+    g.add_argument("--seq-len", type=positive_int, default=256, help="T tokens per window (default 256)")
+    g.add_argument("--sampling", choices=["random", "consecutive"], default="random",
+                   help="random windows from documents longer than T (EntroDrop) or consecutive windows")
+    g.add_argument("--split", choices=["calib", "eval", "all"], default="calib")
+    g.add_argument("--seed", type=int, default=2024)
+
+
+def load_lm(args, progress=None):
+    from ..models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                      offline=True if args.offline else None, device_map=args.device_map, progress=progress)
+
+
+def corpus_from_args(args):
+    """The Corpus named by --corpus / --text (single source), or None for a mix or token file."""
+    from .. import corpora
+
+    if getattr(args, "text", None):
+        return corpora.load_text_file(args.text, text_field=args.text_field)
+    spec = getattr(args, "corpus", None)
+    if spec and spec.startswith("hub:"):
+        name, _, config = spec[4:].partition("/")
+        return corpora.load_hub_dataset(name, config or None, text_field=args.text_field)
+    if spec and ":" not in spec and "," not in spec:
+        return corpora.load_corpus(spec)
+    return None
+
+
+def tokens_from_args(args, lm):
+    """Calibration TokenSet from --corpus / --text / --tokens."""
+    from .. import corpora
+
+    cfg = corpora.SampleConfig(n_samples=args.samples, seq_len=args.seq_len, seed=args.seed, mode=args.sampling)
+    if getattr(args, "tokens", None):
+        vocab = lm.model.get_input_embeddings().num_embeddings
+        return corpora.load_token_file(args.tokens, vocab_size=vocab)
+    corpus = corpus_from_args(args)
+    if corpus is not None:
+        return corpora.sample_windows(corpus, lm.tokenizer, cfg, split=args.split)
+    return corpora.sample_hybrid(corpora.parse_domain_weights(args.corpus), lm.tokenizer, cfg, split=args.split)
+
+
+def stderr_progress(quiet: bool = False):
+    """A progress callback printing one updating line on stderr."""
+    if quiet:
+        return None
+
+    def cb(frac: float, msg: str) -> None:
+        end = "\n" if frac >= 1 else ""
+        print(f"\r[{frac * 100:5.1f}%] {msg}".ljust(70), end=end, file=sys.stderr, flush=True)
+
+    return cb

@@ -1,0 +1,61 @@
+"""``python -m analysis select``: choose k blocks with any registered criterion → plan.json."""
+from __future__ import annotations
+
+import json
+
+from ..cli import int_list
+
+
+def register(sub) -> None:
+    from ..criteria import CRITERIA
+
+    p = sub.add_parser("select", help="pick k blocks to drop from a run with a criterion",
+                       description="Blocks are 0-based. Criteria: " + ", ".join(CRITERIA))
+    p.add_argument("--run", required=True, help="run JSON from `analyze`")
+    p.add_argument("--criterion", default="entrodrop")
+    p.add_argument("--k", type=int, required=True, help="number of blocks to drop")
+    p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default=None,
+                   help="default: the run's granularity")
+    p.add_argument("--protect", type=int_list, default=None,
+                   help="override the protected blocks, e.g. 0,1,29 (default: the run's)")
+    p.add_argument("--estimator", default=None, help="entrodrop: which estimator of the run to use")
+    p.add_argument("--seed", type=int, default=0, help="random criterion seed")
+    p.add_argument("--window", type=int, default=1, help="angular: per-block window")
+    p.add_argument("--out", default=None, help="write the plan JSON here (default: print it)")
+    p.set_defaults(func=run)
+
+
+def selection_plan(sel, run_result) -> dict:
+    """Plan JSON for a selection: drop_attn / drop_mlp / drop_layers plus its source."""
+    key = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}[sel.granularity]
+    plan = {"drop_attn": [], "drop_mlp": [], "drop_layers": []}
+    plan[key] = list(sel.blocks)
+    plan["source"] = {"criterion": sel.criterion, "k": sel.k, "granularity": sel.granularity,
+                      "order": sel.order, "protected": sel.protected, "index_base": 0,
+                      "run_manifest": run_result.manifest}
+    return plan
+
+
+def run(args) -> int:
+    from ..criteria import get_criterion, select
+    from ..result import AnalysisResult
+
+    r = AnalysisResult.load(args.run)
+    c = get_criterion(args.criterion)
+    params = {}
+    if "estimator" in c.params and args.estimator:
+        params["estimator"] = args.estimator
+    if "seed" in c.params:
+        params["seed"] = args.seed
+    if "window" in c.params:
+        params["window"] = args.window
+    sel = select(r, args.criterion, args.k, args.granularity, protected=args.protect, **params)
+    plan = selection_plan(sel, r)
+    text = json.dumps(plan, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(json.dumps({"out": args.out, "blocks": sel.blocks, "granularity": sel.granularity}))
+    else:
+        print(text)
+    return 0

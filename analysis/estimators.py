@@ -1,0 +1,158 @@
+"""Entropy estimators for the residual stream, with EntroDrop's reference semantics (papers.md §1.3).
+
+Every estimator maps a batch of sequences ``x: [batch, pos, d_model]`` to one entropy per sequence
+(``[batch]``, nats). Each sequence's ``pos`` token states are the samples; sequences are never pooled,
+and callers average per-sequence values over the calibration set, as EntroDrop's ``process_layers`` does.
+All arithmetic is float32, batched, and stays on the input's device (no host synchronisation).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .errors import SelectionError
+
+
+def _f32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def entropy_bucket(x: Tensor, bins: int = 80) -> Tensor:
+    """Sum over dimensions of per-dimension histogram entropy ("marginal binning").
+
+    For each sequence and dimension j: ``bins`` equal-width bins on ``[min_j, max_j]`` over the tokens,
+    the maximum falling in the last bin; ``p = count / N`` clamped to >= 1e-10; ``H = -Σ_j Σ_b p log p``.
+    Invariant to per-dimension positive affine rescaling; a constant dimension contributes 0.
+    """
+    x = _f32(x)                                                    # [B, N, d]
+    b, n, d = x.shape
+    lo = x.amin(dim=1, keepdim=True)                               # [B, 1, d]
+    width = (x.amax(dim=1, keepdim=True) - lo).clamp_min_(torch.finfo(torch.float32).tiny)
+    idx = ((x - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)   # [B, N, d]
+    offset = torch.arange(b * d, device=x.device, dtype=torch.int64).view(b, 1, d) * bins
+    counts = torch.bincount((idx + offset).flatten(), minlength=b * d * bins).view(b, d * bins)
+    p = (counts.to(torch.float32) / n).clamp_min_(1e-10)
+    return -(p * p.log()).sum(dim=1)
+
+
+def _centered(x: Tensor) -> Tensor:
+    # distances are translation invariant; centring keeps the matmul-based cdist accurate for large norms
+    return x - x.mean(dim=1, keepdim=True)
+
+
+def knn_radii(x: Tensor, k: int) -> Tensor:
+    """Distance from each token to its k-th nearest other token: ``[B, N]``."""
+    n = x.shape[1]
+    if n <= k:
+        raise SelectionError(f"KNN entropy needs more than k={k} tokens per sequence, got {n}",
+                             hint="use a longer seq-len or a smaller --k")
+    xc = _centered(_f32(x))
+    dist = torch.cdist(xc, xc, compute_mode="use_mm_for_euclid_dist")          # [B, N, N]
+    return torch.topk(dist, k + 1, dim=-1, largest=False).values[..., k]       # self (0) is the first
+
+
+def entropy_knn(x: Tensor, k: int = 25, normalize: bool = False) -> Tensor:
+    """Kozachenko–Leonenko entropy as in EntroDrop's ``estimate_entropy_knn_pytorch``.
+
+    ``H = d·mean_i log(r_i + 1e-10) + (d/2)·log π − lgamma(d/2 + 1) + log N − log k`` with ``r_i`` the
+    Euclidean distance to the k-th neighbour. Scale-sensitive: ``H(c·x) = H(x) + d·log c``. With
+    ``normalize=True`` each sequence is first divided by its RMS token norm, which removes that shift.
+    """
+    x = _f32(x)
+    b, n, d = x.shape
+    if normalize:
+        x = _centered(x)
+        x = x / x.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12).view(b, 1, 1)
+    r = knn_radii(x, k)
+    const = d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1) + math.log(n) - math.log(k)
+    return d * torch.log(r + 1e-10).mean(dim=1) + const
+
+
+def entropy_renyi(x: Tensor, alpha: float = 4.0) -> Tensor:
+    """EntroDrop's kernel ("information potential") Rényi entropy, α = 4 by default.
+
+    Standardise each dimension over the tokens, ``σ = median`` of all pairwise distances (zero diagonal
+    included), ``K = exp(−D²/2σ²)`` clamped to >= 1e-10, then ``H_α = log mean(K^{α−1}) / (1 − α)``;
+    for α = 1 the mean Shannon entropy of the row-normalised kernel.
+    """
+    x = _f32(x)
+    b = x.shape[0]
+    z = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-10)
+    dist = torch.cdist(z, z, compute_mode="use_mm_for_euclid_dist").clamp_min_(0)   # [B, N, N]
+    sigma = dist.reshape(b, -1).median(dim=1).values.clamp_min(1e-12).view(b, 1, 1)
+    kern = torch.exp(-dist.pow(2) / (2 * sigma.pow(2))).clamp_min(1e-10)
+    if abs(alpha - 1.0) < 1e-9:
+        p = kern / kern.sum(dim=-1, keepdim=True)
+        return -(p * p.log()).sum(dim=-1).mean(dim=-1)
+    return torch.log(kern.pow(alpha - 1).mean(dim=(1, 2))) / (1 - alpha)
+
+
+@dataclass(frozen=True)
+class EstimatorInfo:
+    """A registered estimator with its semantics, for the CLI, the app and the explainer."""
+
+    name: str
+    title: str
+    fn: Callable[..., Tensor]
+    defaults: dict = field(default_factory=dict)
+    scale_invariant: bool = False
+    formula: str = ""
+    notes: str = ""
+
+    def bind(self, **params) -> Callable[[Tensor], Tensor]:
+        """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
+        kw = {k: params.get(k, v) for k, v in self.defaults.items()}
+        kw = {k: v for k, v in kw.items() if v is not None}
+        return lambda x: self.fn(x, **kw)
+
+    def params(self, **params) -> dict:
+        return {k: params.get(k, v) if params.get(k) is not None else v for k, v in self.defaults.items()}
+
+
+ESTIMATORS: dict[str, EstimatorInfo] = {}
+
+
+def register_estimator(info: EstimatorInfo) -> EstimatorInfo:
+    ESTIMATORS[info.name] = info
+    return info
+
+
+register_estimator(EstimatorInfo(
+    "bucket", "Bucket (marginal histogram)", entropy_bucket, {"bins": 80}, scale_invariant=True,
+    formula=r"H=-\sum_{j=1}^{d}\sum_{b=1}^{B} p_{jb}\log p_{jb},\; p_{jb}=\frac{\#\{t: x_{tj}\in\text{bin}_b\}}{N}",
+    notes="Per-dimension min–max bins; sum of marginal entropies (an upper bound on the joint entropy). "
+          "EntroDrop's Mistral path, 80 bins."))
+register_estimator(EstimatorInfo(
+    "knn", "KNN (Kozachenko–Leonenko)", entropy_knn, {"k": 25}, scale_invariant=False,
+    formula=r"H=d\,\overline{\log r_k}+\tfrac d2\log\pi-\log\Gamma(\tfrac d2+1)+\log N-\log k",
+    notes="EntroDrop's Llama path (k=25). Moves by d·log c when states are scaled by c, so part of a rise "
+          "can be norm growth; compare with knn-norm."))
+register_estimator(EstimatorInfo(
+    "knn-norm", "KNN, scale-normalised", lambda x, k=25: entropy_knn(x, k=k, normalize=True), {"k": 25},
+    scale_invariant=True,
+    formula=r"H_{\text{norm}}(x)=H_{\text{KNN}}\!\left(x/\sqrt{\overline{\|x_t-\bar x\|^2}}\right)",
+    notes="KNN after dividing each sequence by its RMS token norm: ignores pure norm growth."))
+register_estimator(EstimatorInfo(
+    "renyi", "Rényi (kernel, α=4)", entropy_renyi, {"alpha": 4.0}, scale_invariant=True,
+    formula=r"H_\alpha=\frac{1}{1-\alpha}\log\frac{1}{N^2}\sum_{s,t}K_{st}^{\alpha-1},\;K=e^{-D^2/2\sigma^2}",
+    notes="EntroDrop's information-potential estimator after z-scoring; reported weaker than Bucket/KNN."))
+
+
+def get_estimator(name: str) -> EstimatorInfo:
+    if name not in ESTIMATORS:
+        raise SelectionError(f"Unknown estimator {name!r}", hint=f"choose from {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def mean_cosine(x: Tensor, y: Tensor) -> Tensor:
+    """Per-sequence mean over tokens of cos(x_t, y_t): ``[B, N, d] x2 -> [B]``."""
+    return torch.nn.functional.cosine_similarity(_f32(x), _f32(y), dim=-1, eps=1e-8).mean(dim=1)
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """Per-sequence root-mean-square token norm ``sqrt(mean_t ||x_t||²)``: ``[B]``."""
+    return _f32(x).pow(2).sum(-1).mean(-1).sqrt()

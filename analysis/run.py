@@ -1,0 +1,188 @@
+"""The analysis pipeline: tokens → capture → estimators → criteria → boundary → drop order.
+
+:func:`analyze` is what the CLI's ``analyze`` command and the app's Entropy page call.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .capture import CaptureConfig, CaptureStats, Progress, capture
+from .criteria import CRITERIA, drop_order, scores_for
+from .errors import DataError, SelectionError, is_oom, oom_error
+from .estimators import get_estimator
+from .models import LoadedModel
+from .result import GRANULARITIES, AnalysisResult
+from .selection import PROTECT_MODES, detect_boundary, protected_blocks
+
+#: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
+#: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
+EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], dict]] = {}
+
+
+@dataclass
+class AnalysisConfig:
+    estimator: str = "bucket"          # primary estimator: bucket | knn | knn-norm | renyi
+    extra_estimators: tuple[str, ...] = ()  # computed in the same pass for side-by-side comparison
+    k: int = 25                        # KNN neighbours (EntroDrop Llama path)
+    bins: int = 80                     # Bucket bins (EntroDrop Mistral path)
+    alpha: float = 4.0                 # Rényi order
+    granularity: str = "attention"     # attention | mlp | layer (EntroDrop v1 headline: attention)
+    protect: str = "fixed"             # fixed {0,1,L-1} (reference code) | auto (detected) | none
+    protect_extra: tuple[int, ...] = ()  # more blocks never to drop
+    batch_size: int = 8                # sequences per forward pass
+    skip_first_token: bool = False     # exclude position 0 (attention sink) from the statistics
+    state_tokens: int = 0              # keep this many sampled token states per point (for MI criteria)
+    extensions: tuple[str, ...] = ()   # names in EXTENSIONS to run after the pass
+    seed: int = 2024
+
+    def estimator_params(self, name: str) -> dict:
+        info = get_estimator(name)
+        return {k: getattr(self, k) for k in info.defaults if hasattr(self, k)}
+
+    def validate(self, seq_len: int | None = None) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise SelectionError(f"Unknown granularity {self.granularity!r}",
+                                 hint=f"use one of {', '.join(GRANULARITIES)}")
+        if self.protect not in PROTECT_MODES:
+            raise SelectionError(f"Unknown protection mode {self.protect!r}",
+                                 hint=f"use one of {', '.join(PROTECT_MODES)}")
+        for name in (self.estimator, *self.extra_estimators):
+            get_estimator(name)
+        if self.batch_size <= 0:
+            raise SelectionError("batch size must be positive")
+        if self.bins < 2:
+            raise SelectionError(f"bins must be >= 2, got {self.bins}")
+        if self.k < 1:
+            raise SelectionError(f"k must be >= 1, got {self.k}")
+        if seq_len is not None and any(e.startswith("knn") for e in (self.estimator, *self.extra_estimators)):
+            usable = seq_len - (1 if self.skip_first_token else 0)
+            if usable <= self.k:
+                raise SelectionError(f"KNN with k={self.k} needs sequences longer than {self.k} tokens; "
+                                     f"got {usable}", hint="raise --seq-len or lower --k")
+        for name in self.extensions:
+            if name not in EXTENSIONS:
+                raise SelectionError(f"Unknown analysis extension {name!r}",
+                                     hint=f"available: {', '.join(EXTENSIONS) or 'none'}")
+
+
+def library_versions() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__, "entroscope": __import__(
+                "analysis").__version__}
+
+
+def _check_tokens(lm: LoadedModel, ids: torch.Tensor) -> None:
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise DataError(f"Calibration tokens must be a non-empty [N, T] array, got shape {tuple(ids.shape)}")
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        bad = int(((ids < 0) | (ids >= vocab)).sum())
+        raise DataError(f"{bad} token id(s) are outside this model's vocabulary 0..{vocab - 1} "
+                        f"(max id {int(ids.max())})", hint="were these tokens made with another tokenizer?")
+    ctx = getattr(lm.model.config, "max_position_embeddings", None)
+    if ctx and ids.shape[1] > ctx:
+        raise DataError(f"seq-len {ids.shape[1]} is beyond the model's context of {ctx} tokens")
+
+
+def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress: Progress | None = None,
+            should_stop: Callable[[], bool] | None = None) -> AnalysisResult:
+    """Run the streaming analysis pass and compute every registered per-block criterion.
+
+    ``tokens`` is a :class:`~analysis.corpora.TokenSet` (or a raw ``[N, T]`` LongTensor). If
+    ``should_stop`` ends the pass early, the result covers the sequences finished so far and says so
+    in ``warnings`` and ``manifest["completed"]``.
+    """
+    cfg = cfg or AnalysisConfig()
+    ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
+    cfg.validate(ids.shape[1] if ids.ndim == 2 else None)
+    _check_tokens(lm, ids)
+    names = dict.fromkeys((cfg.estimator, *cfg.extra_estimators))
+    ccfg = CaptureConfig(estimators={n: cfg.estimator_params(n) for n in names}, batch_size=cfg.batch_size,
+                         skip_first_token=cfg.skip_first_token, state_tokens=cfg.state_tokens, seed=cfg.seed)
+    t0 = time.perf_counter()
+    try:
+        stats = capture(lm, ids, ccfg, progress=progress, should_stop=should_stop)
+    except Exception as exc:
+        if is_oom(exc):
+            raise oom_error(exc, "the analysis pass") from exc
+        raise
+    if stats.n_done == 0:
+        raise SelectionError("The analysis was stopped before the first batch finished; nothing to show")
+    result = build_result(lm, stats, cfg, tokens)
+    for name in cfg.extensions:
+        result.extras[name] = EXTENSIONS[name](stats, lm, cfg)
+    compute_baselines(result)
+    result.manifest["timings"]["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> AnalysisResult:
+    L = stats.num_layers
+    per_seq: dict = {n: {"boundary": v["boundary"].numpy(), "mid": v["mid"].numpy()}
+                     for n, v in stats.entropy.items()}
+    if stats.cos_attn is not None:
+        per_seq.update(cos_attn=stats.cos_attn.numpy(), cos_mlp=stats.cos_mlp.numpy(),
+                       cos_layer=stats.cos_layer.numpy())
+    angular = None
+    if stats.last_cos is not None:
+        angular = (torch.arccos(stats.last_cos.double()) / math.pi).mean(0).numpy()
+    curve = stats.entropy[cfg.estimator]["boundary"].double().mean(0).numpy()
+    boundary = detect_boundary(curve)
+    protected = protected_blocks(L, cfg.protect, boundary, cfg.protect_extra)
+    warnings = []
+    if any(stats.nonfinite.values()):
+        warnings.append(f"NonFiniteActivations: {sum(stats.nonfinite.values())} NaN/inf values in the residual "
+                        f"stream ({stats.nonfinite}); entropies involving them are not meaningful "
+                        f"(fp16 overflow? try bf16 or fp32)")
+    if not stats.completed:
+        warnings.append(f"Stopped early: statistics cover {stats.n_done} of {len(tokens) if tokens is not None else '?'}"
+                        f" sequences")
+    n_tok = stats.n_done
+    d = lm.adapter.hidden_size
+    if any(e.startswith("knn") for e in stats.entropy):
+        t = tokens.input_ids.shape[1] if hasattr(tokens, "input_ids") else None
+        if t is not None and t < d:
+            warnings.append(f"KNN entropy uses N={t} tokens per sequence in d={d} dimensions (N < d): "
+                            f"heavily under-sampled, compare with Bucket")
+    domains = list(getattr(tokens, "domains", []) or [])[:n_tok]
+    manifest = {
+        "model": lm.manifest(),
+        "data": tokens.to_manifest() if hasattr(tokens, "to_manifest") else {"n": n_tok},
+        "config": asdict(cfg),
+        "estimator_params": {n: cfg.estimator_params(n) for n in stats.entropy},
+        "versions": library_versions(),
+        "timings": {"capture_s": stats.seconds},
+        "completed": stats.completed,
+        "n_sequences": n_tok,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return AnalysisResult(
+        num_layers=L, estimator=cfg.estimator, granularity=cfg.granularity, protect=cfg.protect,
+        per_seq=per_seq, angular=angular, boundary=boundary, protected=protected,
+        norms={"boundary": stats.norm_boundary.double().mean(0).numpy(), "mid": stats.norm_mid.double().mean(0).numpy()},
+        domains=domains, warnings=warnings, manifest=manifest)
+
+
+def compute_baselines(result: AnalysisResult) -> None:
+    """Scores and drop order of every registered criterion that this run can compute."""
+    out = {}
+    for name, c in CRITERIA.items():
+        g = result.granularity if result.granularity in c.granularities else c.granularities[0]
+        try:
+            scores = scores_for(result, name, g)
+            order = drop_order(result, name, g)
+        except SelectionError as exc:
+            out[name] = {"available": False, "reason": str(exc)}
+            continue
+        out[name] = {"granularity": g, "scores": scores, "drop_order": order, "redundant": c.redundant,
+                     "title": c.title}
+    result.baselines = out
