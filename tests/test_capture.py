@@ -1,0 +1,132 @@
+"""Capture identities on tiny random models of every supported architecture."""
+import threading
+
+import pytest
+import torch
+
+from analysis.capture import CaptureConfig, capture
+from analysis.estimators import entropy_bucket
+from analysis.testing import random_tokens, tiny_loaded
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3"]
+
+
+def _states(lm, ids, **kw):
+    cfg = CaptureConfig(estimators={"bucket": {}}, batch_size=2, state_tokens=ids.numel(), **kw)
+    return capture(lm, ids, cfg)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_boundaries_match_hidden_states(arch):
+    lm = tiny_loaded(arch, layers=3)
+    ids = random_tokens(2, 16)
+    st = _states(lm, ids)
+    # all tokens kept (sorted positions per sequence) -> states rows = (seq, pos) in order
+    with torch.no_grad():
+        hs = lm.model(ids, output_hidden_states=True).hidden_states
+    for l in range(3):  # hidden_states[l] == resid_pre[l] (the last entry is after the final norm)
+        torch.testing.assert_close(st.states["boundary"][:, l].view(2, 16, -1), hs[l].float())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resid_post_equals_next_resid_pre(arch):
+    lm = tiny_loaded(arch, layers=3)
+    ids = random_tokens(2, 12)
+    seen = {}
+    hooks = [layer.register_forward_pre_hook(lambda m, a, kw, i=i: seen.__setitem__(("pre", i), (a or (kw["hidden_states"],))[0]), with_kwargs=True)
+             for i, layer in enumerate(lm.adapter.layers)]
+    hooks += [layer.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(("post", i), o[0] if isinstance(o, tuple) else o))
+              for i, layer in enumerate(lm.adapter.layers)]
+    with torch.no_grad():
+        lm.adapter.base(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    for l in range(2):
+        assert torch.equal(seen[("post", l)], seen[("pre", l + 1)])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_zeroed_attention_gives_mid_equal_pre(arch):
+    lm = tiny_loaded(arch, layers=2)
+    torch.nn.init.zeros_(lm.adapter.attn(1).o_proj.weight)
+    st = _states(lm, random_tokens(2, 16))
+    torch.testing.assert_close(st.states["mid"][:, 1], st.states["boundary"][:, 1])
+    assert not torch.allclose(st.states["mid"][:, 0], st.states["boundary"][:, 0])
+    # the attention ΔH of the zeroed block is exactly zero
+    assert torch.equal(st.entropy["bucket"]["mid"][:, 1], st.entropy["bucket"]["boundary"][:, 1])
+
+
+def test_gemma_mid_includes_post_attention_norm():
+    lm = tiny_loaded("gemma3", layers=2)
+    layer = lm.adapter.layers[0]
+    torch.nn.init.normal_(layer.post_attention_layernorm.weight, std=2.0)
+    out = {}
+    h = layer.self_attn.register_forward_hook(lambda m, a, o: out.__setitem__("attn", o[0]))
+    ids = random_tokens(2, 16)
+    st = _states(lm, ids)
+    h.remove()
+    pre = st.states["boundary"][:, 0].view(2, 16, -1)
+    expected = pre + layer.post_attention_layernorm(out["attn"]).float()
+    torch.testing.assert_close(st.states["mid"][:, 0].view(2, 16, -1), expected)
+
+
+def test_entropies_are_per_sequence_of_the_captured_states():
+    lm = tiny_loaded("llama", layers=2)
+    ids = random_tokens(3, 20)
+    st = _states(lm, ids)
+    b = st.states["boundary"][:, 2].view(3, 20, -1)
+    torch.testing.assert_close(st.entropy["bucket"]["boundary"][:, 2], entropy_bucket(b))
+
+
+def test_batch_size_does_not_change_results():
+    lm = tiny_loaded("qwen2", layers=3)
+    ids = random_tokens(5, 24)
+    a = capture(lm, ids, CaptureConfig(estimators={"knn": {"k": 4}}, batch_size=1))
+    b = capture(lm, ids, CaptureConfig(estimators={"knn": {"k": 4}}, batch_size=4))
+    torch.testing.assert_close(a.entropy["knn"]["mid"], b.entropy["knn"]["mid"], atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(a.cos_layer, b.cos_layer)
+
+
+def test_stop_keeps_finished_batches_and_hooks_removed():
+    lm = tiny_loaded("llama", layers=2)
+    ids = random_tokens(6, 16)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 2  # two batches, then stop
+
+    st = capture(lm, ids, CaptureConfig(batch_size=2), should_stop=stop)
+    assert st.n_done == 4 and not st.completed and st.entropy["bucket"]["mid"].shape[0] == 4
+    for layer in lm.adapter.layers:
+        assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+def test_hooks_ignore_other_threads():
+    """A forward in another thread (another app session) during capture must not write into our stats."""
+    lm = tiny_loaded("llama", layers=2)
+    ids = random_tokens(4, 16)
+    ref = capture(lm, ids, CaptureConfig(batch_size=1))
+    stop = threading.Event()
+
+    def other():
+        while not stop.is_set():
+            with torch.no_grad():
+                lm.model(random_tokens(1, 16, seed=9))
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        got = capture(lm, ids, CaptureConfig(batch_size=1))
+    finally:
+        stop.set()
+        t.join()
+    torch.testing.assert_close(got.entropy["bucket"]["boundary"], ref.entropy["bucket"]["boundary"])
+
+
+def test_nonfinite_activations_are_counted():
+    lm = tiny_loaded("llama", layers=2)
+    with torch.no_grad():
+        lm.adapter.layers[1].mlp.down_proj.weight.fill_(float("inf"))
+    st = capture(lm, random_tokens(2, 16), CaptureConfig())
+    assert st.nonfinite["boundary"] > 0
