@@ -101,6 +101,8 @@ class _Recorder:
 
     def _stats(self, kind: str, col: int, x: Tensor) -> None:
         r = self.rows
+        if x.device != self.dev:  # layer offloaded / on another GPU (device_map="auto")
+            x = x.to(self.dev)
         xs = self._view(x)
         self.nonfinite[kind] += (~torch.isfinite(xs)).sum()
         for name, fn in self.est.items():
@@ -115,6 +117,7 @@ class _Recorder:
     def layer_pre(self, layer: int, x: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
+        x = x if x.device == self.dev else x.to(self.dev)
         self.pre = x
         if layer == 0:
             self._stats("boundary", 0, x)
@@ -124,6 +127,7 @@ class _Recorder:
     def layer_mid(self, layer: int, x: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
+        x = x if x.device == self.dev else x.to(self.dev)
         self.mid = x
         self._stats("mid", layer, x)
         if self.cos_attn is not None:
@@ -132,6 +136,7 @@ class _Recorder:
     def layer_post(self, layer: int, y: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
+        y = y if y.device == self.dev else y.to(self.dev)
         self._stats("boundary", layer + 1, y)
         if self.cos_mlp is not None:
             self.cos_mlp[self.rows, layer] = mean_cosine(self._view(self.mid), self._view(y))
@@ -174,26 +179,30 @@ def _state_positions(n: int, t: int, total: int, seed: int, skip_first: bool) ->
 
 
 def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Progress | None = None,
-            should_stop: Callable[[], bool] | None = None,
-            on_batch: Callable[[int], None] | None = None) -> CaptureStats:
+            should_stop: Callable[[], bool] | None = None, offset: int = 0, total: int | None = None,
+            checkpoint: Callable[[CaptureStats], None] | None = None,
+            checkpoint_every_s: float = 30.0) -> CaptureStats:
     """Run the analysis pass over ``input_ids [N, T]`` and return per-sequence statistics.
 
     ``should_stop`` is polled between batches; when it returns True the pass ends early and the
-    returned stats cover the first ``n_done`` sequences (``completed=False``).
+    returned stats cover the first ``n_done`` sequences (``completed=False``). To resume an
+    interrupted run, pass the remaining rows with ``offset`` (their index in the full set of ``total``
+    rows, which keeps the seeded state subsample identical) and :func:`merge_stats` the parts.
+    ``checkpoint(partial_stats)`` is called at most every ``checkpoint_every_s`` seconds.
     """
     t0 = time.perf_counter()
     n, t = input_ids.shape
+    total = total or offset + n
     dev = lm.device if lm.device is not None else torch.device("cpu")
     rec = _Recorder(lm, n, cfg, dev)
     if cfg.state_tokens > 0:
-        pos = _state_positions(n, t, cfg.state_tokens, cfg.seed, cfg.skip_first_token)
-        m = pos.shape[1]
+        rec.all_pos = _state_positions(total, t, cfg.state_tokens, cfg.seed, cfg.skip_first_token)[offset:offset + n]
+        m = rec.all_pos.shape[1]
         rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size),
                       "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size)}
-        rec.all_pos = pos
     handles = _install(rec)
     base = lm.adapter.base
-    done = 0
+    done, last_ckpt = 0, time.perf_counter()
     try:
         with torch.inference_mode():
             for s in range(0, n, cfg.batch_size):
@@ -207,21 +216,26 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                     rec.state_rows = slice(s * m, e * m)
                 base(input_ids=input_ids[s:e].to(dev), use_cache=False)
                 done = e
-                if on_batch is not None:
-                    on_batch(done)
                 if progress is not None:
-                    progress(done / n, f"analysed {done}/{n} sequences")
+                    progress((offset + done) / total, f"analysed {offset + done}/{total} sequences")
+                if checkpoint is not None and e < n and time.perf_counter() - last_ckpt > checkpoint_every_s:
+                    checkpoint(_collect(rec, done, time.perf_counter() - t0, n))
+                    last_ckpt = time.perf_counter()
     finally:
         for h in handles:
             h.remove()
         rec.pre = rec.mid = None
+    return _collect(rec, done, time.perf_counter() - t0, n)
 
+
+def _collect(rec: _Recorder, done: int, seconds: float, n: int) -> CaptureStats:
+    """Stats of the first ``done`` rows, moved to the CPU (the only host transfer of the pass)."""
     keep = slice(0, done)
-    cpu = lambda x: None if x is None else x[keep].cpu()  # noqa: E731 - one transfer at the end
+    cpu = lambda x: None if x is None else x[keep].cpu()  # noqa: E731
     states = None
     if rec.states is not None:
         m = rec.all_pos.shape[1]
-        states = {k: v[: done * m] for k, v in rec.states.items()}
+        states = {k: v[: done * m].clone() for k, v in rec.states.items()}
     return CaptureStats(
         num_layers=rec.L, n_done=done,
         entropy={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy.items()},
@@ -229,7 +243,21 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
         last_cos=_pairwise_cos(cpu(rec.last)) if rec.last is not None else None,
         norm_boundary=cpu(rec.norm_boundary), norm_mid=cpu(rec.norm_mid),
         nonfinite={k: int(v) for k, v in rec.nonfinite.items()}, states=states,
-        seconds=time.perf_counter() - t0, completed=done == n)
+        seconds=seconds, completed=done == n)
+
+
+def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
+    """Concatenate the statistics of consecutive row ranges (resume after an interruption)."""
+    cat = lambda x, y: None if x is None else torch.cat([x, y])  # noqa: E731
+    return CaptureStats(
+        num_layers=a.num_layers, n_done=a.n_done + b.n_done,
+        entropy={e: {k: torch.cat([v, b.entropy[e][k]]) for k, v in d.items()} for e, d in a.entropy.items()},
+        cos_attn=cat(a.cos_attn, b.cos_attn), cos_mlp=cat(a.cos_mlp, b.cos_mlp),
+        cos_layer=cat(a.cos_layer, b.cos_layer), last_cos=cat(a.last_cos, b.last_cos),
+        norm_boundary=cat(a.norm_boundary, b.norm_boundary), norm_mid=cat(a.norm_mid, b.norm_mid),
+        nonfinite={k: a.nonfinite[k] + b.nonfinite[k] for k in a.nonfinite},
+        states=None if a.states is None else {k: torch.cat([v, b.states[k]]) for k, v in a.states.items()},
+        seconds=a.seconds + b.seconds, completed=b.completed)
 
 
 def _pairwise_cos(last: Tensor) -> Tensor:

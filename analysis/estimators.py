@@ -31,11 +31,17 @@ def entropy_bucket(x: Tensor, bins: int = 80) -> Tensor:
     x = _f32(x)                                                    # [B, N, d]
     b, n, d = x.shape
     lo = x.amin(dim=1, keepdim=True)                               # [B, 1, d]
-    width = (x.amax(dim=1, keepdim=True) - lo).clamp_min_(torch.finfo(torch.float32).tiny)
-    idx = ((x - lo) / width * bins).to(torch.int64).clamp_(0, bins - 1)   # [B, N, d]
-    offset = torch.arange(b * d, device=x.device, dtype=torch.int64).view(b, 1, d) * bins
-    counts = torch.bincount((idx + offset).flatten(), minlength=b * d * bins).view(b, d * bins)
-    p = (counts.to(torch.float32) / n).clamp_min_(1e-10)
+    scale = bins / (x.amax(dim=1, keepdim=True) - lo).clamp_min_(torch.finfo(torch.float32).tiny)
+    # int32 bin index (the max lands on `bins` and is clamped into the last bin; NaN → clamped, and
+    # counted as non-finite by the capture); offsets make one flat histogram of B·d·bins cells
+    idx = ((x - lo) * scale).to(torch.int32).clamp_(0, bins - 1)  # [B, N, d]
+    idx += torch.arange(b * d, device=x.device, dtype=torch.int32).view(b, 1, d) * bins
+    if x.device.type == "cpu":
+        counts = torch.bincount(idx.flatten(), minlength=b * d * bins)
+    else:  # scatter_add into a known size: no host synchronisation (bincount reads the max back)
+        counts = torch.zeros(b * d * bins, device=x.device, dtype=torch.int32)
+        counts.scatter_add_(0, idx.flatten().long(), torch.ones_like(idx.flatten()))
+    p = (counts.view(b, d * bins).to(torch.float32) / n).clamp_min_(1e-10)
     return -(p * p.log()).sum(dim=1)
 
 

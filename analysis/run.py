@@ -25,6 +25,10 @@ from .selection import PROTECT_MODES, detect_boundary, protected_blocks
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
 EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], dict]] = {}
 
+from .mi import register_extension as _register_mi  # noqa: E402 - "mi" (MI-PRUN on the sampled states)
+
+_register_mi(EXTENSIONS)
+
 
 @dataclass
 class AnalysisConfig:
@@ -94,12 +98,14 @@ def _check_tokens(lm: LoadedModel, ids: torch.Tensor) -> None:
 
 
 def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress: Progress | None = None,
-            should_stop: Callable[[], bool] | None = None) -> AnalysisResult:
+            should_stop: Callable[[], bool] | None = None, cache: bool = False) -> AnalysisResult:
     """Run the streaming analysis pass and compute every registered per-block criterion.
 
     ``tokens`` is a :class:`~analysis.corpora.TokenSet` (or a raw ``[N, T]`` LongTensor). If
     ``should_stop`` ends the pass early, the result covers the sequences finished so far and says so
-    in ``warnings`` and ``manifest["completed"]``.
+    in ``warnings`` and ``manifest["completed"]``. With ``cache=True`` the accumulators are written to
+    the results cache as the pass goes (:mod:`analysis.runcache`): an interrupted run resumes where it
+    stopped and a finished one is never recomputed.
     """
     cfg = cfg or AnalysisConfig()
     ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
@@ -110,7 +116,12 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
                          skip_first_token=cfg.skip_first_token, state_tokens=cfg.state_tokens, seed=cfg.seed)
     t0 = time.perf_counter()
     try:
-        stats = capture(lm, ids, ccfg, progress=progress, should_stop=should_stop)
+        if cache:
+            from .runcache import cached_capture
+
+            stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop)
+        else:
+            stats = capture(lm, ids, ccfg, progress=progress, should_stop=should_stop)
     except Exception as exc:
         if is_oom(exc):
             raise oom_error(exc, "the analysis pass") from exc
@@ -120,6 +131,8 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     result = build_result(lm, stats, cfg, tokens)
     for name in cfg.extensions:
         result.extras[name] = EXTENSIONS[name](stats, lm, cfg)
+        for crit, by_gran in (result.extras[name].pop("criteria_scores", None) or {}).items():
+            result.extras.setdefault("criteria_scores", {}).setdefault(crit, {}).update(by_gran)
     compute_baselines(result)
     result.manifest["timings"]["total_s"] = time.perf_counter() - t0
     return result
