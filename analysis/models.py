@@ -364,11 +364,17 @@ def load_model(
                                             local_files_only=local_only)
         _check_causal(config, spec)
         kwargs = dict(dtype=dt, trust_remote_code=trust_remote_code, local_files_only=local_only)
-        if device_map is not None:
+        if device_map is not None:  # accelerate: multi-GPU, CPU and disk offload
             kwargs["device_map"] = device_map
+            kwargs["offload_folder"] = str(cache_root() / "offload" / hashlib.sha256(
+                f"{spec}|{fingerprint}".encode()).hexdigest()[:16])
         tok = AutoTokenizer.from_pretrained(str(load_dir), trust_remote_code=trust_remote_code,
                                             local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(str(load_dir), **kwargs)
+        from .surgery import load_subblock_checkpoint  # dirs saved with sub-block drops (entroscope-plan.json)
+
+        model = load_subblock_checkpoint(load_dir, dt) if kind == "local" else None
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(str(load_dir), **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - translated into a user-facing message below
