@@ -23,6 +23,10 @@ _LAZY = {
     "CRITERIA": "criteria", "select": "criteria", "ESTIMATORS": "estimators",
     "load_corpus": "corpora", "sample_windows": "corpora", "sample_hybrid": "corpora", "SampleConfig": "corpora",
     "TokenSet": "corpora", "DOMAINS": "corpora",
+    "Plan": "plan", "pruned_view": "surgery", "what_if": "surgery", "prune_copy": "surgery",
+    "save_pruned": "surgery", "load_pruned": "surgery",
+    "perplexity": "evaluate", "agreement": "evaluate", "latency": "evaluate", "sweep": "evaluate",
+    "generate_pair": "evaluate", "EvalConfig": "evaluate",
 }
 
 

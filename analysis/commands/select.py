@@ -1,4 +1,5 @@
-"""``python -m analysis select``: choose k blocks with any registered criterion → plan.json."""
+"""``python -m analysis select``: choose k blocks with any registered criterion → plan.json
+(:meth:`analysis.plan.Plan.from_selection`)."""
 from __future__ import annotations
 
 import json
@@ -25,19 +26,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def selection_plan(sel, run_result) -> dict:
-    """Plan JSON for a selection: drop_attn / drop_mlp / drop_layers plus its source."""
-    key = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}[sel.granularity]
-    plan = {"drop_attn": [], "drop_mlp": [], "drop_layers": []}
-    plan[key] = list(sel.blocks)
-    plan["source"] = {"criterion": sel.criterion, "k": sel.k, "granularity": sel.granularity,
-                      "order": sel.order, "protected": sel.protected, "index_base": 0,
-                      "run_manifest": run_result.manifest}
-    return plan
-
-
 def run(args) -> int:
     from ..criteria import get_criterion, select
+    from ..plan import Plan
     from ..result import AnalysisResult
 
     r = AnalysisResult.load(args.run)
@@ -50,8 +41,8 @@ def run(args) -> int:
     if "window" in c.params:
         params["window"] = args.window
     sel = select(r, args.criterion, args.k, args.granularity, protected=args.protect, **params)
-    plan = selection_plan(sel, r)
-    text = json.dumps(plan, indent=1)
+    plan = Plan.from_selection(sel, r)
+    text = plan.to_json()
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

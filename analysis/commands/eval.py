@@ -1,0 +1,99 @@
+"""``python -m analysis eval``: perplexity (and agreement, latency) of a model or a pruning plan → eval.json."""
+from __future__ import annotations
+
+import json
+
+from ..cli import positive_int
+from .common import add_model_args, load_lm, stderr_progress
+from .prune import add_plan_args, plan_from_cli, quiet_transformers
+
+
+def add_eval_data_args(p) -> None:
+    g = p.add_argument_group("evaluation data (default: the wiki corpus, held-out eval split)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--corpus", default=None, help="built-in domain (wiki, news, code, ...) or hub:NAME[/CONFIG]")
+    src.add_argument("--text", default=None, help="text file: .txt, .jsonl, .csv or .parquet")
+    g.add_argument("--text-field", default=None, help="column holding the text (jsonl/csv/parquet)")
+    g.add_argument("--split", choices=["eval", "calib", "all"], default="eval")
+    g.add_argument("--max-tokens", type=positive_int, default=None, help="token budget (default: the whole split)")
+    g.add_argument("--window", type=positive_int, default=None, help="tokens per window (default min(2048, context))")
+    g.add_argument("--stride", type=positive_int, default=None,
+                   help="sliding-window stride < window (default: disjoint windows, remainder dropped)")
+    g.add_argument("--batch-size", type=positive_int, default=1)
+
+
+def eval_corpus(args):
+    """The Corpus for --corpus / --text (default wiki)."""
+    from .. import corpora
+    from ..errors import DataError
+    from .common import corpus_from_args
+
+    if not args.text and not args.corpus:
+        return corpora.load_corpus("wiki")
+    corpus = corpus_from_args(args)
+    if corpus is None:
+        raise DataError(f"--corpus {args.corpus!r}: evaluation needs a single corpus, not a mix")
+    return corpus
+
+
+def eval_config(args):
+    from ..evaluate import EvalConfig
+
+    return EvalConfig(window=args.window, stride=args.stride, max_tokens=args.max_tokens, batch_size=args.batch_size)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model or a pruning plan (plus KL, top-1, latency)",
+                       description="Token perplexity on a held-out split (protocol recorded in the output); "
+                                   "with a plan also KL(original‖pruned) and top-1 agreement.")
+    add_model_args(p)
+    add_plan_args(p)
+    add_eval_data_args(p)
+    p.add_argument("--latency", action="store_true", help="also measure prefill/decode throughput")
+    p.add_argument("--latency-batch-sizes", type=lambda s: [positive_int(x) for x in s.split(",")], default=[1])
+    p.add_argument("--prompt-len", type=positive_int, default=128)
+    p.add_argument("--new-tokens", type=positive_int, default=32)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--prompt", default=None, help="also compare greedy generations for this prompt")
+    p.add_argument("--out", required=True, help="where to write the evaluation JSON")
+    p.add_argument("--csv", default=None, help="also write the result as a one-row CSV")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..evaluate import agreement, generate_pair, latency, param_report, perplexity, prepare_eval
+    from ..export import evaluation_rows, reproduction_manifest, rows_to_csv, write_json
+
+    plan = plan_from_cli(args)
+    quiet_transformers(args.quiet)
+    progress = stderr_progress(args.quiet)
+    lm = load_lm(args, progress)
+    if plan is not None:
+        plan.validate(lm.num_layers)
+    cfg = eval_config(args)
+    windows = prepare_eval(lm, eval_corpus(args), cfg, args.split)
+    res = perplexity(lm, windows, plan, cfg, progress=progress)
+    out = {"perplexity": res["perplexity"], "nll": res["nll"], "tokens": res["tokens"], "protocol": res["protocol"],
+           "plan": plan.to_dict() if plan else None, "plan_description": plan.describe() if plan else None,
+           "params": param_report(lm, plan)}
+    if plan is not None and not plan.is_empty:
+        agr = agreement(lm, plan, windows, cfg)
+        out.update(kl=agr["kl"], top1=agr["top1"], perplexity_original=agr["perplexity_original"])
+    if args.latency:
+        out["latency"] = latency(lm, plan, args.latency_batch_sizes, args.prompt_len, args.new_tokens, args.repeats)
+        if plan is not None and not plan.is_empty:
+            out["latency_original"] = latency(lm, None, args.latency_batch_sizes, args.prompt_len, args.new_tokens,
+                                              args.repeats)
+    if args.prompt:
+        out["generation"] = generate_pair(lm, plan, args.prompt)
+    out["seconds"] = res["seconds"]
+    out["manifest"] = reproduction_manifest(lm, plan, res["protocol"], getattr(args, "argv", None))
+    write_json(out, args.out)
+    if args.csv:
+        rows_to_csv(evaluation_rows({k: v for k, v in out.items() if k not in ("manifest", "generation")}), args.csv)
+    if not args.quiet:
+        keys = ("perplexity", "perplexity_original", "kl", "top1", "tokens")
+        print(json.dumps({"out": args.out, **{k: out[k] for k in keys if k in out},
+                          "plan": out["plan_description"]}))
+    return 0

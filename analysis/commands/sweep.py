@@ -1,0 +1,62 @@
+"""``python -m analysis sweep``: perplexity for k = 0..K blocks dropped by several criteria → sweep.json."""
+from __future__ import annotations
+
+import json
+
+from ..cli import int_list
+from .common import add_model_args, load_lm, stderr_progress
+from .eval import add_eval_data_args, eval_config, eval_corpus
+from .prune import quiet_transformers
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="perplexity vs number of dropped blocks, per criterion",
+                       description="One row per criterion × k. Hidden states before a plan's first dropped "
+                                   "block are computed once and reused (results equal plain evaluation exactly).")
+    add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("--run", required=True, help="run JSON from `analyze` (default model: the run's)")
+    p.add_argument("--criteria", default="entrodrop", help="comma list, e.g. entrodrop,cosine,random")
+    p.add_argument("--k", type=int_list, default=list(range(13)), help="ks to evaluate, e.g. 0-12 or 0,2,4")
+    p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default=None,
+                   help="default: the run's granularity")
+    p.add_argument("--seed", type=int, default=0, help="random criterion seed")
+    p.add_argument("--no-reuse", action="store_true", help="run every plan from the embeddings (slower; same result)")
+    p.add_argument("--latency", action="store_true", help="also time each plan (slow)")
+    add_eval_data_args(p)
+    p.add_argument("--out", required=True, help="where to write the sweep JSON")
+    p.add_argument("--csv", default=None, help="also write the rows as CSV")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import SelectionError
+    from ..evaluate import sweep
+    from ..export import reproduction_manifest, rows_to_csv, write_json
+    from ..result import AnalysisResult
+
+    r = AnalysisResult.load(args.run)
+    if args.model is None:
+        args.model = ((r.manifest.get("model") or {}).get("name")) or "smollm2"
+    criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    if not criteria:
+        raise SelectionError("--criteria is empty")
+    quiet_transformers(args.quiet)
+    progress = stderr_progress(args.quiet)
+    lm = load_lm(args, progress)
+    if lm.num_layers != r.num_layers:
+        raise SelectionError(f"the run has {r.num_layers} layers but {args.model} has {lm.num_layers}",
+                             hint="use the model the run was made with")
+    res = sweep(lm, r, criteria, args.k, eval_corpus(args), args.granularity, eval_config(args), args.split,
+                reuse=not args.no_reuse, with_latency=args.latency, progress=progress, seed=args.seed)
+    res["manifest"] = reproduction_manifest(lm, None, res["protocol"], getattr(args, "argv", None))
+    write_json(res, args.out)
+    if args.csv:
+        rows_to_csv(res["rows"], args.csv)
+    if not args.quiet:
+        for s in res["skipped"]:
+            print(f"warning: skipped {s['criterion']} k={s['k']}: {s['reason']}", file=__import__("sys").stderr)
+        print(json.dumps({"out": args.out, "rows": len(res["rows"]), "skipped": len(res["skipped"]),
+                          "seconds": round(res["seconds"], 2)}))
+    return 0

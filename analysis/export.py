@@ -1,0 +1,145 @@
+"""Exports: plan and evaluation JSON/CSV, mergekit passthrough YAML, llama.cpp ``--prune-layers``, and a
+reproduction manifest (model fingerprint, data protocol, plan, library versions, the exact CLI command).
+
+mergekit and llama.cpp can only remove *whole* layers, so those two exports refuse plans with
+attention or MLP sub-block drops (:class:`~analysis.errors.SelectionError`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DataError, SelectionError
+from .plan import Plan
+from .result import _clean
+
+
+# ---- JSON / CSV ---------------------------------------------------------------------------------------
+def to_json(obj, indent: int = 1) -> str:
+    """JSON text with numpy values converted and NaN/inf written as null."""
+    return json.dumps(_clean(obj), indent=indent, default=str)
+
+
+def write_json(obj, path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.write_text(to_json(obj))
+    except OSError as exc:
+        raise DataError(f"Cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def plan_json(plan: Plan) -> str:
+    return plan.to_json()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` → ``{"a.b": 1, "c": "[1, 2]"}`` (lists as JSON text)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(_clean(list(v)))
+        else:
+            out[key] = _clean(v)
+    return out
+
+
+def rows_to_csv(rows: Sequence[dict], path: str | Path | None = None, skip: Sequence[str] = ("plan.source",)) -> str:
+    """CSV of result rows (nested dicts flattened with dots; columns in first-seen order)."""
+    flat = [{k: v for k, v in _flatten(r).items() if not any(k.startswith(s) for s in skip)} for r in rows]
+    cols: list[str] = []
+    for r in flat:
+        cols.extend(c for c in r if c not in cols)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(flat)
+    text = buf.getvalue()
+    if path is not None:
+        try:
+            Path(path).write_text(text)
+        except OSError as exc:
+            raise DataError(f"Cannot write {path}: {exc.strerror or exc}") from None
+    return text
+
+
+def evaluation_rows(result: dict) -> list[dict]:
+    """Rows of a sweep (its ``rows``) or a single evaluation (one row without the protocol)."""
+    if "rows" in result and isinstance(result["rows"], list):
+        return result["rows"]
+    return [{k: v for k, v in result.items() if k not in ("protocol",)}]
+
+
+# ---- whole-layer tool exports ---------------------------------------------------------------------------
+def _whole_layers(plan: Plan, tool: str) -> list[int]:
+    n = plan.normalized()
+    if n.drop_attn or n.drop_mlp:
+        raise SelectionError(f"{tool} can only remove whole layers, but this plan drops sub-blocks "
+                             f"({n.describe()})", hint="use a layer-granularity plan, or save it with `prune`")
+    return n.drop_layers
+
+
+def kept_ranges(num_layers: int, dropped: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous kept layer ranges as half-open ``(start, end)`` pairs."""
+    drop, ranges, start = set(dropped), [], None
+    for i in range(num_layers + 1):
+        keep = i < num_layers and i not in drop
+        if keep and start is None:
+            start = i
+        elif not keep and start is not None:
+            ranges.append((start, i))
+            start = None
+    return ranges
+
+
+def mergekit_yaml(plan: Plan, model_id: str, num_layers: int, dtype: str = "bfloat16") -> str:
+    """mergekit passthrough config keeping the layers a whole-layer plan does not drop."""
+    plan.validate(num_layers)
+    drop = _whole_layers(plan, "mergekit passthrough")
+    lines = [f"# Entroscope plan: drop layers {drop} of {num_layers} (0-based); layer_range is half-open",
+             "slices:"]
+    for a, b in kept_ranges(num_layers, drop):
+        lines += ["  - sources:", f"      - model: {json.dumps(model_id)}", f"        layer_range: [{a}, {b}]"]
+    lines += ["merge_method: passthrough", f"dtype: {dtype}"]
+    return "\n".join(lines) + "\n"
+
+
+def llama_cpp_prune_layers(plan: Plan) -> str:
+    """Comma list of dropped layer ids for llama.cpp ``llama-quantize --prune-layers``."""
+    return ",".join(str(i) for i in _whole_layers(plan, "llama.cpp --prune-layers"))
+
+
+# ---- reproduction ---------------------------------------------------------------------------------------
+def cli_command(argv: Sequence[str] | None = None) -> str | None:
+    """The exact command line as ``python -m analysis ...``: ``argv``, or this process's arguments when it
+    was started as ``python -m analysis`` (None when called from Python with no argv)."""
+    if argv is None:
+        if not sys.argv or not sys.argv[0].replace("\\", "/").endswith("analysis/__main__.py"):
+            return None
+        argv = sys.argv[1:]
+    return shlex.join(["python", "-m", "analysis", *argv])
+
+
+def reproduction_manifest(lm=None, plan: Plan | None = None, data: dict | None = None,
+                          argv: Sequence[str] | None = None, results: dict | None = None) -> dict:
+    """Everything needed to redo a result: model fingerprint, data protocol, plan, versions, command."""
+    from .run import library_versions
+
+    return _clean({
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": lm.manifest() if lm is not None else None,
+        "data": data,
+        "plan": plan.to_dict() if plan is not None else None,
+        "versions": library_versions(),
+        "command": cli_command(argv),
+        "results": results,
+    })

@@ -1,0 +1,427 @@
+"""Block surgery: non-destructive what-if views, physical removal, and saving/loading pruned models.
+
+Two ways to apply a :class:`~analysis.plan.Plan`, both built from the same small steps:
+
+* :func:`pruned_view` / :func:`what_if` build a *new* model object that shares every weight tensor with
+  the base model and skips the planned blocks. The base model, its modules, config and weights are
+  never touched (not even temporarily): the view has its own top-level module, base module, config
+  copy and a new ``ModuleList`` of shallow-copied decoder layers, so two threads can evaluate two
+  plans on one shared base model at the same time.
+* :func:`apply_plan` performs the same surgery in place on a model you own (:func:`prune_copy` makes
+  one): dropped layers leave the ``ModuleList``, ``layer_idx`` is re-indexed and every per-layer config
+  list is sliced, so ``save_pretrained`` output reloads with plain ``AutoModelForCausalLM.from_pretrained``.
+
+A dropped attention or MLP sub-block is *really* skipped: the layer's ``forward`` is replaced by one
+that runs only the kept half (for a dropped attention: no input norm, no attention, and for Gemma no
+``post_attention_layernorm``), so ``resid_mid == resid_pre`` exactly. The dropped modules become
+parameter-free :class:`DroppedBlock` placeholders (nothing stored when saved). Dropped attentions get
+no KV cache: the config's per-layer ``kv_sharing_modes`` marks them ``"reuse"``, which makes
+transformers' caches put a ``DummyLayer`` (stores nothing) in their slot, and sequence length and
+masks are then read from the first real attention layer. Whole-layer plans save as standard
+checkpoints; plans with sub-block drops save the remaining weights plus ``entroscope-plan.json``,
+restored by :func:`load_pruned` and by :func:`analysis.models.load_model`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import os
+import shutil
+import types
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .adapters import ArchSpec, get_path, spec_for
+from .errors import EntroscopeError, ModelLoadError
+from .plan import Plan
+
+PLAN_FILE = "entroscope-plan.json"
+#: config attribute whose "reuse" entries make HF caches allocate nothing for a layer (DummyLayer)
+KV_MARK = "kv_sharing_modes"
+
+
+class SaveError(EntroscopeError):
+    """A pruned model can't be written where asked (exists, not writable, outside the allowed root)."""
+
+
+class DroppedBlock(nn.Module):
+    """Placeholder for a dropped sub-module: no parameters, never called."""
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"{self.what} was dropped by the pruning plan and must not run")
+
+    def extra_repr(self) -> str:
+        return self.what
+
+
+def _model_of(model_or_lm) -> nn.Module:
+    return getattr(model_or_lm, "model", model_or_lm) if hasattr(model_or_lm, "adapter") else model_or_lm
+
+
+# ----------------------------------------------------------------------------------------------------
+# skipping forwards (bound with functools.partial to one decoder layer)
+
+
+def _mlp_only_forward(layer: nn.Module, spec: ArchSpec, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Decoder layer with its attention dropped: resid_mid = resid_pre, then the MLP half."""
+    resid_mid = hidden_states                                                   # [batch, pos, d_model]
+    mlp_out = getattr(layer, spec.mlp)(getattr(layer, spec.mid_norm)(resid_mid))
+    if spec.post_mlp_norm:
+        mlp_out = getattr(layer, spec.post_mlp_norm)(mlp_out)
+    return resid_mid + mlp_out                                                  # resid_post
+
+
+def _attn_only_forward(layer: nn.Module, spec: ArchSpec, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Decoder layer with its MLP dropped: the attention half, then resid_post = resid_mid."""
+    resid_pre = hidden_states                                                   # [batch, pos, d_model]
+    attn_out, _ = getattr(layer, spec.attn)(hidden_states=getattr(layer, spec.input_norm)(resid_pre), **kwargs)
+    if spec.post_attn_norm:
+        attn_out = getattr(layer, spec.post_attn_norm)(attn_out)
+    return resid_pre + attn_out                                                 # resid_mid = resid_post
+
+
+def _set_forward(layer: nn.Module, fn) -> None:
+    """Replace one layer's forward (behind accelerate's hook when the model was dispatched)."""
+    if "_old_forward" in layer.__dict__:
+        layer._old_forward = fn
+    else:
+        layer.forward = fn
+
+
+def is_dropped(module: nn.Module) -> bool:
+    return isinstance(module, DroppedBlock)
+
+
+def layer_status(model_or_lm) -> list[dict]:
+    """Per decoder layer of a (possibly pruned) model: is its attention / MLP kept."""
+    model = _model_of(model_or_lm)
+    spec = spec_for(model)
+    return [{"layer": i, "attn": not is_dropped(getattr(layer, spec.attn)),
+             "mlp": not is_dropped(getattr(layer, spec.mlp))} for i, layer in enumerate(get_path(model, spec.layers))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# in-place surgery on a model you own
+
+
+def _drop_attention(layer: nn.Module, spec: ArchSpec) -> None:
+    for name in (spec.attn, spec.input_norm, spec.post_attn_norm):
+        if name:
+            setattr(layer, name, DroppedBlock(f"attention sub-block ({name})"))
+    _set_forward(layer, functools.partial(_mlp_only_forward, layer, spec))
+
+
+def _drop_mlp(layer: nn.Module, spec: ArchSpec) -> None:
+    for name in (spec.mlp, spec.mid_norm, spec.post_mlp_norm):
+        if name:
+            setattr(layer, name, DroppedBlock(f"MLP sub-block ({name})"))
+    _set_forward(layer, functools.partial(_attn_only_forward, layer, spec))
+
+
+def _reindex(layer: nn.Module, idx: int) -> None:
+    """Set ``layer_idx`` (the KV-cache slot) on the layer and its direct children (its attention)."""
+    for m in (layer, *layer.children()):
+        if isinstance(m.__dict__.get("layer_idx"), int):
+            m.layer_idx = idx
+
+
+def _slice_config(config, kept: list[int], num_layers: int) -> None:
+    """``num_hidden_layers`` and every per-layer list (layer_types, mlp_layer_types, ...) follow ``kept``."""
+    for key, value in list(vars(config).items()):
+        if key.startswith("_") or key in ("architectures", KV_MARK):
+            continue
+        if isinstance(value, (list, tuple)) and len(value) == num_layers:
+            setattr(config, key, type(value)(value[i] for i in kept))
+    config.num_hidden_layers = len(kept)
+
+
+def _mark_kv(config, layers: nn.ModuleList, spec: ArchSpec) -> None:
+    """Mark dropped attentions so HF caches allocate a storage-free DummyLayer for them."""
+    dropped = [is_dropped(getattr(layer, spec.attn)) for layer in layers]
+    if any(dropped):
+        setattr(config, KV_MARK, ["reuse" if d else None for d in dropped])
+    elif KV_MARK in vars(config):
+        delattr(config, KV_MARK)
+
+
+def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
+    """Prune ``model`` in place (use it on a model you own: :func:`prune_copy`, or a fresh load).
+
+    Plan indices refer to the model's current layers. Returns the same model object.
+    """
+    spec = spec_for(model)
+    layers = get_path(model, spec.layers)
+    n = len(layers)
+    plan = plan.validate(n).normalized()
+    for i in plan.drop_attn:
+        _drop_attention(layers[i], spec)
+    for i in plan.drop_mlp:
+        _drop_mlp(layers[i], spec)
+    both = {i for i, layer in enumerate(layers)                         # e.g. a second plan on a pruned model
+            if is_dropped(getattr(layer, spec.attn)) and is_dropped(getattr(layer, spec.mlp))}
+    kept = [i for i in range(n) if i not in set(plan.drop_layers) | both]
+    new_layers = nn.ModuleList([layers[i] for i in kept])
+    for new_i, layer in enumerate(new_layers):
+        _reindex(layer, new_i)
+    parent, _, name = spec.layers.rpartition(".")
+    setattr(get_path(model, parent) if parent else model, name, new_layers)
+    _slice_config(model.config, kept, n)
+    _mark_kv(model.config, new_layers, spec)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# non-destructive views
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A new module object sharing parameters and children, with its own registries and hook dicts."""
+    new = copy.copy(module)
+    for key, value in module.__dict__.items():
+        if key.startswith("_") and isinstance(value, (dict, set)):
+            new.__dict__[key] = copy.copy(value)
+    fwd = module.__dict__.get("forward")                      # accelerate hook bound to the original
+    if isinstance(fwd, functools.partial) and fwd.args and fwd.args[0] is module:
+        new.__dict__["forward"] = functools.partial(fwd.func, new, *fwd.args[1:], **fwd.keywords)
+    old = module.__dict__.get("_old_forward")
+    if isinstance(old, types.MethodType) and old.__self__ is module:
+        new.__dict__["_old_forward"] = types.MethodType(old.__func__, new)
+    return new
+
+
+def _structure_copy(model: nn.Module, spec: ArchSpec) -> nn.Module:
+    """Top-level model, base model, layer list, decoder layers and their attentions as new objects;
+    weights, norms, embeddings and the LM head shared. Only reads ``model``."""
+    top = _shallow(model)
+    top.config = copy.deepcopy(model.config)
+    if getattr(model, "generation_config", None) is not None:
+        top.generation_config = copy.deepcopy(model.generation_config)
+    parent = top
+    path = spec.layers.split(".")
+    for part in path[:-1]:                                   # e.g. "model": the base model
+        child = _shallow(parent._modules[part])
+        if getattr(child, "config", None) is model.config:
+            child.config = top.config
+        parent._modules[part] = child
+        parent = child
+    layers = []
+    for layer in parent._modules[path[-1]]:
+        new = _shallow(layer)
+        for name, child in layer._modules.items():
+            if child is not None and "layer_idx" in child.__dict__:
+                new._modules[name] = _shallow(child)
+        layers.append(new)
+    parent._modules[path[-1]] = nn.ModuleList(layers)
+    return top
+
+
+def pruned_view(model_or_lm, plan: Plan | None) -> nn.Module:
+    """A new model that shares every weight with ``model`` and skips the planned blocks.
+
+    The base model object, its modules, config and weights are left untouched, so its outputs stay
+    bit-identical and views for different plans can run concurrently (one per thread).
+    """
+    model = _model_of(model_or_lm)
+    view = _structure_copy(model, spec_for(model))
+    return apply_plan(view, plan or Plan())
+
+
+@contextlib.contextmanager
+def what_if(model_or_lm, plan: Plan | None) -> Iterator[nn.Module]:
+    """``with what_if(model, plan) as pruned: ...``: a :func:`pruned_view` for the block."""
+    view = pruned_view(model_or_lm, plan)
+    try:
+        yield view
+    finally:
+        del view
+
+
+def prune_copy(model_or_lm, plan: Plan | None):
+    """A physically pruned deep copy (only the kept weights are copied); the original is untouched.
+
+    Given a LoadedModel, returns a LoadedModel; given a model, a model.
+    """
+    model = _model_of(model_or_lm)
+    pruned = copy.deepcopy(pruned_view(model, plan))
+    if model_or_lm is model:
+        return pruned
+    from .adapters import adapter_for
+
+    lm = model_or_lm
+    return type(lm)(model=pruned, tokenizer=lm.tokenizer, adapter=adapter_for(pruned), name=lm.name,
+                    source=lm.source, fingerprint=lm.fingerprint, device=lm.device, dtype=lm.dtype,
+                    info={**lm.info, "plan": (plan or Plan()).to_dict()})
+
+
+def kept_attention_layers(model_or_lm) -> list[int]:
+    """Indices (in the model as it is) of layers whose attention runs and holds KV cache."""
+    return [s["layer"] for s in layer_status(model_or_lm) if s["attn"]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# saving and loading
+
+
+def check_out_dir(out: Path, overwrite: bool, root: str | os.PathLike | None) -> None:
+    if root is not None:
+        root_p = Path(root).expanduser().resolve()
+        if not out.resolve().is_relative_to(root_p):
+            raise SaveError(f"Output directory {out} is outside the allowed folder {root_p}")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise SaveError(f"Output directory {out} already exists", hint="use --overwrite to replace it")
+        if not out.is_dir() or out.is_symlink():
+            raise SaveError(f"{out} exists and is not a directory; refusing to replace it")
+        if any(out.iterdir()) and not ((out / "config.json").exists() or (out / PLAN_FILE).exists()):
+            raise SaveError(f"{out} is a non-empty directory that is not a model checkpoint; refusing to replace it")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SaveError(f"Cannot create {parent}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SaveError(f"Output folder {parent} is not writable")
+
+
+def _checkpoint_plan(plan: Plan, model: nn.Module, name: str | None) -> Plan:
+    """The plan as stored next to the checkpoint: original indices plus what was removed."""
+    n = len(get_path(model, spec_for(model).layers))
+    norm = plan.normalized()
+    source = {**plan.source, "checkpoint": {"original_num_layers": n, "kept_layers": norm.kept_layers(n),
+                                            "model": name, "format": "entroscope-pruned-v1"}}
+    return Plan(norm.drop_attn, norm.drop_mlp, norm.drop_layers, source)
+
+
+def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, overwrite: bool = False,
+                root: str | os.PathLike | None = None, tokenizer=None) -> Path:
+    """Save the model with ``plan`` applied to ``out_dir`` (the model passed in is not modified).
+
+    Whole-layer plans give a standard checkpoint that plain ``from_pretrained`` reloads; sub-block drops
+    store only the remaining weights, restored by :func:`load_pruned` / ``load_model``. The tokenizer
+    (``tokenizer`` or the LoadedModel's) and ``entroscope-plan.json`` are written too. The directory
+    appears atomically (written under a temporary name, then renamed).
+    """
+    model = _model_of(model_or_lm)
+    plan = plan or Plan()
+    tokenizer = tokenizer if tokenizer is not None else getattr(model_or_lm, "tokenizer", None)
+    out = Path(out_dir).expanduser()
+    check_out_dir(out, overwrite, root)
+    view = pruned_view(model, plan)
+    if KV_MARK in vars(view.config):                         # runtime-only: re-applied from the plan on load
+        delattr(view.config, KV_MARK)
+    stored = _checkpoint_plan(plan, model, getattr(model_or_lm, "name", None))
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        view.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        stored.save(tmp / PLAN_FILE)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveError(f"Could not write {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def saved_plan(path: str | os.PathLike) -> Plan | None:
+    """The plan stored in a checkpoint directory by :func:`save_pruned`, or None."""
+    f = Path(path).expanduser() / PLAN_FILE
+    return Plan.load(f) if f.is_file() else None
+
+
+def residual_plan(plan: Plan, saved_num_layers: int) -> Plan:
+    """The sub-block drops of a stored plan in the saved checkpoint's layer indices."""
+    ck = plan.source.get("checkpoint") or {}
+    norm = plan.normalized()
+    kept = ck.get("kept_layers") or norm.kept_layers(saved_num_layers + len(norm.drop_layers))
+    if len(kept) != saved_num_layers:
+        raise ModelLoadError(f"{PLAN_FILE} does not match the checkpoint: it keeps {len(kept)} layers, "
+                             f"config.json has {saved_num_layers}")
+    new = {old: i for i, old in enumerate(kept)}
+    try:
+        return Plan([new[i] for i in norm.drop_attn], [new[i] for i in norm.drop_mlp], [], dict(plan.source))
+    except KeyError as exc:
+        raise ModelLoadError(f"{PLAN_FILE} drops a sub-block of layer {exc.args[0]}, which is not in the checkpoint") \
+            from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ModelLoadError(f"{path} has no model.safetensors weights")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(str(path / f)))
+    return sd
+
+
+def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module | None:
+    """Rebuild a checkpoint saved with sub-block drops; None when the directory has none (plain load).
+
+    Builds the saved structure from config.json, applies the stored sub-block drops, then loads the
+    weights strictly: every remaining parameter must be present and no dropped weight is expected.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    path = Path(path).expanduser()
+    plan = saved_plan(path)
+    if plan is None or not (plan.drop_attn or plan.drop_mlp):
+        return None
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    residual = residual_plan(plan, int(config.num_hidden_layers))
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    apply_plan(model, residual)
+    model.tie_weights()
+    missing, unexpected = model.load_state_dict(_read_state_dict(path), strict=False)
+    missing = [k for k in missing if not _is_tied(model, k)]
+    if missing or unexpected:
+        raise ModelLoadError(f"{path} does not match its {PLAN_FILE}: {len(missing)} missing weights "
+                             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    model.entroscope_plan = plan
+    return model
+
+
+def _is_tied(model: nn.Module, key: str) -> bool:
+    """True when parameter ``key`` is the same tensor as another (loaded) parameter, e.g. a tied LM head."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    p = params.get(key)
+    return p is not None and any(q is p for k, q in params.items() if k != key)
+
+
+def load_pruned(path: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "fp32"):
+    """Load a directory written by :func:`save_pruned` (sub-block plans restored) as a LoadedModel."""
+    from .models import load_model
+
+    lm = load_model(str(path), device=device, dtype=dtype, offline=True)
+    plan = saved_plan(path)
+    if plan is not None:
+        lm.info["plan"] = plan.to_dict()
+    return lm

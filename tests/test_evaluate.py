@@ -1,0 +1,205 @@
+"""Perplexity protocol arithmetic, agreement, latency, generations, sweeps (reuse is exact) and exports."""
+import json
+import math
+
+import pytest
+import torch
+
+from analysis.errors import DataError, SelectionError
+from analysis.evaluate import (EvalConfig, agreement, generate_pair, kv_cache_report, latency, make_windows,
+                               param_report, perplexity, prepare_eval, sweep)
+from analysis.export import (kept_ranges, llama_cpp_prune_layers, mergekit_yaml, reproduction_manifest,
+                             rows_to_csv)
+from analysis.plan import Plan
+from analysis.testing import random_tokens, tiny_loaded
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest and avoids OpenMP spinning on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+STREAM = random_tokens(1, 300, seed=7)[0]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_loaded("llama", layers=6)
+
+
+def _manual_nll(model, windows, labels_from=None):
+    """Sum of -log p(target) with log_softmax over full logits, and the number of scored targets."""
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for ids, first in windows:
+            lp = torch.log_softmax(model(ids[None]).logits[0].float(), -1)        # [n, vocab]
+            tgt = ids[1:]
+            picked = lp[:-1].gather(-1, tgt[:, None])[:, 0]
+            total -= float(picked[first - 1:].sum())
+            n += len(tgt) - (first - 1)
+    return total, n
+
+
+def test_perplexity_by_hand_disjoint_windows_remainder_dropped(lm):
+    r = perplexity(lm, STREAM, cfg=EvalConfig(window=64))
+    windows = [(STREAM[i * 64:(i + 1) * 64], 1) for i in range(300 // 64)]          # 4 windows; 44 dropped
+    nll, n = _manual_nll(lm.model, windows)
+    assert r["tokens"] == n == 4 * 63
+    assert r["nll"] == pytest.approx(nll / n, rel=1e-6)
+    assert r["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-6)
+    p = r["protocol"]
+    assert p["window"] == 64 and p["stride"] is None and p["remainder"] == "dropped" and p["bos"] is False
+    assert p["tokens_scored"] == 252 and p["tokens_used"] == 256 and p["dtype"] == "fp32" and p["model"] == "tiny-llama"
+
+
+def test_bos_prepended_to_every_window_for_gemma():
+    g = tiny_loaded("gemma3", layers=3)
+    bos = g.model.config.bos_token_id
+    r = perplexity(g, STREAM, cfg=EvalConfig(window=64))
+    windows = [(torch.cat([torch.tensor([bos]), STREAM[i * 63:(i + 1) * 63]]), 1) for i in range(300 // 63)]
+    nll, n = _manual_nll(g.model, windows)
+    assert r["protocol"]["bos"] is True and r["tokens"] == n == 4 * 63
+    assert r["nll"] == pytest.approx(nll / n, rel=1e-6)
+
+
+def test_stride_protocol_matches_hf_sliding_window(lm):
+    stream = STREAM[:200]
+    r = perplexity(lm, stream, cfg=EvalConfig(window=64, stride=24))
+    total, n, prev_end = 0.0, 0, 0                     # the Hugging Face guide's loop, labels -100
+    with torch.inference_mode():
+        for begin in range(0, len(stream), 24):
+            end = min(begin + 64, len(stream))
+            ids = stream[begin:end][None]
+            labels = ids.clone()
+            labels[:, :-(end - prev_end)] = -100
+            lg = lm.model(ids).logits[0, :-1].float()
+            tgt = labels[0, 1:]
+            keep = tgt != -100
+            total += float(torch.nn.functional.cross_entropy(lg[keep], tgt[keep], reduction="sum"))
+            n += int(keep.sum())
+            prev_end = end
+            if end == len(stream):
+                break
+    assert r["tokens"] == n == len(stream) - 1                      # every token but the first, once
+    assert r["nll"] == pytest.approx(total / n, rel=1e-6)
+    assert r["protocol"]["stride"] == 24 and r["protocol"]["remainder"].startswith("none")
+
+
+def test_windows_and_errors(lm):
+    assert [(tuple(ids.shape), f) for ids, f in make_windows(STREAM[:10], 64)] == [((1, 10), 1)]  # short: one window
+    b = make_windows(STREAM, 64, batch_size=3)
+    assert [tuple(ids.shape) for ids, _ in b] == [(3, 64), (1, 64)]
+    with pytest.raises(DataError, match="stride 80 is larger"):
+        perplexity(lm, STREAM, cfg=EvalConfig(window=64, stride=80))
+    with pytest.raises(DataError, match="beyond the model's context"):
+        perplexity(lm, STREAM, cfg=EvalConfig(window=4096))
+    with pytest.raises(DataError, match="not enough tokens"):
+        perplexity(lm, STREAM[:1], cfg=EvalConfig(window=64))
+    with pytest.raises(DataError, match="vocabulary"):
+        perplexity(lm, torch.full((100,), 999), cfg=EvalConfig(window=64))
+
+
+def test_logit_chunks_and_batches_do_not_change_the_result(lm):
+    a = perplexity(lm, STREAM, cfg=EvalConfig(window=64))
+    b = perplexity(lm, STREAM, cfg=EvalConfig(window=64, logits_chunk=7, batch_size=2))
+    assert b["nll"] == pytest.approx(a["nll"], rel=1e-6)
+
+
+def test_text_input_and_max_tokens(lm):
+    docs = ["The quick brown fox jumps over the lazy dog. " * 20, "Pack my box with five dozen liquor jugs. " * 20]
+    w = prepare_eval(lm, docs, EvalConfig(window=64, max_tokens=200))
+    assert w.meta["tokens_in_stream"] == 200 and w.n_windows == 3 and w.meta["corpus"] == "text"
+
+
+def test_plan_uses_a_view_and_agreement(lm):
+    from analysis.models import weights_hash
+
+    h0 = weights_hash(lm.model)
+    cfg = EvalConfig(window=64)
+    base = perplexity(lm, STREAM, cfg=cfg)
+    plan = Plan(drop_attn=[2, 3])
+    pruned = perplexity(lm, STREAM, plan, cfg=cfg)
+    assert pruned["nll"] != base["nll"] and pruned["plan"]["drop_attn"] == [2, 3]
+    assert weights_hash(lm.model) == h0
+    same = agreement(lm, Plan(), STREAM, cfg)
+    assert same["kl"] == pytest.approx(0, abs=1e-7) and same["top1"] == 1.0
+    a = agreement(lm, plan, STREAM, cfg)
+    assert a["kl"] > 0 and 0 <= a["top1"] < 1 and a["tokens"] == base["tokens"]
+    assert a["perplexity_original"] == base["perplexity"] and a["perplexity_pruned"] == pruned["perplexity"]
+
+
+def test_sweep_reuse_equals_plain_evaluation_exactly(lm):
+    cfg = EvalConfig(window=48, batch_size=2)
+    stream = STREAM[:150]                                                   # 3 windows: batches of 2 and 1
+    orders = {"front": [1, 2, 3, 4, 5, 0], "tail": [5, 4, 3, 2, 1]}          # tail k=4 drops layers 2..5
+    for g in ("layer", "attention", "mlp"):
+        fast = sweep(lm, orders, ["front", "tail"], range(5), stream, g, cfg)
+        slow = sweep(lm, orders, ["front", "tail"], range(5), stream, g, cfg, reuse=False)
+        assert [r["nll"] for r in fast["rows"]] == [r["nll"] for r in slow["rows"]]
+        for row in fast["rows"][::2] + fast["rows"][-1:]:
+            plain = perplexity(lm, stream, Plan.from_dict(row["plan"]), cfg)
+            assert row["nll"] == plain["nll"] and row["perplexity"] == plain["perplexity"]
+        assert len(fast["rows"]) == 10 and fast["unique_plans"] == 9        # k = 0 evaluated once
+    assert fast["rows"][0]["params_removed_fraction"] == 0 and fast["rows"][4]["params_removed_fraction"] > 0
+
+
+def test_sweep_from_analysis_run(lm):
+    from analysis.run import AnalysisConfig, analyze
+
+    run = analyze(lm, random_tokens(4, 24), AnalysisConfig(estimator="bucket", granularity="layer"))
+    res = sweep(lm, run, ["entrodrop", "random"], [0, 1, 2, 9], STREAM, cfg=EvalConfig(window=64))
+    assert [(r["criterion"], r["k"]) for r in res["rows"]] == [("entrodrop", k) for k in (0, 1, 2)] + \
+        [("random", k) for k in (0, 1, 2)]
+    assert {s["k"] for s in res["skipped"]} == {9}
+    assert res["rows"][2]["plan"]["source"]["criterion"] == "entrodrop" and len(res["rows"][2]["blocks"]) == 2
+
+
+def test_param_and_kv_reports(lm):
+    r = param_report(lm, Plan(drop_attn=[1]))
+    layer = lm.model.model.layers[1]
+    attn = sum(p.numel() for p in layer.self_attn.parameters()) + layer.input_layernorm.weight.numel()
+    assert r["removed"] == attn and r["attention_layers"] == 5 and r["layers"] == 6
+    cfg = lm.model.config
+    per_layer = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    kv = kv_cache_report(lm.model)
+    assert kv["kv_bytes_per_token"] == 6 * per_layer and kv["sliding_layers"] == 0
+    g = tiny_loaded("gemma3", layers=3)
+    assert kv_cache_report(g.model)["sliding_layers"] == 2
+
+
+def test_latency_and_generation_smoke(lm):
+    res = latency(lm, Plan(drop_attn=[0], drop_layers=[5]), batch_sizes=(1, 2), prompt_len=8, new_tokens=2,
+                  repeats=2, warmup=1)
+    assert [r["batch_size"] for r in res["rows"]] == [1, 2]
+    row = res["rows"][0]
+    assert row["prefill_tokens_per_s"]["median"] > 0 and row["decode_tokens_per_s"]["p95"] > 0
+    assert res["kv_layers"] == 4 and res["params"]["total"] < param_report(lm)["total"]
+    same = generate_pair(lm, Plan(), "hello", max_new_tokens=5)
+    assert same["original"] == same["pruned"] and same["first_divergence"] is None
+    diff = generate_pair(lm, Plan(drop_layers=[0, 1, 2]), "hello", max_new_tokens=5)
+    assert len(diff["pruned_ids"]) == 5
+
+
+def test_exports(tmp_path, lm):
+    plan = Plan(drop_layers=[20, 21, 25])
+    y = mergekit_yaml(plan, "HuggingFaceTB/SmolLM2-135M-Instruct", 30)
+    assert "layer_range: [0, 20]" in y and "layer_range: [22, 25]" in y and "layer_range: [26, 30]" in y
+    assert "merge_method: passthrough" in y
+    assert kept_ranges(5, [0, 4]) == [(1, 4)]
+    assert llama_cpp_prune_layers(plan) == "20,21,25"
+    with pytest.raises(SelectionError, match="whole layers"):
+        llama_cpp_prune_layers(Plan(drop_attn=[3]))
+    with pytest.raises(SelectionError, match="whole layers"):
+        mergekit_yaml(Plan(drop_mlp=[3]), "m", 30)
+    text = rows_to_csv([{"k": 0, "perplexity": 3.5, "plan": {"drop_layers": [1], "source": {"x": 1}}},
+                        {"k": 1, "perplexity": float("nan")}], tmp_path / "r.csv")
+    lines = text.splitlines()
+    assert lines[0] == "k,perplexity,plan.drop_layers" and lines[1] == "0,3.5,[1]" and lines[2] == "1,,"
+    m = reproduction_manifest(lm, plan, {"corpus": "wiki"}, argv=["eval", "--model", "smollm2"])
+    assert m["command"] == "python -m analysis eval --model smollm2" and m["model"]["fingerprint"]
+    assert m["plan"]["drop_layers"] == [20, 21, 25] and "torch" in m["versions"]
+    json.dumps(m)
