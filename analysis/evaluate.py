@@ -529,34 +529,6 @@ def _plan_key(plan: Plan) -> tuple:
     return tuple(n.drop_attn), tuple(n.drop_mlp), tuple(n.drop_layers)
 
 
-def _tail_view(model: nn.Module, plan: Plan, num_layers: int) -> tuple[int, nn.Module]:
-    """(start layer, view that runs only layers >= start of the pruned model, fed resid_pre[start])."""
-    n = plan.normalized()
-    start = n.first_dropped()
-    if not [i for i in n.kept_layers(num_layers) if i >= start]:
-        start -= 1                                  # everything after `start` is dropped: keep one layer
-    tail = Plan(n.drop_attn, n.drop_mlp, sorted(set(n.drop_layers) | set(range(start))))
-    return start, pruned_view(model, tail)
-
-
-class _BoundaryCapture:
-    """Forward pre-hooks on a view's layers keeping resid_pre at the wanted layer indices."""
-
-    def __init__(self, view: nn.Module, wanted: set[int]):
-        self.states: dict[int, Tensor] = {}
-        layers = get_path(view, spec_for(view).layers)
-        self.handles = [layers[i].register_forward_pre_hook(self._hook(i)) for i in sorted(wanted)]
-
-    def _hook(self, i: int):
-        def hook(module, args):
-            self.states[i] = args[0]                 # [B, n, d_model]; layers never modify it in place
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop",), ks: Iterable[int] = range(13),
           data=None, granularity: str | None = None, cfg: EvalConfig | None = None, split: str = "eval",
           reuse: bool = True, with_latency: bool = False, latency_kwargs: dict | None = None,
@@ -564,8 +536,8 @@ def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop"
     """Perplexity for every criterion × k plan (rows), sharing the work between plans.
 
     ``run_or_orders``: an AnalysisResult (plans via :func:`analysis.criteria.select`) or
-    ``{criterion: drop order}``. With ``reuse`` the residual stream is computed once per window batch
-    on the original model, and each plan's forward starts at its first dropped block from the cached
+    ``{criterion: drop order}``. With ``reuse`` plans are walked as a trie (see :func:`_prefix_schedule`):
+    each plan's forward starts where it first differs from the previous plan, from the cached
     ``resid_pre`` there; the NLL is bit-identical to :func:`perplexity` with that plan.
     """
     cfg = cfg or EvalConfig()
@@ -592,39 +564,98 @@ def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop"
 
 def _sweep_nll(lm: LoadedModel, plans: list[tuple[tuple, Plan]], windows: EvalWindows, cfg: EvalConfig,
                reuse: bool, progress: Progress | None) -> dict[tuple, float]:
-    model, L = lm.model, lm.num_layers
     sums = {key: 0.0 for key, _ in plans}
-    if not reuse:
-        views = {key: (lm.model if p.is_empty else pruned_view(model, p)) for key, p in plans}
-    else:
-        tails = {key: _tail_view(model, p, L) for key, p in plans if not p.normalized().is_empty}
-        ident = pruned_view(model, None)
-        capture = _BoundaryCapture(ident, {start for start, _ in tails.values()})
+    steps = _prefix_schedule(lm, plans) if reuse else None
+    views = None if reuse else {key: (lm.model if p.is_empty else pruned_view(lm.model, p)) for key, p in plans}
     n = len(windows.batches)
-    try:
-        with torch.inference_mode():
-            for b, (ids, first) in enumerate(windows.batches):
-                ids = ids.to(lm.device)
-                if not reuse:
-                    for key, v in views.items():
-                        sums[key] += _guard(lambda: _nll_sum(v, _final_hidden(v, ids), ids, first, cfg.logits_chunk),
-                                            "sweep")
-                else:
-                    hidden = _guard(lambda: _final_hidden(ident, ids), "sweep")
-                    base_nll = None
-                    for key, p in plans:
-                        if key in tails:
-                            start, tail = tails[key]
-                            h = _guard(lambda: _final_hidden(tail, embeds=capture.states[start]), "sweep")
-                            sums[key] += _nll_sum(tail, h, ids, first, cfg.logits_chunk)
-                        else:
-                            if base_nll is None:
-                                base_nll = _nll_sum(ident, hidden, ids, first, cfg.logits_chunk)
-                            sums[key] += base_nll
-                    capture.states.clear()
-                if progress:
-                    progress((b + 1) / n, f"sweep: window batch {b + 1}/{n} × {len(plans)} plans")
-    finally:
-        if reuse:
-            capture.remove()
+    with torch.inference_mode():
+        for b, (ids, first) in enumerate(windows.batches):
+            ids = ids.to(lm.device)
+            if reuse:
+                for key, nll in _prefix_batch(steps, ids, first, cfg):
+                    sums[key] += nll
+            else:
+                for key, v in views.items():
+                    sums[key] += _guard(lambda: _nll_sum(v, _final_hidden(v, ids), ids, first, cfg.logits_chunk),
+                                        "sweep")
+            if progress:
+                progress((b + 1) / n, f"sweep: window batch {b + 1}/{n} × {len(plans)} plans")
     return sums
+
+
+def _decisions(plan: Plan, num_layers: int) -> tuple[int, ...]:
+    """Per layer: 0 keep, 1 attention dropped, 2 MLP dropped, 3 whole layer dropped."""
+    n = plan.normalized()
+    dl, da, dm = set(n.drop_layers), set(n.drop_attn), set(n.drop_mlp)
+    return tuple(3 if i in dl else (1 if i in da else 0) | (2 if i in dm else 0) for i in range(num_layers))
+
+
+@dataclass
+class _Step:
+    key: tuple | None            # None: the original model (records every layer input)
+    start: int                   # first layer run; its input resid_pre[start] comes from the state cache
+    view: nn.Module | None       # None: the original plan itself (reuses the first step's NLL)
+    layer_ids: list[int]         # original index of each layer in the view, in order
+    record: bool                 # keep this step's layer inputs for the steps after it
+
+
+def _prefix_schedule(lm: LoadedModel, plans: list[tuple[tuple, Plan]]) -> list[_Step]:
+    """Order plans so that each shares the longest possible prefix with the one before it.
+
+    Sorted by their per-layer decisions, plans form a depth-first walk of the trie of plans, and in
+    sorted order the longest common prefix with *any* earlier plan is the one with the predecessor.
+    Each plan starts at the first layer where its decisions differ from its predecessor's (or the
+    nearest cached layer before it), fed the cached ``resid_pre`` there, which is bit-identical to
+    what its own full forward would compute.
+    """
+    L, model = lm.num_layers, lm.model
+    steps = [_Step(None, 0, pruned_view(model, None), list(range(L)), True)]
+    available = set(range(L))                      # layers whose input is cached after the previous step
+    prev = (0,) * L
+    ordered = sorted(((_decisions(p, L), key, p) for key, p in plans), key=lambda t: t[0])
+    for i, (dec, key, p) in enumerate(ordered):
+        if not any(dec):
+            steps.append(_Step(key, L, None, [], False))
+            continue
+        j = next(x for x in range(L) if dec[x] != prev[x])
+        kept = [x for x in range(L) if dec[x] != 3]
+        start = max(l for l in available if l <= j and any(k >= l for k in kept))
+        n = p.normalized()
+        tail = Plan(n.drop_attn, n.drop_mlp, sorted(set(n.drop_layers) | set(range(start))))
+        layer_ids = [k for k in kept if k >= start]
+        steps.append(_Step(key, start, pruned_view(model, tail), layer_ids, i + 1 < len(ordered)))
+        available = {l for l in available if l <= start} | set(layer_ids)
+        prev = dec
+    return steps
+
+
+def _prefix_batch(steps: list[_Step], ids: Tensor, first: int, cfg: EvalConfig):
+    """Yield (plan key, NLL sum) for one window batch, walking the schedule with a state cache."""
+    states: dict[int, Tensor] = {}
+    base_hidden, base_nll = None, None
+    for st in steps:
+        if st.view is None:                                   # the original model: computed by step 0
+            if base_nll is None:
+                base_nll = _nll_sum(steps[0].view, base_hidden, ids, first, cfg.logits_chunk)
+            yield st.key, base_nll
+            continue
+        recorded: dict[int, Tensor] = {}
+        handles = []
+        if st.record:                                         # the view's layers are its own copies
+            layers = get_path(st.view, spec_for(st.view).layers)
+            for pos, orig in enumerate(st.layer_ids):
+                handles.append(layers[pos].register_forward_pre_hook(
+                    lambda m, a, kw, orig=orig: recorded.__setitem__(orig, a[0] if a else kw["hidden_states"]),
+                    with_kwargs=True))
+        try:
+            if st.key is None:
+                hidden = base_hidden = _guard(lambda: _final_hidden(st.view, ids), "sweep")
+            else:
+                hidden = _guard(lambda: _final_hidden(st.view, embeds=states[st.start]), "sweep")
+        finally:
+            for h in handles:
+                h.remove()
+        states = {l: v for l, v in states.items() if l <= st.start}
+        states.update(recorded)
+        if st.key is not None:
+            yield st.key, _nll_sum(st.view, hidden, ids, first, cfg.logits_chunk)

@@ -203,3 +203,30 @@ def test_exports(tmp_path, lm):
     assert m["command"] == "python -m analysis eval --model smollm2" and m["model"]["fingerprint"]
     assert m["plan"]["drop_layers"] == [20, 21, 25] and "torch" in m["versions"]
     json.dumps(m)
+
+
+def test_sweep_trie_reuse_on_mixed_random_plans_is_exact(lm):
+    """Plans mixing layer, attention and MLP drops in any order: the prefix-sharing walk equals plain
+    evaluation bit for bit, including plans that drop everything after their first change."""
+    import random
+
+    rng = random.Random(0)
+    cfg = EvalConfig(window=40, batch_size=2)
+    stream = STREAM[:120]
+    plans = {}
+    for i in range(10):
+        layers = rng.sample(range(6), rng.randint(0, 2))
+        rest = [x for x in range(6) if x not in layers]
+        plans[f"p{i}"] = Plan(drop_layers=layers, drop_attn=rng.sample(rest, rng.randint(0, 2)),
+                              drop_mlp=rng.sample(rest, rng.randint(0, 2)))
+    plans["late"] = Plan(drop_layers=[3, 4, 5])
+    plans["late2"] = Plan(drop_layers=[4, 5], drop_attn=[3])
+    from analysis.evaluate import _prefix_schedule, _sweep_nll, prepare_eval
+
+    windows = prepare_eval(lm, stream, cfg)
+    items = [((name,), p) for name, p in plans.items()]
+    fast = _sweep_nll(lm, items, windows, cfg, reuse=True, progress=None)
+    for (name,), p in items:
+        assert fast[(name,)] == perplexity(lm, stream, p, cfg)["nll_sum"], name
+    steps = _prefix_schedule(lm, items)
+    assert sum(len(s.layer_ids) for s in steps[1:]) < 6 * len(items)  # work was actually shared

@@ -1,0 +1,61 @@
+"""Sweep cost: time for a k-plan sweep ÷ k single evaluations, measured in one run (target ≤ 0.6, k ≥ 8).
+
+Plans are EntroDrop's k = 1..K attention drops on SmolLM2 (the sweep a user runs on the Prune page).
+The single evaluations call :func:`analysis.evaluate.perplexity` once per plan; the sweep calls
+:func:`analysis.evaluate.sweep` (prefix reuse). Both must give identical perplexities.
+
+    .venv/bin/python bench/sweep.py [--k 12] [--max-tokens 2048] [--granularity attention]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import calib_tokens, machine
+
+import torch
+from analysis.evaluate import EvalConfig, perplexity, sweep
+from analysis.models import load_model
+from analysis.plan import Plan
+from analysis.run import AnalysisConfig, analyze
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--k", type=int, default=12)
+    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--granularity", default="attention")
+    ap.add_argument("--criteria", default="entrodrop")
+    ap.add_argument("--dtype", default="fp32")
+    args = ap.parse_args()
+    print(machine())
+    lm = load_model(args.model, dtype=args.dtype)
+    run = analyze(lm, calib_tokens(lm, 16, 256), AnalysisConfig(estimator="bucket", granularity=args.granularity))
+    cfg = EvalConfig(max_tokens=args.max_tokens, window=args.window)
+    crits = args.criteria.split(",")
+    ks = list(range(1, args.k + 1))
+    perplexity(lm, "wiki", cfg=cfg)  # warm-up (+ corpus load)
+    t = time.perf_counter()
+    singles = {}
+    for c in crits:
+        order = run.baselines[c]["drop_order"]
+        for k in ks:
+            key = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}[args.granularity]
+            singles[(c, k)] = perplexity(lm, "wiki", Plan(**{key: sorted(order[:k])}), cfg=cfg)["perplexity"]
+    t_single = time.perf_counter() - t
+    t = time.perf_counter()
+    sw = sweep(lm, run, crits, ks, data="wiki", granularity=args.granularity, cfg=cfg)
+    t_sweep = time.perf_counter() - t
+    same = all(abs(r["perplexity"] - singles[(r["criterion"], r["k"])]) == 0 for r in sw["rows"])
+    n = len(sw["rows"])
+    print(f"{n} plans ({','.join(crits)}, k=1..{args.k}, {args.granularity}), {sw['protocol']['tokens_scored']} "
+          f"tokens, window {args.window}")
+    print(f"single evaluations {t_single:7.2f} s   sweep {t_sweep:7.2f} s   ratio {t_sweep / t_single:.3f} "
+          f"(target ≤ 0.6)   identical perplexities: {same}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
