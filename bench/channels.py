@@ -1,0 +1,178 @@
+"""Channel-pruning benchmark on the real SmolLM2-135M (``python bench/channels.py``; ~3-6 min on a laptop CPU).
+
+For each ratio: iterative pruning (hybrid wiki+code+news calibration, few samples, T=2), per-domain
+held-out perplexity before/after (small token budget), parameters, and measured prefill/decode throughput
+of the dense and pruned model, compared with the FLOP-ideal speedup
+(FLOPs/token = 2 × decoder matmul weights + 4 × q-heads × head_dim × context per layer + 2 × LM head).
+
+Writes its figures into ``docs/benchmarks.md`` under "## Channel pruning (bench/channels.py)" (only that
+section is replaced) unless ``--no-write``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from analysis import channels as CH  # noqa: E402
+from analysis.evaluate import latency  # noqa: E402
+from analysis.models import load_model, wrap_model  # noqa: E402
+
+SECTION = "## Channel pruning (bench/channels.py)"
+
+
+def measure(lm, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+    r = latency(lm, None, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats, warmup=1)["rows"][0]
+    return {"prefill": r["prefill_tokens_per_s"]["median"], "decode": r["decode_tokens_per_s"]["median"]}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs (torch threads {torch.get_num_threads()}), "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--ratios", default="0.25,0.5")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--domains", default="wiki:1,code:1,news:1")
+    ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ablation", action="store_true", help="also hybrid vs single-domain vs one-shot at the first ratio")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    args = ap.parse_args(argv)
+
+    t_all = time.perf_counter()
+    lm = load_model(args.model, device="cpu")
+    print(f"loaded {args.model} in {lm.load_seconds:.1f} s", flush=True)
+    base_cfg = CH.ChannelConfig(domains=args.domains, n_samples=args.samples, seq_len=args.seq_len,
+                                steps=args.steps, eval_tokens=args.eval_tokens, eval_window=512).validated()
+    doms = list(base_cfg.domains)
+    tokens = CH.build_hybrid_calibration(lm.tokenizer, base_cfg.domains, args.samples, args.seq_len, base_cfg.seed)
+    dense_ppl = CH.evaluate_domains(lm, doms, args.eval_tokens, 512)
+    ctx_pre = (args.prompt_len + 1) // 2
+    ctx_dec = args.prompt_len + args.new_tokens // 2
+    f_dense = (CH.flops_per_token(lm.model, ctx_pre)["total"], CH.flops_per_token(lm.model, ctx_dec)["total"])
+    p_dense = CH._param_counts(lm.model)
+    rows = []
+    for r in [float(x) for x in args.ratios.split(",")]:
+        t0 = time.perf_counter()
+        res = CH.iterative_channel_prune(lm, base_cfg, tokens, ratio=r)
+        prune_s = time.perf_counter() - t0
+        pruned = wrap_model(res.model, lm.tokenizer, name=f"{args.model}-r{r}")
+        ppl = CH.evaluate_domains(pruned, doms, args.eval_tokens, 512)
+        dense_lat, pruned_lat = [], []
+        for _ in range(2):                      # interleaved: both see the same machine load
+            dense_lat.append(measure(lm, args.prompt_len, args.new_tokens, args.repeats))
+            pruned_lat.append(measure(pruned, args.prompt_len, args.new_tokens, args.repeats))
+        f_p = (CH.flops_per_token(res.model, ctx_pre)["total"], CH.flops_per_token(res.model, ctx_dec)["total"])
+        row = {"ratio": r, "ratio_reached": res.report["final"]["ratio_reached"],
+               "width": res.report["final"]["widths"][0], "prune_seconds": prune_s,
+               "params": res.report["final"]["params"], "params_dense": p_dense,
+               "ppl": {d: (dense_ppl[d]["perplexity"], ppl[d]["perplexity"]) for d in doms}}
+        for k, i in (("prefill", 0), ("decode", 1)):
+            d = statistics.median(x[k] for x in dense_lat)
+            p = statistics.median(x[k] for x in pruned_lat)
+            ideal = f_dense[i] / f_p[i]
+            row[k] = {"dense_tok_s": d, "pruned_tok_s": p, "speedup": p / d, "ideal": ideal,
+                      "efficiency": (p / d) / ideal}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k in ("ratio", "width", "prefill", "decode", "ppl")}),
+              flush=True)
+        del pruned, res
+    ablation = None
+    if args.ablation:
+        ablation = CH.run_ablation(lm, base_cfg, ratio=float(args.ratios.split(",")[0]))
+    total_s = time.perf_counter() - t_all
+
+    text = render(args, rows, doms, ablation, total_s, base_cfg)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "ablation": ablation}, indent=1))
+    if not args.no_write:
+        write_section(ROOT / "docs" / "benchmarks.md", text)
+    return 0
+
+
+def render(args, rows, doms, ablation, total_s, cfg) -> str:
+    date = datetime.date.today().isoformat()
+    out = [SECTION, "",
+           f"Run {date} on {machine()}; total runtime {total_s:.0f} s. Model `{args.model}` fp32 on CPU. "
+           f"Calibration: hybrid {args.domains}, {args.samples} × {args.seq_len} tokens, T = {args.steps}, "
+           f"method {cfg.method}, aggregation {cfg.domain_agg}, uniform allocation, widths multiple of "
+           f"{cfg.multiple_of}, no bias compensation. Perplexity: first {args.eval_tokens} held-out tokens of "
+           f"each domain's eval split, disjoint 512-token windows. Latency: batch 1, prompt {args.prompt_len} "
+           f"tokens (prefill tok/s) then {args.new_tokens} greedy decode steps (decode tok/s), median of "
+           f"{args.repeats} runs, dense and pruned measured interleaved twice. FLOP-ideal speedup = dense / pruned "
+           f"FLOPs per token (2 × decoder matmul weights + 4 × q-heads × head_dim × context + 2 × LM head; "
+           f"context {(args.prompt_len + 1) // 2} for prefill, {args.prompt_len + args.new_tokens // 2} for decode).",
+           "",
+           "| ratio | MLP width | params (M) | non-emb. (M) | prefill speedup | ideal | efficiency | decode speedup "
+           "| ideal | efficiency | prune time (s) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['ratio']:.2f} | {r['width']} | {r['params']['total'] / 1e6:.1f} "
+                   f"(dense {r['params_dense']['total'] / 1e6:.1f}) | {r['params']['non_embedding'] / 1e6:.1f} "
+                   f"(dense {r['params_dense']['non_embedding'] / 1e6:.1f}) | "
+                   f"{r['prefill']['speedup']:.2f}× | {r['prefill']['ideal']:.2f}× | {r['prefill']['efficiency']:.0%} | "
+                   f"{r['decode']['speedup']:.2f}× | {r['decode']['ideal']:.2f}× | {r['decode']['efficiency']:.0%} | "
+                   f"{r['prune_seconds']:.0f} |")
+    out += ["", "Throughput (tokens/s, dense → pruned): " + "; ".join(
+        f"r={r['ratio']:.2f}: prefill {r['prefill']['dense_tok_s']:.0f} → {r['prefill']['pruned_tok_s']:.0f}, "
+        f"decode {r['decode']['dense_tok_s']:.1f} → {r['decode']['pruned_tok_s']:.1f}" for r in rows) + ".", "",
+            "Per-domain perplexity (held-out):", "",
+            "| domain | dense | " + " | ".join(f"r={r['ratio']:.2f}" for r in rows) + " |",
+            "|---|---|" + "---|" * len(rows)]
+    for d in doms:
+        out.append(f"| {d} | {rows[0]['ppl'][d][0]:.2f} | " + " | ".join(f"{r['ppl'][d][1]:.2f}" for r in rows) + " |")
+    if ablation:
+        out += ["", f"Ablation at r = {ablation['ratio']:.2f} (same samples per variant; perplexity per eval domain):",
+                "", "| variant | " + " | ".join(ablation["domains"]) + " | mean log-ppl |",
+                "|---|" + "---|" * (len(ablation["domains"]) + 1),
+                "| dense | " + " | ".join(f"{ablation['dense'][d]:.2f}" for d in ablation["domains"]) + " | |"]
+        for row in ablation["rows"]:
+            out.append(f"| {row['variant']} (T={row['steps']}) | "
+                       + " | ".join(f"{row['perplexity'][d]:.2f}" for d in ablation["domains"])
+                       + f" | {row['mean_log_ppl']:.3f} |")
+    out += ["", "Reproduce: `python bench/channels.py" + (" --ablation" if ablation else "") + "`.", ""]
+    return "\n".join(out)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) only this benchmark's section of docs/benchmarks.md."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda m: text.rstrip() + "\n\n", old) if pattern.search(old) else \
+        old.rstrip() + "\n\n" + text.rstrip() + "\n"
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

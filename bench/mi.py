@@ -1,0 +1,251 @@
+"""MI-PRUN cost and quality on the real SmolLM2, measured in one run; writes the "MI-PRUN" section of
+docs/benchmarks.md.
+
+Measures, on the same calibration tokens (default 8 × 128 wiki tokens):
+
+* one analysis pass without MI (the unit every cost is divided by), and the pass with sampled states;
+* MI scoring from the cached states (default estimator: matrix Rényi α=1.01, 1024 tokens for the block
+  scores of all three granularities, 512 for the 31×31 boundary matrix) and the DPI violation rate;
+* Fast-Block-Select from the stored matrix, and exhaustive search for n ≤ 4 (gap to the optimum of the
+  same objective, over all subsets and within Fast-Block-Select's run partition);
+* ground truth by forward passes on the same tokens: drop-one ΔPPL (= SLEB's first step) and a
+  SLEB-style greedy search for ``--sleb-n`` layers; their cost relative to MI-PRUN's;
+* agreement (Spearman / Kendall / top-k overlap) of MI-PRUN and the other criteria with drop-one ΔPPL,
+  and the block-score cost and ΔPPL agreement of the other estimators on the same states.
+
+    .venv/bin/python bench/mi.py [--samples 8] [--seq-len 128] [--sleb-n 2] [--threads 1] [--no-write]
+
+Defaults (8 × 128 tokens, SLEB estimated rather than run) keep it near 5 minutes on a 2-core CPU shared
+with other jobs; on a free machine use e.g. ``--samples 16 --seq-len 256 --state-tokens 2048 --sleb-n 2``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from bench.common import calib_tokens, machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## MI-PRUN (bench/mi.py)"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt(x, nd=3):
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def write_section(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    """Replace (or append) only this script's section of docs/benchmarks.md."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    body = SECTION + "\n\n" + text.strip() + "\n"
+    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pat.sub(lambda _: body + "\n", old) if pat.search(old) else old.rstrip() + "\n\n" + body
+    path.write_text(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--state-tokens", type=int, default=1024)
+    ap.add_argument("--n-tokens", type=int, default=1024)
+    ap.add_argument("--matrix-tokens", type=int, default=512)
+    ap.add_argument("--sleb-n", type=int, default=0, help="also run SLEB for this many layers (0: estimate only)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and BLAS threads (1: fastest on a CPU shared with other jobs)")
+    ap.add_argument("--n", type=int, nargs="+", default=[2, 3, 4, 6, 8])
+    ap.add_argument("--other-estimators", default="gaussian,ksg,cka,renyi-debias")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+
+    from analysis.blockselect import (agreement_matrix, delta_ppl_details, exhaustive_select, fast_block_select,
+                                      maximal_runs, selection_gap, sleb_select, store_ground_truth)
+    from analysis.mi import MIConfig, StateMI, matrix_block_scores, matrix_run_score
+    from analysis.models import load_model
+    from analysis.run import EXTENSIONS, AnalysisConfig, analyze
+    from analysis.selection import rank_correlation
+
+    t_start = time.perf_counter()
+    lm = load_model(args.model, device="cpu")
+    tokens = calib_tokens(lm, args.samples, args.seq_len)
+    L = lm.num_layers
+    lines = [f"Machine: {machine()}; torch threads {torch.get_num_threads()} (CPU shared with other jobs: "
+             f"ratios are from one run, absolute times are noisy).",
+             f"Model {args.model} ({L} layers, d={lm.adapter.hidden_size}); calibration: {args.samples} × "
+             f"{args.seq_len} wiki tokens (seed 0).", ""]
+
+    # 1. analysis pass without MI, then with states + MI ------------------------------------------------
+    log("analysis passes")
+    analyze(lm, tokens[:2], AnalysisConfig(granularity="layer"))                  # warm-up
+    t0 = time.perf_counter()
+    analyze(lm, tokens, AnalysisConfig(granularity="layer"))
+    t_pass = time.perf_counter() - t0
+    kept: dict = {}
+    EXTENSIONS["_bench_keep"] = lambda stats, lm_, cfg: (kept.update(states=stats.states), {})[1]
+    cfg = AnalysisConfig(granularity="layer", state_tokens=args.state_tokens, extensions=("_bench_keep", "mi"))
+    cfg.mi = MIConfig(n_tokens=args.n_tokens, matrix_tokens=args.matrix_tokens)
+    t0 = time.perf_counter()
+    run = analyze(lm, tokens, cfg)
+    t_pass_mi = time.perf_counter() - t0
+    mi = run.extras["mi"]
+    t_capture = run.manifest["timings"]["capture_s"]
+    t_blocks, t_matrix = mi["timings"]["block_scores_s"], mi["timings"]["matrix_s"]
+    t_mi = mi["timings"]["total_s"]
+    lines += ["| step | seconds | × one analysis pass |", "|---|---:|---:|",
+              f"| analysis pass (no MI, bucket + cosine) | {t_pass:.2f} | 1.00 |",
+              f"| analysis pass keeping {mi['states_available']} token states (capture only) | {t_capture:.2f} | "
+              f"{t_capture / t_pass:.2f} |",
+              f"| MI block scores, 3 granularities (Rényi α=1.01, N={mi['n_tokens']}, {3 * L} pairs) | "
+              f"{t_blocks:.2f} | {t_blocks / t_pass:.2f} |",
+              f"| boundary MI matrix ({(L + 1) * L // 2} pairs, N={mi['matrix_tokens']}) | {t_matrix:.2f} | "
+              f"{t_matrix / t_pass:.2f} |"]
+
+    # 2. Fast-Block-Select and exhaustive search from the stored matrix -------------------------------
+    log("Fast-Block-Select / exhaustive")
+    s = matrix_block_scores(mi["matrix"])
+    rs = matrix_run_score(mi["matrix"])
+    prot = run.protected
+    fbs_rows, t_fbs_total = [], 0.0
+    for n in args.n:
+        t0 = time.perf_counter()
+        fbs = fast_block_select(s, rs, n, protect=prot)
+        t_f = time.perf_counter() - t0
+        rep = fast_block_select(s, rs, n, protect=prot, repartition=True)
+        t_fbs_total = max(t_fbs_total, t_f)
+        row = {"n": n, "blocks": fbs.blocks, "objective": fbs.objective, "iterations": fbs.iterations,
+               "evaluations": fbs.evaluations, "seconds": t_f, "initial": fbs.initial,
+               "rep_blocks": rep.blocks, "rep_objective": rep.objective}
+        free = L - len(prot)
+        if n <= 4:
+            exh = exhaustive_select(rs, L, n, prot)
+            part = [k - j + 1 for j, k in maximal_runs(fbs.initial)]
+            same = exhaustive_select(rs, L, n, prot, partition=part)
+            row.update(exh=exh, same=same, gap=selection_gap(fbs.objective, exh["objective"]),
+                       gap_same=selection_gap(fbs.objective, same["objective"]),
+                       gap_rep=selection_gap(rep.objective, exh["objective"]))
+        row["free"] = free
+        fbs_rows.append(row)
+    lines.append(f"| Fast-Block-Select from the stored matrix (slowest of n ∈ {args.n}) | {t_fbs_total:.4f} | "
+                 f"{t_fbs_total / t_pass:.4f} |")
+    exh_t = sum(r["exh"]["seconds"] for r in fbs_rows if "exh" in r)
+    if exh_t:
+        lines.append(f"| exhaustive search, all n ≤ 4 above | {exh_t:.2f} | {exh_t / t_pass:.2f} |")
+
+    # 3. ground truth by forward passes -----------------------------------------------------------------
+    log("drop-one ΔPPL and SLEB")
+    t0 = time.perf_counter()
+    d = delta_ppl_details(lm, tokens, "layer")
+    t_dppl = time.perf_counter() - t0
+    store_ground_truth(run, "layer", d["scores"], d)
+    t0 = time.perf_counter()
+    sl = sleb_select(lm, tokens, args.sleb_n, protect=prot) if args.sleb_n > 0 else None
+    t_sleb = time.perf_counter() - t0 if sl else None
+    per_eval = t_dppl / d["evaluations"]
+    lines.append(f"| drop-one ΔPPL, {d['evaluations']} calibration passes (= SLEB step 1) | {t_dppl:.2f} | "
+                 f"{t_dppl / t_pass:.2f} |")
+    if sl:
+        lines.append(f"| SLEB-style greedy search, n={args.sleb_n} ({sl['evaluations']} passes) | {t_sleb:.2f} | "
+                     f"{t_sleb / t_pass:.2f} |")
+    mi_total = t_mi + t_fbs_total
+    free = L - len(prot)
+    lines += ["", f"MI-PRUN end to end after the pass (MI block scores + matrix + Fast-Block-Select): {mi_total:.2f} s = "
+              f"{mi_total / t_pass:.2f} analysis passes (independent of n)."]
+    if sl:
+        lines.append(f"SLEB n={args.sleb_n} (measured) / MI-PRUN = {t_sleb / mi_total:.2f}×.")
+    lines.append(f"Drop-one ΔPPL (= SLEB step 1) / MI-PRUN = {t_dppl / mi_total:.2f}×; one calibration pass with a "
+                 f"layer removed costs {per_eval:.2f} s = {per_eval / t_pass:.2f} analysis passes on average.")
+    est = []
+    for n in sorted(set(args.n)):
+        evals = 1 + sum(free - t for t in range(n))
+        est.append(f"n={n}: {evals} passes ≈ {evals * per_eval:.0f} s ≈ {evals * per_eval / mi_total:.1f}× MI-PRUN")
+    lines.append("SLEB-style search cost estimated from that per-pass cost (a lower bound: later steps reuse a "
+                 "shorter prefix): " + "; ".join(est) + ".")
+    dpi = mi["dpi"]
+    lines += [f"DPI violation rate of the Rényi estimates (runs of 2..{L} layers, matrix N={mi['matrix_tokens']}): "
+              f"{dpi['rate']:.3f} ({dpi['violations']}/{dpi['windows']}; max excess {dpi['max_excess']:.4f} nats).", ""]
+
+    lines += ["Fast-Block-Select (K=5, |A|=n, protected " + str(prot) + ") vs exhaustive search of the same "
+              "objective J = Σ over maximal runs of −MI(H_j, H_{k+1}):", "",
+              "| n | FBS blocks | J(FBS) | iters | exact run scores | J(optimum) [blocks] | gap | "
+              "optimum within FBS's run partition | gap there | FBS+repartition J |",
+              "|---:|---|---:|---:|---:|---|---:|---|---:|---:|"]
+    for r in fbs_rows:
+        if "exh" in r:
+            lines.append(f"| {r['n']} | {r['blocks']} | {r['objective']:.4f} | {r['iterations']} | {r['evaluations']} | "
+                         f"{r['exh']['objective']:.4f} {r['exh']['blocks']} | {r['gap']['absolute']:.4f} "
+                         f"({100 * r['gap']['relative']:.1f}%) | {r['same']['objective']:.4f} {r['same']['blocks']} | "
+                         f"{r['gap_same']['absolute']:.4f} | {r['rep_objective']:.4f} |")
+        else:
+            lines.append(f"| {r['n']} | {r['blocks']} | {r['objective']:.4f} | {r['iterations']} | {r['evaluations']} | "
+                         f"C({r['free']}, {r['n']}) too large | | | | {r['rep_objective']:.4f} |")
+
+    # 4. agreement with ground truth ------------------------------------------------------------------
+    log("agreement")
+    crit = ["delta-ppl", "mi-prun", "entrodrop", "block-influence", "cosine", "angular", "tail", "random"]
+    k = 6
+    ag = agreement_matrix(run, crit, "layer", k=k)
+    names = ag["criteria"]
+    i0 = names.index("delta-ppl")
+    lines += ["", f"Agreement with drop-one ΔPPL on the same tokens (layers, unprotected blocks; top-{k} overlap of "
+              f"drop orders):", "", "| criterion | Spearman | Kendall | top-6 overlap |", "|---|---:|---:|---:|"]
+    for j, nm in enumerate(names):
+        if nm != "delta-ppl":
+            lines.append(f"| {nm} | {fmt(ag['spearman'][i0][j])} | {fmt(ag['kendall'][i0][j])} | "
+                         f"{fmt(ag['topk_overlap'][i0][j], 2)} |")
+    fbs6 = next((r for r in fbs_rows if r["n"] == k), None)
+    if fbs6:
+        gt_order = ag["orders"]["delta-ppl"][:k]
+        lines.append(f"| mi-prun Fast-Block-Select n={k} {fbs6['blocks']} | | | "
+                     f"{len(set(fbs6['blocks']) & set(gt_order)) / k:.2f} |")
+    if sl:
+        lines.append(f"| SLEB n={args.sleb_n} {sl['blocks']} vs ΔPPL top-{args.sleb_n} | | | "
+                     f"{len(set(sl['blocks']) & set(ag['orders']['delta-ppl'][:args.sleb_n])) / args.sleb_n:.2f} |")
+
+    # 5. other estimators on the same states (layer block scores only) ----------------------------------
+    log("other estimators")
+    est_rows = []
+    gt = np.array(d["scores"], dtype=float)
+    free_idx = [i for i in range(L) if i not in prot]
+    layer_renyi = np.array(mi["scores"]["layer"])
+    est_rows.append(("renyi α=1.01 (default)", t_blocks / 3, rank_correlation(layer_renyi[free_idx], gt[free_idx])))
+    for spec in [e for e in args.other_estimators.split(",") if e]:
+        name, params = (("renyi", {"debias": True}) if spec == "renyi-debias" else (spec, {}))
+        t0 = time.perf_counter()
+        smi = StateMI(kept["states"], name, args.n_tokens, seed=2024, **params)
+        sc = smi.block_scores("layer")
+        est_rows.append((spec, time.perf_counter() - t0, rank_correlation(sc[free_idx], gt[free_idx])))
+    lines += ["", f"Estimators on the same {args.n_tokens} cached token states (layer block scores only, {L} pairs):",
+              "", "| estimator | seconds | × pass | Spearman vs ΔPPL | Kendall vs ΔPPL |", "|---|---:|---:|---:|---:|"]
+    for nm, t, rc in est_rows:
+        lines.append(f"| {nm} | {t:.2f} | {t / t_pass:.2f} | {fmt(rc['spearman'])} | {fmt(rc['kendall'])} |")
+    lines += ["", f"Base calibration PPL {d['base_ppl']:.2f}; most redundant layers by ΔPPL: "
+              f"{ag['orders']['delta-ppl'][:k]}; by MI-PRUN ranking: {ag['orders']['mi-prun'][:k]}.",
+              f"Total bench wall time {time.perf_counter() - t_start:.0f} s."]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+        print(f"\nwrote section {SECTION!r} of docs/benchmarks.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
