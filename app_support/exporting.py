@@ -1,0 +1,72 @@
+"""Export helpers: chart HTML, whole-layer tool configs and the pruned checkpoint, via :mod:`analysis.export`
+and :mod:`analysis.surgery`."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+#: Hub ids of the embedded models (what mergekit / llama.cpp users point at).
+HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m",
+           "qwen2.5-coder-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
+
+
+def fig_html(fig, caption: str = "") -> str:
+    """Self-contained interactive HTML of a chart (plotly.js inlined, works offline) with its caption."""
+    html = fig.to_html(include_plotlyjs=True, full_html=True)
+    if caption:
+        import html as _h
+
+        html = html.replace("<body>", f"<body><p style=\"font-family:sans-serif\">{_h.escape(caption)}</p>", 1)
+    return html
+
+
+@functools.lru_cache(maxsize=1)
+def png_export_works() -> bool:
+    """True when plotly can write PNG here (the ``kaleido`` package and its browser both work)."""
+    import importlib.util
+
+    if importlib.util.find_spec("kaleido") is None:
+        return False
+    try:
+        import plotly.graph_objects as go
+
+        go.Figure().to_image(format="png", width=10, height=10)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: offer HTML only
+        return False
+
+
+def model_ref(spec: str) -> str:
+    return HUB_IDS.get(spec, spec)
+
+
+def mergekit_yaml(plan, num_layers: int, model_id: str) -> str:
+    from analysis.export import mergekit_yaml as _mk
+
+    return _mk(plan, model_id, num_layers)
+
+
+def llama_cpp_list(plan) -> str:
+    from analysis.export import llama_cpp_prune_layers
+
+    return llama_cpp_prune_layers(plan)
+
+
+def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool) -> Path:
+    """Save the pruned model under ``root/name`` (refuses paths outside ``root``)."""
+    from analysis.errors import DataError
+    from analysis.surgery import save_pruned
+
+    root = (root or "").strip()
+    name = (name or "").strip()
+    if not root:
+        raise DataError("Choose an output folder")
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise DataError(f"Invalid checkpoint folder name {name!r}", hint="a plain folder name, e.g. smollm2-pruned")
+    root_p = Path(root).expanduser()
+    return save_pruned(lm, plan, root_p / name, overwrite=overwrite, root=root_p)
+
+
+def dir_listing(path: Path) -> list[dict]:
+    return [{"file": p.name, "MB": round(p.stat().st_size / 2**20, 2)} for p in sorted(Path(path).iterdir())
+            if p.is_file()]

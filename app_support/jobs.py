@@ -1,0 +1,136 @@
+"""The analysis pass in a background thread: live progress, a working Stop button, page switching.
+
+The page starts an :class:`AnalysisJob` and polls it (updating ``st.progress``) until it finishes.
+Clicking *Stop* reruns the script, which sets the job's stop event; :func:`analysis.run.analyze` polls
+``should_stop`` between batches and returns a partial result (with a warning) instead of nothing.
+Switching pages interrupts only the polling, not the job; coming back resumes the progress bar.
+
+Finished results are also kept in a process-wide cache (``st.cache_resource``) keyed by the model
+fingerprint, the token set's sha256 and the analysis config, so repeating a run is instant.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from analysis.errors import EntroscopeError, is_oom, oom_error
+
+
+@st.cache_resource(show_spinner=False)
+def result_cache() -> dict:
+    """Process-wide ``{run_id: AnalysisResult}`` of completed (not stopped) runs."""
+    return {}
+
+
+@dataclass
+class AnalysisJob:
+    run_id: str
+    lm: object
+    tokens: object
+    cfg: object                                # analysis.run.AnalysisConfig
+    meta: dict = field(default_factory=dict)   # model/data/config dicts for the RunRecord
+    frac: float = 0.0
+    message: str = "starting"
+    result: object = None
+    error: str | None = None
+    error_detail: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    done_event: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> "AnalysisJob":
+        self.thread = threading.Thread(target=self._run, name=f"entroscope-analysis-{self.run_id}", daemon=True)
+        self.thread.start()
+        return self
+
+    def _progress(self, frac: float, msg: str) -> None:
+        self.frac, self.message = float(frac), msg
+
+    def _run(self) -> None:
+        from analysis.run import analyze
+
+        try:
+            kw = {"cache": True} if "cache" in inspect.signature(analyze).parameters else {}
+            self.result = analyze(self.lm, self.tokens, self.cfg, progress=self._progress,
+                                  should_stop=self.stop_event.is_set, **kw)
+            if not self.stop_event.is_set() and self.result.manifest.get("completed", True):
+                result_cache()[self.run_id] = self.result
+        except EntroscopeError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown as one line + details expander
+            if is_oom(exc):
+                self.error = str(oom_error(exc, "the analysis pass"))
+            else:
+                self.error = f"Unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.error_detail = traceback.format_exc()
+        finally:
+            self.finished = time.time()
+            self.done_event.set()
+
+    @property
+    def running(self) -> bool:
+        return not self.done_event.is_set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done_event.wait(timeout)
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+
+def mi_available() -> bool:
+    """True when :mod:`analysis.mi` exists (it registers the ``mi`` extension and the MI-PRUN criterion)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("analysis.mi") is None:
+        return False
+    try:
+        importlib.import_module("analysis.mi")
+    except Exception:  # noqa: BLE001 - a half-written module must not break the app
+        return False
+    from analysis.run import EXTENSIONS
+
+    return "mi" in EXTENSIONS
+
+
+def make_config(settings: dict):
+    """AnalysisConfig from the Entropy page's settings dict (``state.DEFAULT_ANALYSIS`` shape)."""
+    from analysis.run import AnalysisConfig
+
+    extra = tuple(e for e in settings.get("extra_estimators", ()) if e != settings["estimator"])
+    cfg = AnalysisConfig(estimator=settings["estimator"], extra_estimators=extra, k=int(settings.get("k", 25)),
+                         bins=int(settings.get("bins", 80)), alpha=float(settings.get("alpha", 4.0)),
+                         granularity=settings.get("granularity", "attention"),
+                         protect=settings.get("protect", "fixed"), batch_size=int(settings.get("batch_size", 8)),
+                         skip_first_token=bool(settings.get("skip_first_token", False)))
+    if settings.get("mi") and mi_available():
+        cfg.extensions = ("mi",)
+        cfg.state_tokens = int(settings.get("state_tokens", 2048))
+        from analysis.mi import MIConfig
+
+        cfg.mi = MIConfig(estimator=settings.get("mi_estimator", "renyi"),
+                          n_tokens=int(settings.get("mi_tokens", 1024)),
+                          matrix_tokens=int(settings.get("mi_matrix_tokens", 512)))
+    return cfg
+
+
+def run_id_for(lm, tokens, cfg) -> str:
+    from dataclasses import asdict
+
+    from .state import stable_hash
+
+    return stable_hash({"model": lm.fingerprint, "dtype": str(lm.dtype), "device": str(lm.device),
+                        "tokens": tokens.sha256() if hasattr(tokens, "sha256") else None,
+                        "config": asdict(cfg), "mi": asdict(cfg.mi) if hasattr(cfg, "mi") else None}, 10)

@@ -1,0 +1,154 @@
+"""Views of MI-PRUN (``result.extras["mi"]`` from :mod:`analysis.mi`) and of the ground truth and
+Fast-Block-Select (:mod:`analysis.blockselect`)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from . import plots, state
+from .widgets import chart, table
+
+
+def _arr(v) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+
+def render_mi(result, protected) -> None:
+    """Entropy page tab: MI per block, the layer-by-layer MI matrix, DPI statistics."""
+    mi = result.extras.get("mi") or {}
+    units = mi.get("units", "nats")
+    st.caption(f"Estimator: **{mi.get('title', mi.get('estimator'))}** ({units}) on {mi.get('n_tokens')} sampled "
+               f"token states per point (seed {mi.get('seed')}); parameters {mi.get('params')}. "
+               f"{mi.get('assumptions', '')}")
+    for w in mi.get("warnings") or []:
+        st.warning(w)
+    per = mi.get("mi") or {}
+    if per:
+        grans = list(per)
+        g = st.radio("Block granularity", grans, horizontal=True, key="mi_gran",
+                     index=grans.index(result.granularity) if result.granularity in grans else 0)
+        v = _arr(per[g])
+        prot = set(protected)
+        fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=[plots.C_PROTECTED if i in prot
+                                                                          else "#8E6C8A" for i in range(len(v))],
+                               text=[plots.LOCK if i in prot else "" for i in range(len(v))], textposition="outside",
+                               hovertemplate="block %{x}<br>MI %{y:.4g}<extra></extra>"))
+        fig.update_xaxes(title=plots.BLOCK_AXIS, dtick=1 if len(v) <= 32 else 2)
+        fig.update_yaxes(title=f"MI(input, output) ({units})")
+        chart(plots._layout(fig, hovermode="closest"),
+              f"Mutual information between each {g} block's input and output ({(mi.get('definition') or {}).get(g, '')}), "
+              f"tokens as paired samples. MI-PRUN drops the highest-MI blocks first (score −MI). Values are only "
+              "comparable within one estimator and configuration. Grey 🔒 = protected. Blocks 0-based.",
+              name="mi_per_block", key="mi_bar")
+    mat = mi.get("matrix")
+    if mat:
+        m = np.array([[np.nan if x is None else x for x in row] for row in mat], dtype=float)
+        chart(plots.mi_heatmap(m, "MI between residual boundaries", "boundary Z^j (0 = embeddings)",
+                               "boundary Z^i (0 = embeddings)"),
+              f"MI(Z^i, Z^j) between every pair of residual boundaries ({mi.get('matrix_tokens')} token states): "
+              "Z^0 = embeddings, Z^(l+1) = output of block l (0-based). Dropping blocks j…k costs −MI(Z^j, Z^(k+1)) "
+              "(Fast-Block-Select's run score).", name="mi_matrix", key="mi_matrix")
+        dpi = mi.get("dpi") or {}
+        if dpi.get("rate") is not None:
+            st.metric("Data-processing-inequality violations", f"{dpi['rate']:.1%}",
+                      help="Share of windows where MI over a longer run exceeds MI over a run inside it; the DPI "
+                           "says this never happens for exact MI, so it measures estimator noise.")
+            st.caption(f"{dpi.get('violations')} of {dpi.get('windows')} nested-window comparisons violate the DPI.")
+
+
+def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> None:
+    """Select page: drop-one ΔPPL ground truth (on demand), agreement with MI-PRUN, Fast-Block-Select."""
+    from analysis import blockselect as bs
+    from analysis.criteria import scores_for
+    from analysis.selection import rank_correlation
+
+    r = rec.result
+    s = st.session_state
+    st.subheader("Compare with ground truth")
+    gt = (r.extras.get("criteria_scores") or {}).get("delta-ppl", {}).get(granularity)
+    c1, c2 = st.columns([2, 3])
+    n_max = len(tokens) if tokens is not None else 0
+    n_win = c1.number_input("Calibration windows for the ground truth", min_value=1, max_value=max(1, n_max),
+                            value=min(4, max(1, n_max)), key="gt_windows",
+                            help="Drop-one ΔPPL runs L+1 forward passes over these windows")
+    c2.caption(f"Drop-one ΔPPL = calibration perplexity without block i − with it, for every {granularity} block "
+               f"({r.num_layers + 1} evaluations on views of the model; the model is not changed). It is the "
+               "reference the cheap criteria try to predict; it then appears as criterion “delta-ppl” above.")
+    if st.button(f"Compute drop-one ΔPPL for {granularity} blocks", key="gt_go", disabled=tokens is None):
+        bar = st.progress(0.0, text="Ground truth …")
+        sub = tokens.subset(slice(0, int(n_win))) if hasattr(tokens, "subset") else tokens[: int(n_win)]
+        det = bs.delta_ppl_details(lm, sub, granularity, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
+        bar.empty()
+        bs.store_ground_truth(r, granularity, det["scores"], det)
+        state.flash("success", f"Ground truth computed in {det['seconds']:.1f} s on {det['windows'][0]} windows × "
+                               f"{det['windows'][1]} tokens.")
+        st.rerun()
+    if gt is None:
+        return
+    truth = _arr(gt)
+    free = [i for i in range(r.num_layers) if i not in set(protected)]
+    rows = []
+    for name in ("mi-prun", "entrodrop", "block-influence", "cosine", "angular"):
+        try:
+            sc = np.asarray(scores_for(adj, name, granularity), dtype=float)
+        except Exception:  # noqa: BLE001 - criterion not available for this run/granularity
+            continue
+        from analysis.criteria import CRITERIA
+
+        key = sc if CRITERIA[name].redundant == "low" else -sc
+        rc = rank_correlation(key[free], truth[free])
+        rows.append({"criterion": name, "Spearman ρ vs ground truth": round(rc["spearman"], 3),
+                     "Kendall τ": round(rc["kendall"], 3)})
+    if rows:
+        table(pd.DataFrame(rows), f"Rank agreement of each criterion with drop-one ΔPPL over the {len(free)} "
+                                  "unprotected blocks (1 = the criterion ranks blocks exactly like the measured damage).",
+              name="ground_truth_agreement")
+    fig = go.Figure(go.Bar(x=list(range(len(truth))), y=truth, marker_color=[plots.C_PROTECTED if i in protected
+                                                                             else "#2CA58D" for i in range(len(truth))]))
+    fig.update_xaxes(title=plots.BLOCK_AXIS)
+    fig.update_yaxes(title="ΔPPL when dropped alone")
+    chart(plots._layout(fig, hovermode="closest"), "Measured perplexity increase when only this block is dropped "
+                                                   "(calibration windows; lower = safer to drop). Blocks 0-based.",
+          name="ground_truth", key="gt_chart")
+
+
+def render_fbs(rec, adj, protected, k: int) -> dict | None:
+    """Select page: MI-PRUN's Fast-Block-Select for k layers, with its log; returns the plan dict."""
+    from analysis import blockselect as bs
+
+    mi = adj.extras.get("mi") or {}
+    if not mi.get("matrix"):
+        return None
+    st.subheader("MI-PRUN Fast-Block-Select")
+    if k < 1:
+        st.caption("Choose k ≥ 1 to run Fast-Block-Select.")
+        return None
+    key = state.stable_hash(["fbs", rec.run_id, k, list(protected)])
+    store = st.session_state.setdefault("es.fbs", {})
+    if key not in store:
+        n_free = adj.num_layers - len(protected)
+        method = "both" if math.comb(n_free, k) <= 50_000 else "fast"
+        store[key] = bs.miprun_select(adj, int(k), method=method, protect=protected)
+    plan = store[key]
+    src = plan["source"]
+    fbs = src.get("fast_block_select") or {}
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Layers chosen (0-based)", ", ".join(map(str, plan["drop_layers"])))
+    m2.metric("Objective J = Σ run scores", f"{src.get('objective', float('nan')):.4g}")
+    gap = (src.get("gap") or {})
+    m3.metric("Gap to exhaustive optimum", (f"{gap['relative']:.1%}" + (" (optimal)" if gap.get("optimal") else ""))
+              if gap else "not computed", help="(J_fast − J_best) / |J_best| over all k-subsets, when affordable")
+    m4.metric("Exact run scores computed", fbs.get("evaluations", "?"))
+    st.caption("Fast-Block-Select on the boundary MI matrix: start from the k lowest single-block scores, then "
+               "swap contiguous windows in from an alternative pool while the DPI-aware run score improves. "
+               + ("The exhaustive optimum over all k-subsets is shown for comparison." if "exhaustive" in src else ""))
+    log = fbs.get("log") or []
+    if log:
+        table(pd.DataFrame([{k_: (str(v) if isinstance(v, (list, dict)) else v) for k_, v in row.items()}
+                            for row in log]),
+              "Fast-Block-Select log: one row per iteration (blocks 0-based).", name="fbs_log")
+    return plan

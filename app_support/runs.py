@@ -1,0 +1,109 @@
+"""Starting, finishing and adjusting analysis runs (shared by the Entropy, Select and Export pages)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import streamlit as st
+
+from . import state
+from .jobs import AnalysisJob, make_config, result_cache, run_id_for
+
+
+def analysis_settings() -> dict:
+    """The Entropy page's analysis settings (persisted widgets), ``state.DEFAULT_ANALYSIS`` shaped."""
+    d = state.DEFAULT_ANALYSIS
+    return {
+        "estimator": state.get("an.estimator", d["estimator"]),
+        "extra_estimators": list(state.get("an.extra", d["extra_estimators"]) or []),
+        "granularity": state.get("an.granularity", d["granularity"]),
+        "protect": state.get("an.protect", d["protect"]),
+        "k": int(state.get("an.k", d["k"])), "bins": int(state.get("an.bins", d["bins"])),
+        "alpha": float(state.get("an.alpha", d["alpha"])), "batch_size": int(state.get("an.batch", d["batch_size"])),
+        "skip_first_token": bool(state.get("an.skip", d["skip_first_token"])), "mi": bool(state.get("an.mi", False)),
+        "mi_estimator": state.get("an.mi_est", "renyi"), "mi_tokens": int(state.get("an.mi_tokens", 1024)),
+    }
+
+
+def start_run(settings: dict | None = None) -> str:
+    """Load the model and data if needed (defaults: SmolLM2, wiki 32 × 256) and start the analysis.
+
+    Returns ``"cached"`` when an identical run finished before (instant), else ``"started"``.
+    Raises EntroscopeError for bad settings (shown by the caller).
+    """
+    from .data import ensure_tokens
+    from .models import get_model, load_into_session, model_settings
+
+    s = st.session_state
+    settings = settings or analysis_settings()
+    cfg = make_config(settings)
+    msettings = s.get("es.model") or model_settings()
+    lm = get_model(msettings) if s.get("es.model") else load_into_session(msettings)
+    tokens = ensure_tokens(lm)
+    cfg.validate(tokens.seq_len)
+    rid = run_id_for(lm, tokens, cfg)
+    meta = {"model": dict(s["es.model"]), "data": dict(s.get("es.data") or {}), "config": dict(settings)}
+    cached = result_cache().get(rid)
+    if cached is not None:
+        _add(rid, cached, meta, tokens)
+        return "cached"
+    s["es.job"] = AnalysisJob(rid, lm, tokens, cfg, meta).start()
+    return "started"
+
+
+def _add(rid: str, result, meta: dict, tokens=None) -> state.RunRecord:
+    from .data import data_label
+
+    # the session's own copy of the mutable parts (ground truth is stored into extras/baselines later);
+    # the curves and per-sequence arrays stay shared with the process-wide cache
+    result = dataclasses.replace(result, extras=copy.deepcopy(result.extras), baselines=copy.deepcopy(result.baselines))
+    stopped = "" if result.manifest.get("completed", True) else " · stopped early"
+    label = (f"{rid} · {meta['model']['spec']} · {data_label(meta['data']).split(' · ')[0]} · "
+             f"{result.estimator} · {result.n_sequences} seq{stopped} · {time.strftime('%H:%M:%S')}")
+    rec = state.RunRecord(rid, result, meta["model"], meta["data"], meta["config"], label, tokens=tokens)
+    state.add_run(rec)
+    return rec
+
+
+def finish_job() -> None:
+    """Move a finished background job into the session's runs (or keep its error for display)."""
+    s = st.session_state
+    job = s.get("es.job")
+    if job is None or job.running:
+        return
+    s["es.job"] = None
+    if job.error:
+        s["es.job_error"] = (job.error, job.error_detail)
+        return
+    s["es.job_error"] = None
+    rec = _add(job.run_id, job.result, job.meta, job.tokens)
+    if not job.result.manifest.get("completed", True):
+        state.flash("warning", f"Analysis stopped: run `{rec.run_id}` covers {job.result.n_sequences} sequences.")
+    else:
+        state.flash("success", f"Analysis finished in {job.elapsed:.1f} s (run `{rec.run_id}`).")
+
+
+# ---- boundary and protection (user-adjustable after the run) ---------------------------------------
+
+def protection(rec: state.RunRecord) -> dict:
+    """``{"mode", "boundary", "extra"}`` for a run: the run's own values until the user changes them."""
+    p = st.session_state.setdefault("es.protect", {})
+    if rec.run_id not in p:
+        cfg = rec.result.manifest.get("config", {})
+        p[rec.run_id] = {"mode": rec.result.protect, "boundary": int(rec.result.boundary),
+                         "extra": list(cfg.get("protect_extra") or [])}
+    return p[rec.run_id]
+
+
+def effective_protected(rec: state.RunRecord) -> list[int]:
+    from analysis.selection import protected_blocks
+
+    p = protection(rec)
+    return protected_blocks(rec.num_layers, p["mode"], p["boundary"], p["extra"])
+
+
+def adjusted_result(rec: state.RunRecord):
+    """The run's result with the user's boundary and protected blocks (a shallow copy; arrays shared)."""
+    p = protection(rec)
+    return dataclasses.replace(rec.result, boundary=int(p["boundary"]), protected=effective_protected(rec))

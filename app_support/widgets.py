@@ -1,0 +1,208 @@
+"""Page scaffolding shared by every page: set-up, sidebar status, error handling, charts, explainers."""
+from __future__ import annotations
+
+import contextlib
+import traceback
+
+import streamlit as st
+
+from analysis.errors import EntroscopeError, is_oom, oom_error
+
+from . import state
+
+PAGES = {
+    "home": ("app.py", "Home", ":material/home:"),
+    "data": ("pages/2_Model_and_data.py", "Model & data", ":material/database:"),
+    "entropy": ("pages/3_Entropy.py", "Entropy dynamics", ":material/monitoring:"),
+    "select": ("pages/4_Select_blocks.py", "Select blocks", ":material/checklist:"),
+    "compare": ("pages/5_Prune_and_compare.py", "Prune & compare", ":material/compare_arrows:"),
+    "export": ("pages/6_Export.py", "Export", ":material/download:"),
+}
+
+INDEX_NOTE = "Block indices are 0-based (block 0 is the first decoder layer)."
+
+
+def page_setup(title: str, icon: str = ":material/biotech:", intro: str | None = None) -> None:
+    """``set_page_config`` (wide), session-state init, the sidebar status and queued messages."""
+    st.set_page_config(page_title=f"{title} · Entroscope", page_icon=icon, layout="wide")
+    state.init()
+    from .runs import finish_job
+
+    finish_job()
+    st.title(f"{icon} {title}")
+    if intro:
+        st.caption(intro)
+    sidebar_status()
+    state.show_flash()
+
+
+_PAGE_OBJECTS: dict = {}
+
+
+def _extra_pages() -> list[tuple[str, str]]:
+    """Other ``pages/N_Name.py`` files (added by other tools), as (path, title), in file-name order."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    known = {v[0] for v in PAGES.values()}
+    out = []
+    for f in sorted((root / "pages").glob("*.py"), key=lambda p: (int(m.group(1)) if (m := re.match(r"(\d+)", p.name))
+                                                                  else 1_000, p.name)):
+        rel = f"pages/{f.name}"
+        if rel in known or f.name.startswith("_"):
+            continue
+        out.append((rel, re.sub(r"^\d+[_ ]*", "", f.stem).replace("_", " ") or f.stem))
+    return out
+
+
+def navigation(home_fn) -> list:
+    """``st.Page`` objects for ``st.navigation``: Home (a function in app.py), the pipeline pages, then any
+    other ``pages/*.py`` (discovered, so tools added later appear in the sidebar)."""
+    _PAGE_OBJECTS.clear()
+    for key, (path, title, icon) in PAGES.items():
+        if key == "home":
+            _PAGE_OBJECTS[key] = st.Page(home_fn, title=title, icon=icon, default=True)
+        else:
+            _PAGE_OBJECTS[key] = st.Page(path, title=title, icon=icon)
+    extra = [st.Page(path, title=title, icon=":material/extension:") for path, title in _extra_pages()]
+    return list(_PAGE_OBJECTS.values()) + extra
+
+
+def link(page: str, label: str | None = None, **kw) -> None:
+    """A page link; falls back to plain text when the page is not reachable (a page run on its own)."""
+    path, title, icon = PAGES[page]
+    target = _PAGE_OBJECTS.get(page, path)
+    try:
+        st.page_link(target, label=label or title, icon=icon, **kw)
+    except Exception:  # noqa: BLE001 - StreamlitPageNotFoundError outside the multipage app
+        st.markdown(f"{icon} {label or title} (open it from the sidebar)")
+
+
+def switch_to(page: str) -> None:
+    st.switch_page(_PAGE_OBJECTS.get(page, PAGES[page][0]))
+
+
+def sidebar_status() -> None:
+    """What the session holds: model, data, current run, plans (with the step that makes each)."""
+    from .data import data_label
+    from .models import model_label
+
+    s = st.session_state
+    with st.sidebar:
+        st.markdown("#### Session")
+        st.markdown(f"**Model:** {model_label(s.get('es.model'))}")
+        tokens = s.get("es.tokens")
+        st.markdown(f"**Data:** {data_label(s.get('es.data')) if tokens is not None else 'not sampled yet'}")
+        rec = state.current_run()
+        if rec is not None:
+            r = rec.result
+            done = "" if r.manifest.get("completed", True) else " (stopped early)"
+            st.markdown(f"**Run:** `{rec.run_id}` · {r.estimator} · {r.n_sequences} seq{done}")
+        else:
+            st.markdown("**Run:** none yet")
+        st.markdown(f"**Plans kept:** {len(state.plans())}")
+        job = s.get("es.job")
+        if job is not None and job.running:
+            st.info(f"Analysis running: {job.frac:.0%} ({job.message})")
+
+
+def show_error(exc: BaseException, what: str = "") -> None:
+    """EntroscopeError → its one-line message; anything else → one line plus a details expander."""
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, EntroscopeError):
+        st.error(f"{prefix}{exc}", icon=":material/error:")
+        return
+    if is_oom(exc):
+        st.error(f"{prefix}{oom_error(exc)}", icon=":material/memory:")
+        return
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    st.error(f"{prefix}Unexpected {type(exc).__name__}: {first[:300]}", icon=":material/bug_report:")
+    with st.expander("Details (for a bug report)"):
+        st.code("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-6000:], language="text")
+
+
+@contextlib.contextmanager
+def guarded(what: str = ""):
+    """Run a block; show errors instead of tracebacks. Streamlit's rerun/stop signals pass through
+    (they are BaseExceptions). What was rendered before the error stays on the page."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - shown to the user
+        show_error(exc, what)
+
+
+def chart(fig, caption: str, name: str | None = None, key: str | None = None, **kw):
+    """Plotly chart + its one-line caption; registered for the Export page under ``name``."""
+    out = st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False}, **kw)
+    st.caption(caption)
+    if name:
+        state.register_figure(name, fig, caption)
+    return out
+
+
+def table(df, caption: str, name: str | None = None, **kw):
+    """Dataframe + caption; registered for the Export page under ``name``."""
+    kw.setdefault("hide_index", True)
+    st.dataframe(df, width="stretch", **kw)
+    st.caption(caption)
+    if name:
+        state.register_table(name, df, caption)
+
+
+# ---- explainers (formulas straight from the registries) ----------------------------------------
+
+def explain_estimator(name: str) -> None:
+    from analysis.estimators import ESTIMATORS
+
+    info = ESTIMATORS.get(name)
+    if info is None:
+        return
+    st.markdown(f"**{info.title}** (`{info.name}`) — "
+                f"{'scale-invariant' if info.scale_invariant else 'scale-sensitive'}; "
+                f"defaults {', '.join(f'{k}={v}' for k, v in info.defaults.items()) or 'none'}")
+    if info.formula:
+        st.latex(info.formula)
+    if info.notes:
+        st.caption(info.notes)
+
+
+def explain_criterion(name: str) -> None:
+    from analysis.criteria import CRITERIA
+
+    c = CRITERIA.get(name)
+    if c is None:
+        return
+    direction = "lowest score dropped first" if c.redundant == "low" else "highest score dropped first"
+    st.markdown(f"**{c.title}** (`{c.name}`) — {c.description}")
+    formula = getattr(c, "formula", "") or ""
+    if formula:
+        st.latex(formula)
+    bits = [f"score: {c.score_label}", direction, f"granularities: {', '.join(c.granularities)}"]
+    if c.needs_window:
+        bits.append("selects a contiguous window of k blocks")
+    if c.stochastic:
+        bits.append("stochastic (seeded)")
+    if c.params:
+        bits.append("parameters: " + ", ".join(f"{k}={v}" for k, v in c.params.items()))
+    st.caption(" · ".join(bits) + (f" · {c.reference}" if c.reference else ""))
+
+
+def explainer_popover(label: str = ":material/function: How is this computed?", estimators=(), criteria=()) -> None:
+    """A popover with the formulas of the estimators / criteria a chart uses, and a link to Home."""
+    with st.popover(label):
+        for e in estimators:
+            explain_estimator(e)
+        for c in criteria:
+            explain_criterion(c)
+        link("home", "All estimators and criteria (Home → explainer)")
+
+
+def need(condition: bool, message: str, page: str | None = None, label: str | None = None) -> None:
+    """Stop the page with a friendly pointer to the step that is missing (no dead ends)."""
+    if condition:
+        return
+    st.info(message)
+    if page:
+        link(page, label)
+    st.stop()

@@ -1,0 +1,345 @@
+"""Entropy dynamics: run the analysis (live progress, Stop) and explore the per-layer curves."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app_support import plots, state
+from app_support.jobs import mi_available
+from app_support.runs import adjusted_result, analysis_settings, effective_protected, finish_job, protection, start_run
+from app_support.widgets import INDEX_NOTE, chart, explainer_popover, guarded, link, need, page_setup, show_error, table
+
+page_setup("Entropy dynamics", ":material/monitoring:", "How the entropy of the residual stream changes block by block: it usually "
+           "falls through the early blocks (compression) and rises after the two-stage boundary (expansion). "
+           + INDEX_NOTE)
+
+s = st.session_state
+
+
+# ---- callbacks (run before the script, so they may change widget values) --------------------------
+def _use_mix() -> None:
+    from analysis.corpora import DOMAINS
+
+    state.set_value("data.source", "builtin")
+    state.set_value("data.domains", list(DOMAINS))
+    for d in DOMAINS:
+        state.set_value(f"data.w.{d}", 1.0)
+    s["es.tokens"] = None
+    s["es.autorun"] = True
+
+
+def _use_all_estimators() -> None:
+    from analysis.estimators import ESTIMATORS
+
+    state.set_value("an.extra", [e for e in ESTIMATORS if e != state.get("an.estimator", "bucket")])
+    s["es.autorun"] = True
+
+
+def _reset_boundary(rid: str, detected: int, mode: str) -> None:
+    p = s["es.protect"][rid]
+    p.update(boundary=detected, mode=mode, extra=[])
+    s[f"w:boundary.{rid}"] = detected
+    s[f"w:protect.{rid}"] = mode
+    s[f"w:extra.{rid}"] = []
+
+
+# ---- settings --------------------------------------------------------------------------------------
+from analysis.estimators import ESTIMATORS  # noqa: E402
+
+with st.expander("Analysis settings", expanded=state.current_run() is None, icon=":material/tune:"):
+    c1, c2, c3, c4 = st.columns(4)
+    c1.selectbox("Estimator", list(ESTIMATORS), format_func=lambda e: ESTIMATORS[e].title,
+                 key=state.wkey("an.estimator", "bucket"),
+                 help="Bucket (default, scale-invariant) as EntroDrop's Mistral path; KNN as its Llama path")
+    c2.multiselect("Also compute (same pass)", list(ESTIMATORS), format_func=lambda e: ESTIMATORS[e].title,
+                   key=state.wkey("an.extra", []), help="For the side-by-side estimator comparison")
+    c3.radio("Granularity", ["attention", "mlp", "layer"], horizontal=True, key=state.wkey("an.granularity", "attention"),
+             help="What a 'block' is for ΔH and the drop order (EntroDrop's headline: attention)")
+    c4.radio("Protected blocks", ["fixed", "auto", "none"], horizontal=True, key=state.wkey("an.protect", "fixed"),
+             help="fixed = {0, 1, L−1} (EntroDrop's code); auto = the detected compression stage + the last block")
+    d1, d2, d3, d4, d5, d6 = st.columns(6)
+    d1.number_input("KNN k", min_value=1, max_value=200, key=state.wkey("an.k", 25))
+    d2.number_input("Bucket bins", min_value=2, max_value=1000, key=state.wkey("an.bins", 80))
+    d3.number_input("Rényi α", min_value=0.5, max_value=10.0, step=0.5, key=state.wkey("an.alpha", 4.0))
+    d4.number_input("Batch size", min_value=1, max_value=256, key=state.wkey("an.batch", 8))
+    d5.checkbox("Skip first token", key=state.wkey("an.skip", False), help="Exclude position 0 (attention sink)")
+    has_mi = mi_available()
+    d6.checkbox("MI-PRUN", key=state.wkey("an.mi", False), disabled=not has_mi,
+                help="Mutual information between each block's input and output (keeps 2,048 sampled token states "
+                     "per point; adds a MI tab and Fast-Block-Select)" if has_mi
+                else "analysis.mi is not available in this version")
+    if has_mi and state.get("an.mi"):
+        from analysis.mi import MI_ESTIMATORS
+
+        m1, m2, _ = st.columns([2, 2, 2])
+        m1.selectbox("MI estimator", list(MI_ESTIMATORS), format_func=lambda e: MI_ESTIMATORS[e].title,
+                     key=state.wkey("an.mi_est", "renyi"))
+        m2.select_slider("Token states per block pair", [256, 512, 1024, 2048], key=state.wkey("an.mi_tokens", 1024),
+                         help="MI cost grows with the cube of this for the Rényi estimator")
+        st.caption("MI-PRUN keeps 2,048 sampled token states per residual point (seeded) and estimates the MI "
+                   "between every block's input and output, plus the boundary-to-boundary matrix for "
+                   "Fast-Block-Select. Adds roughly 10–60 s on a CPU.")
+    state.sync("an.estimator", "an.extra", "an.granularity", "an.protect", "an.k", "an.bins", "an.alpha", "an.batch",
+               "an.skip", "an.mi", "an.mi_est", "an.mi_tokens")
+
+settings = analysis_settings()
+
+# ---- run control -----------------------------------------------------------------------------------
+from app_support.data import data_label  # noqa: E402
+from app_support.models import model_label, model_settings  # noqa: E402
+
+job = s.get("es.job")
+autorun = s.pop("es.autorun", False)
+ready = s.get("es.model") and s.get("es.tokens") is not None
+label = "Run analysis" if ready else "Load model & run analysis"
+r1, r2 = st.columns([1, 3])
+clicked = r1.button(label, type="primary", key="run_analysis", icon=":material/play_arrow:",
+                    disabled=job is not None and job.running)
+with r2:
+    try:
+        from app_support.data import data_spec
+
+        what_data = data_label(s.get("es.data")) if s.get("es.tokens") is not None else data_label(data_spec())
+    except Exception as exc:  # noqa: BLE001 - e.g. upload missing; the run will explain
+        what_data = str(exc)
+    st.caption(f"Model **{model_label(s.get('es.model') or model_settings())}** · data **{what_data}** · "
+               f"estimator **{settings['estimator']}**"
+               + (f" (+{', '.join(settings['extra_estimators'])})" if settings["extra_estimators"] else "")
+               + f" · {settings['granularity']} blocks · protect {settings['protect']}. "
+                 "Change them on Model & data or in the settings above.")
+
+pending = s.get("es.model") and model_settings().get("spec") and model_settings() != s.get("es.model")
+if pending:
+    st.info(f"The Model & data page shows **{model_label(model_settings())}**, but "
+            f"**{model_label(s.get('es.model'))}** is loaded; runs use the loaded model until you press "
+            "*Load model* there.", icon=":material/info:")
+
+if clicked or autorun:
+    s["es.job_error"] = None
+    try:
+        outcome = start_run(settings)
+        if outcome == "cached":
+            state.flash("info", "Identical run found in the cache: shown instantly.")
+            st.rerun()
+    except Exception as exc:  # noqa: BLE001 - shown; earlier results stay
+        show_error(exc, "Could not start the analysis")
+
+job = s.get("es.job")
+if job is not None and job.running:
+    bar = st.progress(min(job.frac, 1.0), text=f"Analysing … {job.message}")
+    if st.button("Stop", icon=":material/stop:", key="stop_analysis",
+                 help="Stops after the current batch; keeps what was analysed"):
+        job.stop()
+        st.toast("Stopping after the current batch …")
+    while job.running:
+        bar.progress(min(job.frac, 1.0), text=f"Analysing … {job.message} · {job.elapsed:.0f} s"
+                     + (" · stopping" if job.stop_event.is_set() else ""))
+        time.sleep(0.25)
+    finish_job()
+    st.rerun()
+
+err = s.get("es.job_error")
+if err:
+    st.error(f"The analysis failed: {err[0]}", icon=":material/error:")
+    if err[1]:
+        with st.expander("Details (for a bug report)"):
+            st.code(err[1][-6000:], language="text")
+
+# ---- results -----------------------------------------------------------------------------------------
+need(state.current_run() is not None, "No analysis yet. Press **Load model & run analysis**: with the defaults "
+     "it loads SmolLM2-135M and analyses 32 Wikipedia windows of 256 tokens (about half a minute on a CPU).")
+
+runs_ = state.runs()
+if len(runs_) > 1:
+    ids = list(runs_)[::-1]
+    if s.get("es.current_run") not in ids:
+        s["es.current_run"] = ids[0]
+    s["w:entropy.run"] = s["es.current_run"]
+    st.selectbox("Run", ids, format_func=lambda i: runs_[i].label, key="w:entropy.run",
+                 on_change=lambda: s.__setitem__("es.current_run", s["w:entropy.run"]),
+                 help="Every run of this session is kept; the Select and Export pages use the one chosen here")
+
+rec = state.current_run()
+r = rec.result
+rid = rec.run_id
+L = r.num_layers
+
+for w in r.warnings:
+    st.warning(w, icon=":material/warning:")
+
+with guarded("Boundary"):
+    prot = protection(rec)
+    bkey, mkey, ekey = f"w:boundary.{rid}", f"w:protect.{rid}", f"w:extra.{rid}"
+    for k, v in ((bkey, prot["boundary"]), (mkey, prot["mode"]), (ekey, prot["extra"])):
+        if k not in s:
+            s[k] = v
+    b1, b2, b3, b4 = st.columns([3, 2, 2, 1])
+    b1.slider("Two-stage boundary: first block of the expansion stage (0-based)", 0, L - 1, key=bkey,
+              help="Detected as the argmin of the boundary-entropy curve over the first half of the model. "
+                   "With protection 'auto', blocks before the boundary are protected.")
+    b2.radio("Protection", ["fixed", "auto", "none"], key=mkey, horizontal=True,
+             help="fixed = {0, 1, L−1}; auto = blocks 0 … boundary−1 and the last block; none = nothing")
+    b3.multiselect("Also protect", list(range(L)), key=ekey)
+    b4.button("Reset", key=f"reset_boundary_{rid}", on_click=_reset_boundary,
+              args=(rid, int(r.boundary), r.protect), help="Back to the detected boundary and the run's protection")
+    prot.update(boundary=int(s[bkey]), mode=s[mkey], extra=list(s[ekey]))
+    protected = effective_protected(rec)
+    if prot["mode"] != "auto" and prot["boundary"] != r.boundary:
+        st.caption(":material/info: The boundary only changes the protected blocks in **auto** mode.")
+
+    m1, m2, m3, m4, m5 = st.columns(5)
+    m1.metric("Two-stage boundary", f"block {prot['boundary']}",
+              delta=None if prot["boundary"] == r.boundary else f"{prot['boundary'] - r.boundary:+d} vs detected "
+                                                                  f"{r.boundary}", delta_color="off",
+              help="First block of the expansion stage (0-based)")
+    m2.metric("Protected blocks", len(protected), help=", ".join(map(str, protected)) or "none")
+    m3.metric("Blocks", L)
+    m4.metric("Sequences", f"{r.n_sequences}" + ("" if r.manifest.get("completed", True) else " (stopped)"))
+    m5.metric("Analysis time", f"{r.manifest.get('timings', {}).get('total_s', float('nan')):.1f} s")
+    st.caption(f":material/lock: Protected ({prot['mode']}): {protected or 'none'} — locked on the Select page. "
+               f"Run `{rid}`: {r.n_sequences} sequences × {r.manifest.get('data', {}).get('seq_len', '?')} tokens, "
+               f"primary estimator {r.estimator}.")
+
+adj = adjusted_result(rec)
+tabs = ["Entropy curves", "ΔH per block", "Domains", "Estimators", "Stability (bootstrap)", "Norms & sanity"]
+if "mi" in (r.extras or {}):
+    tabs.append("Mutual information")
+T = dict(zip(tabs, st.tabs(tabs)))
+
+with T["Entropy curves"], guarded("Entropy curves"):
+    e1, e2, e3 = st.columns([2, 3, 2])
+    est = e1.selectbox("Estimator", r.estimators, key="entropy_est", format_func=lambda e: ESTIMATORS[e].title
+                       if e in ESTIMATORS else e)
+    points = e2.multiselect("Residual points", ["resid_pre", "resid_mid", "resid_post"],
+                            default=["resid_pre", "resid_mid", "resid_post"], key="entropy_points")
+    with e3:
+        explainer_popover(estimators=[est])
+    if points:
+        fig = plots.entropy_curves(r, est, prot["boundary"], protected, points=points)
+        chart(fig, f"Mean entropy (nats, {ESTIMATORS[est].title if est in ESTIMATORS else est}) over "
+                   f"{r.n_sequences} sequences of each block's input (resid_pre), after attention (resid_mid) and "
+                   f"output (resid_post); each sequence's tokens are the samples. Shaded: compression stage "
+                   f"(blocks 0…{prot['boundary'] - 1}); lock = protected. Blocks 0-based.", name="entropy_curves",
+              key="entropy_curves_chart")
+
+with T["ΔH per block"], guarded("ΔH"):
+    g1, g2, g3 = st.columns([3, 2, 2])
+    gran = g1.radio("Block granularity", ["attention", "mlp", "layer"], horizontal=True, key="dh_gran",
+                    index=["attention", "mlp", "layer"].index(r.granularity))
+    est_dh = g2.selectbox("Estimator ", r.estimators, key="dh_est")
+    with g3:
+        explainer_popover(estimators=[est_dh], criteria=["entrodrop", "cosine"])
+    cos = None
+    try:
+        cos = r.seq_cos(gran).mean(0)
+    except Exception:  # noqa: BLE001 - runs without cosine statistics
+        pass
+    chart(plots.delta_h_bars(r, est_dh, gran, protected, cos, "LLM-Drop cos(X, Y)"),
+          f"ΔH per {gran} block = H(output) − H(input) in nats ({est_dh}), mean over {r.n_sequences} sequences; "
+          "EntroDrop drops the smallest first. Dotted: mean cosine similarity of the block's input and output "
+          "(right axis; LLM-Drop drops the highest first). Grey 🔒 = protected. Blocks 0-based.",
+          name="delta_h", key="dh_chart")
+    dh_df = pd.DataFrame({"block (0-based)": range(L),
+                          **{f"ΔH {g} ({est_dh})": np.round(r.delta_h(g, est_dh), 5) for g in ("attention", "mlp", "layer")},
+                          "protected": [b in protected for b in range(L)]})
+    with st.expander("ΔH table"):
+        table(dh_df, f"Mean ΔH in nats over {r.n_sequences} sequences, estimator {est_dh}.", name="delta_h_table")
+
+with T["Domains"], guarded("Domains"):
+    doms = list(dict.fromkeys(r.domains))
+    if len(doms) < 2:
+        st.info(f"This run has one calibration domain ({doms[0] if doms else '—'}). Analyse a hybrid mix to "
+                "compare the curve across domains — the per-sequence values are split by each window's domain.")
+        st.button("Re-run on all 6 built-in domains (equal weights)", key="rerun_mix", on_click=_use_mix)
+    else:
+        d1, d2 = st.columns([2, 2])
+        est_d = d1.selectbox("Estimator  ", r.estimators, key="dom_est")
+        norm = d2.toggle("Normalise each domain to [0, 1]", value=True, key="dom_norm")
+        fig, labels = plots.domain_heatmap(r, est_d, norm)
+        chart(fig, "Mean boundary entropy H(Z^i) per calibration domain (rows = the windows of that domain in this "
+                   "hybrid run; n = windows). Normalised: each row min–max scaled so the shapes compare. "
+                   "Z0 = embeddings, Z^(l+1) = output of block l (0-based).", name="domain_heatmap", key="dom_chart")
+        bd = plots.domain_argmins(r, est_d)
+        table(pd.DataFrame({"domain": list(bd), "detected boundary (block, 0-based)": list(bd.values()),
+                            "windows": [r.domains.count(d) for d in bd]}),
+              "Boundary detected separately per domain (argmin over the first half of that domain's mean curve).",
+              name="domain_boundaries")
+
+with T["Estimators"], guarded("Estimators"):
+    if len(r.estimators) < 2:
+        st.info("This run computed one estimator. Add others under Analysis settings → *Also compute*, or:")
+        st.button("Re-run with every estimator", key="rerun_all_est", on_click=_use_all_estimators)
+    else:
+        explainer_popover(estimators=r.estimators)
+        chart(plots.estimator_comparison(r, r.estimators),
+              f"Boundary entropy H(Z^i) from each estimator on the same {r.n_sequences} sequences, min–max normalised "
+              "per estimator (hover for nats): where they agree on the shape, the boundary is not an estimator "
+              "artefact.", name="estimator_comparison", key="est_cmp")
+        chart(plots.estimator_small_multiples(r, r.estimators), "The same curves in raw nats, side by side.",
+              name="estimator_raw", key="est_raw")
+        from analysis.selection import detect_boundary, rank_correlation, topk_overlap
+
+        rows = []
+        base = r.estimators[0]
+        for e in r.estimators:
+            dh = r.delta_h(r.granularity, e)
+            rows.append({"estimator": e, "boundary (0-based)": detect_boundary(r.entropy(e)["boundary"]),
+                         f"Spearman ρ of ΔH vs {base}": round(rank_correlation(r.delta_h(r.granularity, base), dh)["spearman"], 3),
+                         f"top-8 overlap vs {base}": topk_overlap(
+                             np.argsort(r.delta_h(r.granularity, base)).tolist(), np.argsort(dh).tolist(), 8)})
+        table(pd.DataFrame(rows), f"Agreement of the estimators on the {r.granularity} ΔH ranking "
+                                  "(lowest ΔH first, before protection).", name="estimator_agreement")
+
+with T["Stability (bootstrap)"], guarded("Bootstrap"):
+    from analysis.criteria import CRITERIA, bootstrap
+
+    boot_crits = [n for n, c in CRITERIA.items() if c.per_seq is not None]
+    c1, c2, c3, c4 = st.columns(4)
+    crit = c1.selectbox("Criterion", boot_crits, format_func=lambda n: CRITERIA[n].title, key="boot_crit")
+    gran_b = c2.selectbox("Granularity", [g for g in CRITERIA[crit].granularities], key="boot_gran")
+    n_boot = c3.select_slider("Resamples", [50, 100, 200, 500, 1000], value=200, key="boot_n")
+    prunable = L - len(protected)
+    k_b = c4.number_input("k (top-k frequency)", min_value=1, max_value=max(1, prunable), value=min(4, max(1, prunable)),
+                          key="boot_k")
+
+    @st.cache_data(show_spinner=False, max_entries=64)
+    def _boot(rid_: str, prot_: tuple, crit_: str, g_: str, n_: int, k_: int, _res):
+        return bootstrap(_res, crit_, g_, n_boot=n_, seed=0, k=k_)
+
+    bres = _boot(rid, tuple(protected), crit, gran_b, int(n_boot), int(k_b), adj)
+    chart(plots.bootstrap_chart(bres, protected, CRITERIA[crit].score_label),
+          f"Calibration bootstrap: the {bres['n_sequences']} sequences resampled with replacement {n_boot}× "
+          f"(seed 0). Bars = mean {CRITERIA[crit].score_label} per {gran_b} block, whiskers = 5–95 % band; lower "
+          f"panel = how often each block is among the top-{k_b} to drop. Narrow bands and 0 %/100 % frequencies "
+          "mean a stable choice. Blocks 0-based.", name="bootstrap", key="boot_chart")
+
+with T["Norms & sanity"], guarded("Norms"):
+    chart(plots.norms_chart(r), "Mean RMS token norm of the residual stream (log scale) at every boundary and after "
+                                "each attention sub-block. Scale-sensitive estimators (KNN) rise by d·log c when "
+                                "states grow by c, so a rising KNN curve can be norm growth — compare Bucket or "
+                                "knn-norm. Blocks 0-based.", name="norms", key="norms_chart")
+    d = r.manifest.get("model", {}).get("hidden_size")
+    t = r.manifest.get("data", {}).get("seq_len")
+    knn_warn = [w for w in r.warnings if "KNN" in w]
+    if knn_warn:
+        for w in knn_warn:
+            st.warning(w, icon=":material/straighten:")
+    elif any(e.startswith("knn") for e in r.estimators):
+        st.success(f"KNN sampling is adequate: N={t} tokens per sequence ≥ d={d} dimensions.")
+    else:
+        st.caption(f"No KNN estimator in this run (d = {d}, N = {t} tokens per sequence).")
+    nonfin = [w for w in r.warnings if "NonFinite" in w]
+    if not nonfin:
+        st.caption(":material/check_circle: No NaN/inf values were seen in the residual stream.")
+
+if "Mutual information" in T:
+    with T["Mutual information"], guarded("Mutual information"):
+        from app_support.mi_views import render_mi
+
+        render_mi(r, protected)
+
+st.divider()
+link("select", "Next: select blocks to drop →")

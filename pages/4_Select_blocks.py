@@ -1,0 +1,237 @@
+"""Select blocks: rank blocks by any registered criterion, edit the choice by clicking bars, keep plans."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app_support import plots, state
+from app_support.optional import load_optional_criteria
+from app_support.runs import adjusted_result, effective_protected, protection
+from app_support.selecting import points_to_blocks, toggle, working_selection
+from app_support.widgets import (INDEX_NOTE, chart, explain_criterion, explainer_popover, guarded, link, need,
+                                 page_setup, show_error, table)
+
+page_setup("Select blocks", ":material/checklist:", "Rank the blocks with a criterion, then click bars to add or remove blocks by "
+           "hand. Protected blocks are locked. Keep as many named plans as you like. " + INDEX_NOTE)
+
+s = st.session_state
+need(state.current_run() is not None, "Run the analysis first: the criteria score blocks from its statistics.",
+     "entropy", "Go to Entropy dynamics")
+
+load_optional_criteria()
+from analysis.criteria import CRITERIA, get_criterion, select  # noqa: E402
+
+rec = state.current_run()
+rid, r, L = rec.run_id, rec.result, rec.num_layers
+protected = effective_protected(rec)
+prot_info = protection(rec)
+adj = adjusted_result(rec)
+st.caption(f"Run `{rid}` ({rec.label}) · protection **{prot_info['mode']}**, boundary block {prot_info['boundary']}: "
+           f":material/lock: {protected or 'none'} (change on the Entropy page).")
+
+# ---- criterion, granularity, k, parameters ----------------------------------------------------------
+names = list(CRITERIA)
+avail = {n: (r.baselines.get(n) or {}).get("available", True) for n in names}
+if state.get("sel.crit", "entrodrop") not in names:
+    state.set_value("sel.crit", "entrodrop")
+c1, c2, c3, c4 = st.columns([3, 2, 1, 2])
+crit = c1.selectbox("Criterion", names, key=state.wkey("sel.crit", "entrodrop"),
+                    format_func=lambda n: CRITERIA[n].title + ("" if avail[n] else " (unavailable for this run)"))
+c = get_criterion(crit)
+grans = list(c.granularities)
+if state.get("sel.gran", r.granularity) not in grans:
+    state.set_value("sel.gran", r.granularity if r.granularity in grans else grans[0])
+gran = c2.radio("Granularity", grans, horizontal=True, key=state.wkey("sel.gran", r.granularity),
+                help="attention / MLP = drop that sub-block of a layer; layer = drop the whole decoder layer")
+prunable = L - len(protected)
+k = c3.number_input("k", min_value=0, max_value=L, step=1, key=state.wkey("sel.k", min(4, max(prunable, 0))),
+                    help=f"Blocks to drop; {prunable} of {L} are unprotected")
+with c4:
+    explainer_popover(criteria=[crit])
+params = {}
+if c.params:
+    pc = st.columns(max(1, len(c.params)))
+    for i, (p, default) in enumerate(c.params.items()):
+        key = f"sel.param.{crit}.{p}"
+        if p == "estimator":
+            opts = r.estimators
+            if state.get(key) not in opts:
+                state.set_value(key, r.estimator)
+            params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, r.estimator))
+        elif isinstance(default, bool):
+            params[p] = pc[i].checkbox(p, key=state.wkey(key, default))
+        elif isinstance(default, int):
+            params[p] = int(pc[i].number_input(p, step=1, key=state.wkey(key, default)))
+        elif isinstance(default, float):
+            params[p] = float(pc[i].number_input(p, key=state.wkey(key, default)))
+        elif default is None:
+            continue
+        else:
+            params[p] = pc[i].text_input(p, key=state.wkey(key, str(default)))
+        state.sync(key)
+state.sync("sel.crit", "sel.gran", "sel.k")
+with st.expander(f"About {c.title}"):
+    explain_criterion(crit)
+
+sel = None
+try:
+    sel = select(adj, crit, int(k), gran, protected=protected, **params)
+except Exception as exc:  # noqa: BLE001 - e.g. k larger than the unprotected blocks; shown, page continues
+    show_error(exc, "Cannot select")
+
+# ---- the working selection: criterion's top-k, then edited by clicking --------------------------------
+if sel is not None:
+    with guarded("Selection"):
+        sig = (crit, gran, int(k), tuple(sorted(params.items())), tuple(protected))
+        ws = working_selection(rid, sig, sel.blocks)
+        mkey = f"w:sel.blocks.{rid}"
+
+        def _edit_multiselect() -> None:
+            w = s["es.selection"][rid]
+            w["blocks"] = sorted(int(b) for b in s[mkey])
+            w["edited"] = True
+
+        def _reset() -> None:
+            s["es.selection"].pop(rid, None)
+
+        def _clear() -> None:
+            w = s["es.selection"][rid]
+            w.update(blocks=[], edited=True)
+
+        st.subheader("Scores — click bars to add or remove blocks")
+        fig = plots.score_bars(sel.scores, ws["blocks"], protected, c.score_label, sel.order)
+        event = chart(fig, f"{c.title}: {c.score_label} per {gran} block "
+                           f"({'lowest' if c.redundant == 'low' else 'highest'} dropped first). Red ✕ = in the "
+                           f"selection, blue = kept, grey 🔒 = protected (clicks refused). Click a bar, or box/lasso "
+                           f"several, to toggle them. Scores from run `{rid}` ({r.n_sequences} sequences). "
+                           "Blocks 0-based.", name="selection_scores",
+                      key=f"selchart.{rid}.{ws['chart_rev']}", on_select="rerun",
+                      selection_mode=("points", "box", "lasso"))
+        pts = (event or {}).get("selection", {}).get("points", []) if event is not None else []
+        clicked = points_to_blocks(pts)
+        if clicked:
+            new, refused = toggle(ws["blocks"], clicked, protected)
+            if refused:
+                state.flash("warning", f"Block{'s' if len(refused) > 1 else ''} {', '.join(map(str, refused))} "
+                                       f"{'are' if len(refused) > 1 else 'is'} protected and cannot be dropped "
+                                       "(change the protection on the Entropy page).")
+            if new != ws["blocks"]:
+                ws["blocks"], ws["edited"] = new, True
+            ws["chart_rev"] += 1                      # a fresh chart: the same bar can be clicked again
+            s.pop(mkey, None)
+            st.rerun()
+
+        s[mkey] = list(ws["blocks"])
+        e1, e2, e3 = st.columns([5, 1, 1])
+        e1.multiselect(f"Blocks to drop ({gran}, 0-based) — edit here or on the chart",
+                       [b for b in range(L) if b not in protected], key=mkey, on_change=_edit_multiselect)
+        e2.button("Reset to top-k", key="sel_reset", on_click=_reset)
+        e3.button("Clear", key="sel_clear", on_click=_clear)
+        blocks = ws["blocks"]
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Selected blocks", len(blocks))
+        m2.metric("Unprotected blocks", prunable)
+        m3.metric("Protected (locked)", len(protected))
+        m4.metric("Source", f"{crit}{' + hand edits' if ws['edited'] else ''}")
+        st.caption(f"Selection: {blocks or 'nothing'} — "
+                   + ("edited by hand from " if ws["edited"] else "")
+                   + f"the top-{k} of {c.title}" + (" (a contiguous window)" if c.needs_window else "") + ".")
+
+        # ---- ranked table --------------------------------------------------------------------------
+        rank = {b: i for i, b in enumerate(sel.order)}
+        rows = [{"rank": rank.get(b), "block (0-based)": b, c.score_label: round(float(sel.scores[b]), 6),
+                 "selected": "✕" if b in blocks else "", "protected": "🔒" if b in protected else ""}
+                for b in sorted(range(L), key=lambda b: (rank.get(b, L + b)))]
+        table(pd.DataFrame(rows), f"Blocks ranked by {c.title} (rank 0 = most droppable; protected blocks unranked, "
+                                  "at the end). Block indices 0-based.", name="ranking", height=260)
+
+        # ---- keep as a plan ----------------------------------------------------------------------
+        st.subheader("Keep as a plan")
+        p1, p2 = st.columns([3, 1])
+        default_name = f"{crit}-{gran}-k{len(blocks)}" + ("-edited" if ws["edited"] else "")
+        name = p1.text_input("Plan name", value=default_name, key=f"plan_name.{default_name}")
+        if p2.button("Keep plan", icon=":material/bookmark_add:", type="primary", key="keep_plan", disabled=not blocks):
+            try:
+                from analysis.criteria import Selection
+                from analysis.plan import Plan
+
+                chosen = Selection(crit, gran, len(blocks), list(blocks), list(sel.order), list(sel.scores),
+                                   list(protected))
+                plan = Plan.from_selection(chosen, r)
+                plan.source.update(edited_by_hand=ws["edited"], criterion_top_k=list(sel.blocks),
+                                   boundary=prot_info["boundary"], protect_mode=prot_info["mode"],
+                                   params={k_: v for k_, v in params.items()})
+                plan.validate(L)
+                state.plans()[name.strip() or default_name] = state.PlanRecord(
+                    name.strip() or default_name, plan, rid, crit, gran, int(k), list(blocks), ws["edited"],
+                    list(protected), dict(params))
+                state.flash("success", f"Kept plan **{name}**: {plan.describe()}.")
+                st.rerun()
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, "Could not keep the plan")
+
+# ---- kept plans ------------------------------------------------------------------------------------------
+with guarded("Plans"):
+    plans = state.plans()
+    if plans:
+        st.subheader(f"Kept plans ({len(plans)})")
+        table(pd.DataFrame([{"plan": p.name, "drops": p.plan.describe(), "granularity": p.granularity,
+                             "criterion": p.criterion + (" + hand edits" if p.edited else ""), "k": len(p.blocks),
+                             "run": p.run_id} for p in plans.values()]),
+              "Plans kept in this session (indices 0-based, into the original model). Compare them on "
+              "Prune & compare; export them on Export.", name="plans")
+        d1, d2 = st.columns([3, 1])
+        gone = d1.multiselect("Remove plans", list(plans), key="plans_remove")
+        if d2.button("Remove", key="plans_remove_btn", disabled=not gone):
+            for g_ in gone:
+                plans.pop(g_, None)
+            st.rerun()
+        link("compare", "Next: prune & compare →")
+
+# ---- agreement between criteria ---------------------------------------------------------------------------
+with guarded("Agreement"):
+    from analysis.blockselect import agreement_matrix
+
+    st.subheader("Do the criteria agree?")
+    kk = max(1, min(int(k) or 1, prunable)) if prunable else 1
+    names_all = [n for n in CRITERIA if gran in CRITERIA[n].granularities]
+    am = agreement_matrix(adj, names_all, gran, kk, protected)
+    names_a = am["criteria"]
+    if len(names_a) < 2:
+        st.info(f"Fewer than two criteria score {gran} blocks for this run.")
+    else:
+        a1, a2 = st.columns(2)
+        with a1:
+            chart(plots.matrix_heatmap(np.array(am["spearman"], dtype=float), names_a, "Spearman rank correlation",
+                                       -1, 1),
+                  f"Spearman ρ between the criteria's {gran}-block droppability (scores oriented so +1 = the same "
+                  f"drop order) over the {prunable} unprotected blocks.", name="agreement_spearman", key="agree_rho")
+        with a2:
+            chart(plots.matrix_heatmap(np.array(am["topk_overlap"], dtype=float), names_a, f"Top-{am['k']} overlap",
+                                       0, 1, colorscale="Blues"),
+                  f"Fraction of the top-{am['k']} drop sets two criteria share (protected blocks excluded).",
+                  name="agreement_topk", key="agree_ov")
+        if am.get("unavailable"):
+            st.caption("Not available for this run: " + "; ".join(f"{n} ({why_})" for n, why_ in
+                                                                   am["unavailable"].items()))
+
+# ---- ground truth and MI-PRUN extras -----------------------------------------------------------------------
+with guarded("Ground truth"):
+    from app_support.mi_views import render_fbs, render_ground_truth
+    from app_support.models import get_model
+
+    render_ground_truth(rec, adj, protected, gran, get_model(rec.model), rec.tokens)
+
+if "mi" in (r.extras or {}):
+    with guarded("Fast-Block-Select"):
+        fplan = render_fbs(rec, adj, protected, int(k))
+        if fplan and st.button("Keep the Fast-Block-Select choice as a plan", icon=":material/bookmark_add:", key="keep_fbs"):
+            from analysis.plan import Plan
+
+            name = f"mi-prun-fbs-k{len(fplan['drop_layers'])}"
+            plan = Plan.from_dict(fplan)
+            state.plans()[name] = state.PlanRecord(name, plan, rid, "mi-prun", "layer", len(plan.drop_layers),
+                                                   list(plan.drop_layers), False, list(protected), {})
+            state.flash("success", f"Kept plan **{name}**: {plan.describe()}.")
+            st.rerun()

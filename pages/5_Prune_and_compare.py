@@ -1,0 +1,188 @@
+"""Prune & compare: quality, speed and size of the kept plans against the original model."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app_support import plots, state
+from app_support.evaluation import (comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text, plan_key,
+                                    protocol_text)
+from app_support.optional import module, why
+from app_support.runs import adjusted_result
+from app_support.widgets import INDEX_NOTE, chart, guarded, link, need, page_setup, show_error, table
+
+page_setup("Prune & compare", ":material/compare_arrows:", "Each plan runs as a view that shares the original weights (latency uses a "
+           "physically pruned copy); the cached model itself is never changed. " + INDEX_NOTE)
+
+s = st.session_state
+ev = module("evaluate")
+need(ev is not None, f"Evaluation is not available: {why('evaluate')}.")
+need(state.current_run() is not None, "Run the analysis and keep a plan first.", "entropy", "Go to Entropy dynamics")
+
+from analysis.corpora import DOMAINS  # noqa: E402
+
+from app_support.models import get_model  # noqa: E402
+
+rec = state.current_run()
+plans = state.plans()
+lm = get_model(rec.model)
+
+# ---- settings ----------------------------------------------------------------------------------------------
+with st.expander("Evaluation settings", expanded=False, icon=":material/tune:"):
+    e1, e2, e3 = st.columns(3)
+    data_choice = e1.selectbox("Held-out text", ["(calibration source)"] + list(DOMAINS),
+                               key=state.wkey("cmp.data", "(calibration source)"),
+                               help="The eval split of a corpus: documents never used for calibration")
+    e2.number_input("Window (tokens)", min_value=16, max_value=8192, step=64, key=state.wkey("cmp.window", 256),
+                    help="Disjoint windows; the papers' protocol uses 2048 (slow on a CPU)")
+    e3.number_input("Token budget", min_value=64, max_value=2_000_000, step=1024,
+                    key=state.wkey("cmp.max_tokens", 4096), help="Tokens read from the held-out stream")
+    l1, l2, l3 = st.columns(3)
+    l1.number_input("Latency prompt (tokens)", min_value=1, max_value=8192, key=state.wkey("cmp.prompt_len", 64))
+    l2.number_input("Decode steps", min_value=0, max_value=1024, key=state.wkey("cmp.new_tokens", 16))
+    l3.number_input("Repeats", min_value=1, max_value=50, key=state.wkey("cmp.repeats", 3))
+    state.sync("cmp.data", "cmp.window", "cmp.max_tokens", "cmp.prompt_len", "cmp.new_tokens", "cmp.repeats")
+settings = {"window": int(state.get("cmp.window", 256)), "max_tokens": int(state.get("cmp.max_tokens", 4096)),
+            "prompt_len": int(state.get("cmp.prompt_len", 64)), "new_tokens": int(state.get("cmp.new_tokens", 16)),
+            "repeats": int(state.get("cmp.repeats", 3))}
+
+# ---- comparison of kept plans ---------------------------------------------------------------------------------
+st.subheader("Kept plans vs the original")
+if not plans:
+    st.info("No plans kept yet. Select blocks and press **Keep plan** — or compare the criteria directly "
+            "with the sweep below.")
+    link("select", "Go to Select blocks")
+else:
+    c1, c2 = st.columns([4, 1])
+    chosen = c1.multiselect("Plans to compare", list(plans), default=list(plans), key="cmp_plans")
+    go_cmp = c2.button("Run comparison", icon=":material/play_arrow:", type="primary", key="run_compare",
+                       disabled=not chosen)
+    ckey = "es.last_comparison"
+    if go_cmp:
+        try:
+            data = eval_data(state.get("cmp.data"), rec.data)
+            bar = st.progress(0.0, text="Evaluating the original model …")
+            results = {"original": evaluate_plan(lm, None, settings, data)}
+            for i, name in enumerate(chosen):
+                bar.progress((i + 1) / (len(chosen) + 1), text=f"Evaluating {name} …")
+                results[name] = evaluate_plan(get_model(state.runs()[plans[name].run_id].model)
+                                              if plans[name].run_id in state.runs() else lm,
+                                              plans[name].plan, settings, data)
+            bar.empty()
+            s[ckey] = {"names": ["original", *chosen], "results": results, "settings": dict(settings)}
+        except Exception as exc:  # noqa: BLE001 - shown; earlier results kept
+            show_error(exc, "Comparison failed")
+    last = s.get(ckey)
+    if last:
+        with guarded("Comparison table"):
+            base = last["results"]["original"]
+            rows = [comparison_row(n, "nothing" if n == "original" else plans[n].plan.describe()
+                                   if n in plans else "?", last["results"][n], base) for n in last["names"]
+                    if n in last["results"]]
+            df = pd.DataFrame(rows)
+            m = st.columns(min(4, len(rows)))
+            for col, row in zip(m, rows[:4]):
+                col.metric(f"Perplexity · {row['plan']}", f"{row['perplexity']:.2f}",
+                           None if row["plan"] == "original" else f"{row['Δ perplexity %']:+.1f} %",
+                           delta_color="inverse")
+            table(df, "Perplexity: " + protocol_text(base["protocol"]) + ". KL(original ‖ pruned) and top-1 "
+                  "agreement of next-token predictions on the same tokens. " + latency_text(base.get("latency"))
+                  + " Parameters counted with tied weights once; KV bytes per token over the attention layers "
+                  "that still run.", name="comparison")
+            if len(rows) > 1:
+                chart(plots.pareto_chart(df, "decode tok/s (median)", "perplexity", "parameters",
+                                         "decode tokens/s (median, higher is better)",
+                                         "perplexity (lower is better)"),
+                      "Pareto view: quality (perplexity) vs speed (decode tokens/s), marker size = parameters. "
+                      "Outlined red points are Pareto-optimal (no other plan is both faster and better). "
+                      "Protocols as in the table above.", name="pareto", key="pareto_chart")
+
+# ---- side-by-side generation ---------------------------------------------------------------------------------
+with guarded("Generation"):
+    st.subheader("Side-by-side generation")
+    if not plans:
+        st.caption("Keep a plan to compare its generations with the original model.")
+    else:
+        g1, g2, g3 = st.columns([4, 2, 1])
+        prompt = g1.text_area("Prompt", key=state.wkey("gen.prompt", "The history of the city begins"), height=80)
+        gplan = g2.selectbox("Plan", list(plans), key="gen_plan")
+        n_new = g3.number_input("New tokens", min_value=1, max_value=256, key=state.wkey("gen.n", 30))
+        state.sync("gen.prompt", "gen.n")
+        if st.button("Generate", icon=":material/edit_note:", key="gen_go"):
+            try:
+                gkey = state.stable_hash([lm.fingerprint, plan_key(plans[gplan].plan), prompt, int(n_new)])
+                if gkey not in s["es.generations"]:
+                    with st.spinner("Generating (greedy, KV cache) …"):
+                        s["es.generations"][gkey] = ev.generate_pair(lm, plans[gplan].plan, prompt, int(n_new))
+                s["es.last_generation"] = (gplan, gkey)
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, "Generation failed")
+        lastg = s.get("es.last_generation")
+        if lastg and lastg[1] in s["es.generations"]:
+            g = s["es.generations"][lastg[1]]
+            a, b = st.columns(2)
+            with a.container(border=True):
+                st.markdown("**Original**")
+                st.markdown(f"_{g['prompt']}_ {g['original']}")
+            with b.container(border=True):
+                st.markdown(f"**Pruned: {lastg[0]}**")
+                st.markdown(f"_{g['prompt']}_ {g['pruned']}")
+            div = g.get("first_divergence")
+            st.caption(f"Greedy decoding, {g['max_new_tokens']} new tokens. "
+                       + ("Identical continuations." if div is None else f"The continuations diverge at new token "
+                                                                         f"{div} (0-based)."))
+
+# ---- sweep ------------------------------------------------------------------------------------------------
+with guarded("Sweep"):
+    from analysis.criteria import CRITERIA
+
+    st.subheader("Sweep: perplexity vs k for each criterion")
+    r = rec.result
+    adj = adjusted_result(rec)
+    w1, w2, w3, w4 = st.columns([3, 2, 1, 1])
+    gran = w2.radio("Granularity", ["attention", "mlp", "layer"], horizontal=True, key=state.wkey("sw.gran",
+                                                                                                  r.granularity))
+    options = [n for n, c in CRITERIA.items() if gran in c.granularities
+               and (r.baselines.get(n) or {}).get("available", True)]
+    default = [n for n in ("entrodrop", "block-influence", "random") if n in options]
+    crits = w1.multiselect("Criteria", options, default=default, key="sw_crits",
+                           format_func=lambda n: CRITERIA[n].title)
+    prunable = r.num_layers - len(adj.protected)
+    kmax = w3.number_input("max k", min_value=1, max_value=max(1, prunable), value=min(6, max(1, prunable)),
+                           key="sw_kmax")
+    run_sw = w4.button("Sweep", icon=":material/play_arrow:", key="run_sweep", disabled=not crits)
+    state.sync("sw.gran")
+    skey = state.stable_hash([rec.run_id, adj.protected, gran, crits, int(kmax), settings["window"],
+                              settings["max_tokens"], state.get("cmp.data")])
+    if run_sw and skey not in s["es.sweeps"]:
+        try:
+            bar = st.progress(0.0, text="Sweeping …")
+            res = ev.sweep(lm, adj, criteria=crits, ks=range(0, int(kmax) + 1), granularity=gran,
+                           data=eval_data(state.get("cmp.data"), rec.data),
+                           cfg=eval_cfg(settings),
+                           progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
+            bar.empty()
+            s["es.sweeps"][skey] = res
+            s["es.last_sweep_meta"] = {"criteria": list(crits), "kmax": int(kmax), "granularity": gran}
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Sweep failed")
+    if run_sw or skey in s["es.sweeps"]:
+        s["es.last_sweep"] = skey
+    res = s["es.sweeps"].get(s.get("es.last_sweep"))
+    if res:
+        df = pd.DataFrame([{k: v for k, v in row.items() if k not in ("plan", "latency")} for row in res["rows"]])
+        chart(plots.sweep_chart(df), f"Perplexity (log scale) after dropping the top-k {df['granularity'].iloc[0]} "
+                                     f"blocks of each criterion, k = 0…{df['k'].max()}; protected blocks never "
+                                     f"dropped. {protocol_text(res['protocol'])}.", name="sweep", key="sweep_chart")
+        chart(plots.pareto_chart(df.assign(plan=df["criterion"] + " k=" + df["k"].astype(str),
+                                           speed=df["params_removed_fraction"] * 100),
+                                 "speed", "perplexity", None, "parameters removed (%)", "perplexity"),
+              "Quality vs size for every sweep point (parameters removed on the x axis); outlined red = "
+              "Pareto-optimal. Same protocol as the sweep chart.", name="sweep_pareto", key="sweep_pareto")
+        table(df.assign(blocks=df["blocks"].astype(str)), "Sweep rows: blocks are 0-based; params counted with tied "
+                                                          "weights once.", name="sweep")
+        if res.get("skipped"):
+            st.caption("Skipped: " + "; ".join(f"{x['criterion']} k={x['k']}: {x['reason']}" for x in res["skipped"][:6]))
+
+st.divider()
+link("export", "Next: export →")

@@ -1,0 +1,167 @@
+"""Export: every table and chart, the plans, the manifest, the pruned checkpoint and the CLI commands."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import streamlit as st
+
+from app_support import state
+from app_support.commands import analyze_argv, session_script
+from app_support.exporting import (dir_listing, fig_html, llama_cpp_list, mergekit_yaml, model_ref,
+                                   png_export_works, save_checkpoint)
+from app_support.runs import effective_protected
+from app_support.widgets import INDEX_NOTE, guarded, link, need, page_setup, show_error
+
+page_setup("Export", ":material/download:", "Download what this session produced and reproduce it from the command line. "
+           + INDEX_NOTE)
+
+s = st.session_state
+need(state.current_run() is not None, "Nothing to export yet: run the analysis first.", "entropy",
+     "Go to Entropy dynamics")
+
+rec = state.current_run()
+r = rec.result
+plans = state.plans()
+protected = effective_protected(rec)
+
+
+def _json(obj) -> str:
+    from analysis.export import to_json
+
+    return to_json(obj)
+
+
+# ---- reproduce: CLI and manifest -----------------------------------------------------------------------------
+with guarded("Reproduce"):
+    st.subheader("Reproduce from the command line")
+    chosen = st.selectbox("Plan for the select step", ["(none)"] + list(plans), key="cli_plan",
+                          index=1 if plans else 0)
+    prec = plans.get(chosen)
+    cmp_data = state.get("cmp.data", "(calibration source)")
+    if cmp_data == "(calibration source)":
+        w = [k for k, v in (rec.data.get("weights") or {}).items() if float(v) > 0]
+        cmp_data = w[0] if rec.data.get("source", "builtin") == "builtin" and w else None
+    eval_settings = {k: state.get(f"cmp.{k}", d) for k, d in (("window", 256), ("max_tokens", 4096),
+                                                               ("prompt_len", 64), ("new_tokens", 16), ("repeats", 3))}
+    script = session_script(rec, prec, protected, cmp_data, eval_settings, s.get("es.last_sweep_meta"))
+    st.code(script, language="bash")
+    st.caption("Each command was checked against this version's CLI parser (`python -m analysis --help`). The "
+               "analysis is deterministic for a given model, data spec and seed, so `analyze` reproduces run "
+               f"`{rec.run_id}`; `select` reproduces the criterion's top-k with this session's protected blocks "
+               f"{protected}.")
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("reproduce.sh", data=script, file_name="reproduce.sh", mime="text/x-shellscript",
+                       key="dl_script", on_click="ignore", icon=":material/download:")
+
+    from analysis.export import reproduction_manifest
+
+    from app_support.models import get_model
+
+    lm = get_model(rec.model)
+    manifest = reproduction_manifest(lm, prec.plan if prec else None, r.manifest.get("data"), analyze_argv(rec),
+                                     results={"run_id": rec.run_id, "boundary": int(s["es.protect"].get(
+                                         rec.run_id, {}).get("boundary", r.boundary)), "protected": protected,
+                                              "index_base": 0, "analysis": r.manifest,
+                                              "settings": {"model": rec.model, "data": rec.data,
+                                                           "analysis": rec.config}})
+    c2.download_button("manifest.json", data=_json(manifest), file_name=f"manifest-{rec.run_id}.json",
+                       mime="application/json", key="dl_manifest", on_click="ignore", icon=":material/download:")
+    c3.download_button("run.json (curves, per-sequence values)", data=lambda: _json(r.to_dict()),
+                       file_name=f"run-{rec.run_id}.json", mime="application/json", key="dl_run", on_click="ignore", icon=":material/download:")
+    with st.expander("Manifest (model fingerprint, data protocol, versions, command)"):
+        st.json(manifest, expanded=False)
+
+# ---- plans ---------------------------------------------------------------------------------------------------
+with guarded("Plans"):
+    st.subheader("Plans")
+    if not plans:
+        st.info("No plans kept yet.")
+        link("select", "Select blocks and keep a plan")
+    for name, p in plans.items():
+        with st.container(border=True):
+            prun = state.runs().get(p.run_id)
+            L = prun.num_layers if prun else r.num_layers
+            st.markdown(f"**{name}** — drops {p.plan.describe()} (0-based) · {p.criterion}"
+                        f"{' + hand edits' if p.edited else ''} · run `{p.run_id}`")
+            cols = st.columns([1, 1, 1, 2])
+            cols[0].download_button("plan.json", data=p.plan.to_json(), file_name=f"{name}.plan.json",
+                                    mime="application/json", key=f"dl_plan_{name}", on_click="ignore", icon=":material/download:")
+            csv = "kind,block\n" + "".join(f"{k.replace('drop_', '')},{b}\n"
+                                           for k in ("drop_layers", "drop_attn", "drop_mlp") for b in getattr(p.plan, k))
+            cols[1].download_button("blocks.csv", data=csv, file_name=f"{name}.blocks.csv", mime="text/csv",
+                                    key=f"dl_plancsv_{name}", on_click="ignore", icon=":material/download:")
+            ref = model_ref(prun.model["spec"] if prun else rec.model["spec"])
+            try:
+                y = mergekit_yaml(p.plan, L, ref)
+                cols[2].download_button("mergekit.yaml", data=y, file_name=f"{name}.mergekit.yaml",
+                                        mime="text/yaml", key=f"dl_mk_{name}", on_click="ignore", icon=":material/download:")
+                cols[3].code(f"llama-quantize --prune-layers {llama_cpp_list(p.plan)} …", language="bash")
+                cols[3].caption(f"mergekit passthrough keeps the other layers of `{ref}`; llama.cpp drops these "
+                                "0-based layer ids.")
+            except Exception as exc:  # noqa: BLE001 - sub-block plans have no whole-layer form
+                cols[2].caption("mergekit / llama.cpp: n/a")
+                cols[3].caption(f"{exc}")
+
+# ---- pruned checkpoint ---------------------------------------------------------------------------------------
+with guarded("Checkpoint"):
+    st.subheader("Pruned checkpoint")
+    if plans:
+        k1, k2, k3 = st.columns([2, 2, 2])
+        ck_plan = k1.selectbox("Plan", list(plans), key="ck_plan")
+        root = k2.text_input("Output folder (root)", key=state.wkey("ck.root", os.path.join(os.getcwd(), "out")),
+                             help="The checkpoint is written inside this folder only")
+        folder = k3.text_input("Checkpoint folder name", value=f"{rec.model['spec'].replace('/', '_')}-{ck_plan}",
+                               key=f"ck_name_{ck_plan}")
+        state.sync("ck.root")
+        overwrite = st.checkbox("Overwrite an existing checkpoint folder", key="ck_overwrite")
+        if st.button("Save pruned checkpoint", icon=":material/save:", key="ck_save", type="primary"):
+            try:
+                prun = state.runs().get(plans[ck_plan].run_id, rec)
+                with st.spinner("Writing the checkpoint …"):
+                    out = save_checkpoint(get_model(prun.model), plans[ck_plan].plan, root, folder, overwrite)
+                s["es.last_checkpoint"] = str(out)
+                state.flash("success", f"Saved {ck_plan} to {out}")
+                st.rerun()
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, "Could not save the checkpoint")
+        last = s.get("es.last_checkpoint")
+        if last and os.path.isdir(last):
+            st.success(f"Last checkpoint: `{last}`")
+            st.dataframe(pd.DataFrame(dir_listing(last)), hide_index=True)
+            st.caption("Whole-layer plans reload with plain `AutoModelForCausalLM.from_pretrained`; sub-block plans "
+                       "with `python -m analysis` / `analysis.models.load_model` (reads entroscope-plan.json).")
+    else:
+        st.caption("Keep a plan first.")
+
+# ---- tables and charts ---------------------------------------------------------------------------------------
+with guarded("Tables and charts"):
+    st.subheader("Tables")
+    tables = s.get("es.tables") or {}
+    if not tables:
+        st.caption("Tables appear here once the pages that make them have been visited.")
+    for name, (df, caption) in tables.items():
+        c1, c2, c3 = st.columns([5, 1, 1])
+        c1.markdown(f"**{name}** — {len(df)} rows · <small>{caption}</small>", unsafe_allow_html=True)
+        c2.download_button("CSV", data=df.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv",
+                           key=f"dl_csv_{name}", on_click="ignore", icon=":material/download:")
+        c3.download_button("JSON", data=df.to_json(orient="records", indent=1), file_name=f"{name}.json",
+                           mime="application/json", key=f"dl_json_{name}", on_click="ignore", icon=":material/download:")
+
+    st.subheader("Charts")
+    figures = s.get("es.figures") or {}
+    png = png_export_works()
+    if not png:
+        st.info("PNG export needs a working `kaleido` package, which is not available here, so charts download as "
+                "self-contained interactive HTML (works offline). The 📷 icon on each chart also saves a PNG "
+                "from the browser.", icon=":material/image:")
+    if not figures:
+        st.caption("Charts appear here once the pages that make them have been visited.")
+    for name, (fig, caption) in figures.items():
+        c1, c2, c3 = st.columns([5, 1, 1])
+        c1.markdown(f"**{name}** · <small>{caption}</small>", unsafe_allow_html=True)
+        c2.download_button("HTML", data=lambda fig=fig, caption=caption: fig_html(fig, caption),
+                           file_name=f"{name}.html", mime="text/html", key=f"dl_html_{name}", on_click="ignore", icon=":material/download:")
+        if png:
+            c3.download_button("PNG", data=lambda fig=fig: fig.to_image(format="png", scale=2),
+                               file_name=f"{name}.png", mime="image/png", key=f"dl_png_{name}", on_click="ignore", icon=":material/download:")

@@ -1,0 +1,86 @@
+"""Unit tests of the app's helpers (no Streamlit script run): clicks → blocks, CLI commands, figures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app_support import commands, plots
+from app_support.selecting import points_to_blocks, toggle
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    from analysis.run import AnalysisConfig, analyze
+    from analysis.testing import random_tokens, tiny_loaded
+
+    lm = tiny_loaded("llama", layers=6, hidden=32)
+    return analyze(lm, random_tokens(4, 40), AnalysisConfig(extra_estimators=("knn",), k=5))
+
+
+def test_points_to_blocks_uses_customdata_then_x():
+    pts = [{"customdata": 3, "x": 99}, {"customdata": [5], "x": 5}, {"x": 7.0}, {"x": "bad"}, {"customdata": 3}]
+    assert points_to_blocks(pts) == [3, 5, 7]
+    assert points_to_blocks([]) == []
+
+
+def test_toggle_adds_removes_and_refuses_protected():
+    new, refused = toggle([2, 4], [4, 6, 0], protected=[0, 1, 7])
+    assert new == [2, 6]
+    assert refused == [0]
+
+
+def test_figures_have_zero_based_axes(tiny_run):
+    r = tiny_run
+    figs = [plots.entropy_curves(r, "bucket", 2, [0, 1, 5]),
+            plots.delta_h_bars(r, "bucket", "attention", [0, 1, 5], r.seq_cos("attention").mean(0)),
+            plots.score_bars(r.delta_h(), [2, 3], [0, 1, 5], "ΔH", [2, 3, 4]),
+            plots.norms_chart(r), plots.estimator_comparison(r, ["bucket", "knn"])]
+    for f in figs:
+        assert "0-based" in f.layout.xaxis.title.text
+    bars = figs[2].data[0]
+    assert list(bars.customdata) == list(range(6))
+    assert bars.marker.color[0] == plots.C_PROTECTED and bars.marker.color[2] == plots.C_SELECTED
+    assert bars.text[0] == plots.LOCK
+
+
+def test_domain_heatmap_rows_per_domain(tiny_run):
+    import dataclasses
+
+    r = dataclasses.replace(tiny_run, domains=["wiki", "code", "wiki", "code"])
+    fig, labels = plots.domain_heatmap(r, "bucket")
+    assert labels == ["wiki (n=2)", "code (n=2)"]
+    z = np.array(fig.data[0].z)
+    assert z.shape == (2, r.num_layers + 1) and np.nanmax(z) <= 1.0
+
+
+class _Rec:
+    model = {"spec": "smollm2", "device": "auto", "dtype": "fp32"}
+    data = {"source": "builtin", "weights": {"wiki": 1.0, "code": 2.0}, "n_samples": 32, "seq_len": 256,
+            "seed": 2024, "mode": "random"}
+    config = {"estimator": "bucket", "extra_estimators": ["knn"], "granularity": "attention", "protect": "auto",
+              "k": 25, "bins": 80, "alpha": 4.0, "batch_size": 8, "skip_first_token": True, "mi": True}
+
+
+def test_cli_commands_are_accepted_by_the_real_parser():
+    argv = commands.analyze_argv(_Rec())
+    assert commands.accepts(argv)
+    text = commands.shell(argv)
+    assert "--corpus wiki:1,code:2" in text and "--also knn" in text and "--mi" in text
+    assert "--skip-first-token" in text and "--protect auto" in text
+    assert not commands.accepts(["analyze", "--no-such-flag"])
+
+
+def test_session_script_lines_all_accepted():
+    from analysis.plan import Plan
+
+    from app_support.state import PlanRecord
+
+    plan = Plan(drop_attn=[3, 4], source={"criterion": "entrodrop"})
+    prec = PlanRecord("p1", plan, "rid", "entrodrop", "attention", 2, [3, 4], False, [0, 1, 29],
+                      {"estimator": "bucket"})
+    script = commands.session_script(_Rec(), prec, [0, 1, 29], "wiki", {"window": 256, "max_tokens": 4096},
+                                     {"criteria": ["entrodrop", "random"], "kmax": 4, "granularity": "attention"})
+    cmds = [ln for ln in script.splitlines() if ln.startswith("python") or "not accepted" in ln]
+    assert [c.split()[3] for c in cmds] == ["analyze", "select", "eval", "prune", "sweep"]
+    assert not any("not accepted" in c for c in cmds), script
+    assert "--protect 0,1,29" in script and "--plan plan.json" in script
