@@ -70,9 +70,10 @@ def entropy_knn(x: Tensor, k: int = 25, normalize: bool = False) -> Tensor:
     """
     x = _f32(x)
     b, n, d = x.shape
-    if normalize:
+    if normalize:  # max-abs first so squaring neither underflows (1e-30) nor overflows (1e30) in float32
         x = _centered(x)
-        x = x / x.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12).view(b, 1, 1)
+        x = x / x.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        x = x / x.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-30).view(b, 1, 1)
     r = knn_radii(x, k)
     const = d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1) + math.log(n) - math.log(k)
     return d * torch.log(r + 1e-10).mean(dim=1) + const
@@ -86,7 +87,9 @@ def entropy_renyi(x: Tensor, alpha: float = 4.0) -> Tensor:
     for α = 1 the mean Shannon entropy of the row-normalised kernel.
     """
     x = _f32(x)
-    b = x.shape[0]
+    b, n = x.shape[:2]
+    if n < 2:
+        raise SelectionError(f"Rényi entropy needs at least 2 tokens per sequence, got {n}")
     z = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-10)
     dist = torch.cdist(z, z, compute_mode="use_mm_for_euclid_dist").clamp_min_(0)   # [B, N, N]
     sigma = dist.reshape(b, -1).median(dim=1).values.clamp_min(1e-12).view(b, 1, 1)

@@ -10,7 +10,6 @@ fingerprint, the token set's sha256 and the analysis config, so repeating a run 
 """
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import traceback
@@ -57,9 +56,9 @@ class AnalysisJob:
         from analysis.run import analyze
 
         try:
-            kw = {"cache": True} if "cache" in inspect.signature(analyze).parameters else {}
+            # cache=True: accumulators are saved as the pass goes, so a stopped or killed run resumes
             self.result = analyze(self.lm, self.tokens, self.cfg, progress=self._progress,
-                                  should_stop=self.stop_event.is_set, **kw)
+                                  should_stop=self.stop_event.is_set, cache=True)
             if not self.stop_event.is_set() and self.result.manifest.get("completed", True):
                 result_cache()[self.run_id] = self.result
         except EntroscopeError as exc:

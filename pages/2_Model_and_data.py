@@ -47,7 +47,10 @@ with left:
         c2.selectbox("dtype", ["fp32", "bf16", "fp16"], key=state.wkey("model.dtype", "fp32"),
                      help="fp32 is exact; bf16/fp16 halve memory (fp16 can overflow → NaN entropies)")
         if src in ("hub", "local"):
-            st.checkbox("Trust remote code (runs the checkpoint's own Python code)", key=state.wkey("model.trust", False))
+            if st.checkbox("Trust remote code (runs the checkpoint's own Python code)",
+                           key=state.wkey("model.trust", False)):
+                st.warning("Remote code is ON: loading will execute Python files shipped with this checkpoint, "
+                           "with your permissions. Only enable it for checkpoints you trust.", icon="⚠️")
         state.sync("model.source", "model.embedded", "model.hub", "model.local", "model.gguf", "model.device",
                    "model.dtype", "model.trust")
 

@@ -122,3 +122,35 @@ def test_nan_input_propagates_not_silent():
     x = _x()
     x[0, 3, 1] = float("nan")
     assert not torch.isfinite(entropy_knn(x, k=5)[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(d=st.integers(1, 8), b=st.integers(1, 3))
+def test_one_token_sequences_are_zero_or_clear_error(d, b):
+    x = torch.randn(b, 1, d)
+    # a single sample has zero histogram entropy (up to the reference's 1e-10 clamp of empty bins)
+    torch.testing.assert_close(entropy_bucket(x), torch.zeros(b), atol=1e-5, rtol=0)
+    with pytest.raises(SelectionError, match="more than k"):
+        entropy_knn(x, k=1)
+    with pytest.raises(SelectionError, match="at least 2 tokens"):
+        entropy_renyi(x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(scale=st.sampled_from([1e-30, 1e-8, 1e8, 1e30]), seed=st.integers(0, 1000))
+def test_huge_and_tiny_scales(scale, seed):
+    x = torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(entropy_bucket(x * scale), entropy_bucket(x), atol=0.35, rtol=0)  # bin edges
+    torch.testing.assert_close(entropy_knn(x * scale, k=5, normalize=True), entropy_knn(x, k=5, normalize=True),
+                               atol=1e-2, rtol=1e-3)
+    assert torch.isfinite(entropy_renyi(x * scale)).all()
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_nan_never_silently_finite_for_distance_estimators(name):
+    x = _x(n=40)
+    x[1, 5, 0] = float("nan")
+    h = get_estimator(name).bind(k=5)(x)
+    assert torch.isfinite(h[0])           # the clean sequence is unaffected (per-sequence estimates)
+    if name != "bucket":                  # bucket clamps NaN into a bin; the capture counts it as non-finite
+        assert not torch.isfinite(h[1])

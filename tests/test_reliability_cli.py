@@ -187,3 +187,88 @@ def test_unexpected_error_is_one_line(capsys, tmp_path, tiny_dir, monkeypatch):
     err = expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", str(ids), "--out", str(tmp_path / "r.json")],
                  "unexpected ZeroDivisionError")
     assert [l for l in err.splitlines() if l.startswith("error")] == [err.strip().splitlines()[-1]]
+
+
+# ---- plans and saving --------------------------------------------------------------------------------
+def test_plan_naming_missing_block(capsys, tmp_path, tiny_dir):
+    expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "7", "--out", str(tmp_path / "o")], "0..3")
+    plan = write(tmp_path, "plan.json", json.dumps({"drop_attn": [99], "drop_mlp": [], "drop_layers": []}))
+    expect(capsys, ["eval", "--model", tiny_dir, "--plan", plan, "--text", write(tmp_path, "t.txt", "word " * 400),
+                    "--out", str(tmp_path / "e.json")], "99")
+
+
+def test_save_dir_exists_not_writable_or_escaping_root(capsys, tmp_path, tiny_dir):
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "notes.txt").write_text("mine")
+    expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "2", "--out", str(tmp_path / "exists")],
+           "already exists")
+    expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "2", "--out", str(tmp_path / "exists"),
+                    "--overwrite"], "not a model checkpoint")
+    blocker = write(tmp_path, "a-file", "x")
+    expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "2", "--out", blocker + "/sub/out"], "Cannot create")
+    root = tmp_path / "root"
+    root.mkdir()
+    expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "2", "--root", str(root), "--out",
+                    str(root / ".." / "escaped")], "outside the allowed folder")
+    assert not (tmp_path / "escaped").exists() and (tmp_path / "exists" / "notes.txt").read_text() == "mine"
+
+
+def test_no_network_attempted_offline(monkeypatch, tmp_path):
+    """With offline mode set, loading a hub id or a hub dataset fails fast without opening a socket."""
+    import socket
+
+    from analysis.corpora import load_hub_dataset
+    from analysis.errors import DataError, ModelLoadError
+    from analysis.models import load_model
+
+    attempts = []
+
+    def no_connect(self, *a, **k):
+        attempts.append(a)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_connect)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="offline"):
+        load_model("some-org/some-model")
+    with pytest.raises(DataError, match="offline"):
+        load_hub_dataset("wikitext", "wikitext-2-raw-v1")
+    assert attempts == []
+
+
+def test_four_concurrent_sessions_prune_different_plans(tiny_dir):
+    """Four threads (four app sessions) evaluate different plans on one shared model at the same time:
+    each gets exactly its sequential result, and the shared model's weights are unchanged."""
+    import threading
+
+    from analysis.evaluate import EvalConfig, agreement, perplexity
+    from analysis.models import load_model, weights_hash
+    from analysis.plan import Plan
+
+    lm = load_model(tiny_dir, device="cpu")
+    before = weights_hash(lm.model)
+    stream = torch.randint(0, 256, (400,), generator=torch.Generator().manual_seed(0))
+    cfg = EvalConfig(window=64)
+    plans = [Plan(drop_layers=[2]), Plan(drop_attn=[1, 3]), Plan(drop_mlp=[0]), Plan(drop_attn=[2], drop_mlp=[1])]
+    expected = [(perplexity(lm, stream, p, cfg)["nll_sum"], agreement(lm, p, stream, cfg)["kl"]) for p in plans]
+    got, errors = [None] * 4, []
+    barrier = threading.Barrier(4)
+
+    def session(i):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                got[i] = (perplexity(lm, stream, plans[i], cfg)["nll_sum"], agreement(lm, plans[i], stream, cfg)["kl"])
+                assert got[i] == expected[i]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert got == expected
+    assert weights_hash(lm.model) == before

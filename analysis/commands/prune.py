@@ -48,6 +48,8 @@ def register(sub) -> None:
     add_plan_args(p, required=True)
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    p.add_argument("--root", default=None,
+                   help="refuse to write anywhere outside this folder (e.g. a shared output root)")
     p.add_argument("--mergekit", default=None, metavar="FILE",
                    help="also write a mergekit passthrough YAML (whole-layer plans only)")
     p.add_argument("--quiet", action="store_true")
@@ -62,13 +64,13 @@ def run(args) -> int:
     quiet_transformers(args.quiet)
     plan = plan_from_cli(args, required=True)
     out = Path(args.out).expanduser()
-    check_out_dir(out, args.overwrite, None)            # fail before the (slow) model load
+    check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
     lm = load_lm(args, stderr_progress(args.quiet))
     plan.validate(lm.num_layers)
     if args.mergekit:
         Path(args.mergekit).write_text(mergekit_yaml(plan, lm.name, lm.num_layers))
     params = param_report(lm, plan)
-    save_pruned(lm, plan, out, overwrite=args.overwrite)
+    save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
     write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results={"params": params}),
                out / "entroscope-manifest.json")
     norm = plan.normalized()
