@@ -456,9 +456,12 @@ def load_text_file(path, text_field: str | None = None, eval_fraction: float = D
 
 
 def load_text_bytes(data: bytes, filename: str, text_field: str | None = None,
-                    eval_fraction: float = DEFAULT_EVAL_FRACTION, max_bytes: int = MAX_UPLOAD_BYTES) -> Corpus:
-    """Like :func:`load_text_file`, for uploaded bytes (e.g. Streamlit); the type comes from ``filename``."""
+                    eval_fraction: float = DEFAULT_EVAL_FRACTION, max_bytes: int | None = None) -> Corpus:
+    """Like :func:`load_text_file`, for uploaded bytes (e.g. Streamlit); the type comes from ``filename``.
+
+    ``max_bytes`` defaults to :data:`MAX_UPLOAD_BYTES` (read at call time)."""
     base = Path(str(filename).replace("\\", "/")).name or "upload.txt"
+    max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     if len(data) > max_bytes:
         raise DataError(f"{base} is {len(data) / 2**20:.1f} MB; the upload limit is {max_bytes / 2**20:.0f} MB")
     if not data:

@@ -191,3 +191,10 @@ def bootstrap(r: AnalysisResult, name: str, granularity: str | None = None, n_bo
                 freq[i] += 1
         out["top_k_frequency"] = freq / n_boot
     return out
+
+
+# ---- criteria defined in their own modules -------------------------------------------------------
+# Imported last, after everything above exists: these modules import this one (register_criterion) and
+# only numpy at module level, so importing either module first works too.
+from . import blockselect as _blockselect  # noqa: E402,F401  - "delta-ppl" (ground truth)
+from . import mi as _mi  # noqa: E402,F401  - "mi-prun"

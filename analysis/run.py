@@ -44,6 +44,7 @@ class AnalysisConfig:
     skip_first_token: bool = False     # exclude position 0 (attention sink) from the statistics
     state_tokens: int = 0              # keep this many sampled token states per point (for MI criteria)
     extensions: tuple[str, ...] = ()   # names in EXTENSIONS to run after the pass
+    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.mi.MIConfig fields), e.g. estimator
     seed: int = 2024
 
     def estimator_params(self, name: str) -> dict:

@@ -37,6 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## MI-PRUN (bench/mi.py)"
 
 
+#: estimator variants compared on the same cached states: name -> (estimator, params, token_norm)
+VARIANTS = {
+    "renyi-debias": ("renyi", {"debias": True}, "none"),
+    "renyi-rms-sigma0.5": ("renyi", {"sigma_scale": 0.5}, "rms"),
+    "gaussian": ("gaussian", {}, "none"),
+    "gaussian-rms": ("gaussian", {}, "rms"),
+    "ksg": ("ksg", {}, "none"),
+    "cka": ("cka", {}, "none"),
+    "cka-rms": ("cka", {}, "rms"),
+}
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -67,7 +79,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch and BLAS threads (1: fastest on a CPU shared with other jobs)")
     ap.add_argument("--n", type=int, nargs="+", default=[2, 3, 4, 6, 8])
-    ap.add_argument("--other-estimators", default="gaussian,ksg,cka,renyi-debias")
+    ap.add_argument("--other-estimators", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -228,13 +240,15 @@ def main() -> None:
     layer_renyi = np.array(mi["scores"]["layer"])
     est_rows.append(("renyi α=1.01 (default)", t_blocks / 3, rank_correlation(layer_renyi[free_idx], gt[free_idx])))
     for spec in [e for e in args.other_estimators.split(",") if e]:
-        name, params = (("renyi", {"debias": True}) if spec == "renyi-debias" else (spec, {}))
+        name, params, norm = VARIANTS[spec]
         t0 = time.perf_counter()
-        smi = StateMI(kept["states"], name, args.n_tokens, seed=2024, **params)
+        smi = StateMI(kept["states"], name, args.n_tokens, seed=2024, token_norm=norm, **params)
         sc = smi.block_scores("layer")
         est_rows.append((spec, time.perf_counter() - t0, rank_correlation(sc[free_idx], gt[free_idx])))
     lines += ["", f"Estimators on the same {args.n_tokens} cached token states (layer block scores only, {L} pairs):",
-              "", "| estimator | seconds | × pass | Spearman vs ΔPPL | Kendall vs ΔPPL |", "|---|---:|---:|---:|---:|"]
+              "(`-rms`: token_norm=\"rms\", each token state divided by its RMS; `sigma0.5`: half the median "
+              "bandwidth)", "",
+              "| estimator | seconds | × pass | Spearman vs ΔPPL | Kendall vs ΔPPL |", "|---|---:|---:|---:|---:|"]
     for nm, t, rc in est_rows:
         lines.append(f"| {nm} | {t:.2f} | {t / t_pass:.2f} | {fmt(rc['spearman'])} | {fmt(rc['kendall'])} |")
     lines += ["", f"Base calibration PPL {d['base_ppl']:.2f}; most redundant layers by ΔPPL: "

@@ -21,6 +21,8 @@ need(state.current_run() is not None, "Run the analysis first: the criteria scor
 
 load_optional_criteria()
 from analysis.criteria import CRITERIA, get_criterion, select  # noqa: E402
+from analysis.errors import SelectionError  # noqa: E402
+from analysis.selection import check_k  # noqa: E402
 
 rec = state.current_run()
 rid, r, L = rec.run_id, rec.result, rec.num_layers
@@ -45,6 +47,11 @@ if state.get("sel.gran", r.granularity) not in grans:
 gran = c2.radio("Granularity", grans, horizontal=True, key=state.wkey("sel.gran", r.granularity),
                 help="attention / MLP = drop that sub-block of a layer; layer = drop the whole decoder layer")
 prunable = L - len(protected)
+if prunable == 0:  # nothing to choose from: say so instead of silently selecting nothing
+    try:
+        check_k(1, [], L, protected)
+    except SelectionError as exc:
+        show_error(exc, "Cannot select")
 k = c3.number_input("k", min_value=0, max_value=L, step=1, key=state.wkey("sel.k", min(4, max(prunable, 0))),
                     help=f"Blocks to drop; {prunable} of {L} are unprotected")
 with c4:

@@ -26,6 +26,10 @@ def register(sub) -> None:
     g.add_argument("--skip-first-token", action="store_true", help="exclude position 0 (attention sink)")
     g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--mi", action="store_true", help="also keep sampled states and compute MI-PRUN scores")
+    g.add_argument("--mi-estimator", default="renyi", choices=["renyi", "gaussian", "ksg", "cka"],
+                   help="MI estimator (default: matrix-based Rényi; see docs/mi-prun.md for how they compare)")
+    g.add_argument("--mi-token-norm", default="none", choices=["none", "rms"],
+                   help="divide each token state by its RMS before estimating MI")
     p.add_argument("--out", required=True, help="where to write the run JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -45,6 +49,7 @@ def run(args) -> int:
             importlib.import_module("analysis.mi")  # registers the extension
         cfg.extensions = ("mi",)
         cfg.state_tokens = 2048
+        cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm}
     cfg.validate(args.seq_len)
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
