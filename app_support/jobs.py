@@ -117,11 +117,9 @@ def make_config(settings: dict):
     if settings.get("mi") and mi_available():
         cfg.extensions = ("mi",)
         cfg.state_tokens = int(settings.get("state_tokens", 2048))
-        from analysis.mi import MIConfig
-
-        cfg.mi = MIConfig(estimator=settings.get("mi_estimator", "renyi"),
-                          n_tokens=int(settings.get("mi_tokens", 1024)),
-                          matrix_tokens=int(settings.get("mi_matrix_tokens", 512)))
+        cfg.mi = {"estimator": settings.get("mi_estimator", "renyi"),        # analysis.mi.MIConfig fields
+                  "n_tokens": int(settings.get("mi_tokens", 1024)),
+                  "matrix_tokens": int(settings.get("mi_matrix_tokens", 512))}
     return cfg
 
 
@@ -132,4 +130,4 @@ def run_id_for(lm, tokens, cfg) -> str:
 
     return stable_hash({"model": lm.fingerprint, "dtype": str(lm.dtype), "device": str(lm.device),
                         "tokens": tokens.sha256() if hasattr(tokens, "sha256") else None,
-                        "config": asdict(cfg), "mi": asdict(cfg.mi) if hasattr(cfg, "mi") else None}, 10)
+                        "config": asdict(cfg)}, 10)                         # includes the MI settings
