@@ -352,6 +352,11 @@ def load_model(
             raise ModelLoadError(f"{spec} has no config.json, so it is not a transformers checkpoint directory")
         fingerprint = dir_fingerprint(load_dir)
         local_only = True
+        channels_meta = load_dir / "entroscope-channels.json"   # width-pruned with per-layer widths
+        if channels_meta.is_file() and json.loads(channels_meta.read_text()).get("loader") != "standard":
+            from .channels import load_channel_pruned
+
+            return load_channel_pruned(load_dir, device=device, dtype=dtype)
     else:
         load_dir = spec
         fingerprint = f"hub:{spec}"

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,15 +26,33 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from analysis import channels as CH  # noqa: E402
-from analysis.evaluate import latency  # noqa: E402
 from analysis.models import load_model, wrap_model  # noqa: E402
 
 SECTION = "## Channel pruning (bench/channels.py)"
 
 
 def measure(lm, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-    r = latency(lm, None, prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats, warmup=1)["rows"][0]
-    return {"prefill": r["prefill_tokens_per_s"]["median"], "decode": r["decode_tokens_per_s"]["median"]}
+    """Best-of-``repeats`` throughput (after one warm-up): prefill of a ``prompt_len`` prompt with the KV
+    cache on, then ``new_tokens`` greedy decode steps. Best-of (not median) because this bench often runs
+    on a shared, oversubscribed CPU where the median mostly measures other processes."""
+    model = lm.model
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    pre, dec = [], []
+    with torch.inference_mode():
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            t1 = time.perf_counter()
+            cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            for _ in range(new_tokens):
+                out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+                cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            t2 = time.perf_counter()
+            if r:
+                pre.append(prompt_len / (t1 - t0))
+                dec.append(new_tokens / (t2 - t1))
+    return {"prefill": max(pre), "decode": max(dec)}
 
 
 def machine() -> str:
@@ -47,7 +64,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs (torch threads {torch.get_num_threads()}), "
+    return (f"{cpu}, {os.cpu_count()} logical CPUs (shared with other jobs; torch threads "
+            f"{torch.get_num_threads()} for calibration and perplexity), "
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
@@ -61,9 +79,11 @@ def main(argv=None) -> int:
     ap.add_argument("--domains", default="wiki:1,code:1,news:1")
     ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--ablation", action="store_true", help="also hybrid vs single-domain vs one-shot at the first ratio")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency measurement")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also hybrid vs single-domain vs one-shot at the first ratio")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args(argv)
@@ -88,17 +108,20 @@ def main(argv=None) -> int:
         pruned = wrap_model(res.model, lm.tokenizer, name=f"{args.model}-r{r}")
         ppl = CH.evaluate_domains(pruned, doms, args.eval_tokens, 512)
         dense_lat, pruned_lat = [], []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
         for _ in range(2):                      # interleaved: both see the same machine load
             dense_lat.append(measure(lm, args.prompt_len, args.new_tokens, args.repeats))
             pruned_lat.append(measure(pruned, args.prompt_len, args.new_tokens, args.repeats))
+        torch.set_num_threads(threads)
         f_p = (CH.flops_per_token(res.model, ctx_pre)["total"], CH.flops_per_token(res.model, ctx_dec)["total"])
         row = {"ratio": r, "ratio_reached": res.report["final"]["ratio_reached"],
                "width": res.report["final"]["widths"][0], "prune_seconds": prune_s,
                "params": res.report["final"]["params"], "params_dense": p_dense,
                "ppl": {d: (dense_ppl[d]["perplexity"], ppl[d]["perplexity"]) for d in doms}}
         for k, i in (("prefill", 0), ("decode", 1)):
-            d = statistics.median(x[k] for x in dense_lat)
-            p = statistics.median(x[k] for x in pruned_lat)
+            d = max(x[k] for x in dense_lat)
+            p = max(x[k] for x in pruned_lat)
             ideal = f_dense[i] / f_p[i]
             row[k] = {"dense_tok_s": d, "pruned_tok_s": p, "speedup": p / d, "ideal": ideal,
                       "efficiency": (p / d) / ideal}
@@ -128,9 +151,11 @@ def render(args, rows, doms, ablation, total_s, cfg) -> str:
            f"method {cfg.method}, aggregation {cfg.domain_agg}, uniform allocation, widths multiple of "
            f"{cfg.multiple_of}, no bias compensation. Perplexity: first {args.eval_tokens} held-out tokens of "
            f"each domain's eval split, disjoint 512-token windows. Latency: batch 1, prompt {args.prompt_len} "
-           f"tokens (prefill tok/s) then {args.new_tokens} greedy decode steps (decode tok/s), median of "
-           f"{args.repeats} runs, dense and pruned measured interleaved twice. FLOP-ideal speedup = dense / pruned "
-           f"FLOPs per token (2 × decoder matmul weights + 4 × q-heads × head_dim × context + 2 × LM head; "
+           f"tokens (prefill tok/s) then {args.new_tokens} greedy decode steps (decode tok/s), KV cache on, "
+           f"{args.threads} torch thread(s), best of {args.repeats} runs × 2 interleaved rounds of dense and pruned "
+           f"(best-of because the CPU is shared; load average at the end {os.getloadavg()[0]:.1f}). "
+           f"FLOP-ideal speedup = dense / pruned FLOPs per token (2 × decoder matmul weights "
+           f"+ 4 × q-heads × head_dim × context + 2 × LM head; "
            f"context {(args.prompt_len + 1) // 2} for prefill, {args.prompt_len + args.new_tokens // 2} for decode).",
            "",
            "| ratio | MLP width | params (M) | non-emb. (M) | prefill speedup | ideal | efficiency | decode speedup "
@@ -140,7 +165,8 @@ def render(args, rows, doms, ablation, total_s, cfg) -> str:
         out.append(f"| {r['ratio']:.2f} | {r['width']} | {r['params']['total'] / 1e6:.1f} "
                    f"(dense {r['params_dense']['total'] / 1e6:.1f}) | {r['params']['non_embedding'] / 1e6:.1f} "
                    f"(dense {r['params_dense']['non_embedding'] / 1e6:.1f}) | "
-                   f"{r['prefill']['speedup']:.2f}× | {r['prefill']['ideal']:.2f}× | {r['prefill']['efficiency']:.0%} | "
+                   f"{r['prefill']['speedup']:.2f}× | {r['prefill']['ideal']:.2f}× | "
+                   f"{r['prefill']['efficiency']:.0%} | "
                    f"{r['decode']['speedup']:.2f}× | {r['decode']['ideal']:.2f}× | {r['decode']['efficiency']:.0%} | "
                    f"{r['prune_seconds']:.0f} |")
     out += ["", "Throughput (tokens/s, dense → pruned): " + "; ".join(
