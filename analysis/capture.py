@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .estimators import get_estimator, mean_cosine, rms_norm
+from .estimators import _f32, get_estimator
 from .models import LoadedModel
 
 Progress = Callable[[float, str], None]
@@ -95,52 +95,65 @@ class _Recorder:
         self.state_rows = slice(0, 0)
         self.pre: Tensor | None = None
         self.mid: Tensor | None = None
+        self.pre_norms = self.mid_norms = self.post_norms = None   # [B, T'] token norms of the points
 
     def _view(self, x: Tensor) -> Tensor:
         return x[:, 1:] if self.cfg.skip_first_token and x.shape[1] > 1 else x
 
-    def _stats(self, kind: str, col: int, x: Tensor) -> None:
+    def _stats(self, kind: str, col: int, x: Tensor) -> Tensor:
+        """Entropies, RMS norm, non-finite count and sampled states of one residual point.
+
+        Returns the per-token L2 norms ``[B, T']`` (reused by the cosines of this point's neighbours)."""
         r = self.rows
-        if x.device != self.dev:  # layer offloaded / on another GPU (device_map="auto")
-            x = x.to(self.dev)
         xs = self._view(x)
-        self.nonfinite[kind] += (~torch.isfinite(xs)).sum()
+        norms = torch.linalg.vector_norm(xs, dim=-1, dtype=torch.float32)       # [B, T']
+        self.nonfinite[kind] += (~torch.isfinite(norms)).sum()  # a NaN/inf anywhere in a token → its norm
         for name, fn in self.est.items():
             self.entropy[name][kind][r, col] = fn(xs)
-        (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = rms_norm(xs)
+        (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = norms.pow(2).mean(-1).sqrt()
         if self.states is not None:
             b, m = self.pos_idx.shape
             picked = torch.gather(x, 1, self.pos_idx.unsqueeze(-1).expand(b, m, x.shape[-1]))
-            self.states[kind][self.state_rows, col] = picked.reshape(b * m, -1).float().to(self.states[kind].device)
+            # a view of the (pinned, on CUDA) host buffer: the copy runs asynchronously, no per-layer sync
+            self.states[kind][self.state_rows, col].copy_(picked.reshape(b * m, -1), non_blocking=True)
+        return norms
+
+    def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor) -> Tensor:
+        """Per-sequence mean over tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
+        dot = (_f32(self._view(a)) * _f32(self._view(b))).sum(-1)
+        return (dot / (na * nb).clamp_min(1e-8)).mean(-1)
+
+    def _here(self, x: Tensor) -> Tensor:
+        return x if x.device == self.dev else x.to(self.dev)  # layer offloaded / on another GPU (device_map)
 
     # hook bodies -----------------------------------------------------------------------------------
     def layer_pre(self, layer: int, x: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
-        x = x if x.device == self.dev else x.to(self.dev)
-        self.pre = x
-        if layer == 0:
-            self._stats("boundary", 0, x)
+        self.pre = x = self._here(x)
+        if layer == 0 or self.post_norms is None:
+            self.pre_norms = self._stats("boundary", layer, x)
             if self.last is not None:
-                self.last[self.rows, 0] = x[:, -1].float()
+                self.last[self.rows, layer] = x[:, -1].float()
+        else:  # resid_pre[l] is resid_post[l-1]: its statistics were taken there
+            self.pre_norms = self.post_norms
 
     def layer_mid(self, layer: int, x: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
-        x = x if x.device == self.dev else x.to(self.dev)
-        self.mid = x
-        self._stats("mid", layer, x)
+        self.mid = x = self._here(x)
+        self.mid_norms = self._stats("mid", layer, x)
         if self.cos_attn is not None:
-            self.cos_attn[self.rows, layer] = mean_cosine(self._view(self.pre), self._view(x))
+            self.cos_attn[self.rows, layer] = self._cos(self.pre, x, self.pre_norms, self.mid_norms)
 
     def layer_post(self, layer: int, y: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
-        y = y if y.device == self.dev else y.to(self.dev)
-        self._stats("boundary", layer + 1, y)
+        y = self._here(y)
+        self.post_norms = self._stats("boundary", layer + 1, y)
         if self.cos_mlp is not None:
-            self.cos_mlp[self.rows, layer] = mean_cosine(self._view(self.mid), self._view(y))
-            self.cos_layer[self.rows, layer] = mean_cosine(self._view(self.pre), self._view(y))
+            self.cos_mlp[self.rows, layer] = self._cos(self.mid, y, self.mid_norms, self.post_norms)
+            self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms)
             self.last[self.rows, layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
 
@@ -198,8 +211,9 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
     if cfg.state_tokens > 0:
         rec.all_pos = _state_positions(total, t, cfg.state_tokens, cfg.seed, cfg.skip_first_token)[offset:offset + n]
         m = rec.all_pos.shape[1]
-        rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size),
-                      "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size)}
+        pin = dev.type == "cuda"
+        rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size, pin_memory=pin),
+                      "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size, pin_memory=pin)}
     handles = _install(rec)
     base = lm.adapter.base
     done, last_ckpt = 0, time.perf_counter()
@@ -224,12 +238,14 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
     finally:
         for h in handles:
             h.remove()
-        rec.pre = rec.mid = None
+        rec.pre = rec.mid = rec.pre_norms = rec.mid_norms = rec.post_norms = None
     return _collect(rec, done, time.perf_counter() - t0, n)
 
 
 def _collect(rec: _Recorder, done: int, seconds: float, n: int) -> CaptureStats:
     """Stats of the first ``done`` rows, moved to the CPU (the only host transfer of the pass)."""
+    if rec.dev.type == "cuda":
+        torch.cuda.synchronize(rec.dev)  # the asynchronous state copies must have landed
     keep = slice(0, done)
     cpu = lambda x: None if x is None else x[keep].cpu()  # noqa: E731
     states = None

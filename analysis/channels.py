@@ -29,9 +29,7 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -810,28 +808,6 @@ def channel_layout(model: nn.Module) -> dict:
             "loader": "standard" if _standard_layout(model) else "entroscope"}
 
 
-def _check_out(out: Path, overwrite: bool, root) -> None:
-    from .surgery import PLAN_FILE, SaveError
-
-    if root is not None:
-        root_p = Path(root).expanduser().resolve()
-        if not out.resolve().is_relative_to(root_p):
-            raise SaveError(f"Output directory {out} is outside the allowed folder {root_p}")
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise SaveError(f"Output directory {out} already exists", hint="use --overwrite to replace it")
-        if not out.is_dir() or out.is_symlink():
-            raise SaveError(f"{out} exists and is not a directory; refusing to replace it")
-        if any(out.iterdir()) and not any((out / f).exists() for f in ("config.json", CHANNELS_FILE, PLAN_FILE)):
-            raise SaveError(f"{out} is a non-empty directory that is not a model checkpoint; refusing to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SaveError(f"Cannot create {out.parent}: {exc.strerror or exc}") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise SaveError(f"Output folder {out.parent} is not writable")
-
-
 def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokenizer=None, overwrite: bool = False,
                         root=None) -> Path:
     """Write a channel-pruned model (atomically: temporary folder, then rename).
@@ -842,12 +818,12 @@ def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokeni
     reload with :func:`load_channel_pruned`. ``entroscope-channels.json`` (layout, kept channel indices)
     and, when given, ``channels-report.json`` are written next to the weights.
     """
-    from .surgery import SaveError
+    from .outdir import atomic_dir, check_out_dir
 
     model, tok = _models_of(model_or_lm)
     tokenizer = tokenizer if tokenizer is not None else tok
     out = Path(out_dir).expanduser()
-    _check_out(out, overwrite, root)
+    check_out_dir(out, overwrite, root)
     layout = channel_layout(model)
     meta = {"format": FORMAT, **layout,
             "model_type": model.config.model_type,
@@ -857,23 +833,13 @@ def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokeni
             "kept_channels": (report or {}).get("kept_channels"),
             "kept_kv_groups": (report or {}).get("kept_kv_groups"),
             "source": {k: (report or {}).get("manifest", {}).get(k) for k in ("model",)} if report else None}
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / CHANNELS_FILE).write_text(json.dumps(to_jsonable(meta), indent=1))
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(to_jsonable(report), indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SaveError(f"Could not write {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -61,3 +61,7 @@ def is_oom(exc: BaseException) -> bool:
         pass
     msg = str(exc).lower()
     return "out of memory" in msg or "can't allocate memory" in msg or "defaultcpuallocator" in msg
+
+
+class SaveError(EntroscopeError):
+    """An output directory can't or mustn't be written (exists, not writable, outside the root)."""

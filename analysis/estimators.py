@@ -50,15 +50,23 @@ def _centered(x: Tensor) -> Tensor:
     return x - x.mean(dim=1, keepdim=True)
 
 
+def _sq_dists(x: Tensor) -> Tensor:
+    """Pairwise squared Euclidean distances ``[B, N, N]`` in one fused batched matmul (``|a|² + |b|² − 2ab``),
+    on centred points so large common offsets don't cancel catastrophically."""
+    xc = _centered(_f32(x))
+    sq = xc.pow(2).sum(-1)                                                      # [B, N]
+    return torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), xc, xc.transpose(1, 2), alpha=-2.0)
+
+
 def knn_radii(x: Tensor, k: int) -> Tensor:
     """Distance from each token to its k-th nearest other token: ``[B, N]``."""
     n = x.shape[1]
     if n <= k:
         raise SelectionError(f"KNN entropy needs more than k={k} tokens per sequence, got {n}",
                              hint="use a longer seq-len or a smaller --k")
-    xc = _centered(_f32(x))
-    dist = torch.cdist(xc, xc, compute_mode="use_mm_for_euclid_dist")          # [B, N, N]
-    return torch.topk(dist, k + 1, dim=-1, largest=False).values[..., k]       # self (0) is the first
+    # rank on squared distances (monotone), take the square root of the k-th only; self (≈0) comes first
+    r2 = torch.topk(_sq_dists(x), k + 1, dim=-1, largest=False).values[..., k]
+    return r2.clamp_min(0).sqrt()
 
 
 def entropy_knn(x: Tensor, k: int = 25, normalize: bool = False) -> Tensor:
@@ -91,9 +99,10 @@ def entropy_renyi(x: Tensor, alpha: float = 4.0) -> Tensor:
     if n < 2:
         raise SelectionError(f"Rényi entropy needs at least 2 tokens per sequence, got {n}")
     z = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-10)
-    dist = torch.cdist(z, z, compute_mode="use_mm_for_euclid_dist").clamp_min_(0)   # [B, N, N]
-    sigma = dist.reshape(b, -1).median(dim=1).values.clamp_min(1e-12).view(b, 1, 1)
-    kern = torch.exp(-dist.pow(2) / (2 * sigma.pow(2))).clamp_min(1e-10)
+    d2 = _sq_dists(z).clamp_min_(0)                                             # [B, N, N] squared distances
+    # median of the distances = sqrt of the median squared distance (monotone; same element)
+    sigma2 = d2.reshape(b, -1).median(dim=1).values.clamp_min(1e-24).view(b, 1, 1)
+    kern = torch.exp(-d2 / (2 * sigma2)).clamp_min(1e-10)
     if abs(alpha - 1.0) < 1e-9:
         p = kern / kern.sum(dim=-1, keepdim=True)
         return -(p * p.log()).sum(dim=-1).mean(dim=-1)

@@ -609,23 +609,31 @@ def _prefix_schedule(lm: LoadedModel, plans: list[tuple[tuple, Plan]]) -> list[_
     what its own full forward would compute.
     """
     L, model = lm.num_layers, lm.model
-    steps = [_Step(None, 0, pruned_view(model, None), list(range(L)), True)]
-    available = set(range(L))                      # layers whose input is cached after the previous step
+    steps = [_Step(None, 0, None, list(range(L)), True)]
+    owner = {l: 0 for l in range(L)}              # which step cached each layer's input (after the last step)
+    read_from_original = 0                        # deepest layer input a later step reads from step 0
     prev = (0,) * L
     ordered = sorted(((_decisions(p, L), key, p) for key, p in plans), key=lambda t: t[0])
     for i, (dec, key, p) in enumerate(ordered):
-        if not any(dec):
+        if not any(dec):                          # the original plan itself: step 0 must run to the end
             steps.append(_Step(key, L, None, [], False))
+            read_from_original = L - 1
             continue
         j = next(x for x in range(L) if dec[x] != prev[x])
         kept = [x for x in range(L) if dec[x] != 3]
-        start = max(l for l in available if l <= j and any(k >= l for k in kept))
+        start = max(l for l in owner if l <= j and any(k >= l for k in kept))
+        if owner[start] == 0:
+            read_from_original = max(read_from_original, start)
         n = p.normalized()
         tail = Plan(n.drop_attn, n.drop_mlp, sorted(set(n.drop_layers) | set(range(start))))
         layer_ids = [k for k in kept if k >= start]
         steps.append(_Step(key, start, pruned_view(model, tail), layer_ids, i + 1 < len(ordered)))
-        available = {l for l in available if l <= start} | set(layer_ids)
+        owner = {l: o for l, o in owner.items() if l <= start} | {l: len(steps) - 1 for l in layer_ids}
         prev = dec
+    # the original only runs as deep as a later step reads (its own output is needed only for k = 0)
+    upto = read_from_original
+    steps[0] = _Step(None, 0, pruned_view(model, Plan(drop_layers=list(range(upto + 1, L)))),
+                     list(range(upto + 1)), True)
     return steps
 
 

@@ -28,9 +28,7 @@ import copy
 import functools
 import json
 import os
-import shutil
 import types
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -38,16 +36,13 @@ import torch
 from torch import nn
 
 from .adapters import ArchSpec, get_path, spec_for
-from .errors import EntroscopeError, ModelLoadError
+from .errors import ModelLoadError, SaveError  # noqa: F401 - SaveError re-exported
+from .outdir import atomic_dir, check_out_dir  # noqa: F401 - check_out_dir re-exported (CLI)
 from .plan import Plan
 
 PLAN_FILE = "entroscope-plan.json"
 #: config attribute whose "reuse" entries make HF caches allocate nothing for a layer (DummyLayer)
 KV_MARK = "kv_sharing_modes"
-
-
-class SaveError(EntroscopeError):
-    """A pruned model can't be written where asked (exists, not writable, outside the allowed root)."""
 
 
 class DroppedBlock(nn.Module):
@@ -272,27 +267,6 @@ def kept_attention_layers(model_or_lm) -> list[int]:
 # saving and loading
 
 
-def check_out_dir(out: Path, overwrite: bool, root: str | os.PathLike | None) -> None:
-    if root is not None:
-        root_p = Path(root).expanduser().resolve()
-        if not out.resolve().is_relative_to(root_p):
-            raise SaveError(f"Output directory {out} is outside the allowed folder {root_p}")
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise SaveError(f"Output directory {out} already exists", hint="use --overwrite to replace it")
-        if not out.is_dir() or out.is_symlink():
-            raise SaveError(f"{out} exists and is not a directory; refusing to replace it")
-        if any(out.iterdir()) and not ((out / "config.json").exists() or (out / PLAN_FILE).exists()):
-            raise SaveError(f"{out} is a non-empty directory that is not a model checkpoint; refusing to replace it")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SaveError(f"Cannot create {parent}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SaveError(f"Output folder {parent} is not writable")
-
-
 def _checkpoint_plan(plan: Plan, model: nn.Module, name: str | None) -> Plan:
     """The plan as stored next to the checkpoint: original indices plus what was removed."""
     n = len(get_path(model, spec_for(model).layers))
@@ -320,21 +294,11 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
     if KV_MARK in vars(view.config):                         # runtime-only: re-applied from the plan on load
         delattr(view.config, KV_MARK)
     stored = _checkpoint_plan(plan, model, getattr(model_or_lm, "name", None))
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_dir(out) as tmp:
         view.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         stored.save(tmp / PLAN_FILE)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SaveError(f"Could not write {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--samples", default="32,128,512")
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     print(machine())

@@ -44,8 +44,8 @@ with left:
         c1, c2 = st.columns(2)
         c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key=state.wkey("model.device", "auto"),
                      help="auto = CUDA GPU, then Apple MPS, then CPU")
-        c2.selectbox("dtype", ["fp32", "bf16", "fp16"], key=state.wkey("model.dtype", "fp32"),
-                     help="fp32 is exact; bf16/fp16 halve memory (fp16 can overflow → NaN entropies)")
+        c2.selectbox("dtype", ["fp32", "auto", "bf16", "fp16"], key=state.wkey("model.dtype", "fp32"),
+                     help="fp32 is exact; auto = bf16 where the hardware runs it natively (GPU, AVX512-BF16/AMX CPU), else fp32; bf16/fp16 halve memory (fp16 can overflow → NaN entropies)")
         if src in ("hub", "local"):
             if st.checkbox("Trust remote code (runs the checkpoint's own Python code)",
                            key=state.wkey("model.trust", False)):

@@ -14,3 +14,16 @@ def smollm2():
     from analysis.models import load_model
 
     return load_model("smollm2", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and small eigendecompositions run fastest on one intra-op thread (torch and BLAS), and
+    avoid OpenMP spinning on a shared, busy CPU; restored afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)

@@ -14,18 +14,7 @@ from analysis.errors import SelectionError
 from analysis.testing import random_tokens, tiny_loaded
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models and small eigendecompositions run much faster on one thread than on two contended
-    ones (torch and BLAS); restored afterwards."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def test_maximal_runs_and_objective():

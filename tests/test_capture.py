@@ -130,3 +130,22 @@ def test_nonfinite_activations_are_counted():
         lm.adapter.layers[1].mlp.down_proj.weight.fill_(float("inf"))
     st = capture(lm, random_tokens(2, 16), CaptureConfig())
     assert st.nonfinite["boundary"] > 0
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_cosines_and_norms_match_direct_computation(skip):
+    from analysis.estimators import mean_cosine, rms_norm
+
+    lm = tiny_loaded("qwen3", layers=3)
+    ids = random_tokens(2, 16)
+    st = _states(lm, ids, skip_first_token=skip)
+    t = 15 if skip else 16  # the kept states are exactly the positions the statistics use
+    for l in range(3):
+        pre = st.states["boundary"][:, l].reshape(2, t, -1)
+        mid = st.states["mid"][:, l].reshape(2, t, -1)
+        post = st.states["boundary"][:, l + 1].reshape(2, t, -1)
+        torch.testing.assert_close(st.cos_attn[:, l], mean_cosine(pre, mid))
+        torch.testing.assert_close(st.cos_mlp[:, l], mean_cosine(mid, post))
+        torch.testing.assert_close(st.cos_layer[:, l], mean_cosine(pre, post))
+        torch.testing.assert_close(st.norm_mid[:, l], rms_norm(mid))
+        torch.testing.assert_close(st.norm_boundary[:, l + 1], rms_norm(post))

@@ -12,13 +12,7 @@ from analysis.surgery import pruned_view
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids OpenMP spinning on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 TEXT = "\n\n".join(f"Paragraph {i}: entropy measures how uncertain a distribution is. Layers that add little "

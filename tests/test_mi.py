@@ -17,18 +17,7 @@ from analysis.testing import random_tokens, tiny_loaded
 ESTIMATORS = ["renyi", "gaussian", "ksg", "cka"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models and small eigendecompositions run much faster on one thread than on two contended
-    ones (torch and BLAS); restored afterwards."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def _gauss(n, d, seed):

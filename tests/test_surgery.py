@@ -14,13 +14,7 @@ from analysis.surgery import (DroppedBlock, SaveError, apply_plan, layer_status,
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids OpenMP spinning on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 X = random_tokens(2, 24, seed=3)

@@ -65,8 +65,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..channels import (REPORT_FILE, ChannelConfig, _check_out, run_ablation, run_channels,
+    from ..channels import (REPORT_FILE, ChannelConfig, run_ablation, run_channels,
                             save_channel_pruned, to_jsonable)
+    from ..outdir import check_out_dir
     from .common import load_lm
 
     cfg = ChannelConfig(domains=args.domains, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed,
@@ -77,7 +78,7 @@ def run(args) -> int:
                         head_ratio=args.head_ratio, eval_domains=args.eval_domains, eval_tokens=args.eval_tokens,
                         eval_window=args.eval_window).validated()          # bad options fail before loading
     out = Path(args.out).expanduser()
-    _check_out(out, args.overwrite, None)
+    check_out_dir(out, args.overwrite, None)
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
     res = run_channels(lm, cfg, evaluate=not args.no_eval, latency=args.latency, progress=progress)

@@ -12,7 +12,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="smollm2",
                    help="embedded name (smollm2, gemma3-270m, qwen2.5-coder-0.5b), hub id, directory or .gguf")
     g.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 where the hardware runs it natively (GPU, AVX512-BF16/AMX CPU), else fp32")
     g.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto (multi-GPU / offload)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="run the checkpoint's own Python code (only for checkpoints you trust)")

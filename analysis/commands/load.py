@@ -10,7 +10,7 @@ def register(sub) -> None:
     p = sub.add_parser("load", help="load a pruned model directory (restoring sub-block drops) and summarise it")
     p.add_argument("dir", help="directory written by `prune` (or any transformers checkpoint)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--prompt", default=None, help="greedy-generate a continuation of this text")
     p.add_argument("--max-new-tokens", type=positive_int, default=40)
     p.set_defaults(func=run)
