@@ -85,7 +85,9 @@ class _Recorder:
         self.cos_attn = z(n, L) if cfg.cosine else None
         self.cos_mlp = z(n, L) if cfg.cosine else None
         self.cos_layer = z(n, L) if cfg.cosine else None
-        self.last = z(n, L + 1, lm.adapter.hidden_size) if cfg.cosine else None
+        # last-token states of the current batch only; reduced to pairwise cosines at each batch end
+        self.last = z(min(n, cfg.batch_size), L + 1, lm.adapter.hidden_size) if cfg.cosine else None
+        self.last_cos = z(n, L + 1, L + 1) if cfg.cosine else None
         self.norm_boundary, self.norm_mid = z(n, L + 1), z(n, L)
         self.nonfinite = {"boundary": torch.zeros((), dtype=torch.int64, device=device),
                           "mid": torch.zeros((), dtype=torch.int64, device=device)}
@@ -134,7 +136,7 @@ class _Recorder:
         if layer == 0 or self.post_norms is None:
             self.pre_norms = self._stats("boundary", layer, x)
             if self.last is not None:
-                self.last[self.rows, layer] = x[:, -1].float()
+                self.last[: x.shape[0], layer] = x[:, -1].float()
         else:  # resid_pre[l] is resid_post[l-1]: its statistics were taken there
             self.pre_norms = self.post_norms
 
@@ -154,7 +156,7 @@ class _Recorder:
         if self.cos_mlp is not None:
             self.cos_mlp[self.rows, layer] = self._cos(self.mid, y, self.mid_norms, self.post_norms)
             self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms)
-            self.last[self.rows, layer + 1] = y[:, -1].float()
+            self.last[: y.shape[0], layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
 
 
@@ -229,6 +231,8 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                     rec.pos_idx = rec.all_pos[s:e].to(dev)
                     rec.state_rows = slice(s * m, e * m)
                 base(input_ids=input_ids[s:e].to(dev), use_cache=False)
+                if rec.last is not None:
+                    rec.last_cos[s:e] = _pairwise_cos(rec.last[: e - s])
                 done = e
                 if progress is not None:
                     progress((offset + done) / total, f"analysed {offset + done}/{total} sequences")
@@ -256,7 +260,7 @@ def _collect(rec: _Recorder, done: int, seconds: float, n: int) -> CaptureStats:
         num_layers=rec.L, n_done=done,
         entropy={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy.items()},
         cos_attn=cpu(rec.cos_attn), cos_mlp=cpu(rec.cos_mlp), cos_layer=cpu(rec.cos_layer),
-        last_cos=_pairwise_cos(cpu(rec.last)) if rec.last is not None else None,
+        last_cos=cpu(rec.last_cos),
         norm_boundary=cpu(rec.norm_boundary), norm_mid=cpu(rec.norm_mid),
         nonfinite={k: int(v) for k, v in rec.nonfinite.items()}, states=states,
         seconds=seconds, completed=done == n)

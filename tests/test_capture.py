@@ -149,3 +149,12 @@ def test_cosines_and_norms_match_direct_computation(skip):
         torch.testing.assert_close(st.cos_layer[:, l], mean_cosine(pre, post))
         torch.testing.assert_close(st.norm_mid[:, l], rms_norm(mid))
         torch.testing.assert_close(st.norm_boundary[:, l + 1], rms_norm(post))
+
+
+def test_last_token_pairwise_cosines_for_angular_distance():
+    lm = tiny_loaded("llama", layers=3)
+    ids = random_tokens(5, 12)
+    st = capture(lm, ids, CaptureConfig(batch_size=2, state_tokens=ids.numel()))    # batches of 2, 2, 1
+    last = st.states["boundary"].view(5, 12, 4, -1)[:, -1]                          # [N, L+1, d]
+    u = last / last.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(st.last_cos, (u @ u.transpose(1, 2)).clamp(-1, 1), atol=1e-5, rtol=1e-5)
