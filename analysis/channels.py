@@ -849,10 +849,10 @@ def _empty_linear(in_f: int, out_f: int, bias: bool, dtype) -> nn.Linear:
 
 def load_channel_pruned(path, device: str = "auto", dtype: str | torch.dtype = "fp32"):
     """Load a directory written by :func:`save_channel_pruned` as a LoadedModel (any layout)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .models import LoadedModel, dir_fingerprint, load_model, resolve_device, resolve_dtype
-    from .surgery import _is_tied, _read_state_dict
+    from .surgery import load_weights_into
 
     p = Path(path).expanduser()
     meta_f = p / CHANNELS_FILE
@@ -889,14 +889,7 @@ def load_channel_pruned(path, device: str = "auto", dtype: str | torch.dtype = "
                 setattr(mlp, spec.down_proj, _empty_linear(w, hidden, bd, dt))
                 if hasattr(mlp, "intermediate_size"):
                     mlp.intermediate_size = int(w)
-        model.tie_weights()
-        missing, unexpected = model.load_state_dict(_read_state_dict(p), strict=False)
-        missing = [k for k in missing if not _is_tied(model, k)]
-        if missing or unexpected:
-            raise ModelLoadError(f"{p} does not match its {CHANNELS_FILE}: {len(missing)} missing weights "
-                                 f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-        if (p / "generation_config.json").is_file():
-            model.generation_config = GenerationConfig.from_pretrained(str(p))
+        load_weights_into(model, p, CHANNELS_FILE)
         tok = None
         if any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)

@@ -340,13 +340,28 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def load_weights_into(model: nn.Module, path: Path, described_by: str) -> None:
+    """Load a checkpoint directory's weights into ``model`` (built with the right shapes); every weight
+    must match exactly (tied weights aside), else a clear error naming the file that describes it."""
+    from transformers import GenerationConfig
+
+    model.tie_weights()
+    missing, unexpected = model.load_state_dict(_read_state_dict(path), strict=False)
+    missing = [k for k in missing if not _is_tied(model, k)]
+    if missing or unexpected:
+        raise ModelLoadError(f"{path} does not match its {described_by}: {len(missing)} missing weights "
+                             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+
+
 def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module | None:
     """Rebuild a checkpoint saved with sub-block drops; None when the directory has none (plain load).
 
     Builds the saved structure from config.json, applies the stored sub-block drops, then loads the
     weights strictly: every remaining parameter must be present and no dropped weight is expected.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path).expanduser()
     plan = saved_plan(path)
@@ -361,14 +376,7 @@ def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     apply_plan(model, residual)
-    model.tie_weights()
-    missing, unexpected = model.load_state_dict(_read_state_dict(path), strict=False)
-    missing = [k for k in missing if not _is_tied(model, k)]
-    if missing or unexpected:
-        raise ModelLoadError(f"{path} does not match its {PLAN_FILE}: {len(missing)} missing weights "
-                             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    if (path / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    load_weights_into(model, path, PLAN_FILE)
     model.entroscope_plan = plan
     return model
 
