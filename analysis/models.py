@@ -291,11 +291,13 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, progress=None) -> None:
 
 
 def dir_fingerprint(path: Path) -> str:
-    """Cheap hash of a checkpoint directory: config and the names and sizes of its weight files."""
+    """Cheap hash of a checkpoint directory: config and the names, sizes and modification times of its
+    weight files (a checkpoint rewritten in place gets a new fingerprint, so cached results never mix)."""
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
         if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".pt") or f.name == "config.json"):
-            h.update(f"{f.name}|{f.stat().st_size}".encode())
+            st = f.stat()
+            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
             if f.name == "config.json":
                 h.update(f.read_bytes())
     return h.hexdigest()

@@ -28,7 +28,9 @@ def run_key(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig) -> str
 
 
 def cache_path(key: str) -> Path:
-    return cache_root() / "runs" / f"{key}.pt"
+    """``$ENTROSCOPE_RUNS`` or ``<cache root>/runs``."""
+    root = os.environ.get("ENTROSCOPE_RUNS")
+    return (Path(root) if root else cache_root() / "runs") / f"{key}.pt"
 
 
 def save_stats(path: Path, stats: CaptureStats) -> None:

@@ -1,10 +1,13 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# analysis results cached by the tests go to a throw-away folder (the model cache stays shared)
+os.environ["ENTROSCOPE_RUNS"] = tempfile.mkdtemp(prefix="entroscope-test-runs-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -170,7 +170,10 @@ def test_out_of_memory_is_explained(capsys, tmp_path, tiny_dir, monkeypatch):
     def boom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
+    import analysis.runcache as runcache
+
     monkeypatch.setattr(run_mod, "capture", boom)
+    monkeypatch.setattr(runcache, "capture", boom)  # the CLI's default path (results cache on)
     ids = tmp_path / "ids.npy"
     np.save(ids, np.zeros((2, 32), dtype=np.int64))
     err = expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", str(ids), "--out", str(tmp_path / "r.json")],
@@ -181,7 +184,10 @@ def test_out_of_memory_is_explained(capsys, tmp_path, tiny_dir, monkeypatch):
 def test_unexpected_error_is_one_line(capsys, tmp_path, tiny_dir, monkeypatch):
     import analysis.run as run_mod
 
+    import analysis.runcache as runcache
+
     monkeypatch.setattr(run_mod, "capture", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(runcache, "capture", lambda *a, **k: 1 / 0)
     ids = tmp_path / "ids.npy"
     np.save(ids, np.zeros((2, 32), dtype=np.int64))
     err = expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", str(ids), "--out", str(tmp_path / "r.json")],

@@ -9,6 +9,7 @@ from analysis.testing import random_tokens, tiny_loaded
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("ENTROSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setenv("ENTROSCOPE_RUNS", str(tmp_path / "runs"))
     return tmp_path
 
 

@@ -30,6 +30,9 @@ def register(sub) -> None:
                    help="MI estimator (default: matrix-based Rényi; see docs/mi-prun.md for how they compare)")
     g.add_argument("--mi-token-norm", default="none", choices=["none", "rms"],
                    help="divide each token state by its RMS before estimating MI")
+    p.add_argument("--no-cache", action="store_true",
+                   help="don't use the results cache (by default statistics are saved as the pass goes, so an "
+                        "interrupted run resumes where it stopped and a finished one is not recomputed)")
     p.add_argument("--out", required=True, help="where to write the run JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -54,7 +57,7 @@ def run(args) -> int:
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
     tokens = tokens_from_args(args, lm)
-    result = analyze(lm, tokens, cfg, progress=progress)
+    result = analyze(lm, tokens, cfg, progress=progress, cache=not args.no_cache)
     result.save(args.out)
     if not args.quiet:
         for w in result.warnings:
