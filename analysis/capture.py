@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .estimators import _f32, get_estimator
+from .estimators import as_float32, get_estimator
 from .models import LoadedModel
 
 Progress = Callable[[float, str], None]
@@ -122,7 +122,7 @@ class _Recorder:
 
     def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor) -> Tensor:
         """Per-sequence mean over tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
-        dot = (_f32(self._view(a)) * _f32(self._view(b))).sum(-1)
+        dot = (as_float32(self._view(a)) * as_float32(self._view(b))).sum(-1)
         return (dot / (na * nb).clamp_min(1e-8)).mean(-1)
 
     def _here(self, x: Tensor) -> Tensor:

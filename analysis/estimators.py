@@ -17,7 +17,7 @@ from torch import Tensor
 from .errors import SelectionError
 
 
-def _f32(x: Tensor) -> Tensor:
+def as_float32(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
@@ -28,7 +28,7 @@ def entropy_bucket(x: Tensor, bins: int = 80) -> Tensor:
     the maximum falling in the last bin; ``p = count / N`` clamped to >= 1e-10; ``H = -Σ_j Σ_b p log p``.
     Invariant to per-dimension positive affine rescaling; a constant dimension contributes 0.
     """
-    x = _f32(x)                                                    # [B, N, d]
+    x = as_float32(x)                                                    # [B, N, d]
     b, n, d = x.shape
     lo = x.amin(dim=1, keepdim=True)                               # [B, 1, d]
     scale = bins / (x.amax(dim=1, keepdim=True) - lo).clamp_min_(torch.finfo(torch.float32).tiny)
@@ -53,7 +53,7 @@ def _centered(x: Tensor) -> Tensor:
 def _sq_dists(x: Tensor) -> Tensor:
     """Pairwise squared Euclidean distances ``[B, N, N]`` in one fused batched matmul (``|a|² + |b|² − 2ab``),
     on centred points so large common offsets don't cancel catastrophically."""
-    xc = _centered(_f32(x))
+    xc = _centered(as_float32(x))
     sq = xc.pow(2).sum(-1)                                                      # [B, N]
     return torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), xc, xc.transpose(1, 2), alpha=-2.0)
 
@@ -76,7 +76,7 @@ def entropy_knn(x: Tensor, k: int = 25, normalize: bool = False) -> Tensor:
     Euclidean distance to the k-th neighbour. Scale-sensitive: ``H(c·x) = H(x) + d·log c``. With
     ``normalize=True`` each sequence is first divided by its RMS token norm, which removes that shift.
     """
-    x = _f32(x)
+    x = as_float32(x)
     b, n, d = x.shape
     if normalize:  # max-abs first so squaring neither underflows (1e-30) nor overflows (1e30) in float32
         x = _centered(x)
@@ -94,7 +94,7 @@ def entropy_renyi(x: Tensor, alpha: float = 4.0) -> Tensor:
     included), ``K = exp(−D²/2σ²)`` clamped to >= 1e-10, then ``H_α = log mean(K^{α−1}) / (1 − α)``;
     for α = 1 the mean Shannon entropy of the row-normalised kernel.
     """
-    x = _f32(x)
+    x = as_float32(x)
     b, n = x.shape[:2]
     if n < 2:
         raise SelectionError(f"Rényi entropy needs at least 2 tokens per sequence, got {n}")
@@ -168,9 +168,9 @@ def get_estimator(name: str) -> EstimatorInfo:
 
 def mean_cosine(x: Tensor, y: Tensor) -> Tensor:
     """Per-sequence mean over tokens of cos(x_t, y_t): ``[B, N, d] x2 -> [B]``."""
-    return torch.nn.functional.cosine_similarity(_f32(x), _f32(y), dim=-1, eps=1e-8).mean(dim=1)
+    return torch.nn.functional.cosine_similarity(as_float32(x), as_float32(y), dim=-1, eps=1e-8).mean(dim=1)
 
 
 def rms_norm(x: Tensor) -> Tensor:
     """Per-sequence root-mean-square token norm ``sqrt(mean_t ||x_t||²)``: ``[B]``."""
-    return _f32(x).pow(2).sum(-1).mean(-1).sqrt()
+    return as_float32(x).pow(2).sum(-1).mean(-1).sqrt()

@@ -313,14 +313,16 @@ def agreement(lm: LoadedModel, plan: Plan, token_windows=None, cfg: EvalConfig |
     """
     cfg = cfg or EvalConfig()
     windows = prepare_eval(lm, token_windows, cfg, split)
-    view = pruned_view(lm.model, plan)
+    # the pruned forward starts at its first dropped block from the original's residual stream there
+    steps = _prefix_schedule(lm, [("original", Plan()), ("pruned", plan or Plan())])
     kl = agree = nll_o = nll_p = 0.0
     with torch.inference_mode():
         for ids, first in windows.batches:
             ids = ids.to(lm.device)
-            h_o, h_p = _final_hidden(lm.model, ids), _final_hidden(view, ids)
+            out = {key: (view, hidden) for key, view, hidden in _prefix_batch(steps, ids)}
+            (v_o, h_o), (v_p, h_p) = out["original"], out["pruned"]
             for s, e in _chunks(first, ids.shape[1], cfg.logits_chunk):
-                zo, zp = _head(lm.model, h_o[:, s:e]).float(), _head(view, h_p[:, s:e]).float()  # [B, c, vocab]
+                zo, zp = _head(v_o, h_o[:, s:e]).float(), _head(v_p, h_p[:, s:e]).float()  # [B, c, vocab]
                 tgt = ids[:, s + 1:e + 1].reshape(-1)
                 nll_o += float(F.cross_entropy(zo.reshape(-1, zo.shape[-1]), tgt, reduction="sum"))  # as _nll_sum
                 nll_p += float(F.cross_entropy(zp.reshape(-1, zp.shape[-1]), tgt, reduction="sum"))
@@ -572,8 +574,8 @@ def _sweep_nll(lm: LoadedModel, plans: list[tuple[tuple, Plan]], windows: EvalWi
         for b, (ids, first) in enumerate(windows.batches):
             ids = ids.to(lm.device)
             if reuse:
-                for key, nll in _prefix_batch(steps, ids, first, cfg):
-                    sums[key] += nll
+                for key, view, hidden in _prefix_batch(steps, ids):
+                    sums[key] += _nll_sum(view, hidden, ids, first, cfg.logits_chunk)
             else:
                 for key, v in views.items():
                     sums[key] += _guard(lambda: _nll_sum(v, _final_hidden(v, ids), ids, first, cfg.logits_chunk),
@@ -637,15 +639,14 @@ def _prefix_schedule(lm: LoadedModel, plans: list[tuple[tuple, Plan]]) -> list[_
     return steps
 
 
-def _prefix_batch(steps: list[_Step], ids: Tensor, first: int, cfg: EvalConfig):
-    """Yield (plan key, NLL sum) for one window batch, walking the schedule with a state cache."""
+def _prefix_batch(steps: list[_Step], ids: Tensor):
+    """Yield ``(plan key, view, final hidden [B, n, d])`` for one window batch, walking the schedule with
+    a state cache; the view's LM head turns the hidden states into logits."""
     states: dict[int, Tensor] = {}
-    base_hidden, base_nll = None, None
+    base_hidden = None
     for st in steps:
         if st.view is None:                                   # the original model: computed by step 0
-            if base_nll is None:
-                base_nll = _nll_sum(steps[0].view, base_hidden, ids, first, cfg.logits_chunk)
-            yield st.key, base_nll
+            yield st.key, steps[0].view, base_hidden
             continue
         recorded: dict[int, Tensor] = {}
         handles = []
@@ -657,13 +658,13 @@ def _prefix_batch(steps: list[_Step], ids: Tensor, first: int, cfg: EvalConfig):
                     with_kwargs=True))
         try:
             if st.key is None:
-                hidden = base_hidden = _guard(lambda: _final_hidden(st.view, ids), "sweep")
+                hidden = base_hidden = _guard(lambda: _final_hidden(st.view, ids), "evaluation")
             else:
-                hidden = _guard(lambda: _final_hidden(st.view, embeds=states[st.start]), "sweep")
+                hidden = _guard(lambda: _final_hidden(st.view, embeds=states[st.start]), "evaluation")
         finally:
             for h in handles:
                 h.remove()
         states = {l: v for l, v in states.items() if l <= st.start}
         states.update(recorded)
         if st.key is not None:
-            yield st.key, _nll_sum(st.view, hidden, ids, first, cfg.logits_chunk)
+            yield st.key, st.view, hidden
