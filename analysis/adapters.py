@@ -35,6 +35,7 @@ class ArchSpec:
     mid_norm: str = "post_attention_layernorm"   # module whose input is resid_mid
     post_attn_norm: str | None = None            # sandwich norm applied to attention output (Gemma)
     post_mlp_norm: str | None = None             # sandwich norm applied to MLP output (Gemma)
+    o_proj: str = "o_proj"                       # attention output projection (zeroed to store a dropped attention)
     gate_proj: str = "gate_proj"
     up_proj: str = "up_proj"
     down_proj: str = "down_proj"

@@ -17,9 +17,10 @@ that runs only the kept half (for a dropped attention: no input norm, no attenti
 parameter-free :class:`DroppedBlock` placeholders (nothing stored when saved). Dropped attentions get
 no KV cache: the config's per-layer ``kv_sharing_modes`` marks them ``"reuse"``, which makes
 transformers' caches put a ``DummyLayer`` (stores nothing) in their slot, and sequence length and
-masks are then read from the first real attention layer. Whole-layer plans save as standard
-checkpoints; plans with sub-block drops save the remaining weights plus ``entroscope-plan.json``,
-restored by :func:`load_pruned` and by :func:`analysis.models.load_model`.
+masks are then read from the first real attention layer. Every plan saves as a standard checkpoint that
+plain ``from_pretrained`` reloads exactly: dropped sub-blocks are stored with zeroed output projections
+(:mod:`analysis.checkpoint`) and listed in ``entroscope-plan.json``, from which :func:`load_pruned` and
+:func:`analysis.models.load_model` remove them physically again.
 """
 from __future__ import annotations
 
@@ -267,12 +268,12 @@ def kept_attention_layers(model_or_lm) -> list[int]:
 # saving and loading
 
 
-def _checkpoint_plan(plan: Plan, model: nn.Module, name: str | None) -> Plan:
+def _checkpoint_plan(plan: Plan, model: nn.Module, name: str | None, fmt: str = "entroscope-pruned-v1") -> Plan:
     """The plan as stored next to the checkpoint: original indices plus what was removed."""
     n = len(get_path(model, spec_for(model).layers))
     norm = plan.normalized()
     source = {**plan.source, "checkpoint": {"original_num_layers": n, "kept_layers": norm.kept_layers(n),
-                                            "model": name, "format": "entroscope-pruned-v1"}}
+                                            "model": name, "format": fmt}}
     return Plan(norm.drop_attn, norm.drop_mlp, norm.drop_layers, source)
 
 
@@ -280,22 +281,36 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
                 root: str | os.PathLike | None = None, tokenizer=None) -> Path:
     """Save the model with ``plan`` applied to ``out_dir`` (the model passed in is not modified).
 
-    Whole-layer plans give a standard checkpoint that plain ``from_pretrained`` reloads; sub-block drops
-    store only the remaining weights, restored by :func:`load_pruned` / ``load_model``. The tokenizer
-    (``tokenizer`` or the LoadedModel's) and ``entroscope-plan.json`` are written too. The directory
-    appears atomically (written under a temporary name, then renamed).
+    Every plan gives a standard checkpoint that plain ``from_pretrained`` reloads with exactly the pruned
+    model's outputs: whole layers are removed; a dropped attention/MLP sub-block is stored with its output
+    projection zeroed (see :mod:`analysis.checkpoint`) and recorded in ``config.json``'s
+    ``per_layer_config`` and in ``entroscope-plan.json``, from which :func:`load_pruned` / ``load_model``
+    remove it physically. Sub-blocks the model had already lost are kept dropped. The tokenizer
+    (``tokenizer`` or the LoadedModel's) is written too. The directory appears atomically (written under a
+    temporary name, then renamed).
     """
+    from .checkpoint import (ZEROED_FORMAT, combined_plan, per_layer_config, set_per_layer_config,
+                             subblock_drops, zeroed_state_dict)
+
     model = _model_of(model_or_lm)
-    plan = plan or Plan()
+    spec = spec_for(model)
+    n = len(get_path(model, spec.layers))
+    plan = combined_plan(model, (plan or Plan()).validate(n))
     tokenizer = tokenizer if tokenizer is not None else getattr(model_or_lm, "tokenizer", None)
     out = Path(out_dir).expanduser()
     check_out_dir(out, overwrite, root)
-    view = pruned_view(model, plan)
+    drops = subblock_drops(plan, n)
+    view = pruned_view(model, Plan(drop_layers=plan.drop_layers) if drops else plan)
     if KV_MARK in vars(view.config):                         # runtime-only: re-applied from the plan on load
         delattr(view.config, KV_MARK)
-    stored = _checkpoint_plan(plan, model, getattr(model_or_lm, "name", None))
+    set_per_layer_config(view.config, per_layer_config(spec, drops) if drops else None)
+    state_dict = None
+    if drops:
+        p = next(model.parameters())
+        state_dict = zeroed_state_dict(view, drops, p.dtype)
+    stored = _checkpoint_plan(plan, model, getattr(model_or_lm, "name", None), ZEROED_FORMAT)
     with atomic_dir(out) as tmp:
-        view.save_pretrained(tmp)
+        view.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         stored.save(tmp / PLAN_FILE)
@@ -358,10 +373,14 @@ def load_weights_into(model: nn.Module, path: Path, described_by: str) -> None:
 def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module | None:
     """Rebuild a checkpoint saved with sub-block drops; None when the directory has none (plain load).
 
-    Builds the saved structure from config.json, applies the stored sub-block drops, then loads the
-    weights strictly: every remaining parameter must be present and no dropped weight is expected.
+    ``entroscope-pruned-v2`` (dropped sub-blocks stored with zeroed output projections): loads the full
+    structure strictly, then removes the blocks whose projections are exactly zero physically. The older
+    v1 (dropped weights left out): applies the drops first, then loads strictly. Either way every weight
+    must be present and none unexpected.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .checkpoint import ZEROED_FORMAT, set_per_layer_config, verified_residual
 
     path = Path(path).expanduser()
     plan = saved_plan(path)
@@ -375,8 +394,13 @@ def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch
         no_init_weights = contextlib.nullcontext
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    apply_plan(model, residual)
-    load_weights_into(model, path, PLAN_FILE)
+    if (plan.source.get("checkpoint") or {}).get("format") == ZEROED_FORMAT:
+        load_weights_into(model, path, "config.json")
+        apply_plan(model, verified_residual(model, residual))
+    else:
+        apply_plan(model, residual)
+        load_weights_into(model, path, PLAN_FILE)
+    set_per_layer_config(model.config, None)       # the drops are physical now (and in entroscope_plan)
     model.entroscope_plan = plan
     return model
 
