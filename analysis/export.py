@@ -2,7 +2,9 @@
 reproduction manifest (model fingerprint, data protocol, plan, library versions, the exact CLI command).
 
 mergekit and llama.cpp can only remove *whole* layers, so those two exports refuse plans with
-attention or MLP sub-block drops (:class:`~analysis.errors.SelectionError`).
+attention or MLP sub-block drops (:class:`~analysis.errors.SelectionError`). Both name the model's real
+source (the checkpoint directory that was loaded, Entroscope's cached safetensors copy of an embedded GGUF,
+or the hub id) and the mergekit YAML its actual dtype.
 """
 from __future__ import annotations
 
@@ -101,11 +103,49 @@ def kept_ranges(num_layers: int, dropped: Sequence[int]) -> list[tuple[int, int]
     return ranges
 
 
-def mergekit_yaml(plan: Plan, model_id: str, num_layers: int, dtype: str = "bfloat16") -> str:
-    """mergekit passthrough config keeping the layers a whole-layer plan does not drop."""
+#: torch dtype → mergekit's ``dtype`` value
+MERGEKIT_DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def model_source(lm) -> tuple[str, str]:
+    """``(source, how)`` for tools that read the model's weights: the local checkpoint directory that was
+    loaded (for an embedded or ``.gguf`` model, Entroscope's cached fp32 safetensors copy of it), or the hub
+    id. A model that only exists in memory has none (:class:`SelectionError`)."""
+    from .models import EMBEDDED, gguf_cache_dir
+
+    kind, name = getattr(lm, "source", None), getattr(lm, "name", "")
+    if kind == "local":
+        return str(Path(name).expanduser().resolve()), "local checkpoint directory"
+    if kind in ("embedded", "gguf"):
+        gguf = EMBEDDED[name].gguf_path() if kind == "embedded" else Path(name).expanduser()
+        cache = gguf_cache_dir(gguf).resolve()
+        return str(cache), f"Entroscope's fp32 safetensors copy of {gguf.name} ({'embedded ' + name if kind == 'embedded' else 'GGUF file'})"
+    if kind == "hub":
+        return name, "model hub id"
+    raise SelectionError(f"Model {name!r} was built in memory, so there is no checkpoint for mergekit to read",
+                         hint="save it with save_pretrained (or `prune`) and load that directory")
+
+
+def mergekit_yaml(plan: Plan, model_id: str, num_layers: int, dtype: str = "float32",
+                  reproduces: str | None = None) -> str:
+    """mergekit passthrough config keeping the layers a whole-layer plan does not drop.
+
+    ``model_id``: a local checkpoint directory or hub id (:func:`model_source`); ``dtype``: the model's own
+    dtype (``float32`` / ``bfloat16`` / ``float16``, or a torch dtype). ``layer_range`` is half-open, as in
+    mergekit: ``[a, b]`` keeps layers a … b-1.
+    """
     plan.validate(num_layers)
     drop = _whole_layers(plan, "mergekit passthrough")
-    lines = [f"# Entroscope plan: drop layers {drop} of {num_layers} (0-based); layer_range is half-open",
+    dtype = MERGEKIT_DTYPES.get(str(dtype), str(dtype))
+    if dtype not in MERGEKIT_DTYPES.values():
+        raise SelectionError(f"Unknown dtype {dtype!r} for mergekit", hint="float32, bfloat16 or float16")
+    kept = num_layers - len(drop)
+    lines = ["# mergekit passthrough config written by Entroscope",
+             f"# Reproduces: {reproduces or model_id} with whole decoder layers {drop} removed (0-based),",
+             f"#   {num_layers} -> {kept} layers; the result equals `python -m analysis prune --drop-layers "
+             f"{','.join(map(str, drop))}` of the same model.",
+             "# layer_range is half-open: [a, b] keeps layers a .. b-1.",
+             "# Run: mergekit-yaml THIS_FILE OUTPUT_DIR",
              "slices:"]
     for a, b in kept_ranges(num_layers, drop):
         lines += ["  - sources:", f"      - model: {json.dumps(model_id)}", f"        layer_range: [{a}, {b}]"]
@@ -113,9 +153,40 @@ def mergekit_yaml(plan: Plan, model_id: str, num_layers: int, dtype: str = "bflo
     return "\n".join(lines) + "\n"
 
 
+def mergekit_for(lm, plan: Plan) -> str:
+    """:func:`mergekit_yaml` for a loaded model: its real source and its actual dtype."""
+    source, how = model_source(lm)
+    return mergekit_yaml(plan, source, lm.num_layers, lm.dtype, reproduces=f"{lm.name} ({how})")
+
+
 def llama_cpp_prune_layers(plan: Plan) -> str:
     """Comma list of dropped layer ids for llama.cpp ``llama-quantize --prune-layers``."""
     return ",".join(str(i) for i in _whole_layers(plan, "llama.cpp --prune-layers"))
+
+
+def llama_cpp_command(plan: Plan, lm=None, out: str = "pruned.gguf") -> str:
+    """The exact llama.cpp command(s) that remove the plan's whole layers from a GGUF.
+
+    ``llama-quantize --prune-layers`` removes *whole* decoder layers only (sub-block plans are refused).
+    For a model loaded from a GGUF (embedded or a ``.gguf`` file) it reads that file with type ``COPY``
+    (tensors copied as they are, nothing requantised); otherwise the checkpoint is first converted with
+    llama.cpp's ``convert_hf_to_gguf.py``.
+    """
+    ids = llama_cpp_prune_layers(plan)
+    kind = getattr(lm, "source", None)
+    if kind in ("embedded", "gguf"):
+        from .models import EMBEDDED
+
+        gguf = EMBEDDED[lm.name].gguf_path() if kind == "embedded" else Path(lm.name).expanduser().resolve()
+        return shlex.join(["llama-quantize", "--prune-layers", ids, str(gguf), out, "COPY"])
+    src = model_source(lm)[0] if lm is not None else "MODEL_DIR"
+    return (shlex.join(["python", "convert_hf_to_gguf.py", src, "--outtype", "f32", "--outfile", "model-f32.gguf"])
+            + " && " + shlex.join(["llama-quantize", "--prune-layers", ids, "model-f32.gguf", out, "COPY"]))
+
+
+LLAMA_CPP_NOTE = ("llama-quantize --prune-layers removes whole decoder layers only (0-based ids, as here); "
+                  "attention or MLP sub-block plans have no llama.cpp form. COPY keeps the tensor types; "
+                  "put a quantisation type (e.g. Q8_0) there to quantise while pruning.")
 
 
 # ---- reproduction ---------------------------------------------------------------------------------------

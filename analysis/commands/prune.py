@@ -1,8 +1,9 @@
 """``python -m analysis prune``: apply a plan and save the pruned model to a directory.
 
-Whole-layer plans give a standard transformers checkpoint (plain ``from_pretrained`` reloads it);
-attention/MLP sub-block drops store only the remaining weights plus ``entroscope-plan.json``, which
-``python -m analysis load DIR`` and :func:`analysis.models.load_model` restore.
+Every plan gives a standard transformers checkpoint that plain ``from_pretrained`` reloads with exactly the
+pruned model's outputs: whole layers are removed, dropped attention/MLP sub-blocks are stored with zeroed
+output projections (see :mod:`analysis.checkpoint`), and ``python -m analysis load DIR`` /
+:func:`analysis.models.load_model` remove those physically again from ``entroscope-plan.json``.
 """
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..evaluate import param_report
-    from ..export import llama_cpp_prune_layers, mergekit_yaml, reproduction_manifest, write_json
+    from ..checkpoint import subblock_drops
+    from ..export import (LLAMA_CPP_NOTE, llama_cpp_command, llama_cpp_prune_layers, mergekit_for,
+                          reproduction_manifest, write_json)
     from ..surgery import check_out_dir, save_pruned
 
     quiet_transformers(args.quiet)
@@ -68,17 +71,23 @@ def run(args) -> int:
     lm = load_lm(args, stderr_progress(args.quiet))
     plan.validate(lm.num_layers)
     if args.mergekit:
-        Path(args.mergekit).write_text(mergekit_yaml(plan, lm.name, lm.num_layers))
+        Path(args.mergekit).write_text(mergekit_for(lm, plan))
     params = param_report(lm, plan)
     save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
-    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results={"params": params}),
-               out / "entroscope-manifest.json")
     norm = plan.normalized()
+    zeroed = {str(j): kinds for j, kinds in subblock_drops(norm, lm.num_layers).items()}
+    checkpoint = {"format": "standard checkpoint (plain from_pretrained loads it exactly)",
+                  "zeroed_subblocks": zeroed,      # saved layer index -> ["attn"/"mlp"], output projection = 0
+                  "note": "dropped sub-blocks are stored with zeroed output projections and listed in config.json "
+                          "per_layer_config; `python -m analysis load` removes them physically" if zeroed else None}
+    if not (norm.drop_attn or norm.drop_mlp):
+        checkpoint.update(llama_cpp_prune_layers=llama_cpp_prune_layers(plan),
+                          llama_cpp_command=llama_cpp_command(plan, lm), llama_cpp_note=LLAMA_CPP_NOTE)
+    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None),
+                                     results={"params": params, "checkpoint": checkpoint}),
+               out / "entroscope-manifest.json")
     summary = {"out": str(out), "plan": plan.describe(), "layers": params["layers"],
                "params": params["total"], "params_removed_fraction": round(params["removed_fraction"], 6),
-               "format": "standard checkpoint" if not (norm.drop_attn or norm.drop_mlp)
-               else "checkpoint + entroscope-plan.json (load with `python -m analysis load`)"}
-    if not (norm.drop_attn or norm.drop_mlp):
-        summary["llama_cpp_prune_layers"] = llama_cpp_prune_layers(plan)
+               **{k: v for k, v in checkpoint.items() if v is not None}}
     print(json.dumps(summary))
     return 0

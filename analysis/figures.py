@@ -1,0 +1,381 @@
+"""Static figures (PNG, SVG, PDF) of every chart the app draws, from a run JSON and optional eval/sweep JSON.
+
+Rendered with matplotlib's object API (``matplotlib.figure.Figure``, no pyplot, no GUI backend, no browser),
+so it works offline, headless and from several threads. The app's charts are interactive plotly; plotly's
+own static export needs a browser engine (kaleido), which is not available offline here. Block indices are
+0-based on every axis, as in the app.
+
+    figs = run_figures(AnalysisResult.load("run.json"), eval_result=..., sweep_result=...)
+    save_figures(figs, "figures/")             # figures/entropy_curves.png / .svg / .pdf, ...
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .errors import DataError
+
+FORMATS = ("png", "svg", "pdf")
+POINT_COLORS = {"resid_pre": "#4C5BD4", "resid_mid": "#F28E2B", "resid_post": "#2CA58D"}
+POINT_LABELS = {"resid_pre": "resid_pre (block input)", "resid_mid": "resid_mid (after attention)",
+                "resid_post": "resid_post (block output)"}
+GRAN_COLORS = {"attention": "#4C5BD4", "mlp": "#F28E2B", "layer": "#2CA58D"}
+COS_KEYS = {"attention": "cos_attn", "mlp": "cos_mlp", "layer": "cos_layer"}
+C_PROTECTED, C_SELECTED, C_NORMAL = "#B8BBC6", "#E4572E", "#4C5BD4"
+PALETTE = ["#4C5BD4", "#F28E2B", "#2CA58D", "#E4572E", "#8E6C8A", "#6B7A8F", "#D4A017"]
+BLOCK_AXIS = "block index (0-based)"
+
+
+def _fig(w: float = 7.0, h: float = 3.6) -> Figure:
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    return fig
+
+
+def _arr(x) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in x] if isinstance(x, list) and x and not isinstance(x[0], list)
+                    else x, dtype=float)
+
+
+def _ticks(ax, n: int) -> None:
+    step = 1 if n <= 32 else 2
+    ax.set_xticks(range(0, n, step))
+    ax.tick_params(axis="x", labelsize=7 if n > 16 else 9)
+
+
+# ---- run figures -----------------------------------------------------------------------------------------
+def entropy_curves(run, est: str | None = None) -> Figure:
+    """resid_pre / resid_mid / resid_post entropy per block, compression stage shaded, boundary dashed."""
+    est = est or run.estimator
+    ent = run.entropy(est)
+    L, b = run.num_layers, int(run.boundary)
+    fig = _fig()
+    ax = fig.add_subplot()
+    if b > 0:
+        ax.axvspan(-0.5, b - 0.5, color="#4C5BD4", alpha=0.08, lw=0, label="compression stage")
+    ax.axvspan(b - 0.5, L - 0.5, color="#2CA58D", alpha=0.05, lw=0, label="expansion stage")
+    ax.axvline(b - 0.5, ls="--", color="#555", lw=1, label=f"boundary = {b}")
+    x = np.arange(L)
+    for p in ("resid_pre", "resid_mid", "resid_post"):
+        ax.plot(x, ent[p], marker="o", ms=3, lw=1.6, color=POINT_COLORS[p], label=POINT_LABELS[p])
+    prot = sorted(set(run.protected))
+    if prot:
+        lo = np.nanmin([np.nanmin(ent[p]) for p in ("resid_pre", "resid_mid", "resid_post")])
+        ax.scatter(prot, [lo] * len(prot), marker="s", s=25, color=C_PROTECTED, edgecolor="#777",
+                   label="protected block", zorder=3)
+    ax.set_xlim(-0.6, L - 0.4)
+    _ticks(ax, L)
+    ax.set_xlabel(BLOCK_AXIS)
+    ax.set_ylabel(f"entropy H (nats, {est})")
+    ax.set_title("Entropy of the residual stream per block")
+    ax.legend(fontsize=7, ncol=3, loc="best")
+    return fig
+
+
+def delta_h_bars(run, granularity: str, est: str | None = None) -> Figure:
+    """ΔH per block (protected blocks grey) with the LLM-Drop cosine baseline cos(X, Y) on a second axis."""
+    est = est or run.estimator
+    dh = run.delta_h(granularity, est)
+    L = len(dh)
+    prot = set(run.protected)
+    fig = _fig()
+    ax = fig.add_subplot()
+    colors = [C_PROTECTED if i in prot else GRAN_COLORS.get(granularity, C_NORMAL) for i in range(L)]
+    ax.bar(range(L), np.nan_to_num(dh), color=colors, label=f"ΔH {granularity}")
+    ax.axhline(0, color="#999", lw=0.6)
+    ax.set_xlabel(BLOCK_AXIS)
+    ax.set_ylabel(f"ΔH (nats, {est})")
+    ax.set_xlim(-0.6, L - 0.4)
+    _ticks(ax, L)
+    key = COS_KEYS.get(granularity)
+    if key in run.per_seq:
+        cos = run.seq_cos(granularity).mean(0)
+        ax2 = ax.twinx()
+        ax2.plot(range(L), cos, ls=":", marker=".", color="#333", label="LLM-Drop cos(X, Y)")
+        ax2.set_ylabel("cos(X, Y)")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+    ax.set_title(f"ΔH per {granularity} block (grey = protected)")
+    return fig
+
+
+def norms_chart(run) -> Figure:
+    """Mean RMS token norm at every residual boundary and mid point (log scale)."""
+    b, m = _arr(run.norms["boundary"]), _arr(run.norms["mid"])
+    L = run.num_layers
+    fig = _fig()
+    ax = fig.add_subplot()
+    ax.plot(range(L + 1), b, marker="o", ms=3, color=POINT_COLORS["resid_pre"], label="boundary Z^i (resid_pre/post)")
+    ax.scatter([i + 0.5 for i in range(L)], m, s=12, color=POINT_COLORS["resid_mid"], label="resid_mid (block i, x=i+0.5)")
+    if np.nanmin(np.concatenate([b, m])) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("residual boundary Z^i (0 = embeddings; 0-based)")
+    ax.set_ylabel("RMS token norm")
+    ax.set_title("Residual-stream norm")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def estimator_comparison(run) -> Figure:
+    """Boundary-entropy curves of every estimator, each min–max normalised to [0, 1]."""
+    fig = _fig()
+    ax = fig.add_subplot()
+    L = run.num_layers
+    for i, e in enumerate(run.estimators):
+        c = run.entropy(e)["boundary"]
+        lo, hi = np.nanmin(c), np.nanmax(c)
+        ax.plot(range(L + 1), (c - lo) / (hi - lo) if hi > lo else c * 0, marker="o", ms=3,
+                color=PALETTE[i % len(PALETTE)], label=e)
+    ax.set_xlabel("residual boundary Z^i (0 = embeddings; 0-based)")
+    ax.set_ylabel("H, min–max normalised per estimator")
+    ax.set_title("Estimators compared")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def domain_heatmap(run, est: str | None = None) -> Figure:
+    """Mean boundary entropy per calibration domain (rows), min–max normalised per row."""
+    est = est or run.estimator
+    domains = list(dict.fromkeys(run.domains))
+    z, labels = [], []
+    for d in domains:
+        rows = [i for i, x in enumerate(run.domains) if x == d]
+        c = run.entropy(est, rows)["boundary"]
+        lo, hi = np.nanmin(c), np.nanmax(c)
+        z.append((c - lo) / (hi - lo) if hi > lo else c * 0)
+        labels.append(f"{d} (n={len(rows)})")
+    fig = _fig(7.0, 1.2 + 0.4 * max(1, len(labels)))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.array(z), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("residual boundary Z^i (0 = embeddings; 0-based)")
+    ax.set_title("Boundary entropy per domain")
+    fig.colorbar(im, ax=ax, label="min–max")
+    return fig
+
+
+def score_bars(scores: Sequence[float], protected: Sequence[int], label: str, selected: Sequence[int] = (),
+               title: str | None = None) -> Figure:
+    """Per-block criterion scores: dropped blocks red, protected grey."""
+    s = _arr(list(scores))
+    L = len(s)
+    prot, sel = set(protected), set(selected)
+    fig = _fig()
+    ax = fig.add_subplot()
+    ax.bar(range(L), np.nan_to_num(s), color=[C_PROTECTED if i in prot else C_SELECTED if i in sel else C_NORMAL
+                                              for i in range(L)])
+    ax.axhline(0, color="#999", lw=0.6)
+    ax.set_xlim(-0.6, L - 0.4)
+    _ticks(ax, L)
+    ax.set_xlabel(BLOCK_AXIS)
+    ax.set_ylabel(label)
+    ax.set_title(title or label)
+    return fig
+
+
+def matrix_heatmap(mat, labels: Sequence[str] | None, title: str, vmin: float | None = None,
+                   vmax: float | None = None, cmap: str = "RdBu", annotate: bool = True,
+                   xlabel: str = "", ylabel: str = "") -> Figure:
+    mat = np.array([[np.nan if v is None else v for v in row] for row in mat], dtype=float)
+    n = mat.shape[0]
+    fig = _fig(5.5 if labels else 6.0, 4.6 if labels else 5.0)
+    ax = fig.add_subplot()
+    im = ax.imshow(mat, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if labels:
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels, fontsize=8)
+    if annotate and n <= 12:
+        for i in range(n):
+            for j in range(mat.shape[1]):
+                v = mat[i, j]
+                ax.text(j, i, "—" if not math.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
+def _agreement(run) -> dict[str, Figure]:
+    from .blockselect import agreement_matrix
+    from .criteria import CRITERIA
+
+    g = run.granularity
+    names = [n for n in CRITERIA if g in CRITERIA[n].granularities]
+    prunable = run.num_layers - len(set(run.protected))
+    k = max(1, min(max(1, run.num_layers // 4), prunable)) if prunable else 1
+    am = agreement_matrix(run, names, g, k, run.protected)
+    if len(am["criteria"]) < 2:
+        return {}
+    return {"agreement_spearman": matrix_heatmap(am["spearman"], am["criteria"], f"Spearman rank correlation ({g})",
+                                                 -1, 1),
+            "agreement_topk": matrix_heatmap(am["topk_overlap"], am["criteria"], f"Top-{am['k']} overlap ({g})", 0, 1,
+                                             cmap="Blues")}
+
+
+def _mi(run) -> dict[str, Figure]:
+    mi = (run.extras or {}).get("mi") or {}
+    out = {}
+    per = mi.get("mi") or {}
+    if isinstance(per, dict):
+        for g, v in per.items():
+            if isinstance(v, list) and v:
+                out[f"mi_per_block_{g}"] = score_bars(v, run.protected, "MI(input, output)",
+                                                      title=f"MI between each {g} block's input and output")
+    if mi.get("matrix"):
+        out["mi_matrix"] = matrix_heatmap(mi["matrix"], None, "MI between residual boundaries", cmap="magma",
+                                          annotate=False, xlabel="boundary Z^j (0 = embeddings)",
+                                          ylabel="boundary Z^i (0 = embeddings)")
+    return out
+
+
+def run_figures(run) -> dict[str, Figure]:
+    """Every chart that a run JSON alone determines, by name."""
+    from .result import GRANULARITIES
+
+    figs: dict[str, Figure] = {"entropy_curves": entropy_curves(run)}
+    for g in GRANULARITIES:
+        figs[f"delta_h_{g}"] = delta_h_bars(run, g)
+    if run.domains and len(set(run.domains)) >= 1:
+        figs["domain_heatmap"] = domain_heatmap(run)
+    if len(run.estimators) > 1:
+        figs["estimator_comparison"] = estimator_comparison(run)
+    if run.norms and run.norms.get("boundary"):
+        figs["norms"] = norms_chart(run)
+    for name, b in (run.baselines or {}).items():
+        if isinstance(b, dict) and b.get("scores"):
+            figs[f"scores_{name}"] = score_bars(b["scores"], run.protected, f"{name} score",
+                                                title=f"{name} score per {b.get('granularity', run.granularity)} block")
+    if run.angular:
+        figs["angular_distance"] = matrix_heatmap(run.angular, None, "Angular distance between residual boundaries",
+                                                  0, None, cmap="viridis", annotate=False,
+                                                  xlabel="boundary Z^j (0 = embeddings)",
+                                                  ylabel="boundary Z^i (0 = embeddings)")
+    for fn in (_agreement, _mi):
+        try:
+            figs.update(fn(run))
+        except Exception:  # noqa: BLE001 - optional views: a run without the data simply has no such figure
+            pass
+    return figs
+
+
+# ---- evaluation and sweep figures --------------------------------------------------------------------------
+def eval_figures(result: dict) -> dict[str, Figure]:
+    """Perplexity before/after (with KL and top-1 agreement) of one ``eval`` JSON."""
+    if not isinstance(result, dict) or "perplexity" not in result:
+        raise DataError("The eval JSON has no perplexity", hint="create it with `python -m analysis eval ... --out`")
+    names, vals = [], []
+    if result.get("perplexity_original") is not None:
+        names.append("original")
+        vals.append(result["perplexity_original"])
+    names.append("pruned" if names else "model")
+    vals.append(result["perplexity"])
+    fig = _fig(5.0, 3.4)
+    ax = fig.add_subplot()
+    ax.bar(names, vals, color=[C_PROTECTED, C_SELECTED][-len(vals):])
+    for i, v in enumerate(vals):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("perplexity (lower is better)")
+    extra = [f"KL {result['kl']:.4g}" if result.get("kl") is not None else "",
+             f"top-1 {result['top1']:.1%}" if result.get("top1") is not None else ""]
+    plan = ((result.get("manifest") or {}).get("plan") or {})
+    desc = ", ".join(f"{k.replace('drop_', '')} {v}" for k, v in plan.items() if k.startswith("drop_") and v)
+    ax.set_title("Perplexity" + (f": drop {desc}" if desc else "") + ("\n" + " · ".join(e for e in extra if e)
+                                                                       if any(extra) else ""), fontsize=9)
+    return {"eval_perplexity": fig}
+
+
+def sweep_figures(result: dict) -> dict[str, Figure]:
+    """Perplexity vs k per criterion, and quality vs size (Pareto) of a ``sweep`` JSON."""
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if not rows:
+        raise DataError("The sweep JSON has no rows", hint="create it with `python -m analysis sweep ... --out`")
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(str(r["criterion"]), []).append(r)
+    fig = _fig()
+    ax = fig.add_subplot()
+    for i, (crit, rs) in enumerate(by.items()):
+        rs = sorted(rs, key=lambda r: r["k"])
+        ax.plot([r["k"] for r in rs], [r["perplexity"] for r in rs], marker="o", ms=3, color=PALETTE[i % len(PALETTE)],
+                label=crit)
+    ax.set_yscale("log")
+    ax.set_xlabel("k = blocks dropped")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title(f"Sweep: perplexity after dropping the top-k {rows[0].get('granularity', '')} blocks")
+    ax.legend(fontsize=7)
+    figs = {"sweep": fig}
+    xs = np.array([100 * float(r.get("params_removed_fraction") or 0) for r in rows])
+    ys = np.array([float(r["perplexity"]) for r in rows])
+    pareto = [not any(xs[j] >= xs[i] and ys[j] <= ys[i] and (xs[j] > xs[i] or ys[j] < ys[i]) for j in range(len(xs)))
+              for i in range(len(xs))]
+    fig2 = _fig()
+    ax2 = fig2.add_subplot()
+    ax2.scatter(xs, ys, c=[C_SELECTED if p else C_NORMAL for p in pareto], edgecolors=["#222" if p else "none"
+                                                                                       for p in pareto], s=30)
+    for x, y, r, p in zip(xs, ys, rows, pareto):
+        if p:
+            ax2.annotate(f"{r['criterion']} k={r['k']}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("parameters removed (%)")
+    ax2.set_ylabel("perplexity (log scale)")
+    ax2.set_title("Quality vs size (red outlined = Pareto-optimal)")
+    figs["sweep_pareto"] = fig2
+    return figs
+
+
+# ---- all, and writing ------------------------------------------------------------------------------------
+def all_figures(run=None, eval_result: dict | None = None, sweep_result: dict | None = None) -> dict[str, Figure]:
+    figs: dict[str, Figure] = {}
+    if run is not None:
+        figs.update(run_figures(run))
+    if eval_result is not None:
+        figs.update(eval_figures(eval_result))
+    if sweep_result is not None:
+        figs.update(sweep_figures(sweep_result))
+    return figs
+
+
+def figure_bytes(fig: Figure, fmt: str = "png", dpi: int = 200) -> bytes:
+    """The figure as PNG / SVG / PDF bytes."""
+    if fmt not in FORMATS:
+        raise DataError(f"Unknown figure format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi if fmt == "png" else None, metadata=_metadata(fmt))
+    return buf.getvalue()
+
+
+def _metadata(fmt: str) -> dict:
+    """Stable files: no creation date (PDF) or generator date stamp (SVG)."""
+    if fmt == "pdf":
+        return {"CreationDate": None, "Creator": "Entroscope"}
+    if fmt == "svg":
+        return {"Date": None, "Creator": "Entroscope"}
+    return {"Software": "Entroscope"}
+
+
+def save_figures(figs: dict[str, Figure], out_dir: str | Path, formats: Sequence[str] = FORMATS,
+                 progress: Callable[[float, str], None] | None = None) -> list[Path]:
+    """Write ``out_dir/<name>.<fmt>`` for every figure and format; returns the paths written."""
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"Cannot create {out}: {exc.strerror or exc}") from None
+    paths = []
+    for i, (name, fig) in enumerate(figs.items()):
+        for fmt in formats:
+            p = out / f"{name}.{fmt}"
+            try:
+                p.write_bytes(figure_bytes(fig, fmt))
+            except OSError as exc:
+                raise DataError(f"Cannot write {p}: {exc.strerror or exc}") from None
+            paths.append(p)
+        if progress:
+            progress((i + 1) / len(figs), f"figure {name}")
+    return paths

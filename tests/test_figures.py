@@ -1,0 +1,94 @@
+"""Static figures (PNG/SVG/PDF via matplotlib) from run / eval / sweep JSON, the `figures` CLI command."""
+import json
+
+import pytest
+
+from analysis import AnalysisConfig, analyze
+from analysis.cli import main
+from analysis.figures import FORMATS, all_figures, figure_bytes, run_figures
+from analysis.result import AnalysisResult
+from analysis.testing import random_tokens, tiny_loaded
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-"}
+
+
+def _valid(data: bytes, fmt: str) -> bool:
+    if fmt == "svg":
+        head = data[:400].decode("utf-8", "replace")
+        return "<svg" in data[:2000].decode("utf-8", "replace") and head.lstrip().startswith("<?xml")
+    return data.startswith(MAGIC[fmt])
+
+
+@pytest.fixture(scope="module")
+def run():
+    lm = tiny_loaded("llama", layers=4)
+    r = analyze(lm, random_tokens(6, 32, seed=1), AnalysisConfig(estimator="knn", k=5, extra_estimators=("bucket",)))
+    r.domains = ["wiki", "wiki", "code", "code", "news", "news"]
+    return AnalysisResult.from_dict(json.loads(json.dumps(r.to_dict())))    # through JSON, as the CLI reads it
+
+
+EVAL = {"perplexity": 31.5, "perplexity_original": 20.25, "kl": 0.31, "top1": 0.72,
+        "manifest": {"plan": {"drop_layers": [2], "drop_attn": [], "drop_mlp": []}}}
+SWEEP = {"rows": [{"criterion": c, "k": k, "granularity": "layer", "perplexity": 20.0 * (1 + k * (i + 1) / 4),
+                   "params_removed_fraction": 0.2 * k} for i, c in enumerate(["entrodrop", "cosine"]) for k in range(3)]}
+
+
+@pytest.fixture(scope="module")
+def figs(run):
+    return run_figures(run)
+
+
+def test_every_app_chart_kind_is_rendered(run, figs):
+    for name in ("entropy_curves", "delta_h_attention", "delta_h_mlp", "delta_h_layer", "norms",
+                 "estimator_comparison", "domain_heatmap", "scores_entrodrop", "scores_cosine"):
+        assert name in figs, sorted(figs)
+    assert any(n.startswith("agreement_") for n in figs)
+    # the entropy chart carries the three residual points and the boundary line
+    ax = figs["entropy_curves"].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("resid_mid" in t for t in labels) and f"boundary = {run.boundary}" in labels
+    assert "0-based" in ax.get_xlabel()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bytes_have_valid_headers(figs, fmt):
+    data = figure_bytes(figs["delta_h_layer"], fmt)
+    assert len(data) > 1000 and _valid(data, fmt)
+
+
+def test_cli_writes_png_svg_pdf(run, tmp_path, capsys):
+    rj, ej, sj = tmp_path / "run.json", tmp_path / "eval.json", tmp_path / "sweep.json"
+    run.save(rj)
+    ej.write_text(json.dumps(EVAL))
+    sj.write_text(json.dumps(SWEEP))
+    out = tmp_path / "figs"
+    assert main(["figures", "--run", str(rj), "--eval", str(ej), "--sweep", str(sj), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    names = set(summary["figures"])
+    assert {"entropy_curves", "eval_perplexity", "sweep", "sweep_pareto"} <= names
+    files = sorted(out.iterdir())
+    assert len(files) == summary["files"] == 3 * len(names)
+    for f in files:
+        data = f.read_bytes()
+        assert len(data) > 500 and _valid(data, f.suffix[1:]), f.name
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["figures", "--out", str(tmp_path / "x")]) == 2
+    assert "Nothing to draw" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["figures", "--sweep", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a JSON file" in capsys.readouterr().err
+    bad.write_text(json.dumps({"rows": []}))
+    assert main(["figures", "--sweep", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "no rows" in capsys.readouterr().err
+    assert main(["figures", "--sweep", str(bad), "--out", str(tmp_path / "x"), "--formats", "gif"]) == 2
+    assert "Unknown figure format" in capsys.readouterr().err
+
+
+def test_eval_and_sweep_only(tmp_path):
+    figs = all_figures(None, EVAL, SWEEP)
+    assert set(figs) == {"eval_perplexity", "sweep", "sweep_pareto"}
