@@ -1,5 +1,5 @@
-"""Export helpers: chart HTML, whole-layer tool configs and the pruned checkpoint, via :mod:`analysis.export`
-and :mod:`analysis.surgery`."""
+"""Export helpers: chart HTML, static figures (PNG/SVG/PDF), whole-layer tool configs and the pruned checkpoint,
+via :mod:`analysis.export`, :mod:`analysis.figures` and :mod:`analysis.surgery`."""
 from __future__ import annotations
 
 import functools
@@ -40,16 +40,46 @@ def model_ref(spec: str) -> str:
     return HUB_IDS.get(spec, spec)
 
 
-def mergekit_yaml(plan, num_layers: int, model_id: str) -> str:
-    from analysis.export import mergekit_yaml as _mk
+def mergekit_yaml(plan, lm) -> str:
+    """mergekit passthrough YAML naming the loaded model's real source (checkpoint directory, cached safetensors
+    copy of an embedded GGUF, or hub id) and its dtype."""
+    from analysis.export import mergekit_for
 
-    return _mk(plan, model_id, num_layers)
+    return mergekit_for(lm, plan)
 
 
 def llama_cpp_list(plan) -> str:
     from analysis.export import llama_cpp_prune_layers
 
     return llama_cpp_prune_layers(plan)
+
+
+def llama_cpp_cmd(plan, lm) -> str:
+    """The exact ``llama-quantize --prune-layers …`` command line (whole layers only)."""
+    from analysis.export import llama_cpp_command
+
+    return llama_cpp_command(plan, lm)
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def figures_zip(result, sweep: dict | None = None, formats=FIGURE_FORMATS) -> bytes:
+    """Every chart of a run (and the session's last sweep) as static files in a zip: ``<name>.<fmt>``.
+
+    Rendered with matplotlib (:mod:`analysis.figures`), so it works offline without a browser engine."""
+    import io
+    import zipfile
+
+    from analysis.figures import all_figures, figure_bytes
+
+    figs = all_figures(result, None, sweep if sweep and sweep.get("rows") else None)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, fig in figs.items():
+            for fmt in formats:
+                z.writestr(f"{name}.{fmt}", figure_bytes(fig, fmt))
+    return buf.getvalue()
 
 
 def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool) -> Path:

@@ -8,9 +8,9 @@ import streamlit as st
 
 from app_support import state
 from app_support.commands import analyze_argv, session_script
-from app_support.exporting import (dir_listing, fig_html, llama_cpp_list, mergekit_yaml, model_ref,
+from app_support.exporting import (FIGURE_FORMATS, dir_listing, fig_html, figures_zip, llama_cpp_cmd, mergekit_yaml,
                                    png_export_works, save_checkpoint)
-from app_support.runs import effective_protected
+from app_support.runs import adjusted_result, effective_protected
 from app_support.widgets import INDEX_NOTE, guarded, link, need, page_setup, show_error
 
 page_setup("Export", ":material/download:", "Download what this session produced and reproduce it from the command line. "
@@ -81,7 +81,6 @@ with guarded("Plans"):
     for name, p in plans.items():
         with st.container(border=True):
             prun = state.runs().get(p.run_id)
-            L = prun.num_layers if prun else r.num_layers
             st.markdown(f"**{name}** — drops {p.plan.describe()} (0-based) · {p.criterion}"
                         f"{' + hand edits' if p.edited else ''} · run `{p.run_id}`")
             cols = st.columns([1, 1, 1, 2])
@@ -91,14 +90,16 @@ with guarded("Plans"):
                                            for k in ("drop_layers", "drop_attn", "drop_mlp") for b in getattr(p.plan, k))
             cols[1].download_button("blocks.csv", data=csv, file_name=f"{name}.blocks.csv", mime="text/csv",
                                     key=f"dl_plancsv_{name}", on_click="ignore", icon=":material/download:")
-            ref = model_ref(prun.model["spec"] if prun else rec.model["spec"])
             try:
-                y = mergekit_yaml(p.plan, L, ref)
+                from analysis.export import LLAMA_CPP_NOTE
+
+                plm = get_model(prun.model if prun else rec.model)
+                y = mergekit_yaml(p.plan, plm)
                 cols[2].download_button("mergekit.yaml", data=y, file_name=f"{name}.mergekit.yaml",
                                         mime="text/yaml", key=f"dl_mk_{name}", on_click="ignore", icon=":material/download:")
-                cols[3].code(f"llama-quantize --prune-layers {llama_cpp_list(p.plan)} …", language="bash")
-                cols[3].caption(f"mergekit passthrough keeps the other layers of `{ref}`; llama.cpp drops these "
-                                "0-based layer ids.")
+                cols[3].code(llama_cpp_cmd(p.plan, plm), language="bash")
+                cols[3].caption("mergekit passthrough keeps the other layers (the YAML names the model's real source "
+                                "and dtype). " + LLAMA_CPP_NOTE)
             except Exception as exc:  # noqa: BLE001 - sub-block plans have no whole-layer form
                 cols[2].caption("mergekit / llama.cpp: n/a")
                 cols[3].caption(f"{exc}")
@@ -129,8 +130,9 @@ with guarded("Checkpoint"):
         if last and os.path.isdir(last):
             st.success(f"Last checkpoint: `{last}`")
             st.dataframe(pd.DataFrame(dir_listing(last)), hide_index=True)
-            st.caption("Whole-layer plans reload with plain `AutoModelForCausalLM.from_pretrained`; sub-block plans "
-                       "with `python -m analysis` / `analysis.models.load_model` (reads entroscope-plan.json).")
+            st.caption("Every plan reloads exactly with plain `AutoModelForCausalLM.from_pretrained`: dropped attention/"
+                       "MLP sub-blocks are stored with zeroed output projections (listed in config.json "
+                       "`per_layer_config`); `python -m analysis load` removes them physically (entroscope-plan.json).")
     else:
         st.caption("Keep a plan first.")
 
@@ -149,12 +151,21 @@ with guarded("Tables and charts"):
                            mime="application/json", key=f"dl_json_{name}", on_click="ignore", icon=":material/download:")
 
     st.subheader("Charts")
+    st.markdown("**Static figures** of every chart of this run (and the last sweep), for papers and slides: "
+                "PNG, SVG and PDF, drawn with matplotlib (offline; same as `python -m analysis figures`).")
+    last_sweep = (s.get("es.sweeps") or {}).get(s.get("es.last_sweep"))
+    fcols = st.columns(len(FIGURE_FORMATS) + 1)
+    for col, fmts in zip(fcols, [(f,) for f in FIGURE_FORMATS] + [FIGURE_FORMATS]):
+        label = "all formats" if len(fmts) > 1 else fmts[0].upper()
+        col.download_button(f"Figures · {label} (zip)", data=lambda fmts=fmts: figures_zip(adjusted_result(rec),
+                                                                                            last_sweep, fmts),
+                            file_name=f"figures-{rec.run_id}-{'-'.join(fmts)}.zip", mime="application/zip",
+                            key=f"dl_figs_{'_'.join(fmts)}", on_click="ignore", icon=":material/image:")
     figures = s.get("es.figures") or {}
     png = png_export_works()
     if not png:
-        st.info("PNG export needs a working `kaleido` package, which is not available here, so charts download as "
-                "self-contained interactive HTML (works offline). The 📷 icon on each chart also saves a PNG "
-                "from the browser.", icon=":material/image:")
+        st.caption("Interactive charts below download as self-contained HTML (works offline); plotly's own PNG "
+                   "export needs the `kaleido` package and a browser engine, not available here.")
     if not figures:
         st.caption("Charts appear here once the pages that make them have been visited.")
     for name, (fig, caption) in figures.items():

@@ -465,8 +465,9 @@ def test_export_cli_downloads_and_checkpoint(tmp_path):
     assert "not accepted" not in script
     labels = [b.label for b in at.get("download_button")]
     assert {"reproduce.sh", "manifest.json", "plan.json", "blocks.csv"} <= set(labels)
-    assert "kaleido" in texts(at)                                     # PNG export explained
+    assert "kaleido" in texts(at)                                     # plotly PNG export explained
     assert "CSV" in labels and "HTML" in labels
+    assert {"Figures · PNG (zip)", "Figures · SVG (zip)", "Figures · PDF (zip)"} <= set(labels)  # static figures
 
     at.text_input(key="w:ck.root").set_value(str(tmp_path)).run()
     at.button(key="ck_save").click().run()

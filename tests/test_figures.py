@@ -92,3 +92,16 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_eval_and_sweep_only(tmp_path):
     figs = all_figures(None, EVAL, SWEEP)
     assert set(figs) == {"eval_perplexity", "sweep", "sweep_pareto"}
+
+
+def test_app_figures_zip_holds_every_chart_in_each_format(run):
+    import io
+    import zipfile
+
+    from app_support.exporting import figures_zip
+
+    z = zipfile.ZipFile(io.BytesIO(figures_zip(run, SWEEP, ("png", "svg"))))
+    names = z.namelist()
+    assert "entropy_curves.png" in names and "entropy_curves.svg" in names and "sweep_pareto.svg" in names
+    assert len(names) == 2 * len(set(n.rsplit(".", 1)[0] for n in names))
+    assert z.read("entropy_curves.png").startswith(MAGIC["png"])

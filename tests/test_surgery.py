@@ -161,19 +161,39 @@ def test_subblock_plan_save_load_round_trip(arch, tmp_path):
     plan = Plan(drop_attn=[0, 3], drop_mlp=[4], drop_layers=[2])
     ref = logits(pruned_view(base, plan))
     out = save_pruned(lm, plan, tmp_path / "sub")
-    keys = _keys(out)
-    # saved structure: layers 0 1 3 4 5 → new 0..4; attention dropped in new 0 and 2, MLP in new 3
+    sd = load_file(str(out / "model.safetensors"))
+    # saved structure: layers 0 1 3 4 5 → new 0..4; attention dropped in new 0 and 2, MLP in new 3: every
+    # tensor is stored (plain from_pretrained initialises nothing), the output projections are zero
     for i in (0, 2):
-        assert not [k for k in keys if k.startswith(f"model.layers.{i}.self_attn")]
-        assert not [k for k in keys if k.startswith(f"model.layers.{i}.input_layernorm")]
-    assert not [k for k in keys if k.startswith("model.layers.3.mlp")]
-    assert [k for k in keys if k.startswith("model.layers.3.self_attn")]
-    assert not [k for k in keys if k.startswith("model.layers.5.")]
+        assert not sd[f"model.layers.{i}.self_attn.o_proj.weight"].any()
+        assert sd[f"model.layers.{i}.self_attn.q_proj.weight"].any()
+    assert not sd["model.layers.3.mlp.down_proj.weight"].any() and sd["model.layers.3.self_attn.o_proj.weight"].any()
+    assert not [k for k in sd if k.startswith("model.layers.5.")]
     back = load_pruned(out, device="cpu")
     assert torch.equal(logits(back.model), ref)
     assert back.info["plan"]["drop_layers"] == [2]
     assert [s["attn"] for s in layer_status(back)] == [False, True, False, True, True]
     assert torch.equal(logits(load_model(str(out), device="cpu").model), ref)
+
+
+def test_v1_checkpoint_without_dropped_weights_still_loads(tmp_path):
+    """Checkpoints written before the zeroed format (dropped sub-blocks' weights left out) keep loading."""
+    import json
+
+    from safetensors.torch import save_file
+
+    base = tiny_model("llama", layers=4)
+    plan = Plan(drop_attn=[1], drop_mlp=[2])
+    out = save_pruned(wrap_model(base, tiny_tokenizer(), "tiny"), plan, tmp_path / "v1")
+    sd = load_file(str(out / "model.safetensors"))
+    gone = ("model.layers.1.self_attn.", "model.layers.1.input_layernorm.", "model.layers.2.mlp.",
+            "model.layers.2.post_attention_layernorm.")
+    save_file({k: v for k, v in sd.items() if not k.startswith(gone)}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    stored = json.loads((out / "entroscope-plan.json").read_text())
+    stored["source"]["checkpoint"]["format"] = "entroscope-pruned-v1"
+    (out / "entroscope-plan.json").write_text(json.dumps(stored))
+    assert torch.equal(logits(load_pruned(out, device="cpu").model), logits(pruned_view(base, plan)))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
