@@ -360,22 +360,35 @@ def _metadata(fmt: str) -> dict:
 
 
 def save_figures(figs: dict[str, Figure], out_dir: str | Path, formats: Sequence[str] = FORMATS,
-                 progress: Callable[[float, str], None] | None = None) -> list[Path]:
-    """Write ``out_dir/<name>.<fmt>`` for every figure and format; returns the paths written."""
+                 overwrite: bool = False, progress: Callable[[float, str], None] | None = None) -> list[Path]:
+    """Write ``out_dir/<name>.<fmt>`` for every figure and format; returns the paths written.
+
+    Existing files are never replaced unless ``overwrite`` (checked before anything is written); each file
+    is written under a temporary name and renamed into place, so a reader never sees half a figure."""
+    import os
+
     out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
+    targets = [(name, fmt, out / f"{name}.{fmt}") for name in figs for fmt in formats]
+    clash = [p.name for _, _, p in targets if p.exists()]
+    if clash and not overwrite:
+        raise DataError(f"{out} already holds {len(clash)} of these figure files ({', '.join(clash[:3])}"
+                        f"{', …' if len(clash) > 3 else ''})", hint="use --overwrite to replace them, or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"Cannot create {out}: {exc.strerror or exc}") from None
     paths = []
-    for i, (name, fig) in enumerate(figs.items()):
-        for fmt in formats:
-            p = out / f"{name}.{fmt}"
-            try:
-                p.write_bytes(figure_bytes(fig, fmt))
-            except OSError as exc:
-                raise DataError(f"Cannot write {p}: {exc.strerror or exc}") from None
-            paths.append(p)
+    for i, (name, fmt, p) in enumerate(targets):
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_bytes(figure_bytes(figs[name], fmt))
+            os.replace(tmp, p)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"Cannot write {p}: {exc.strerror or exc}") from None
+        paths.append(p)
         if progress:
-            progress((i + 1) / len(figs), f"figure {name}")
+            progress((i + 1) / len(targets), f"figure {name}.{fmt}")
     return paths

@@ -73,6 +73,13 @@ def test_cli_writes_png_svg_pdf(run, tmp_path, capsys):
     for f in files:
         data = f.read_bytes()
         assert len(data) > 500 and _valid(data, f.suffix[1:]), f.name
+    # nothing the user owns is replaced without --overwrite
+    (out / "eval_perplexity.png").write_bytes(b"mine")
+    assert main(["figures", "--eval", str(ej), "--out", str(out), "--formats", "png"]) == 2
+    assert "already holds 1 of these figure files" in capsys.readouterr().err
+    assert (out / "eval_perplexity.png").read_bytes() == b"mine"
+    assert main(["figures", "--eval", str(ej), "--out", str(out), "--formats", "png", "--overwrite", "--quiet"]) == 0
+    assert _valid((out / "eval_perplexity.png").read_bytes(), "png")
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

@@ -11,7 +11,8 @@ def register(sub) -> None:
     p.add_argument("--run", default=None, help="run JSON from `analyze`")
     p.add_argument("--eval", default=None, help="eval JSON from `eval` (perplexity before/after)")
     p.add_argument("--sweep", default=None, help="sweep JSON from `sweep` (perplexity vs k, Pareto)")
-    p.add_argument("--out", required=True, help="output folder (created if missing; files inside are replaced)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace figure files that already exist in --out")
     p.add_argument("--formats", default="png,svg,pdf", help="comma list of png, svg, pdf (default: all three)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -46,7 +47,7 @@ def run(args) -> int:
     sw = _json_file(args.sweep, "Sweep", "create it with `python -m analysis sweep ... --out sweep.json`") \
         if args.sweep else None
     figs = all_figures(r, ev, sw)
-    paths = save_figures(figs, args.out, formats)
+    paths = save_figures(figs, args.out, formats, overwrite=args.overwrite)
     if not args.quiet:
         print(json.dumps({"out": args.out, "figures": list(figs), "files": len(paths)}))
     return 0
