@@ -218,6 +218,47 @@ def _agreement(run) -> dict[str, Figure]:
                                              cmap="Blues")}
 
 
+def bootstrap_chart(boot: dict, protected: Sequence[int], label: str) -> Figure:
+    """Bootstrap mean and 5–95 % band per block, and how often each block lands in the top-k."""
+    mean, lo, hi = _arr(boot["mean"]), _arr(boot["lo"]), _arr(boot["hi"])
+    L = len(mean)
+    prot = set(protected)
+    freq = boot.get("top_k_frequency")
+    fig = _fig(7.0, 4.6 if freq is not None else 3.6)
+    axes = fig.subplots(2 if freq is not None else 1, 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [0.65, 0.35]} if freq is not None else None)[:, 0]
+    axes[0].bar(range(L), np.nan_to_num(mean), color=[C_PROTECTED if i in prot else C_NORMAL for i in range(L)],
+                yerr=[np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)], ecolor="#333", capsize=2)
+    axes[0].set_ylabel(label)
+    axes[0].set_title(f"Calibration bootstrap ({boot.get('n_boot', '')} resamples): mean and 5–95 % band")
+    if freq is not None:
+        axes[1].bar(range(L), _arr(freq), color=[C_PROTECTED if i in prot else C_SELECTED for i in range(L)])
+        axes[1].set_ylim(0, 1)
+        axes[1].set_ylabel("P(in top-k)")
+    axes[-1].set_xlabel(BLOCK_AXIS)
+    _ticks(axes[-1], L)
+    return fig
+
+
+def _bootstrap(run) -> dict[str, Figure]:
+    from .criteria import CRITERIA, bootstrap
+
+    prunable = run.num_layers - len(set(run.protected))
+    k = min(4, max(1, prunable))
+    boot = bootstrap(run, "entrodrop", run.granularity, n_boot=200, seed=0, k=k)
+    return {"bootstrap_entrodrop": bootstrap_chart(boot, run.protected, CRITERIA["entrodrop"].score_label)}
+
+
+def _ground_truth(run) -> dict[str, Figure]:
+    out = {}
+    for g, d in ((run.extras or {}).get("ground_truth") or {}).items():
+        if d.get("ppl") is not None and d.get("base_ppl") is not None:
+            out[f"ground_truth_{g}"] = score_bars(_arr(d["ppl"]) - float(d["base_ppl"]), run.protected,
+                                                  "ΔPPL when dropped alone",
+                                                  title=f"Drop-one ΔPPL per {g} block (lower = safer to drop)")
+    return out
+
+
 def _mi(run) -> dict[str, Figure]:
     mi = (run.extras or {}).get("mi") or {}
     out = {}
@@ -227,7 +268,7 @@ def _mi(run) -> dict[str, Figure]:
             if isinstance(v, list) and v:
                 out[f"mi_per_block_{g}"] = score_bars(v, run.protected, "MI(input, output)",
                                                       title=f"MI between each {g} block's input and output")
-    if mi.get("matrix"):
+    if mi.get("matrix") is not None:
         out["mi_matrix"] = matrix_heatmap(mi["matrix"], None, "MI between residual boundaries", cmap="magma",
                                           annotate=False, xlabel="boundary Z^j (0 = embeddings)",
                                           ylabel="boundary Z^i (0 = embeddings)")
@@ -245,18 +286,18 @@ def run_figures(run) -> dict[str, Figure]:
         figs["domain_heatmap"] = domain_heatmap(run)
     if len(run.estimators) > 1:
         figs["estimator_comparison"] = estimator_comparison(run)
-    if run.norms and run.norms.get("boundary"):
+    if run.norms and run.norms.get("boundary") is not None:
         figs["norms"] = norms_chart(run)
     for name, b in (run.baselines or {}).items():
-        if isinstance(b, dict) and b.get("scores"):
+        if isinstance(b, dict) and b.get("scores") is not None:
             figs[f"scores_{name}"] = score_bars(b["scores"], run.protected, f"{name} score",
                                                 title=f"{name} score per {b.get('granularity', run.granularity)} block")
-    if run.angular:
+    if run.angular is not None and len(run.angular):
         figs["angular_distance"] = matrix_heatmap(run.angular, None, "Angular distance between residual boundaries",
                                                   0, None, cmap="viridis", annotate=False,
                                                   xlabel="boundary Z^j (0 = embeddings)",
                                                   ylabel="boundary Z^i (0 = embeddings)")
-    for fn in (_agreement, _mi):
+    for fn in (_agreement, _bootstrap, _ground_truth, _mi):
         try:
             figs.update(fn(run))
         except Exception:  # noqa: BLE001 - optional views: a run without the data simply has no such figure

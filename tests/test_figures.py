@@ -44,7 +44,7 @@ def test_every_app_chart_kind_is_rendered(run, figs):
     for name in ("entropy_curves", "delta_h_attention", "delta_h_mlp", "delta_h_layer", "norms",
                  "estimator_comparison", "domain_heatmap", "scores_entrodrop", "scores_cosine"):
         assert name in figs, sorted(figs)
-    assert any(n.startswith("agreement_") for n in figs)
+    assert any(n.startswith("agreement_") for n in figs) and "bootstrap_entrodrop" in figs
     # the entropy chart carries the three residual points and the boundary line
     ax = figs["entropy_curves"].axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -112,3 +112,15 @@ def test_app_figures_zip_holds_every_chart_in_each_format(run):
     assert "entropy_curves.png" in names and "entropy_curves.svg" in names and "sweep_pareto.svg" in names
     assert len(names) == 2 * len(set(n.rsplit(".", 1)[0] for n in names))
     assert z.read("entropy_curves.png").startswith(MAGIC["png"])
+
+
+def test_mi_and_ground_truth_figures_when_the_run_has_them(run):
+    import copy
+
+    r = copy.copy(run)
+    r.extras = {"mi": {"mi": {"layer": [0.5, 0.4, None, 0.7]}, "matrix": [[1.0, 0.5], [0.5, 1.0]]},
+                "ground_truth": {"layer": {"ppl": [30.0, 21.0, 22.0, 40.0], "base_ppl": 20.0}}}
+    figs = run_figures(r)
+    assert {"mi_per_block_layer", "mi_matrix", "ground_truth_layer"} <= set(figs)
+    heights = [p.get_height() for p in figs["ground_truth_layer"].axes[0].patches]
+    assert heights == pytest.approx([10.0, 1.0, 2.0, 20.0])
