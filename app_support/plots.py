@@ -64,6 +64,23 @@ def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], ro
     return _layout(fig)
 
 
+def partial_curves(boundary: np.ndarray, mid: np.ndarray, n_done: int, total: int, est: str) -> go.Figure:
+    """The entropy curves while the pass runs: means over the ``n_done`` sequences finished so far.
+
+    ``boundary`` is ``[L+1]`` (``resid_pre[0]``, then every ``resid_post``), ``mid`` is ``[L]``."""
+    b, m = _finite(boundary), _finite(mid)
+    L = len(m)
+    x = np.arange(L)
+    fig = go.Figure()
+    for p, y in (("resid_pre", b[:-1]), ("resid_mid", m), ("resid_post", b[1:])):
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=POINT_LABELS[p],
+                                 line=dict(color=POINT_COLORS[p], width=2), marker=dict(size=5),
+                                 hovertemplate=f"block %{{x}}<br>{p}: %{{y:.4g}} nats<extra></extra>"))
+    fig.update_xaxes(title=BLOCK_AXIS, dtick=1 if L <= 32 else 2, range=[-0.6, L - 0.4])
+    fig.update_yaxes(title=f"entropy H (nats, {est})")
+    return _layout(fig, f"Live: mean over the first {n_done} of {total} sequences (still running)")
+
+
 def delta_h_bars(result, est: str, granularity: str, protected: Sequence[int], cosine: np.ndarray | None = None,
                  cos_label: str = "cos(X, Y)") -> go.Figure:
     """ΔH per block (bars; protected blocks grey) with the cosine baseline on a secondary axis."""
