@@ -26,6 +26,8 @@ from .estimators import as_float32, get_estimator
 from .models import LoadedModel
 
 Progress = Callable[[float, str], None]
+#: Within a batch, progress is reported after a block finishes at most this often (seconds).
+PROGRESS_EVERY_S = 0.5
 
 
 class StopRequested(Exception):
@@ -231,7 +233,7 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
 
         def _within_batch(layer: int) -> None:
             now = time.perf_counter()
-            if now - tick[0] < 0.5 or layer + 1 >= rec.L:
+            if now - tick[0] < PROGRESS_EVERY_S or layer + 1 >= rec.L:
                 return
             tick[0] = now
             b = rec.rows.stop - rec.rows.start

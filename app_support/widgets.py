@@ -43,6 +43,7 @@ def page_setup(title: str, icon: str = ":material/biotech:", intro: str | None =
     from .runs import finish_job
 
     finish_job()
+    session_store.save()       # also at the end of every run (app.py); here for pages run on their own
     st.title(f"{icon} {title}")
     if intro:
         st.caption(intro)
