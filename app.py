@@ -6,7 +6,7 @@ import math
 import numpy as np
 import streamlit as st
 
-from app_support import state
+from app_support import session_store, state
 from app_support.widgets import (INDEX_NOTE, explain_criterion, explain_estimator, guarded, link, navigation,
                                  page_setup, switch_to)
 
@@ -31,7 +31,8 @@ def home() -> None:
             if st.button("One-click demo: SmolLM2 on Wikipedia text", type="primary", key="home_demo",
                          icon=":material/rocket_launch:",
                          help="Loads the embedded SmolLM2-135M (cached), samples 32 × 256 tokens of the built-in "
-                              "Wikipedia text and runs the Bucket-entropy analysis (~20–40 s on a laptop CPU)."):
+                              "Wikipedia text and runs the Bucket-entropy analysis; the curve is drawn as it fills, "
+                              "with the time left measured as it runs."):
                 st.session_state["es.autorun"] = True
                 switch_to("entropy")
         with c2:
@@ -57,6 +58,8 @@ def home() -> None:
             ("compare", "4 · Prune & compare", f"{len(s.get('es.evals') or {})} evaluation(s)" if s.get("es.evals")
              else "Perplexity, KL, latency, parameters", bool(s.get("es.evals"))),
             ("export", "5 · Export", "Plan, tables, charts, checkpoint, CLI command", False),
+            ("channels", "6 · Channel pruning", "Width pruning: MLP channels, hybrid multi-domain calibration",
+             bool(s.get("es.channels"))),
         ]
         cols = st.columns(len(steps))
         for col, (page, title, text, done) in zip(cols, steps):
@@ -137,4 +140,7 @@ def home() -> None:
                            "(fixed axes). Estimators: KNN with k=10, Bucket with 20 bins per dimension, one sequence.")
 
 
-st.navigation(navigation(home)).run()
+try:
+    st.navigation(navigation(home)).run()
+finally:  # also on st.rerun / st.switch_page: the session's results survive a browser reload
+    session_store.save()

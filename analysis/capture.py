@@ -26,6 +26,8 @@ from .estimators import as_float32, get_estimator
 from .models import LoadedModel
 
 Progress = Callable[[float, str], None]
+#: Within a batch, progress is reported after a block finishes at most this often (seconds).
+PROGRESS_EVERY_S = 0.5
 
 
 class StopRequested(Exception):
@@ -98,6 +100,7 @@ class _Recorder:
         self.pre: Tensor | None = None
         self.mid: Tensor | None = None
         self.pre_norms = self.mid_norms = self.post_norms = None   # [B, T'] token norms of the points
+        self.on_layer: Callable[[int], None] | None = None         # progress within a batch (block done)
 
     def _view(self, x: Tensor) -> Tensor:
         return x[:, 1:] if self.cfg.skip_first_token and x.shape[1] > 1 else x
@@ -158,6 +161,8 @@ class _Recorder:
             self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms)
             self.last[: y.shape[0], layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
+        if self.on_layer is not None:
+            self.on_layer(layer)
 
 
 def _first_tensor(args, kwargs, key: str = "hidden_states") -> Tensor:
@@ -196,7 +201,8 @@ def _state_positions(n: int, t: int, total: int, seed: int, skip_first: bool) ->
 def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Progress | None = None,
             should_stop: Callable[[], bool] | None = None, offset: int = 0, total: int | None = None,
             checkpoint: Callable[[CaptureStats], None] | None = None,
-            checkpoint_every_s: float = 30.0) -> CaptureStats:
+            checkpoint_every_s: float = 30.0, preview: Callable[[CaptureStats], None] | None = None,
+            preview_every_s: float = 2.0) -> CaptureStats:
     """Run the analysis pass over ``input_ids [N, T]`` and return per-sequence statistics.
 
     ``should_stop`` is polled between batches; when it returns True the pass ends early and the
@@ -204,6 +210,9 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
     interrupted run, pass the remaining rows with ``offset`` (their index in the full set of ``total``
     rows, which keeps the seeded state subsample identical) and :func:`merge_stats` the parts.
     ``checkpoint(partial_stats)`` is called at most every ``checkpoint_every_s`` seconds.
+    ``progress`` is also told, at most every half second, how far the current batch is (blocks done), so a
+    slow batch never looks frozen. ``preview(partial_stats)`` (without the sampled MI states) is called
+    after the first batch and then at most every ``preview_every_s`` seconds, to draw curves as they fill.
     """
     t0 = time.perf_counter()
     n, t = input_ids.shape
@@ -218,7 +227,21 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                       "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size, pin_memory=pin)}
     handles = _install(rec)
     base = lm.adapter.base
-    done, last_ckpt = 0, time.perf_counter()
+    done, last_ckpt, last_preview = 0, time.perf_counter(), None
+    if progress is not None:
+        tick = [time.perf_counter()]
+
+        def _within_batch(layer: int) -> None:
+            now = time.perf_counter()
+            if now - tick[0] < PROGRESS_EVERY_S or layer + 1 >= rec.L:
+                return
+            tick[0] = now
+            b = rec.rows.stop - rec.rows.start
+            progress((offset + rec.rows.start + b * (layer + 1) / rec.L) / total,
+                     f"analysed {offset + rec.rows.start}/{total} sequences · block {layer + 1}/{rec.L} "
+                     f"of the next {b}")
+
+        rec.on_layer = _within_batch
     try:
         with torch.inference_mode():
             for s in range(0, n, cfg.batch_size):
@@ -236,6 +259,10 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                 done = e
                 if progress is not None:
                     progress((offset + done) / total, f"analysed {offset + done}/{total} sequences")
+                if preview is not None and e < n and (last_preview is None
+                                                      or time.perf_counter() - last_preview > preview_every_s):
+                    preview(_collect(rec, done, time.perf_counter() - t0, n, with_states=False))
+                    last_preview = time.perf_counter()
                 if checkpoint is not None and e < n and time.perf_counter() - last_ckpt > checkpoint_every_s:
                     checkpoint(_collect(rec, done, time.perf_counter() - t0, n))
                     last_ckpt = time.perf_counter()
@@ -246,14 +273,14 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
     return _collect(rec, done, time.perf_counter() - t0, n)
 
 
-def _collect(rec: _Recorder, done: int, seconds: float, n: int) -> CaptureStats:
+def _collect(rec: _Recorder, done: int, seconds: float, n: int, with_states: bool = True) -> CaptureStats:
     """Stats of the first ``done`` rows, moved to the CPU (the only host transfer of the pass)."""
     if rec.dev.type == "cuda":
         torch.cuda.synchronize(rec.dev)  # the asynchronous state copies must have landed
     keep = slice(0, done)
     cpu = lambda x: None if x is None else x[keep].cpu()  # noqa: E731
     states = None
-    if rec.states is not None:
+    if rec.states is not None and with_states:
         m = rec.all_pos.shape[1]
         states = {k: v[: done * m].clone() for k, v in rec.states.items()}
     return CaptureStats(
@@ -276,7 +303,8 @@ def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
         cos_layer=cat(a.cos_layer, b.cos_layer), last_cos=cat(a.last_cos, b.last_cos),
         norm_boundary=cat(a.norm_boundary, b.norm_boundary), norm_mid=cat(a.norm_mid, b.norm_mid),
         nonfinite={k: a.nonfinite[k] + b.nonfinite[k] for k in a.nonfinite},
-        states=None if a.states is None else {k: torch.cat([v, b.states[k]]) for k, v in a.states.items()},
+        states=None if a.states is None or b.states is None
+        else {k: torch.cat([v, b.states[k]]) for k, v in a.states.items()},
         seconds=a.seconds + b.seconds, completed=b.completed)
 
 

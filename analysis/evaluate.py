@@ -305,7 +305,7 @@ def perplexity(lm: LoadedModel, data=None, plan: Plan | None = None, cfg: EvalCo
 
 
 def agreement(lm: LoadedModel, plan: Plan, token_windows=None, cfg: EvalConfig | None = None,
-              split: str = "eval") -> dict:
+              split: str = "eval", progress: Progress | None = None) -> dict:
     """KL(original ‖ pruned) of next-token distributions (mean nats per token) and top-1 agreement.
 
     ``token_windows``: anything :func:`prepare_eval` accepts (EvalWindows, [N, T] ids, corpus name).
@@ -317,7 +317,8 @@ def agreement(lm: LoadedModel, plan: Plan, token_windows=None, cfg: EvalConfig |
     steps = _prefix_schedule(lm, [("original", Plan()), ("pruned", plan or Plan())])
     kl = agree = nll_o = nll_p = 0.0
     with torch.inference_mode():
-        for ids, first in windows.batches:
+        n_b, n_w, done_w = len(windows.batches), windows.n_windows, 0
+        for b, (ids, first) in enumerate(windows.batches):
             ids = ids.to(lm.device)
             out = {key: (view, hidden) for key, view, hidden in _prefix_batch(steps, ids)}
             (v_o, h_o), (v_p, h_p) = out["original"], out["pruned"]
@@ -329,6 +330,9 @@ def agreement(lm: LoadedModel, plan: Plan, token_windows=None, cfg: EvalConfig |
                 lo, lp = torch.log_softmax(zo, -1), torch.log_softmax(zp, -1)
                 kl += float((lo.exp() * (lo - lp)).sum())
                 agree += float((zo.argmax(-1) == zp.argmax(-1)).sum())
+            done_w += ids.shape[0]
+            if progress:
+                progress((b + 1) / n_b, f"windows {done_w}/{n_w}")
     n = windows.tokens_scored
     orig, pruned = _ppl_result(nll_o, n), _ppl_result(nll_p, n)
     return {"kl": kl / n, "top1": agree / n, "tokens": n,
@@ -406,18 +410,52 @@ def _one_run(model: nn.Module, ids: Tensor, new_tokens: int) -> tuple[float, flo
 
 
 def _summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "p95": float(np.percentile(values, 95)), "n": len(values)}
+    """Median, p95 (kept for old readers), the p10–p90 spread, min and max of throughput samples."""
+    v = np.asarray(values, dtype=float)
+    med = float(statistics.median(values))
+    p10, p90 = float(np.percentile(v, 10)), float(np.percentile(v, 90))
+    return {"median": med, "p95": float(np.percentile(v, 95)), "p10": p10, "p90": p90, "min": float(v.min()),
+            "max": float(v.max()), "spread": (p90 - p10) / med if med > 0 else float("inf"), "n": len(values)}
+
+
+def machine_load() -> dict:
+    """The 1-minute load average per CPU core (POSIX), and whether the machine counts as busy (> 0.8 per core)
+    while latency is measured: other work then slows some repeats and widens the spread."""
+    try:
+        load1 = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return {"load_per_core": None, "busy": False}
+    per_core = load1 / max(os.cpu_count() or 1, 1)
+    return {"load_per_core": round(per_core, 2), "busy": per_core > 0.8}
+
+
+def overlapping(a: dict | None, b: dict | None) -> bool:
+    """True when two throughput summaries' p10–p90 ranges overlap: the difference is within the noise."""
+    if not a or not b or "p10" not in a or "p10" not in b:
+        return False
+    return a["p10"] <= b["p90"] and b["p10"] <= a["p90"]
 
 
 def latency(lm: LoadedModel, plan: Plan | None = None, batch_sizes: Sequence[int] = (1,), prompt_len: int = 128,
-            new_tokens: int = 32, repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
-    """Prefill and decode throughput (tokens/s, median and p95 over ``repeats`` after ``warmup``).
+            new_tokens: int = 32, repeats: int = 5, warmup: int = 1, seed: int = 0, max_repeats: int | None = None,
+            target_spread: float = 0.10, time_cap_s: float = 20.0) -> dict:
+    """Prefill and decode throughput (tokens/s over ``repeats`` after ``warmup``: median, p95, p10–p90, min–max).
+
+    With ``max_repeats > repeats``, repeats are added until the p10–p90 spread of every measured quantity
+    is at most ``target_spread`` of its median, ``max_repeats`` is reached, or ``time_cap_s`` seconds
+    have been spent on this batch size. The machine's load is recorded
+    (``machine``): on a busy machine the spread is wide and small differences are noise. Each row's
+    ``converged`` is True when the final spread is within ``target_spread``.
 
     A plan is applied to a physically pruned copy (:func:`prune_copy`), so dropped blocks cost nothing.
     Also reports parameters, KV-cache bytes per token and peak memory (CUDA) or the RSS delta (CPU).
     """
-    if repeats < 1 or prompt_len < 1 or new_tokens < 0:
-        raise DataError("latency needs repeats >= 1, prompt_len >= 1 and new_tokens >= 0")
+    max_repeats = repeats if max_repeats is None else max_repeats
+    if repeats < 1 or prompt_len < 1 or new_tokens < 0 or max_repeats < repeats:
+        raise DataError("latency needs repeats >= 1, max_repeats >= repeats, prompt_len >= 1 and new_tokens >= 0")
+    if not (target_spread > 0 and math.isfinite(target_spread)) or not (time_cap_s > 0):
+        raise DataError("latency needs target_spread > 0 and time_cap_s > 0")
+    load_before = machine_load()
     model = lm.model if plan is None or plan.is_empty else prune_copy(lm.model, plan)
     dev = next(model.parameters()).device
     vocab = model.get_input_embeddings().num_embeddings
@@ -429,20 +467,36 @@ def latency(lm: LoadedModel, plan: Plan | None = None, batch_sizes: Sequence[int
             torch.cuda.reset_peak_memory_stats(dev)
         mem0 = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _rss()
         pre, dec = [], []
+        t_start = time.perf_counter()
         with torch.inference_mode():
-            for r in range(warmup + repeats):
+            r = 0
+            while True:
                 tp, td = _guard(lambda: _one_run(model, ids, new_tokens), "latency measurement")
                 if r >= warmup:
                     pre.append(bs * prompt_len / tp)
                     if new_tokens:
                         dec.append(bs * new_tokens / td)
+                r += 1
+                if len(pre) < repeats:
+                    continue
+                tight = all(_summary(v)["spread"] <= target_spread for v in (pre, dec) if v)
+                if tight:
+                    break
+                if len(pre) >= max_repeats or time.perf_counter() - t_start > time_cap_s:
+                    break
+        converged = tight                                  # the p10–p90 spread is within target_spread
         peak = (torch.cuda.max_memory_allocated(dev) - mem0) if dev.type == "cuda" else max(_rss() - mem0, 0)
         rows.append({"batch_size": bs, "prefill_tokens_per_s": _summary(pre),
-                     "decode_tokens_per_s": _summary(dec) if dec else None,
+                     "decode_tokens_per_s": _summary(dec) if dec else None, "repeats_done": len(pre),
+                     "converged": converged,
                      "peak_memory_bytes": int(peak), "memory_kind": "cuda_max_allocated_delta"
                      if dev.type == "cuda" else "cpu_rss_delta"})
+    load_after = machine_load()
     return {"device": str(dev), "dtype": dtype_name(next(model.parameters()).dtype), "prompt_len": prompt_len,
-            "new_tokens": new_tokens, "repeats": repeats, "warmup": warmup, "rows": rows,
+            "new_tokens": new_tokens, "repeats": repeats, "max_repeats": max_repeats,
+            "target_spread": target_spread, "warmup": warmup, "rows": rows,
+            "machine": {"load_per_core": load_after["load_per_core"],
+                        "busy": bool(load_before["busy"] or load_after["busy"])},
             "params": {"total": count_params(model), "non_embedding": count_params(model, non_embedding=True)},
             **kv_cache_report(model), "plan": plan.to_dict() if plan else None}
 

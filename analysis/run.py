@@ -99,14 +99,16 @@ def _check_tokens(lm: LoadedModel, ids: torch.Tensor) -> None:
 
 
 def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress: Progress | None = None,
-            should_stop: Callable[[], bool] | None = None, cache: bool = False) -> AnalysisResult:
+            should_stop: Callable[[], bool] | None = None, cache: bool = False,
+            preview: Callable[[CaptureStats], None] | None = None) -> AnalysisResult:
     """Run the streaming analysis pass and compute every registered per-block criterion.
 
     ``tokens`` is a :class:`~analysis.corpora.TokenSet` (or a raw ``[N, T]`` LongTensor). If
     ``should_stop`` ends the pass early, the result covers the sequences finished so far and says so
     in ``warnings`` and ``manifest["completed"]``. With ``cache=True`` the accumulators are written to
     the results cache as the pass goes (:mod:`analysis.runcache`): an interrupted run resumes where it
-    stopped and a finished one is never recomputed.
+    stopped and a finished one is never recomputed. ``preview(partial_stats)`` receives the statistics of the
+    sequences finished so far during the pass (see :func:`~analysis.capture.capture`), to draw live curves.
     """
     cfg = cfg or AnalysisConfig()
     ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
@@ -120,9 +122,9 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         if cache:
             from .runcache import cached_capture
 
-            stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop)
+            stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop, preview=preview)
         else:
-            stats = capture(lm, ids, ccfg, progress=progress, should_stop=should_stop)
+            stats = capture(lm, ids, ccfg, progress=progress, should_stop=should_stop, preview=preview)
     except Exception as exc:
         if is_oom(exc):
             raise oom_error(exc, "the analysis pass") from exc

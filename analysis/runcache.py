@@ -49,7 +49,7 @@ def load_stats(path: Path) -> CaptureStats | None:
 
 
 def cached_capture(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig, progress=None,
-                   should_stop=None, checkpoint_every_s: float = 20.0) -> CaptureStats:
+                   should_stop=None, checkpoint_every_s: float = 20.0, preview=None) -> CaptureStats:
     """:func:`~analysis.capture.capture` with resume: finished rows are loaded, the rest computed."""
     path = cache_path(run_key(lm, input_ids, cfg))
     n = input_ids.shape[0]
@@ -63,8 +63,11 @@ def cached_capture(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig,
     def ckpt(partial: CaptureStats) -> None:
         save_stats(path, partial if done is None else merge_stats(done, partial))
 
+    def show(partial: CaptureStats) -> None:
+        preview(partial if done is None else merge_stats(done, partial))
+
     rest = capture(lm, input_ids[start:], cfg, progress=progress, should_stop=should_stop, offset=start, total=n,
-                   checkpoint=ckpt, checkpoint_every_s=checkpoint_every_s)
+                   checkpoint=ckpt, checkpoint_every_s=checkpoint_every_s, preview=show if preview else None)
     stats = rest if done is None else merge_stats(done, rest)
     stats.completed = stats.n_done >= n
     save_stats(path, stats)

@@ -13,6 +13,9 @@ import streamlit as st
 from . import state
 
 DEFAULT_EVAL = {"data": None, "window": 256, "max_tokens": 4096, "prompt_len": 64, "new_tokens": 16, "repeats": 3}
+#: Latency repeats grow from ``repeats`` until the p10–p90 spread is within 10 % of the median, up to this
+#: many repeats or this many seconds per model.
+LATENCY_MAX_REPEATS, LATENCY_CAP_S = 15, 15.0
 
 
 def plan_key(plan) -> list:
@@ -39,9 +42,10 @@ def eval_cfg(settings: dict):
     return EvalConfig(window=int(settings["window"]), max_tokens=int(settings["max_tokens"]), batch_size=4)
 
 
-def evaluate_plan(lm, plan, settings: dict, data, with_latency: bool = True) -> dict:
+def evaluate_plan(lm, plan, settings: dict, data, with_latency: bool = True, progress=None) -> dict:
     """Quality (perplexity, KL, top-1 vs the original), parameters, KV bytes and latency for one plan
-    (``plan=None``: the original model). Cached in session state."""
+    (``plan=None``: the original model). Cached in session state. ``progress(frac, text)`` is told the
+    windows done."""
     from analysis import evaluate as ev
 
     key = state.stable_hash({"fp": lm.fingerprint, "dtype": str(lm.dtype), "plan": plan_key(plan) if plan else None,
@@ -53,20 +57,45 @@ def evaluate_plan(lm, plan, settings: dict, data, with_latency: bool = True) -> 
     cfg = eval_cfg(settings)
     out: dict = {}
     if plan is None or plan.is_empty:
-        ppl = ev.perplexity(lm, data, None, cfg)
+        ppl = ev.perplexity(lm, data, None, cfg, progress=progress)
         out.update(perplexity=ppl["perplexity"], nll=ppl["nll"], kl=0.0, top1=1.0, protocol=ppl["protocol"])
     else:
-        agr = ev.agreement(lm, plan, data, cfg)
+        agr = ev.agreement(lm, plan, data, cfg, progress=progress)
         out.update(perplexity=agr["perplexity_pruned"], perplexity_original=agr["perplexity_original"],
                    kl=agr["kl"], top1=agr["top1"], protocol=agr["protocol"])
     pr = ev.param_report(lm, plan)
     out["params"] = pr
     if with_latency:
+        if progress:
+            progress(1.0, "latency (repeats until the spread is tight)")
         lat = ev.latency(lm, plan, prompt_len=int(settings["prompt_len"]), new_tokens=int(settings["new_tokens"]),
-                         repeats=int(settings["repeats"]), warmup=1)
+                         repeats=int(settings["repeats"]), warmup=1,
+                         max_repeats=max(LATENCY_MAX_REPEATS, int(settings["repeats"])), time_cap_s=LATENCY_CAP_S)
         out["latency"] = lat
     store[key] = out
     return out
+
+
+def _range(summary: dict) -> str:
+    if "p10" not in (summary or {}):
+        return "—"
+    return f"{summary['p10']:.0f}–{summary['p90']:.0f}"
+
+
+def _dec_or_pre(res: dict | None) -> dict:
+    row0 = (((res or {}).get("latency") or {}).get("rows") or [{}])[0]
+    return row0.get("decode_tokens_per_s") or row0.get("prefill_tokens_per_s") or {}
+
+
+def _speed_flag(mine: dict, base: dict, name: str) -> str:
+    """"faster" / "slower" only when the p10–p90 ranges are apart; else "within noise"."""
+    from analysis.evaluate import overlapping
+
+    if name == "original" or not mine or not base or "p10" not in mine:
+        return "—"
+    if overlapping(mine, base):
+        return "within noise (ranges overlap)"
+    return "faster" if mine["median"] > base["median"] else "slower"
 
 
 def comparison_row(name: str, drops: str, res: dict, base: dict | None) -> dict:
@@ -82,9 +111,10 @@ def comparison_row(name: str, drops: str, res: dict, base: dict | None) -> dict:
         "Δ perplexity %": round(100 * (ppl / base_ppl - 1), 2) if base_ppl and math.isfinite(ppl) else None,
         "KL (nats/token)": round(res["kl"], 5), "top-1 agreement": round(res["top1"], 4),
         "prefill tok/s (median)": round(pre.get("median", float("nan")), 1),
-        "prefill tok/s (p95)": round(pre.get("p95", float("nan")), 1),
+        "prefill tok/s (p10–p90)": _range(pre),
         "decode tok/s (median)": round(dec.get("median", float("nan")), 1),
-        "decode tok/s (p95)": round(dec.get("p95", float("nan")), 1),
+        "decode tok/s (p10–p90)": _range(dec),
+        "speed vs original": _speed_flag(dec or pre, _dec_or_pre(base), name),
         "parameters": res["params"]["total"],
         "params removed %": round(100 * res["params"]["removed_fraction"], 2),
         "layers": res["params"]["layers"], "attention layers": res["params"]["attention_layers"],
@@ -104,7 +134,22 @@ def protocol_text(p: dict) -> str:
 def latency_text(lat: dict) -> str:
     if not lat:
         return ""
+    rows = lat.get("rows") or [{}]
+    done = rows[0].get("repeats_done", lat.get("repeats"))
+    tight = all(r.get("converged", True) for r in rows)
     return (f"Latency on {lat.get('device')} ({lat.get('dtype')}): batch 1, prompt {lat.get('prompt_len')} random "
-            f"tokens, {lat.get('new_tokens')} greedy decode steps with KV cache, median and p95 of "
-            f"{lat.get('repeats')} repeats after {lat.get('warmup')} warm-up; pruned models are physically "
-            "pruned copies, so dropped blocks cost nothing. Other work on the machine adds noise.")
+            f"tokens, {lat.get('new_tokens')} greedy decode steps with KV cache; median and p10–p90 of {done} "
+            f"repeats after {lat.get('warmup')} warm-up (repeats are added until the p10–p90 spread is within "
+            f"{100 * lat.get('target_spread', 0.1):.0f} % of the median{'' if tight else ' — not reached in time'}). "
+            "Pruned models are physically pruned copies, so dropped blocks cost nothing; a plan is called faster or "
+            "slower only when its p10–p90 range does not overlap the original's.")
+
+
+def busy_warning(results: dict) -> str | None:
+    """A warning when any latency was measured on a busy machine (load average above 0.8 per core)."""
+    loads = [((r or {}).get("latency") or {}).get("machine") or {} for r in results.values()]
+    busy = [m.get("load_per_core") for m in loads if m.get("busy")]
+    if not busy:
+        return None
+    return (f"The machine was busy while latency was measured (load {max(x or 0 for x in busy):.1f} per core): "
+            "other work slows some repeats, so only differences whose p10–p90 ranges do not overlap mean anything.")

@@ -20,6 +20,12 @@ import streamlit as st
 from analysis.errors import EntroscopeError, is_oom, oom_error
 
 
+def fmt_seconds(sec: float) -> str:
+    """``42 s`` / ``3 min 05 s``."""
+    sec = int(round(sec))
+    return f"{sec} s" if sec < 90 else f"{sec // 60} min {sec % 60:02d} s"
+
+
 @st.cache_resource(show_spinner=False)
 def result_cache() -> dict:
     """Process-wide ``{run_id: AnalysisResult}`` of completed (not stopped) runs."""
@@ -40,6 +46,8 @@ class AnalysisJob:
     error_detail: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    preview: dict | None = None                # {"n_done", "estimator", "boundary": [L+1] mean H} as it fills
+    first_progress: tuple[float, float] | None = None   # (time, fraction) of the first report: ETA base
     stop_event: threading.Event = field(default_factory=threading.Event)
     done_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -50,7 +58,33 @@ class AnalysisJob:
         return self
 
     def _progress(self, frac: float, msg: str) -> None:
+        if self.first_progress is None:
+            self.first_progress = (time.time(), float(frac))
         self.frac, self.message = float(frac), msg
+
+    def _preview(self, stats) -> None:
+        est = self.cfg.estimator
+        h = stats.entropy[est]["boundary"][: stats.n_done]                  # [n_done, L+1]
+        self.preview = {"n_done": int(stats.n_done), "estimator": est,
+                        "boundary": h.double().mean(0).numpy(), "mid": stats.entropy[est]["mid"][
+                            : stats.n_done].double().mean(0).numpy()}
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, from the rate measured since the first progress report (None until measurable)."""
+        if self.first_progress is None or self.finished is not None:
+            return None
+        t0, f0 = self.first_progress
+        dt, df = time.time() - t0, self.frac - f0
+        if df <= 0 or dt < 1.0:
+            return None
+        return max(0.0, dt * (1.0 - self.frac) / df)
+
+    def status_text(self) -> str:
+        """``"analysed 8/32 sequences · 12 s · about 30 s left"`` for the progress bar."""
+        eta = self.eta
+        left = "" if eta is None else f" · about {fmt_seconds(eta)} left"
+        return f"{self.message} · {self.elapsed:.0f} s{left}" + (" · stopping" if self.stop_event.is_set() else "")
 
     def _run(self) -> None:
         from analysis.run import analyze
@@ -58,7 +92,7 @@ class AnalysisJob:
         try:
             # cache=True: accumulators are saved as the pass goes, so a stopped or killed run resumes
             self.result = analyze(self.lm, self.tokens, self.cfg, progress=self._progress,
-                                  should_stop=self.stop_event.is_set, cache=True)
+                                  should_stop=self.stop_event.is_set, cache=True, preview=self._preview)
             if not self.stop_event.is_set() and self.result.manifest.get("completed", True):
                 result_cache()[self.run_id] = self.result
         except EntroscopeError as exc:

@@ -116,6 +116,30 @@ def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> No
           name="ground_truth", key="gt_chart")
 
 
+def _blocks(xs) -> str:
+    return ", ".join(map(str, xs)) if xs else "—"
+
+
+def _runs(runs) -> str:
+    return ", ".join(f"{a}–{b}" if a != b else f"{a}" for a, b in runs) if runs else "—"
+
+
+def fbs_log_table(log: list[dict]) -> pd.DataFrame:
+    """Fast-Block-Select's log as a readable table (no raw dicts): one row per iteration."""
+    rows = []
+    for e in log:
+        before = e.get("objective_before", e.get("objective"))
+        after = e.get("objective_after", before)
+        sw = e.get("swaps") or {}
+        rows.append({"iteration": e.get("iteration"), "layers in the pool": _blocks(e.get("pool")),
+                     "runs": _runs(e.get("runs")), "J before": None if before is None else round(float(before), 6),
+                     "J after": None if after is None else round(float(after), 6),
+                     "candidate windows": sum(len(v) for v in (e.get("candidates") or {}).values()) or None,
+                     "swapped out": _blocks(sw.get("out")), "swapped in": _blocks(sw.get("in")),
+                     "accepted": {True: "yes", False: "no"}.get(e.get("accepted"), "start")})
+    return pd.DataFrame(rows)
+
+
 def render_fbs(rec, adj, protected, k: int) -> dict | None:
     """Select page: MI-PRUN's Fast-Block-Select for k layers, with its log; returns the plan dict."""
     from analysis import blockselect as bs
@@ -137,7 +161,9 @@ def render_fbs(rec, adj, protected, k: int) -> dict | None:
     src = plan["source"]
     fbs = src.get("fast_block_select") or {}
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Layers chosen (0-based)", ", ".join(map(str, plan["drop_layers"])))
+    m1.metric("Whole layers chosen (0-based)", ", ".join(map(str, plan["drop_layers"])),
+              help="MI-PRUN scores the boundaries between decoder layers, so Fast-Block-Select always drops whole "
+                   f"layers, whatever the run's granularity ({adj.granularity}).")
     m2.metric("Objective J = Σ run scores", f"{src.get('objective', float('nan')):.4g}")
     gap = (src.get("gap") or {})
     m3.metric("Gap to exhaustive optimum", (f"{gap['relative']:.1%}" + (" (optimal)" if gap.get("optimal") else ""))
@@ -148,7 +174,6 @@ def render_fbs(rec, adj, protected, k: int) -> dict | None:
                + ("The exhaustive optimum over all k-subsets is shown for comparison." if "exhaustive" in src else ""))
     log = fbs.get("log") or []
     if log:
-        table(pd.DataFrame([{k_: (str(v) if isinstance(v, (list, dict)) else v) for k_, v in row.items()}
-                            for row in log]),
-              "Fast-Block-Select log: one row per iteration (blocks 0-based).", name="fbs_log")
+        table(fbs_log_table(log), "Fast-Block-Select log: one row per iteration; J = the run objective "
+                                  "(lower is better); layers 0-based, runs written first–last.", name="fbs_log")
     return plan

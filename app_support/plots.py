@@ -64,6 +64,23 @@ def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], ro
     return _layout(fig)
 
 
+def partial_curves(boundary: np.ndarray, mid: np.ndarray, n_done: int, total: int, est: str) -> go.Figure:
+    """The entropy curves while the pass runs: means over the ``n_done`` sequences finished so far.
+
+    ``boundary`` is ``[L+1]`` (``resid_pre[0]``, then every ``resid_post``), ``mid`` is ``[L]``."""
+    b, m = _finite(boundary), _finite(mid)
+    L = len(m)
+    x = np.arange(L)
+    fig = go.Figure()
+    for p, y in (("resid_pre", b[:-1]), ("resid_mid", m), ("resid_post", b[1:])):
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=POINT_LABELS[p],
+                                 line=dict(color=POINT_COLORS[p], width=2), marker=dict(size=5),
+                                 hovertemplate=f"block %{{x}}<br>{p}: %{{y:.4g}} nats<extra></extra>"))
+    fig.update_xaxes(title=BLOCK_AXIS, dtick=1 if L <= 32 else 2, range=[-0.6, L - 0.4])
+    fig.update_yaxes(title=f"entropy H (nats, {est})")
+    return _layout(fig, f"Live: mean over the first {n_done} of {total} sequences (still running)")
+
+
 def delta_h_bars(result, est: str, granularity: str, protected: Sequence[int], cosine: np.ndarray | None = None,
                  cos_label: str = "cos(X, Y)") -> go.Figure:
     """ΔH per block (bars; protected blocks grey) with the cosine baseline on a secondary axis."""
@@ -247,6 +264,7 @@ def sweep_chart(df, metric: str = "perplexity", metric_label: str = "perplexity"
                                  line=dict(color=palette[i % len(palette)])))
     fig.update_xaxes(title="k = blocks dropped", dtick=1)
     fig.update_yaxes(title=metric_label, type="log" if metric == "perplexity" else "linear")
+    fig.update_layout(showlegend=True)                   # also for a single criterion: say which it is
     return _layout(fig, hovermode="closest")
 
 
@@ -268,10 +286,21 @@ def pareto_chart(df, x: str, y: str, size: str | None, x_label: str, y_label: st
         customdata=df[size] if size and size in df else None,
         hovertemplate="%{text}<br>" + x_label + " %{x:.4g}<br>" + y_label + " %{y:.4g}"
                       + ("<br>params %{customdata:,}" if size and size in df else "") + "<extra></extra>"))
-    fig.update_xaxes(title=x_label)
-    fig.update_yaxes(title=y_label)
-    fig.update_layout(showlegend=False)
+    fig.update_traces(cliponaxis=False)
+    fig.update_xaxes(title=x_label, range=_padded(xs, 0.12))
+    fig.update_yaxes(title=y_label, range=_padded(ys, 0.15))
+    fig.update_layout(showlegend=False, margin=dict(l=40, r=40, t=40, b=10))
     return _layout(fig, hovermode="closest")
+
+
+def _padded(v: np.ndarray, frac: float) -> list[float] | None:
+    """An axis range with room on both sides, so labels at the extremes are not clipped."""
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    pad = (hi - lo) * frac if hi > lo else max(abs(hi) * frac, 1.0)
+    return [lo - pad, hi + pad]
 
 
 def toy_cloud(x: np.ndarray, lim: float) -> go.Figure:

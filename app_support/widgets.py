@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.errors import EntroscopeError, is_oom, oom_error
 
-from . import state
+from . import session_store, state
 
 PAGES = {
     "home": ("app.py", "Home", ":material/home:"),
@@ -17,18 +17,33 @@ PAGES = {
     "select": ("pages/4_Select_blocks.py", "Select blocks", ":material/checklist:"),
     "compare": ("pages/5_Prune_and_compare.py", "Prune & compare", ":material/compare_arrows:"),
     "export": ("pages/6_Export.py", "Export", ":material/download:"),
+    "channels": ("pages/7_Channels.py", "Channel pruning", ":material/content_cut:"),
 }
+
+#: Browser-tab icons as emoji: Streamlit turns a ``:material/…:`` page icon into a URL on a font CDN,
+#: which an offline machine cannot reach (icons inside the page use the bundled font and are fine).
+FAVICONS = {":material/biotech:": "🔬", ":material/home:": "🔬", ":material/database:": "🗂️",
+            ":material/monitoring:": "📈", ":material/checklist:": "✅", ":material/compare_arrows:": "⚖️",
+            ":material/download:": "📦", ":material/extension:": "🧩", ":material/content_cut:": "✂️"}
+
+
+def favicon(icon: str) -> str:
+    """An emoji for the browser tab (never a ``:material/…:`` name, which would be fetched from a CDN)."""
+    return FAVICONS.get(icon, "🔬") if icon.startswith(":material/") else icon
+
 
 INDEX_NOTE = "Block indices are 0-based (block 0 is the first decoder layer)."
 
 
 def page_setup(title: str, icon: str = ":material/biotech:", intro: str | None = None) -> None:
     """``set_page_config`` (wide), session-state init, the sidebar status and queued messages."""
-    st.set_page_config(page_title=f"{title} · Entroscope", page_icon=icon, layout="wide")
+    st.set_page_config(page_title=f"{title} · Entroscope", page_icon=favicon(icon), layout="wide")
+    session_store.restore()
     state.init()
     from .runs import finish_job
 
     finish_job()
+    session_store.save()       # also at the end of every run (app.py); here for pages run on their own
     st.title(f"{icon} {title}")
     if intro:
         st.caption(intro)
@@ -62,10 +77,10 @@ def navigation(home_fn) -> list:
     _PAGE_OBJECTS.clear()
     for key, (path, title, icon) in PAGES.items():
         if key == "home":
-            _PAGE_OBJECTS[key] = st.Page(home_fn, title=title, icon=icon, default=True)
+            _PAGE_OBJECTS[key] = st.Page(home_fn, title=title, icon=favicon(icon), default=True)
         else:
-            _PAGE_OBJECTS[key] = st.Page(path, title=title, icon=icon)
-    extra = [st.Page(path, title=title, icon=":material/extension:") for path, title in _extra_pages()]
+            _PAGE_OBJECTS[key] = st.Page(path, title=title, icon=favicon(icon))
+    extra = [st.Page(path, title=title, icon=favicon(":material/extension:")) for path, title in _extra_pages()]
     return list(_PAGE_OBJECTS.values()) + extra
 
 
@@ -105,6 +120,10 @@ def sidebar_status() -> None:
         job = s.get("es.job")
         if job is not None and job.running:
             st.info(f"Analysis running: {job.frac:.0%} ({job.message})")
+        st.caption("Your plans, evaluations and selections survive a browser reload (the `sid` in the address "
+                   "is this session's key).")
+        st.button("Start over", key="start_over", icon=":material/restart_alt:", on_click=session_store.start_over,
+                  help="Forget this session's model choice, data, runs, plans and evaluations")
 
 
 def show_error(exc: BaseException, what: str = "") -> None:

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_support import state
 from app_support.data import build_tokens, data_label, data_spec, store_upload
-from app_support.models import describe_model, embedded_choices, load_into_session, model_label, model_settings
+from app_support.models import load_note, describe_model, embedded_choices, load_into_session, model_label, model_settings
 from app_support.widgets import guarded, link, page_setup, show_error, table
 
 page_setup("Model & data", ":material/database:", "Choose the model and the calibration text that is streamed through it. "
@@ -79,7 +79,7 @@ with left:
                     st.session_state["es.tokens"] = None      # tokens belong to another tokenizer
                 state.flash("success", f"Loaded {settings['spec']}: {lm.num_layers} blocks, "
                                        f"{lm.manifest()['params'] / 1e6:,.1f} M parameters on {lm.device} "
-                                       f"({lm.load_seconds:.1f} s{', from cache' if lm.from_cache else ''}).")
+                                       f"({load_note(lm)}).")
                 st.rerun()
             except Exception as exc:  # noqa: BLE001 - shown, previous model kept
                 show_error(exc, "Could not load the model")
@@ -143,7 +143,7 @@ with right:
         if dsrc != "tokens":
             s1, s2, s3, s4 = st.columns(4)
             s1.number_input("Samples N", min_value=1, max_value=4096, step=8, key=state.wkey("data.n", 32),
-                            help="EntroDrop uses 128; 32 keeps a CPU run to ~20 s on SmolLM2")
+                            help="EntroDrop uses 128; 32 keeps a CPU run short (the Entropy page shows the measured time left)")
             s2.number_input("Tokens per sample T", min_value=8, max_value=8192, step=64,
                             key=state.wkey("data.T", 256))
             s3.number_input("Seed", min_value=0, max_value=2**31 - 1, key=state.wkey("data.seed", 2024))

@@ -81,7 +81,7 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                          help="MI cost grows with the cube of this for the Rényi estimator")
         st.caption("MI-PRUN keeps 2,048 sampled token states per residual point (seeded) and estimates the MI "
                    "between every block's input and output, plus the boundary-to-boundary matrix for "
-                   "Fast-Block-Select. Adds roughly 10–60 s on a CPU.")
+                   "Fast-Block-Select; the progress bar shows its own stage and time left.")
     state.sync("an.estimator", "an.extra", "an.granularity", "an.protect", "an.k", "an.bins", "an.alpha", "an.batch",
                "an.skip", "an.mi", "an.mi_est", "an.mi_tokens")
 
@@ -134,9 +134,16 @@ if job is not None and job.running:
                  help="Stops after the current batch; keeps what was analysed"):
         job.stop()
         st.toast("Stopping after the current batch …")
+    live = st.empty()
+    shown = None
     while job.running:
-        bar.progress(min(job.frac, 1.0), text=f"Analysing … {job.message} · {job.elapsed:.0f} s"
-                     + (" · stopping" if job.stop_event.is_set() else ""))
+        bar.progress(min(job.frac, 1.0), text=f"Analysing … {job.status_text()}")
+        pv = job.preview
+        if pv is not None and pv["n_done"] != shown:          # the curve as it fills, batch by batch
+            shown = pv["n_done"]
+            live.plotly_chart(plots.partial_curves(pv["boundary"], pv["mid"], shown, len(job.tokens.input_ids)
+                                                   if hasattr(job.tokens, "input_ids") else len(job.tokens),
+                                                   pv["estimator"]), width="stretch", key=f"live_{shown}")
         time.sleep(0.25)
     finish_job()
     st.rerun()
@@ -150,7 +157,8 @@ if err:
 
 # ---- results -----------------------------------------------------------------------------------------
 need(state.current_run() is not None, "No analysis yet. Press **Load model & run analysis**: with the defaults "
-     "it loads SmolLM2-135M and analyses 32 Wikipedia windows of 256 tokens (about half a minute on a CPU).")
+     "it loads SmolLM2-135M and analyses 32 Wikipedia windows of 256 tokens; the curve is drawn as it fills and "
+     "the progress bar shows the time left.")
 
 runs_ = state.runs()
 if len(runs_) > 1:

@@ -52,8 +52,13 @@ if prunable == 0:  # nothing to choose from: say so instead of silently selectin
         check_k(1, [], L, protected)
     except SelectionError as exc:
         show_error(exc, "Cannot select")
-k = c3.number_input("k", min_value=0, max_value=L, step=1, key=state.wkey("sel.k", min(4, max(prunable, 0))),
-                    help=f"Blocks to drop; {prunable} of {L} are unprotected")
+k_max = max(prunable, 0)
+if int(state.get("sel.k", min(4, k_max)) or 0) > k_max:      # e.g. the protection grew since k was set
+    was = int(state.get("sel.k"))
+    state.set_value("sel.k", k_max)
+    c3.warning(f"k = {was} is more than the {k_max} unprotected blocks; set to {k_max}.")
+k = c3.number_input("k", min_value=0, max_value=k_max, step=1, key=state.wkey("sel.k", min(4, k_max)),
+                    help=f"Blocks to drop: at most the {prunable} unprotected blocks of {L}")
 with c4:
     explainer_popover(criteria=[crit])
 params = {}
@@ -85,7 +90,23 @@ sel = None
 try:
     sel = select(adj, crit, int(k), gran, protected=protected, **params)
 except Exception as exc:  # noqa: BLE001 - e.g. k larger than the unprotected blocks; shown, page continues
-    show_error(exc, "Cannot select")
+    if crit == "delta-ppl" and not (r.extras.get("criteria_scores") or {}).get("delta-ppl", {}).get(gran):
+        st.info(f"Drop-one ΔPPL is measured, not estimated: press **Compute drop-one ΔPPL for {gran} blocks** "
+                "under *Compare with ground truth* below; the ranking appears here when it is done.")
+    elif crit == "mi-prun" and "mi" not in (r.extras or {}):
+        st.info("This run has no mutual-information data. MI-PRUN needs the analysis re-run with MI.")
+
+        def _rerun_with_mi() -> None:
+            state.set_value("an.mi", True)
+            s["es.autorun"] = True
+
+        if st.button("Re-run the analysis with MI-PRUN", key="sel_rerun_mi", on_click=_rerun_with_mi,
+                     icon=":material/play_arrow:"):
+            from app_support.widgets import switch_to
+
+            switch_to("entropy")
+    else:
+        show_error(exc, "Cannot select")
 
 # ---- the working selection: criterion's top-k, then edited by clicking --------------------------------
 if sel is not None:
@@ -120,7 +141,7 @@ if sel is not None:
         if clicked:
             new, refused = toggle(ws["blocks"], clicked, protected)
             if refused:
-                state.flash("warning", f"Block{'s' if len(refused) > 1 else ''} {', '.join(map(str, refused))} "
+                s["es.sel_refused"] = (f"Block{'s' if len(refused) > 1 else ''} {', '.join(map(str, refused))} "
                                        f"{'are' if len(refused) > 1 else 'is'} protected and cannot be dropped "
                                        "(change the protection on the Entropy page).")
             if new != ws["blocks"]:
@@ -129,6 +150,10 @@ if sel is not None:
             s.pop(mkey, None)
             st.rerun()
 
+        refused_msg = s.pop("es.sel_refused", None)
+        if refused_msg:                               # next to the chart that was clicked, not at the top
+            st.toast(refused_msg, icon="🔒")
+            st.caption(f"🔒 {refused_msg}")
         s[mkey] = list(ws["blocks"])
         e1, e2, e3 = st.columns([5, 1, 1])
         e1.multiselect(f"Blocks to drop ({gran}, 0-based) — edit here or on the chart",

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app_support import plots, state
-from app_support.evaluation import (comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text, plan_key,
+from app_support.evaluation import (busy_warning, comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text, plan_key,
                                     protocol_text)
 from app_support.optional import module, why
 from app_support.runs import adjusted_result
@@ -61,21 +61,34 @@ else:
     if go_cmp:
         try:
             data = eval_data(state.get("cmp.data"), rec.data)
+            todo = ["original", *chosen]
             bar = st.progress(0.0, text="Evaluating the original model …")
-            results = {"original": evaluate_plan(lm, None, settings, data)}
-            for i, name in enumerate(chosen):
-                bar.progress((i + 1) / (len(chosen) + 1), text=f"Evaluating {name} …")
-                results[name] = evaluate_plan(get_model(state.runs()[plans[name].run_id].model)
-                                              if plans[name].run_id in state.runs() else lm,
-                                              plans[name].plan, settings, data)
+            st.button("Stop", key="cmp_stop", icon=":material/stop:",
+                      help="Stops after the current step; the models already evaluated stay in the table")
+            # kept as each model finishes, so Stop (which reruns the page) keeps what is done
+            s[ckey] = {"names": todo, "results": {}, "settings": dict(settings)}
+            for i, name in enumerate(todo):
+                def _tick(f: float, msg: str, i: int = i, name: str = name) -> None:
+                    bar.progress(min((i + min(f, 1.0)) / len(todo), 1.0),
+                                 text=f"Model {i + 1}/{len(todo)} · {name}: {msg}")
+                _tick(0.0, "starting")
+                plan_lm = (get_model(state.runs()[plans[name].run_id].model)
+                           if name != "original" and plans[name].run_id in state.runs() else lm)
+                s[ckey]["results"][name] = evaluate_plan(plan_lm, None if name == "original" else plans[name].plan,
+                                                         settings, data, progress=_tick)
             bar.empty()
-            s[ckey] = {"names": ["original", *chosen], "results": results, "settings": dict(settings)}
         except Exception as exc:  # noqa: BLE001 - shown; earlier results kept
             show_error(exc, "Comparison failed")
     last = s.get(ckey)
-    if last:
+    if last and "original" in last["results"]:
         with guarded("Comparison table"):
+            missing = [n for n in last["names"] if n not in last["results"]]
+            if missing:
+                st.warning(f"Stopped: {', '.join(missing)} not evaluated; the table shows what finished.")
             base = last["results"]["original"]
+            busy = busy_warning(last["results"])
+            if busy:
+                st.warning(busy, icon=":material/speed:")
             rows = [comparison_row(n, "nothing" if n == "original" else plans[n].plan.describe()
                                    if n in plans else "?", last["results"][n], base) for n in last["names"]
                     if n in last["results"]]
@@ -85,10 +98,16 @@ else:
                 col.metric(f"Perplexity · {row['plan']}", f"{row['perplexity']:.2f}",
                            None if row["plan"] == "original" else f"{row['Δ perplexity %']:+.1f} %",
                            delta_color="inverse")
-            table(df, "Perplexity: " + protocol_text(base["protocol"]) + ". KL(original ‖ pruned) and top-1 "
-                  "agreement of next-token predictions on the same tokens. " + latency_text(base.get("latency"))
+            quality = ["plan", "drops (0-based)", "perplexity", "Δ perplexity %", "KL (nats/token)",
+                       "top-1 agreement"]
+            cost = ["plan"] + [c for c in df.columns if c not in quality]
+            table(df[[c for c in quality if c in df]], "Quality. Perplexity: " + protocol_text(base["protocol"])
+                  + ". KL(original ‖ pruned) and top-1 agreement of next-token predictions on the same tokens.")
+            table(df[[c for c in cost if c in df]], "Speed and size. " + latency_text(base.get("latency"))
                   + " Parameters counted with tied weights once; KV bytes per token over the attention layers "
-                  "that still run.", name="comparison")
+                  "that still run.")
+            state.register_table("comparison", df, "Comparison: quality, speed and size of every plan. "
+                                 + protocol_text(base["protocol"]) + ". " + latency_text(base.get("latency")))
             if len(rows) > 1:
                 chart(plots.pareto_chart(df, "decode tok/s (median)", "perplexity", "parameters",
                                          "decode tokens/s (median, higher is better)",

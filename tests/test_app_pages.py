@@ -335,9 +335,17 @@ def test_select_ranking_k_error_manual_edit_and_plans():
     top = ranking.dropna(subset=["rank"]).sort_values("rank")["block (0-based)"].tolist()[:4]
     assert sorted(top) == sorted(at.session_state["es.selection"][rid]["blocks"])
 
-    at.number_input(key="w:sel.k").set_value(6).run()                 # 5 unprotected blocks
-    assert not at.exception
-    assert any("k=6 is larger than the 5 unprotected blocks" in e.value for e in at.error)
+    assert at.number_input(key="w:sel.k").max == 5                    # bounded by the 5 unprotected blocks
+    goto(at, "3_Entropy")                     # k = 6 remembered from before the protection grew
+    persist = dict(at.session_state["es.persist"])
+    persist["sel.k"] = 6
+    at.session_state["es.persist"] = persist
+    goto(at, "4_Select_blocks")
+    ok(at)
+    assert at.session_state["w:sel.k"] == 5
+    assert any("k = 6 is more than the 5 unprotected blocks" in w.value for w in at.warning)
+    assert metrics(at)["Selected blocks"] == "5"                        # chart and editor stay on screen
+    assert at.multiselect(key=f"w:sel.blocks.{rid}") is not None
     at.number_input(key="w:sel.k").set_value(2).run()
     ok(at)
 
@@ -357,8 +365,11 @@ def test_select_ranking_k_error_manual_edit_and_plans():
         at.selectbox(key="w:sel.crit").set_value(name).run()
         assert not at.exception, name
         assert all("Traceback" not in e.value for e in at.error)
-        if name == "mi-prun":                                          # this run has no MI data
-            assert any("This run has no MI data" in e.value for e in at.error)
+        if name == "mi-prun":                      # no MI data: an on-page button, not a CLI hint
+            assert any("no mutual-information data" in i.value for i in at.info)
+            assert at.button(key="sel_rerun_mi").label == "Re-run the analysis with MI-PRUN"
+        if name == "delta-ppl":
+            assert any("Compute drop-one ΔPPL" in i.value for i in at.info)
     at.selectbox(key="w:sel.crit").set_value("cosine").run()
     ok(at)
     assert "cos(X, Y)" in frame_with(at, "rank").columns
@@ -384,8 +395,10 @@ def test_mi_prun_tab_fast_block_select_and_plan():
     at.selectbox(key="w:sel.crit").set_value("mi-prun").run()
     ok(at)
     assert metrics(at)["Source"] == "mi-prun"
-    assert "Layers chosen (0-based)" in metrics(at)
-    assert "iteration" in frame_with(at, "pool").columns             # the Fast-Block-Select log
+    assert "Whole layers chosen (0-based)" in metrics(at)
+    log = frame_with(at, "layers in the pool")                       # the Fast-Block-Select log, readable
+    assert "iteration" in log.columns and log["accepted"].iloc[0] == "start"
+    assert not any(str(v).startswith(("{", "[")) for v in log.to_numpy().ravel())   # no raw dicts or lists
     at.button(key="keep_fbs").click().run()
     ok(at)
     assert any(p.startswith("mi-prun-fbs-k") for p in at.session_state["es.plans"])
@@ -426,7 +439,11 @@ def test_compare_perplexity_latency_generation_sweep_and_model_untouched():
     assert float(m["Perplexity · original"]) > 1
     df = frame_with(at, "perplexity")
     assert df["plan"].tolist()[0] == "original" and len(df) == 2
-    assert df["params removed %"].iloc[1] > 0 and df["KV bytes/token"].iloc[1] < df["KV bytes/token"].iloc[0]
+    cost = frame_with(at, "params removed %")                        # speed and size: a table of its own
+    assert cost["params removed %"].iloc[1] > 0 and cost["KV bytes/token"].iloc[1] < cost["KV bytes/token"].iloc[0]
+    assert cost["speed vs original"].iloc[0] == "—"
+    assert cost["speed vs original"].iloc[1] in ("faster", "slower", "within noise (ranges overlap)")
+    assert "p10–p90" in texts(at)                                       # the spread is stated
     assert "disjoint windows of 32 tokens" in texts(at)               # the protocol is stated
     at.button(key="gen_go").click().run()
     ok(at)

@@ -158,3 +158,24 @@ def test_last_token_pairwise_cosines_for_angular_distance():
     last = st.states["boundary"].view(5, 12, 4, -1)[:, -1]                          # [N, L+1, d]
     u = last / last.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(st.last_cos, (u @ u.transpose(1, 2)).clamp(-1, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_preview_shows_the_finished_sequences_and_progress_moves_within_a_batch(monkeypatch):
+    import analysis.capture as cap
+
+    monkeypatch.setattr(cap, "PROGRESS_EVERY_S", 0.0)
+    lm = tiny_loaded("llama", layers=4)
+    ids = random_tokens(6, 16)
+    previews, reports = [], []
+    full = capture(lm, ids, CaptureConfig(batch_size=2), progress=lambda f, m: reports.append((f, m)),
+                   preview=previews.append, preview_every_s=0.0)
+    # one preview after every batch but the last, each the exact prefix of the final statistics
+    assert [p.n_done for p in previews] == [2, 4]
+    for p in previews:
+        torch.testing.assert_close(p.entropy["bucket"]["boundary"], full.entropy["bucket"]["boundary"][: p.n_done])
+        assert p.states is None
+    fracs = [f for f, _ in reports]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0
+    within = [m for f, m in reports if "block" in m]
+    assert within and len(fracs) > 3                              # more often than once per batch
+    assert any(0 < f < 2 / 6 for f in fracs)                      # inside the first batch

@@ -178,6 +178,39 @@ def test_latency_and_generation_smoke(lm):
     assert len(diff["pruned_ids"]) == 5
 
 
+def test_latency_reports_its_spread_and_adds_repeats_until_tight_or_capped(lm, monkeypatch):
+    import analysis.evaluate as ev
+
+    res = latency(lm, None, prompt_len=8, new_tokens=2, repeats=3, warmup=0)     # fixed repeats
+    row = res["rows"][0]
+    for q in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+        s_ = row[q]
+        assert s_["min"] <= s_["p10"] <= s_["median"] <= s_["p90"] <= s_["max"] and s_["n"] == 3
+        assert s_["spread"] == pytest.approx((s_["p90"] - s_["p10"]) / s_["median"])
+    assert row["repeats_done"] == 3 and "busy" in res["machine"]
+    # a machine whose timings never settle: repeats grow to max_repeats, and the row says it is not tight
+    times = iter([(0.01, 0.01), (0.02, 0.02)] * 100)                 # every other repeat twice as slow
+    monkeypatch.setattr(ev, "_one_run", lambda model, ids, n: next(times))
+    noisy = latency(lm, None, prompt_len=8, new_tokens=2, repeats=3, warmup=0, max_repeats=7, time_cap_s=1e9)
+    assert noisy["rows"][0]["repeats_done"] == 7 and noisy["rows"][0]["converged"] is False
+    # steady timings: stops at the minimum number of repeats, converged
+    monkeypatch.setattr(ev, "_one_run", lambda model, ids, n: (0.01, 0.02))
+    steady = latency(lm, None, prompt_len=8, new_tokens=2, repeats=3, warmup=0, max_repeats=50)
+    assert steady["rows"][0]["repeats_done"] == 3 and steady["rows"][0]["converged"] is True
+    with pytest.raises(DataError):
+        latency(lm, None, repeats=3, max_repeats=2)
+    with pytest.raises(DataError):
+        latency(lm, None, target_spread=float("nan"))
+
+
+def test_overlapping_spreads_are_within_noise():
+    from analysis.evaluate import overlapping
+
+    a = {"p10": 90.0, "p90": 110.0}
+    assert overlapping(a, {"p10": 105.0, "p90": 130.0}) and not overlapping(a, {"p10": 111.0, "p90": 120.0})
+    assert not overlapping(a, None) and not overlapping({"median": 1.0}, a)
+
+
 def test_exports(tmp_path, lm):
     plan = Plan(drop_layers=[20, 21, 25])
     y = mergekit_yaml(plan, "HuggingFaceTB/SmolLM2-135M-Instruct", 30)
