@@ -174,8 +174,13 @@ with right:
 tokens = st.session_state.get("es.tokens")
 st.divider()
 if tokens is None:
-    st.info("No calibration windows yet. Press **Load model & sample** above — or go straight to the Entropy "
-            "page, which loads the defaults (SmolLM2, wiki, 32 × 256) with one click.")
+    try:
+        _now = data_label(data_spec())
+    except Exception as exc:  # noqa: BLE001 - e.g. no file uploaded yet: say what is missing
+        _now = str(exc)
+    _btn = "Load model & sample" if not st.session_state.get("es.model") else "Sample calibration windows"
+    st.info(f"No calibration windows yet. Press **{_btn}** above — or go straight to the Entropy page, which "
+            f"loads **{model_label(model_settings())}** and samples **{_now}** with one click.")
     link("entropy", "Go to Entropy dynamics")
 else:
     with guarded("Preview"):

@@ -156,9 +156,9 @@ if err:
             st.code(err[1][-6000:], language="text")
 
 # ---- results -----------------------------------------------------------------------------------------
-need(state.current_run() is not None, "No analysis yet. Press **Load model & run analysis**: with the defaults "
-     "it loads SmolLM2-135M and analyses 32 Wikipedia windows of 256 tokens; the curve is drawn as it fills and "
-     "the progress bar shows the time left.")
+need(state.current_run() is not None, f"No analysis yet. Press **{label}**: it analyses "
+     f"**{model_label(s.get('es.model') or model_settings())}** on **{what_data}** (the current settings); the "
+     "curve is drawn as it fills and the progress bar shows the time left.")
 
 runs_ = state.runs()
 if len(runs_) > 1:
