@@ -161,29 +161,34 @@ def resolve_dtype(dtype: str | torch.dtype = "fp32", device: torch.device | None
 
 @functools.lru_cache(maxsize=8)
 def auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it; on a CPU only when its bf16 matmuls are measurably faster.
+    """bf16 on GPUs that support it; on a CPU only when it has native bf16 matmul instructions.
 
     Chosen from measurements (docs/benchmarks.md): bf16 keeps the EntroDrop drop order (Spearman 0.9996
     with fp32 on SmolLM2) and pays off where the hardware has native bf16 (GPUs; CPUs with AVX512-BF16
-    or AMX). CPUs without it emulate bf16 ~100× slower than fp32 matmuls, so they get fp32. The CPU
-    check times one model-shaped matmul per process (~0.1 s).
+    or AMX). CPUs without it emulate bf16 ~100× slower than fp32 matmuls, so they get fp32. The CPU check
+    reads the instruction-set flags (:func:`cpu_has_native_bf16`), not a timing: a timing taken while
+    other jobs load the machine could pick the slow dtype at random.
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type != "cpu":
         return torch.float32
-    import time
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
-    def rate(dt: torch.dtype) -> float:
-        a, b = torch.randn(256, 576, dtype=dt), torch.randn(576, 1536, dtype=dt)
-        a @ b
-        t, n = time.perf_counter(), 0
-        while time.perf_counter() - t < 0.03 or n < 2:
-            a @ b
-            n += 1
-        return n / (time.perf_counter() - t)
 
-    return torch.bfloat16 if rate(torch.bfloat16) > 1.5 * rate(torch.float32) else torch.float32
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU flags include AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``; False elsewhere)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -104,3 +104,12 @@ def test_real_smollm2_loads_from_cache_fast(smollm2):
     ids = again.tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = again.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in again.tokenizer.decode(out[0])
+
+
+def test_auto_dtype_on_cpu_follows_the_instruction_set_not_a_timing():
+    from analysis.models import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("flags : fpu sse2 avx2 fma\n")
+    assert not cpu_has_native_bf16("")
