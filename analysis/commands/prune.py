@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..cli import int_list
+from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
 
 
@@ -53,12 +54,16 @@ def register(sub) -> None:
     p.add_argument("--mergekit", default=None, metavar="FILE",
                    help="also write a mergekit passthrough YAML (whole-layer plans only)")
     p.add_argument("--quiet", action="store_true")
+    add_heal_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..evaluate import param_report
     from ..export import llama_cpp_prune_layers, mergekit_yaml, reproduction_manifest, write_json
+    from ..errors import SelectionError
+    from ..heal import save_healed
+    from ..heal.cli import heal_from_args
     from ..surgery import check_out_dir, save_pruned
 
     quiet_transformers(args.quiet)
@@ -67,18 +72,28 @@ def run(args) -> int:
     check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
     lm = load_lm(args, stderr_progress(args.quiet))
     plan.validate(lm.num_layers)
+    if args.mergekit and args.heal != "none":
+        raise SelectionError("--mergekit rebuilds the model from the original weights, so it cannot carry "
+                             f"--heal {args.heal}", hint="share the healed checkpoint directory instead")
     if args.mergekit:
         Path(args.mergekit).write_text(mergekit_yaml(plan, lm.name, lm.num_layers))
     params = param_report(lm, plan)
-    save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
-    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results={"params": params}),
+    healed = heal_from_args(args, lm, plan, stderr_progress(args.quiet))
+    if healed is None:
+        save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
+    else:
+        save_healed(lm, healed, out, overwrite=args.overwrite, root=args.root)
+    results = {"params": params, **({"healing": healed.describe()} if healed else {})}
+    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results=results),
                out / "entroscope-manifest.json")
     norm = plan.normalized()
     summary = {"out": str(out), "plan": plan.describe(), "layers": params["layers"],
                "params": params["total"], "params_removed_fraction": round(params["removed_fraction"], 6),
                "format": "standard checkpoint" if not (norm.drop_attn or norm.drop_mlp)
                else "checkpoint + entroscope-plan.json (load with `python -m analysis load`)"}
-    if not (norm.drop_attn or norm.drop_mlp):
+    if healed is not None:
+        summary["healing"] = {"method": healed.method, "seconds": round(healed.report.get("seconds", 0), 2)}
+    if not (norm.drop_attn or norm.drop_mlp) and healed is None:
         summary["llama_cpp_prune_layers"] = llama_cpp_prune_layers(plan)
     print(json.dumps(summary))
     return 0
