@@ -58,8 +58,10 @@ def run(args) -> int:
 
         for row in res["rows"]:
             row["heal"] = "none"
-        res["rows"] += heal_sweep_rows(lm, res["rows"], args, prepare_eval(lm, eval_corpus(args), eval_config(args),
-                                                                           args.split), eval_config(args), progress)
+        healed, skipped = heal_sweep_rows(lm, res["rows"], args, prepare_eval(lm, eval_corpus(args), eval_config(args),
+                                                                              args.split), eval_config(args), progress)
+        res["rows"] += healed
+        res["skipped"] += skipped
     res["manifest"] = reproduction_manifest(lm, None, res["protocol"], getattr(args, "argv", None))
     write_json(res, args.out)
     if args.csv:

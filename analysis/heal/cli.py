@@ -90,8 +90,9 @@ def healed_summary(lm, healed, windows, cfg, nll_original: float, nll_pruned: fl
             "recovered_fraction": recovered(nll_original, nll_pruned, c["nll"])}
 
 
-def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> list[dict]:
-    """One healed row next to every sweep row that drops something (``heal`` column), same protocol."""
+def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> tuple[list[dict], list[dict]]:
+    """One healed row next to every sweep row that drops something (``heal`` column), same protocol; and the
+    rows healing does not apply to, with the reason (as the sweep's ``skipped``)."""
     from ..evaluate import perplexity
     from ..plan import Plan
     from .models import healed_lm
@@ -101,7 +102,7 @@ def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> 
     if nll0 is None:
         nll0 = perplexity(lm, windows, None, cfg)["nll"]
     cache: dict[str, dict] = {}
-    out = []
+    out, skipped = [], []
     todo = [r for r in rows if not Plan.from_dict(r["plan"]).is_empty]
     for i, row in enumerate(todo):
         plan = Plan.from_dict(row["plan"])
@@ -121,8 +122,10 @@ def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> 
         if progress:
             progress((i + 1) / len(todo), f"healing ({args.heal}) {i + 1}/{len(todo)} plans")
         if "error" in cache[key]:
+            skipped.append({"criterion": row["criterion"], "k": row["k"], "heal": args.heal,
+                            "reason": cache[key]["error"]})
             continue
         healed_row = {**row, **cache[key], "heal": args.heal, "latency": None}
         healed_row["recovered_fraction"] = recovered(nll0, row["nll"], healed_row["nll"])
         out.append(healed_row)
-    return out
+    return out, skipped
