@@ -41,3 +41,17 @@ def test_heal_choice_rows_generation_export_and_model_untouched(tmp_path):
     heal = json.loads((saved / "entroscope-heal.json").read_text())
     assert heal["method"] == "linear" and heal["settings"]["calibration_corpus"]
     assert weights_hash(lm.model) == before
+
+
+def test_heal_argv_and_calibration_corpus():
+    from app_support.commands import accepts
+    from app_support.healing import calib_corpus, heal_argv
+
+    assert heal_argv(None) == [] and heal_argv({"method": "none"}) == []
+    argv = heal_argv({"method": "distill", "options": {"steps": 5, "rank": 4, "lr": 1e-3}, "corpus": "wiki:1,code:1"})
+    assert argv[:4] == ["--heal", "distill", "--heal-corpus", "wiki:1,code:1"] and "--heal-rank" in argv
+    assert accepts(["prune", "--model", "smollm2", "--drop-layers", "3", "--out", "o", *argv])
+    assert accepts(["eval", "--model", "smollm2", "--drop-layers", "3", "--out", "e.json", *argv])
+    assert calib_corpus({"source": "builtin", "weights": {"wiki": 1, "code": 0}}) == "wiki"
+    assert calib_corpus({"source": "builtin", "weights": {"wiki": 1, "code": 2}}) == "wiki:1,code:2"
+    assert calib_corpus({"source": "upload"}) == "wiki"
