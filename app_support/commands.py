@@ -139,8 +139,8 @@ def session_script(rec, plan_rec=None, protected: list[int] | None = None, eval_
             lines_note = f"plan {plan_rec.name!r}: {plan_rec.plan.describe()}"
         cmds.append((lines_note, sel))
         settings = eval_settings or {}
-        cmds.append(("perplexity, KL/top-1 and latency of the plan",
-                     eval_argv(rec.model, plan_file, eval_data, settings)[:-2] + list(heal or []) + ["--out", "eval.json"]))
+        ev = eval_argv(rec.model, plan_file, eval_data, settings)
+        cmds.append(("perplexity, KL/top-1 and latency of the plan", ev[:-2] + list(heal or []) + ev[-2:]))
         cmds.append(("pruned checkpoint" + (" (healed)" if heal else ""),
                      prune_argv(rec.model, plan_file, f"out/{plan_rec.name}") + list(heal or [])))
     if sweep:

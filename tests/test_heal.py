@@ -217,7 +217,8 @@ def test_what_if_leaves_base_bit_identical():
     ids = random_tokens(2, 16)
     ref = _logits(lm.model, ids)
     for method in ("linear", "distill"):
-        h = heal(lm, Plan(drop_layers=[2]), method, random_tokens(4, 16), **({"steps": 2} if method == "distill" else {}))
+        opts = {"steps": 2} if method == "distill" else {}
+        h = heal(lm, Plan(drop_layers=[2]), method, random_tokens(4, 16), **opts)
         hl = healed_lm(lm, h)
         assert hl.fingerprint != lm.fingerprint and hl.model is not lm.model
         _logits(hl.model, ids)
