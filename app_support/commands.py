@@ -120,8 +120,9 @@ def sweep_argv(model: dict, criteria: list[str], kmax: int, granularity: str, da
 
 
 def session_script(rec, plan_rec=None, protected: list[int] | None = None, eval_data: str | None = None,
-                   eval_settings: dict | None = None, sweep: dict | None = None) -> str:
-    """A shell script reproducing the session: analyze → select → eval → prune (→ sweep).
+                   eval_settings: dict | None = None, sweep: dict | None = None, heal: list[str] | None = None) -> str:
+    """A shell script reproducing the session: analyze → select → eval → prune (→ sweep). ``heal``: the
+    plan's ``--heal ...`` flags, added to its eval and prune commands.
 
     Each command is checked against the CLI parser; one it does not accept is written commented out.
     """
@@ -138,9 +139,10 @@ def session_script(rec, plan_rec=None, protected: list[int] | None = None, eval_
             lines_note = f"plan {plan_rec.name!r}: {plan_rec.plan.describe()}"
         cmds.append((lines_note, sel))
         settings = eval_settings or {}
-        cmds.append(("perplexity, KL/top-1 and latency of the plan",
-                     eval_argv(rec.model, plan_file, eval_data, settings)))
-        cmds.append(("pruned checkpoint", prune_argv(rec.model, plan_file, f"out/{plan_rec.name}")))
+        ev = eval_argv(rec.model, plan_file, eval_data, settings)
+        cmds.append(("perplexity, KL/top-1 and latency of the plan", ev[:-2] + list(heal or []) + ev[-2:]))
+        cmds.append(("pruned checkpoint" + (" (healed)" if heal else ""),
+                     prune_argv(rec.model, plan_file, f"out/{plan_rec.name}") + list(heal or [])))
     if sweep:
         cmds.append(("sweep: perplexity vs k per criterion",
                      sweep_argv(rec.model, sweep["criteria"], sweep["kmax"], sweep["granularity"], eval_data,

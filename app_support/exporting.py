@@ -82,8 +82,9 @@ def figures_zip(result, sweep: dict | None = None, formats=FIGURE_FORMATS) -> by
     return buf.getvalue()
 
 
-def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool) -> Path:
-    """Save the pruned model under ``root/name`` (refuses paths outside ``root``)."""
+def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool, healed=None) -> Path:
+    """Save the pruned model (``healed``: the healed one, with its settings) under ``root/name`` (refuses
+    paths outside ``root``)."""
     from analysis.errors import DataError
     from analysis.surgery import save_pruned
 
@@ -94,6 +95,10 @@ def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool) -> Path:
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise DataError(f"Invalid checkpoint folder name {name!r}", hint="a plain folder name, e.g. smollm2-pruned")
     root_p = Path(root).expanduser()
+    if healed is not None:
+        from analysis.heal import save_healed
+
+        return save_healed(lm, healed, root_p / name, overwrite=overwrite, root=root_p)
     return save_pruned(lm, plan, root_p / name, overwrite=overwrite, root=root_p)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app_support import plots, state
-from app_support.evaluation import (busy_warning, comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text, plan_key,
+from app_support import healing, plots, state
+from app_support.evaluation import (busy_warning, comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text,
+                                    plan_key,
                                     protocol_text)
 from app_support.optional import module, why
 from app_support.runs import adjusted_result
@@ -57,6 +58,7 @@ else:
     chosen = c1.multiselect("Plans to compare", list(plans), default=list(plans), key="cmp_plans")
     go_cmp = c2.button("Run comparison", icon=":material/play_arrow:", type="primary", key="run_compare",
                        disabled=not chosen)
+    healing.heal_widgets(chosen, rec.data)
     ckey = "es.last_comparison"
     if go_cmp:
         try:
@@ -76,6 +78,11 @@ else:
                            if name != "original" and plans[name].run_id in state.runs() else lm)
                 s[ckey]["results"][name] = evaluate_plan(plan_lm, None if name == "original" else plans[name].plan,
                                                          settings, data, progress=_tick)
+            healed = healing.healed_results(lambda n: get_model(state.runs()[plans[n].run_id].model)
+                                            if plans[n].run_id in state.runs() else lm,
+                                            chosen, plans, s[ckey]["results"], settings, data, bar)
+            s[ckey]["results"].update(healed)
+            s[ckey]["names"] = [*todo, *healed]
             bar.empty()
         except Exception as exc:  # noqa: BLE001 - shown; earlier results kept
             show_error(exc, "Comparison failed")
@@ -89,8 +96,7 @@ else:
             busy = busy_warning(last["results"])
             if busy:
                 st.warning(busy, icon=":material/speed:")
-            rows = [comparison_row(n, "nothing" if n == "original" else plans[n].plan.describe()
-                                   if n in plans else "?", last["results"][n], base) for n in last["names"]
+            rows = [comparison_row(n, healing.drops_of(n, plans), last["results"][n], base) for n in last["names"]
                     if n in last["results"]]
             df = pd.DataFrame(rows)
             m = st.columns(min(4, len(rows)))
@@ -130,22 +136,33 @@ with guarded("Generation"):
         if st.button("Generate", icon=":material/edit_note:", key="gen_go"):
             try:
                 gkey = state.stable_hash([lm.fingerprint, plan_key(plans[gplan].plan), prompt, int(n_new)])
+                ch = healing.choice(gplan)
+                gkey = state.stable_hash([gkey, ch])
                 if gkey not in s["es.generations"]:
                     with st.spinner("Generating (greedy, KV cache) …"):
-                        s["es.generations"][gkey] = ev.generate_pair(lm, plans[gplan].plan, prompt, int(n_new))
+                        g = ev.generate_pair(lm, plans[gplan].plan, prompt, int(n_new))
+                        if ch["method"] != "none":
+                            g["healed"] = healing.generate(lm, healing.healed_model(lm, plans[gplan].plan, ch),
+                                                           prompt, int(n_new))
+                            g["healed_method"] = ch["method"]
+                        s["es.generations"][gkey] = g
                 s["es.last_generation"] = (gplan, gkey)
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Generation failed")
         lastg = s.get("es.last_generation")
         if lastg and lastg[1] in s["es.generations"]:
             g = s["es.generations"][lastg[1]]
-            a, b = st.columns(2)
+            a, b, *c = st.columns(3 if "healed" in g else 2)
             with a.container(border=True):
                 st.markdown("**Original**")
                 st.markdown(f"_{g['prompt']}_ {g['original']}")
             with b.container(border=True):
                 st.markdown(f"**Pruned: {lastg[0]}**")
                 st.markdown(f"_{g['prompt']}_ {g['pruned']}")
+            if c:
+                with c[0].container(border=True):
+                    st.markdown(f"**Healed ({g['healed_method']}): {lastg[0]}**")
+                    st.markdown(f"_{g['prompt']}_ {g['healed']}")
             div = g.get("first_divergence")
             st.caption(f"Greedy decoding, {g['max_new_tokens']} new tokens. "
                        + ("Identical continuations." if div is None else f"The continuations diverge at new token "

@@ -6,7 +6,7 @@ import os
 import pandas as pd
 import streamlit as st
 
-from app_support import state
+from app_support import healing, state
 from app_support.commands import analyze_argv, session_script
 from app_support.exporting import (FIGURE_FORMATS, dir_listing, fig_html, figures_zip, llama_cpp_cmd, mergekit_yaml,
                                    png_export_works, save_checkpoint)
@@ -44,7 +44,8 @@ with guarded("Reproduce"):
         cmp_data = w[0] if rec.data.get("source", "builtin") == "builtin" and w else None
     eval_settings = {k: state.get(f"cmp.{k}", d) for k, d in (("window", 256), ("max_tokens", 4096),
                                                                ("prompt_len", 64), ("new_tokens", 16), ("repeats", 3))}
-    script = session_script(rec, prec, protected, cmp_data, eval_settings, s.get("es.last_sweep_meta"))
+    script = session_script(rec, prec, protected, cmp_data, eval_settings, s.get("es.last_sweep_meta"),
+                            healing.heal_argv(healing.choice(chosen)) if prec else None)
     st.code(script, language="bash")
     st.caption("Each command was checked against this version's CLI parser (`python -m analysis --help`). The "
                "analysis is deterministic for a given model, data spec and seed, so `analyze` reproduces run "
@@ -64,7 +65,8 @@ with guarded("Reproduce"):
                                          rec.run_id, {}).get("boundary", r.boundary)), "protected": protected,
                                               "index_base": 0, "analysis": r.manifest,
                                               "settings": {"model": rec.model, "data": rec.data,
-                                                           "analysis": rec.config}})
+                                                           "analysis": rec.config},
+                                              "healing": healing.choice(chosen) if prec else None})
     c2.download_button("manifest.json", data=_json(manifest), file_name=f"manifest-{rec.run_id}.json",
                        mime="application/json", key="dl_manifest", on_click="ignore", icon=":material/download:")
     c3.download_button("run.json (curves, per-sequence values)", data=lambda: _json(r.to_dict()),
@@ -116,11 +118,17 @@ with guarded("Checkpoint"):
                                key=f"ck_name_{ck_plan}")
         state.sync("ck.root")
         overwrite = st.checkbox("Overwrite an existing checkpoint folder", key="ck_overwrite")
+        if healing.choice(ck_plan)["method"] != "none":
+            st.caption(f"Saved healed ({healing.choice(ck_plan)['method']}), as chosen on Prune & compare; the "
+                       "healing settings go into entroscope-heal.json and the plan's source.")
         if st.button("Save pruned checkpoint", icon=":material/save:", key="ck_save", type="primary"):
             try:
                 prun = state.runs().get(plans[ck_plan].run_id, rec)
-                with st.spinner("Writing the checkpoint …"):
-                    out = save_checkpoint(get_model(prun.model), plans[ck_plan].plan, root, folder, overwrite)
+                ck_lm, ch = get_model(prun.model), healing.choice(ck_plan)
+                with st.spinner("Healing and writing the checkpoint …" if ch["method"] != "none" else
+                                "Writing the checkpoint …"):
+                    healed = healing.healed_model(ck_lm, plans[ck_plan].plan, ch) if ch["method"] != "none" else None
+                    out = save_checkpoint(ck_lm, plans[ck_plan].plan, root, folder, overwrite, healed)
                 s["es.last_checkpoint"] = str(out)
                 state.flash("success", f"Saved {ck_plan} to {out}")
                 st.rerun()

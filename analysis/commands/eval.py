@@ -5,6 +5,7 @@ import json
 import time
 
 from ..cli import positive_int
+from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
 from .prune import add_plan_args, plan_from_cli, quiet_transformers
 
@@ -59,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="where to write the evaluation JSON")
     p.add_argument("--csv", default=None, help="also write the result as a one-row CSV")
     p.add_argument("--quiet", action="store_true")
+    add_heal_args(p)
     p.set_defaults(func=run)
 
 
@@ -85,6 +87,11 @@ def run(args) -> int:
     out = {"perplexity": res["perplexity"], "nll": res["nll"], "tokens": res["tokens"], "protocol": res["protocol"],
            "plan": plan.to_dict() if plan else None, "plan_description": plan.describe() if plan else None,
            "params": param_report(lm, plan), **extra}
+    if args.heal != "none" and plan is not None and not plan.is_empty:   # what-if healing, in memory
+        from ..heal.cli import heal_from_args, healed_summary
+
+        healed = heal_from_args(args, lm, plan, progress)
+        out["healed"] = healed_summary(lm, healed, windows, cfg, agr["nll_original"], agr["nll_pruned"])
     if args.latency:
         out["latency"] = latency(lm, plan, args.latency_batch_sizes, args.prompt_len, args.new_tokens, args.repeats)
         if plan is not None and not plan.is_empty:
@@ -99,6 +106,8 @@ def run(args) -> int:
         rows_to_csv(evaluation_rows({k: v for k, v in out.items() if k not in ("manifest", "generation")}), args.csv)
     if not args.quiet:
         keys = ("perplexity", "perplexity_original", "kl", "top1", "tokens")
-        print(json.dumps({"out": args.out, **{k: out[k] for k in keys if k in out},
+        healed = {f"{k}_healed": out["healed"][k] for k in ("perplexity", "kl", "recovered_fraction")} \
+            if "healed" in out else {}
+        print(json.dumps({"out": args.out, **{k: out[k] for k in keys if k in out}, **healed,
                           "plan": out["plan_description"]}))
     return 0

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..cli import int_list
+from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
 
 
@@ -54,14 +55,18 @@ def register(sub) -> None:
     p.add_argument("--mergekit", default=None, metavar="FILE",
                    help="also write a mergekit passthrough YAML (whole-layer plans only)")
     p.add_argument("--quiet", action="store_true")
+    add_heal_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..evaluate import param_report
     from ..checkpoint import subblock_drops
+    from ..errors import SelectionError
+    from ..evaluate import param_report
     from ..export import (LLAMA_CPP_NOTE, llama_cpp_command, llama_cpp_prune_layers, mergekit_for,
                           reproduction_manifest, write_json)
+    from ..heal import save_healed
+    from ..heal.cli import heal_from_args
     from ..surgery import check_out_dir, save_pruned
 
     quiet_transformers(args.quiet)
@@ -70,24 +75,33 @@ def run(args) -> int:
     check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
     lm = load_lm(args, stderr_progress(args.quiet))
     plan.validate(lm.num_layers)
+    if args.mergekit and args.heal != "none":
+        raise SelectionError("--mergekit rebuilds the model from the original weights, so it cannot carry "
+                             f"--heal {args.heal}", hint="share the healed checkpoint directory instead")
     if args.mergekit:
         Path(args.mergekit).write_text(mergekit_for(lm, plan))
     params = param_report(lm, plan)
-    save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
+    healed = heal_from_args(args, lm, plan, stderr_progress(args.quiet))
+    if healed is None:
+        save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
+    else:
+        save_healed(lm, healed, out, overwrite=args.overwrite, root=args.root)
     norm = plan.normalized()
-    zeroed = {str(j): kinds for j, kinds in subblock_drops(norm, lm.num_layers).items()}
+    zeroed = {str(j): kinds for j, kinds in subblock_drops(norm, lm.num_layers).items()} if healed is None else {}
     checkpoint = {"format": "standard checkpoint (plain from_pretrained loads it exactly)",
                   "zeroed_subblocks": zeroed,      # saved layer index -> ["attn"/"mlp"], output projection = 0
                   "note": "dropped sub-blocks are stored with zeroed output projections and listed in config.json "
                           "per_layer_config; `python -m analysis load` removes them physically" if zeroed else None}
-    if not (norm.drop_attn or norm.drop_mlp):
+    if not (norm.drop_attn or norm.drop_mlp) and healed is None:
         checkpoint.update(llama_cpp_prune_layers=llama_cpp_prune_layers(plan),
                           llama_cpp_command=llama_cpp_command(plan, lm), llama_cpp_note=LLAMA_CPP_NOTE)
-    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None),
-                                     results={"params": params, "checkpoint": checkpoint}),
+    results = {"params": params, "checkpoint": checkpoint, **({"healing": healed.describe()} if healed else {})}
+    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results=results),
                out / "entroscope-manifest.json")
     summary = {"out": str(out), "plan": plan.describe(), "layers": params["layers"],
                "params": params["total"], "params_removed_fraction": round(params["removed_fraction"], 6),
                **{k: v for k, v in checkpoint.items() if v is not None}}
+    if healed is not None:
+        summary["healing"] = {"method": healed.method, "seconds": round(healed.report.get("seconds", 0), 2)}
     print(json.dumps(summary))
     return 0

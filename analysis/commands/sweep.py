@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from ..cli import int_list
+from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
 from .eval import add_eval_data_args, eval_config, eval_corpus
 from .prune import quiet_transformers
@@ -27,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="where to write the sweep JSON")
     p.add_argument("--csv", default=None, help="also write the rows as CSV")
     p.add_argument("--quiet", action="store_true")
+    add_heal_args(p)
     p.set_defaults(func=run)
 
 
@@ -50,6 +52,16 @@ def run(args) -> int:
                              hint="use the model the run was made with")
     res = sweep(lm, r, criteria, args.k, eval_corpus(args), args.granularity, eval_config(args), args.split,
                 reuse=not args.no_reuse, with_latency=args.latency, progress=progress, seed=args.seed)
+    if args.heal != "none":                  # healed rows next to the unhealed ones (`heal` column)
+        from ..evaluate import prepare_eval
+        from ..heal.cli import heal_sweep_rows
+
+        for row in res["rows"]:
+            row["heal"] = "none"
+        healed, skipped = heal_sweep_rows(lm, res["rows"], args, prepare_eval(lm, eval_corpus(args), eval_config(args),
+                                                                              args.split), eval_config(args), progress)
+        res["rows"] += healed
+        res["skipped"] += skipped
     res["manifest"] = reproduction_manifest(lm, None, res["protocol"], getattr(args, "argv", None))
     write_json(res, args.out)
     if args.csv:

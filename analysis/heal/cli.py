@@ -1,0 +1,131 @@
+"""``--heal`` options shared by the ``prune``, ``eval`` and ``sweep`` commands, and healed sweep rows."""
+from __future__ import annotations
+
+import math
+import sys
+
+from .registry import HEAL_METHODS, get_heal_method
+
+#: CLI option -> method parameter
+_OPTIONS = {"heal_ridge": "ridge", "heal_steps": "steps", "heal_rank": "rank", "heal_lr": "lr",
+            "heal_batch_size": "batch_size", "heal_init": "init"}
+
+
+def add_heal_args(p) -> None:
+    from ..cli import positive_int
+
+    g = p.add_argument_group("healing (repair the pruned model; the base model is never modified)")
+    g.add_argument("--heal", default="none", choices=list(HEAL_METHODS),
+                   help="linear: ReplaceMe-style map folded into the projection before each gap (training-free); "
+                        "distill: short KL distillation with LoRA merged back")
+    g.add_argument("--heal-corpus", default="wiki", help="calibration text for healing: built-in domain or mix")
+    g.add_argument("--heal-samples", type=positive_int, default=32, help="calibration windows (default 32)")
+    g.add_argument("--heal-seq-len", type=positive_int, default=256, help="tokens per window (default 256)")
+    g.add_argument("--heal-seed", type=int, default=2024)
+    g.add_argument("--heal-ridge", type=float, default=None, help="linear: ridge towards identity (default 1e-4)")
+    g.add_argument("--heal-steps", type=positive_int, default=None, help="distill: optimizer steps (default 50)")
+    g.add_argument("--heal-rank", type=positive_int, default=None, help="distill: LoRA rank (default 8)")
+    g.add_argument("--heal-lr", type=float, default=None, help="distill: learning rate (default 5e-4)")
+    g.add_argument("--heal-batch-size", type=positive_int, default=None, help="windows per step / batch")
+    g.add_argument("--heal-init", choices=["none", "linear"], default=None,
+                   help="distill: start from the bare pruned model (none) or the linear-healed one")
+
+
+def heal_options(args) -> dict:
+    """The given method options that the chosen method takes (others are ignored with a warning)."""
+    m = get_heal_method(args.heal)
+    opts = {}
+    for cli, name in _OPTIONS.items():
+        v = getattr(args, cli, None)
+        if v is None:
+            continue
+        if name in m.params:
+            opts[name] = v
+        else:
+            print(f"warning: --{cli.replace('_', '-')} does not apply to --heal {args.heal}", file=sys.stderr)
+    return opts
+
+
+def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256, seed: int = 2024):
+    """Calibration TokenSet for healing from a built-in domain or a mix like ``wiki:1,code:1``."""
+    from .. import corpora
+
+    cfg = corpora.SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
+    if ":" in corpus or "," in corpus:
+        return corpora.sample_hybrid(corpora.parse_domain_weights(corpus), lm.tokenizer, cfg, split="calib")
+    return corpora.sample_windows(corpora.load_corpus(corpus), lm.tokenizer, cfg, split="calib")
+
+
+def heal_from_args(args, lm, plan, progress=None, tokens=None):
+    """Heal ``plan`` as the CLI arguments say; None for ``--heal none``."""
+    from .registry import heal
+
+    if getattr(args, "heal", "none") == "none":
+        return None
+    if tokens is None:
+        tokens = heal_tokens(lm, args.heal_corpus, args.heal_samples, args.heal_seq_len, args.heal_seed)
+    healed = heal(lm, plan, args.heal, tokens, progress=progress, **heal_options(args))
+    healed.settings["calibration_corpus"] = args.heal_corpus
+    healed.settings["calibration_seed"] = args.heal_seed
+    for s in healed.report.get("not_applied") or []:
+        print(f"warning: {args.heal} healing left {s['gap']} unhealed: {s['reason']}", file=sys.stderr)
+    return healed
+
+
+def recovered(nll_original: float, nll_pruned: float, nll_healed: float) -> float | None:
+    """Fraction of the log-perplexity gap recovered: (nll_pruned − nll_healed) / (nll_pruned − nll_original)."""
+    gap = nll_pruned - nll_original
+    if not gap or not all(math.isfinite(x) for x in (nll_original, nll_pruned, nll_healed)):
+        return None
+    return (nll_pruned - nll_healed) / gap
+
+
+def healed_summary(lm, healed, windows, cfg, nll_original: float, nll_pruned: float) -> dict:
+    """What ``eval --heal`` adds: the healed model's perplexity, KL and top-1 against the original."""
+    from .models import compare
+
+    c = compare(lm, healed.model, windows, cfg)
+    return {"method": healed.method, "settings": healed.settings, "report": healed.report,
+            "perplexity": c["perplexity"], "nll": c["nll"], "kl": c["kl"], "top1": c["top1"],
+            "recovered_fraction": recovered(nll_original, nll_pruned, c["nll"])}
+
+
+def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> tuple[list[dict], list[dict]]:
+    """One healed row next to every sweep row that drops something (``heal`` column), same protocol; and the
+    rows healing does not apply to, with the reason (as the sweep's ``skipped``)."""
+    from ..evaluate import perplexity
+    from ..plan import Plan
+    from .models import healed_lm
+
+    tokens = heal_tokens(lm, args.heal_corpus, args.heal_samples, args.heal_seq_len, args.heal_seed)
+    nll0 = next((r["nll"] for r in rows if Plan.from_dict(r["plan"]).is_empty), None)
+    if nll0 is None:
+        nll0 = perplexity(lm, windows, None, cfg)["nll"]
+    cache: dict[str, dict] = {}
+    out, skipped = [], []
+    todo = [r for r in rows if not Plan.from_dict(r["plan"]).is_empty]
+    for i, row in enumerate(todo):
+        plan = Plan.from_dict(row["plan"])
+        key = plan.describe()
+        if key not in cache:
+            try:
+                h = heal_from_args(args, lm, plan, tokens=tokens)
+                res = perplexity(healed_lm(lm, h), windows, None, cfg)
+                cache[key] = {"perplexity": res["perplexity"], "nll": res["nll"],
+                              "heal_seconds": h.report.get("seconds"), "heal_passes": h.report.get("passes")}
+            except Exception as exc:  # noqa: BLE001 - an EntroscopeError becomes a skipped row
+                from ..errors import EntroscopeError
+
+                if not isinstance(exc, EntroscopeError):
+                    raise
+                cache[key] = {"error": str(exc)}
+        if progress:
+            progress((i + 1) / len(todo), f"healing ({args.heal}) {i + 1}/{len(todo)} plans")
+        if "error" in cache[key]:
+            skipped.append({"criterion": row["criterion"], "k": row["k"], "heal": args.heal,
+                            "reason": cache[key]["error"]})
+            continue
+        healed_row = {**row, **cache[key], "heal": args.heal, "latency": None}
+        healed_row["recovered_fraction"] = recovered(nll0, row["nll"], healed_row["nll"])
+        out.append(healed_row)
+    return out, skipped

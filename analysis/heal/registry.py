@@ -1,0 +1,113 @@
+"""Healing methods, registered with their semantics (like :mod:`analysis.criteria`).
+
+A healing method repairs a pruned model: given the original model, a :class:`~analysis.plan.Plan` and
+calibration tokens it returns a :class:`Healed` model with new weights for the pruned model. The shared
+base model is never modified: ``linear`` returns a view that shares every weight with the base model
+except the few projections it rewrites; ``distill`` trains its own pruned copy.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from ..errors import EntroscopeError
+from ..plan import Plan
+
+Progress = Callable[[float, str], None]
+
+
+class HealError(EntroscopeError):
+    """A healing method cannot be applied to this model or plan."""
+
+
+@dataclass(frozen=True)
+class HealMethod:
+    name: str
+    title: str
+    description: str
+    needs: str                                   # what it reads (data, passes)
+    changes: str                                 # what weights it rewrites
+    fn: Callable[..., "Healed"]                  # (lm, plan, tokens, progress=, stop=, **params) -> Healed
+    granularities: tuple[str, ...] = ("layer", "attention", "mlp")
+    params: dict = field(default_factory=dict)   # options and their defaults
+    reference: str = ""
+    needs_data: bool = True
+
+
+@dataclass
+class Healed:
+    """A healed pruned model (layers already removed) and how it was made."""
+
+    method: str
+    plan: Plan
+    model: nn.Module            # the healed pruned model; never the shared base model
+    settings: dict              # the options used (recorded in manifests and reproduce commands)
+    report: dict = field(default_factory=dict)   # seconds, passes, per-gap fit figures, losses, ...
+
+    def describe(self) -> dict:
+        """Healing metadata for manifests (no tensors)."""
+        return {"method": self.method, "settings": dict(self.settings), "report": dict(self.report)}
+
+
+HEAL_METHODS: dict[str, HealMethod] = {}
+
+
+def register_heal(m: HealMethod) -> HealMethod:
+    HEAL_METHODS[m.name] = m
+    return m
+
+
+def get_heal_method(name: str) -> HealMethod:
+    if name not in HEAL_METHODS:
+        raise HealError(f"Unknown healing method {name!r}", hint=f"choose from {', '.join(HEAL_METHODS)}")
+    return HEAL_METHODS[name]
+
+
+def should_stop(stop) -> bool:
+    """``stop``: None, a threading.Event or a callable returning True when the user pressed Stop."""
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
+
+
+def resolve_params(m: HealMethod, options: dict) -> dict:
+    unknown = sorted(k for k, v in options.items() if k not in m.params and v is not None)
+    if unknown:
+        raise HealError(f"healing method {m.name!r} has no option(s) {unknown}",
+                        hint=f"its options: {', '.join(m.params) or 'none'}")
+    return {k: (options[k] if options.get(k) is not None else v) for k, v in m.params.items()}
+
+
+def heal(lm, plan: Plan | None, method: str = "linear", tokens=None, progress: Progress | None = None,
+         stop=None, **options) -> Healed:
+    """Heal ``plan`` applied to ``lm`` with a registered method; ``tokens``: calibration ``[N, T]`` ids
+    (a tensor or TokenSet). The base model ``lm.model`` is left bit-identical."""
+    import torch
+
+    m = get_heal_method(method)
+    plan = (plan or Plan()).validate(lm.num_layers).normalized()
+    params = resolve_params(m, options)
+    if hasattr(tokens, "input_ids"):
+        tokens = tokens.input_ids
+    if m.needs_data and not plan.is_empty:
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.numel() == 0:
+            raise HealError(f"healing with {method!r} needs calibration tokens [N, T]",
+                            hint="pass a TokenSet or an integer tensor of token windows")
+        tokens = tokens.to(torch.long)
+    return m.fn(lm, plan, tokens, progress=progress, stop=stop, **params)
+
+
+def _none(lm, plan, tokens, progress=None, stop=None, **_) -> Healed:
+    from ..surgery import pruned_view
+
+    return Healed("none", plan, pruned_view(lm.model, plan), {}, {"seconds": 0.0, "passes": 0})
+
+
+register_heal(HealMethod(
+    "none", "No healing", "The pruned model as it is.", needs="nothing", changes="nothing", fn=_none,
+    needs_data=False))
