@@ -4,8 +4,9 @@ Every task example comes from a **held-out** part of its source, never from a ca
 
 * ``cloze-<domain>``: LAMBADA-style last-word prediction. Each paragraph of the domain's ``eval`` documents
   (see :mod:`analysis.corpora`) is cut into consecutive spans of at most :data:`CLOZE_MAX_WORDS` words;
-  the last alphabetic word (3+ letters, preceded by a single space) after at least
-  :data:`CLOZE_MIN_CONTEXT` words of a span is the target, the text before it the context.
+  the last alphabetic word (3+ letters, not a function word, preceded by a single space) after at least
+  :data:`CLOZE_MIN_CONTEXT` words of a span is the target, the text before it the context. Items whose
+  context also occurs in a calibration document (text repeated across documents) are dropped.
 * ``math-champ``: the CHAMP competition problems of the math domain's ``eval`` split (the same
   sha256-by-problem-id split as the corpus), with their answers; few-shot examples come from ``calib``
   problems (which calibration text contains anyway), never from the tested ones.
@@ -83,7 +84,11 @@ def _doc_cloze(doc: str, d: int) -> list[dict]:
 def _build_cloze(domain: str) -> dict[str, list[dict]]:
     from ..corpora import load_corpus
 
-    items = cloze_items(load_corpus(domain).eval)
+    corpus = load_corpus(domain)
+    items = cloze_items(corpus.eval, max_items=10 ** 9)
+    # paragraphs repeated across documents (e.g. shared reference text) could sit in both splits: drop them
+    calib = "\x00".join(corpus.calib)
+    items = [it for it in items if it["context"] not in calib][:CLOZE_MAX_ITEMS]
     if not items:
         raise DataError(f"the held-out split of domain {domain!r} yields no cloze items")
     return {"test": items}
