@@ -9,6 +9,8 @@ from app_support.evaluation import (comparison_row, eval_cfg, eval_data, evaluat
                                     protocol_text)
 from app_support.optional import module, why
 from app_support.runs import adjusted_result
+from app_support.tasks import (accuracy_axes, accuracy_chart, evaluate_plan_tasks, task_columns, task_picker,
+                               tasks_caption)
 from app_support.widgets import INDEX_NOTE, chart, guarded, link, need, page_setup, show_error, table
 
 page_setup("Prune & compare", ":material/compare_arrows:", "Each plan runs as a view that shares the original weights (latency uses a "
@@ -45,6 +47,8 @@ with st.expander("Evaluation settings", expanded=False, icon=":material/tune:"):
 settings = {"window": int(state.get("cmp.window", 256)), "max_tokens": int(state.get("cmp.max_tokens", 4096)),
             "prompt_len": int(state.get("cmp.prompt_len", 64)), "new_tokens": int(state.get("cmp.new_tokens", 16)),
             "repeats": int(state.get("cmp.repeats", 3))}
+with st.expander("Task accuracy (lm-evaluation-harness)", expanded=False, icon=":material/quiz:"):
+    task_settings = task_picker()
 
 # ---- comparison of kept plans ---------------------------------------------------------------------------------
 st.subheader("Kept plans vs the original")
@@ -63,22 +67,24 @@ else:
             data = eval_data(state.get("cmp.data"), rec.data)
             bar = st.progress(0.0, text="Evaluating the original model …")
             results = {"original": evaluate_plan(lm, None, settings, data)}
+            tasks = {"original": evaluate_plan_tasks(lm, None, task_settings)}
             for i, name in enumerate(chosen):
                 bar.progress((i + 1) / (len(chosen) + 1), text=f"Evaluating {name} …")
-                results[name] = evaluate_plan(get_model(state.runs()[plans[name].run_id].model)
-                                              if plans[name].run_id in state.runs() else lm,
-                                              plans[name].plan, settings, data)
+                plm = get_model(state.runs()[plans[name].run_id].model) if plans[name].run_id in state.runs() else lm
+                results[name] = evaluate_plan(plm, plans[name].plan, settings, data)
+                tasks[name] = evaluate_plan_tasks(plm, plans[name].plan, task_settings)
             bar.empty()
-            s[ckey] = {"names": ["original", *chosen], "results": results, "settings": dict(settings)}
+            s[ckey] = {"names": ["original", *chosen], "results": results, "settings": dict(settings), "tasks": tasks}
         except Exception as exc:  # noqa: BLE001 - shown; earlier results kept
             show_error(exc, "Comparison failed")
     last = s.get(ckey)
     if last:
         with guarded("Comparison table"):
             base = last["results"]["original"]
-            rows = [comparison_row(n, "nothing" if n == "original" else plans[n].plan.describe()
-                                   if n in plans else "?", last["results"][n], base) for n in last["names"]
-                    if n in last["results"]]
+            ts = last.get("tasks") or {}
+            rows = [{**comparison_row(n, "nothing" if n == "original" else plans[n].plan.describe()
+                                      if n in plans else "?", last["results"][n], base), **task_columns(ts.get(n))}
+                    for n in last["names"] if n in last["results"]]
             df = pd.DataFrame(rows)
             m = st.columns(min(4, len(rows)))
             for col, row in zip(m, rows[:4]):
@@ -89,11 +95,17 @@ else:
                   "agreement of next-token predictions on the same tokens. " + latency_text(base.get("latency"))
                   + " Parameters counted with tied weights once; KV bytes per token over the attention layers "
                   "that still run.", name="comparison")
+            if (acc_fig := accuracy_chart(rows)) is not None:
+                chart(acc_fig, tasks_caption(ts.get("original")), name="task_accuracy", key="task_accuracy_chart")
             if len(rows) > 1:
-                chart(plots.pareto_chart(df, "decode tok/s (median)", "perplexity", "parameters",
+                quality = st.radio("Pareto quality axis", ["perplexity", *accuracy_axes(df.columns)], horizontal=True,
+                                   key="pareto_quality")
+                acc = quality != "perplexity"
+                chart(plots.pareto_chart(df, "decode tok/s (median)", quality, "parameters",
                                          "decode tokens/s (median, higher is better)",
-                                         "perplexity (lower is better)"),
-                      "Pareto view: quality (perplexity) vs speed (decode tokens/s), marker size = parameters. "
+                                         f"{quality} ({'higher' if acc else 'lower'} is better)", y_higher_better=acc,
+                                         y_err=quality.rsplit(" ", 1)[0] + " ±" if acc else None),
+                      f"Pareto view: quality ({quality}) vs speed (decode tokens/s), marker size = parameters. "
                       "Outlined red points are Pareto-optimal (no other plan is both faster and better). "
                       "Protocols as in the table above.", name="pareto", key="pareto_chart")
 
