@@ -212,3 +212,11 @@ def test_cli_eval_and_sweep_with_tasks(lm, tmp_path, capsys):
     direct = evaluate_tasks(lm, "cloze-news", Plan(drop_layers=[2]), TaskConfig(limit=2))
     assert direct["tasks"]["cloze-news"]["metrics"]["perplexity"]["value"] == pytest.approx(
         t["metrics"]["perplexity"]["value"], rel=1e-5)
+
+
+def test_hub_task_names_pass_through_when_the_hub_is_reachable(monkeypatch):
+    import analysis.tasks.runner as runner
+
+    monkeypatch.setattr(runner, "hub_offline_reason", lambda: None)  # pretend the hub is reachable
+    with pytest.raises(DataError, match="unknown task 'no-such-task'"):  # hellaswag itself is accepted
+        check_tasks(["hellaswag", "no-such-task"])
