@@ -220,3 +220,28 @@ def test_hub_task_names_pass_through_when_the_hub_is_reachable(monkeypatch):
     monkeypatch.setattr(runner, "hub_offline_reason", lambda: None)  # pretend the hub is reachable
     with pytest.raises(DataError, match="unknown task 'no-such-task'"):  # hellaswag itself is accepted
         check_tasks(["hellaswag", "no-such-task"])
+
+
+def test_cli_sweep_gives_accuracy_per_plan(lm, tmp_path, capsys):
+    from analysis.models import load_model
+    from analysis.run import AnalysisConfig, analyze
+    from analysis.testing import random_tokens
+
+    d = tmp_path / "model"
+    save_pruned(lm, None, d)
+    tiny_tokenizer().save_pretrained(d)
+    run = analyze(load_model(str(d), device="cpu"), random_tokens(4, 24),
+                  AnalysisConfig(estimator="bucket", granularity="layer"))
+    run.save(tmp_path / "run.json")
+    out, csv = tmp_path / "sweep.json", tmp_path / "sweep.csv"
+    rc = main(["sweep", "--run", str(tmp_path / "run.json"), "--model", str(d), "--device", "cpu",
+               "--criteria", "entrodrop,random", "--k", "0,1", "--corpus", "news", "--window", "64",
+               "--max-tokens", "128", "--tasks", "cloze-news", "--limit", "2", "--out", str(out), "--csv", str(csv),
+               "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(r["tasks"]["cloze-news"]["n"] == 2 for r in rows)
+    assert rows[0]["cloze-news/perplexity"] == rows[2]["cloze-news/perplexity"]  # k = 0 is the same plan
+    assert rows[1]["cloze-news/perplexity"] != rows[0]["cloze-news/perplexity"]
+    header = csv.read_text().splitlines()[0].split(",")
+    assert "cloze-news/acc" in header and not any(c.startswith("tasks.") for c in header)

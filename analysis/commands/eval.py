@@ -95,9 +95,9 @@ def run(args) -> int:
                                               args.repeats)
     if args.prompt:
         out["generation"] = generate_pair(lm, plan, args.prompt)
+    out["seconds"] = time.perf_counter() - t0
     if tasks:
         out["tasks"] = run_tasks(lm, plan, tasks)
-    out["seconds"] = time.perf_counter() - t0
     out["manifest"] = reproduction_manifest(lm, plan, res["protocol"], getattr(args, "argv", None))
     write_json(out, args.out)
     if args.csv:
