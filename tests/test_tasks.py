@@ -21,7 +21,8 @@ _TUTILS = '''
 import json, datasets
 def load(path, **_):
     rows = [json.loads(l) for l in open(path)]
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows[4:]), "train": datasets.Dataset.from_list(rows[:4])})
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows[4:]),
+                                 "train": datasets.Dataset.from_list(rows[:4])})
 '''
 
 
@@ -70,7 +71,8 @@ def _snapshot(model):
     ids = torch.arange(40).unsqueeze(0)
     with torch.inference_mode():
         logits = model(ids).logits.clone()
-    return weights_hash(model), len(model.model.layers), [type(l.self_attn).__name__ for l in model.model.layers], logits
+    kinds = [type(layer.self_attn).__name__ for layer in model.model.layers]
+    return weights_hash(model), len(model.model.layers), kinds, logits
 
 
 def test_wrapper_matches_lm_eval_hf_on_saved_checkpoint(lm, tiny_task, tmp_path):

@@ -8,7 +8,8 @@ def add_task_args(p) -> None:
     g = p.add_argument_group("task accuracy (lm-evaluation-harness)")
     g.add_argument("--tasks", default=None,
                    help="comma list of tasks: local cloze-wiki, cloze-news, cloze-code, cloze-docs, cloze-dialogue, "
-                        "cloze-math, math-champ, humaneval (opt-in), or any lm-eval task name when the hub is reachable")
+                        "cloze-math, math-champ, humaneval (opt-in), or any lm-eval task name when the hub is "
+                        "reachable")
     g.add_argument("--limit", type=positive_int, default=None, help="first N examples of each task (default: all)")
     g.add_argument("--task-seed", type=int, default=1234, help="lm-eval seeds (few-shot sampling, torch, numpy)")
     g.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count")
