@@ -50,7 +50,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default="bench-tasks.jsonl")
+    ap.add_argument("--table", default=None, help="only print the table of these JSONL files (comma list)")
     args = ap.parse_args()
+    if args.table:
+        print_table([json.loads(line) for f in args.table.split(",") for line in open(f) if line.strip()])
+        return
     torch.set_num_threads(args.threads)
     print(machine(), f"| {args.threads} torch thread(s)", flush=True)
     jobs = [("cloze-wiki", TaskConfig(limit=args.cloze_limit, seed=args.seed, batch_size=args.batch_size)),
@@ -80,6 +84,10 @@ def main() -> None:
             print(json.dumps({k: row[k] for k in ("model", "plan", "seconds")}), flush=True)
         del lm, run
         gc.collect()
+    print_table(table)
+
+
+def print_table(table: list[dict]) -> None:
     print("\n| model | plan (attention blocks dropped) | cloze-wiki acc % | cloze-wiki word ppl | math-champ EM % "
           "| HumanEval pass@1 % |")
     print("|---|---|---|---|---|---|")
