@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--math-fewshot", type=int, default=1, help="few-shot examples for math-champ (task default 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense row (e.g. a second process for k = 8)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default="bench-tasks.jsonl")
     ap.add_argument("--table", default=None, help="only print the table of these JSONL files (comma list)")
@@ -67,7 +68,7 @@ def main() -> None:
     for name in args.models.split(","):
         lm = load_model(name, device="cpu", dtype="fp32")
         run = analyze(lm, calib_tokens(lm, 16, 256), AnalysisConfig(estimator="bucket", granularity="attention"))
-        plans = {"dense": Plan()}
+        plans = {} if args.no_dense else {"dense": Plan()}
         for k in map(int, args.ks.split(",")):  # k = 4 for every criterion first, then k = 8
             for c in args.criteria.split(","):
                 sel = select(run, c, k, granularity="attention", **({"seed": 0} if c == "random" else {}))
@@ -88,6 +89,8 @@ def main() -> None:
 
 
 def print_table(table: list[dict]) -> None:
+    seen: set = set()
+    table = [r for r in table if (r["model"], r["plan"]) not in seen and not seen.add((r["model"], r["plan"]))]
     print("\n| model | plan (attention blocks dropped) | cloze-wiki acc % | cloze-wiki word ppl | math-champ EM % "
           "| HumanEval pass@1 % |")
     print("|---|---|---|---|---|---|")
