@@ -268,10 +268,14 @@ def sweep_chart(df, metric: str = "perplexity", metric_label: str = "perplexity"
     return _layout(fig, hovermode="closest")
 
 
-def pareto_chart(df, x: str, y: str, size: str | None, x_label: str, y_label: str) -> go.Figure:
-    """Quality vs speed (marker size = parameters); the Pareto-optimal points are outlined."""
+def pareto_chart(df, x: str, y: str, size: str | None, x_label: str, y_label: str,
+                 y_higher_better: bool = False, y_err: str | None = None) -> go.Figure:
+    """Quality vs speed (marker size = parameters); the Pareto-optimal points are outlined.
+    ``y_higher_better`` for accuracy as the quality axis; ``y_err``: a column of ± error bars."""
     fig = go.Figure()
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
+    if y_higher_better:
+        ys = -ys
     # x: higher is better (tok/s); y: lower is better (perplexity)
     pareto = [not any((xs[j] >= xs[i] and ys[j] <= ys[i]) and (xs[j] > xs[i] or ys[j] < ys[i])
                       for j in range(len(xs))) for i in range(len(xs))]
@@ -279,8 +283,12 @@ def pareto_chart(df, x: str, y: str, size: str | None, x_label: str, y_label: st
     if size and size in df:
         p = df[size].to_numpy(float)
         sizes = 12 + 28 * (p - p.min()) / (p.max() - p.min()) if p.max() > p.min() else [20] * len(p)
+    if y_higher_better:
+        ys = -ys
     fig.add_trace(go.Scatter(
         x=xs, y=ys, mode="markers+text", text=df["plan"], textposition="top center",
+        error_y=dict(type="data", array=df[y_err].fillna(0).to_numpy(float), visible=True)
+        if y_err and y_err in df else None,
         marker=dict(size=sizes if sizes is not None else 14, color=[C_SELECTED if p else C_NORMAL for p in pareto],
                     line=dict(width=[2 if p else 0 for p in pareto], color="#222"), opacity=0.85),
         customdata=df[size] if size and size in df else None,

@@ -10,6 +10,8 @@ from app_support.evaluation import (busy_warning, comparison_row, eval_cfg, eval
                                     protocol_text)
 from app_support.optional import module, why
 from app_support.runs import adjusted_result
+from app_support.tasks import (accuracy_axes, accuracy_chart, evaluate_plan_tasks, task_columns, task_picker,
+                               tasks_caption)
 from app_support.widgets import INDEX_NOTE, chart, guarded, link, need, page_setup, show_error, table
 
 page_setup("Prune & compare", ":material/compare_arrows:", "Each plan runs as a view that shares the original weights (latency uses a "
@@ -46,6 +48,8 @@ with st.expander("Evaluation settings", expanded=False, icon=":material/tune:"):
 settings = {"window": int(state.get("cmp.window", 256)), "max_tokens": int(state.get("cmp.max_tokens", 4096)),
             "prompt_len": int(state.get("cmp.prompt_len", 64)), "new_tokens": int(state.get("cmp.new_tokens", 16)),
             "repeats": int(state.get("cmp.repeats", 3))}
+with st.expander("Task accuracy (lm-evaluation-harness)", expanded=False, icon=":material/quiz:"):
+    task_settings = task_picker()
 
 # ---- comparison of kept plans ---------------------------------------------------------------------------------
 st.subheader("Kept plans vs the original")
@@ -68,7 +72,7 @@ else:
             st.button("Stop", key="cmp_stop", icon=":material/stop:",
                       help="Stops after the current step; the models already evaluated stay in the table")
             # kept as each model finishes, so Stop (which reruns the page) keeps what is done
-            s[ckey] = {"names": todo, "results": {}, "settings": dict(settings)}
+            s[ckey] = {"names": todo, "results": {}, "settings": dict(settings), "tasks": {}}
             for i, name in enumerate(todo):
                 def _tick(f: float, msg: str, i: int = i, name: str = name) -> None:
                     bar.progress(min((i + min(f, 1.0)) / len(todo), 1.0),
@@ -76,8 +80,11 @@ else:
                 _tick(0.0, "starting")
                 plan_lm = (get_model(state.runs()[plans[name].run_id].model)
                            if name != "original" and plans[name].run_id in state.runs() else lm)
-                s[ckey]["results"][name] = evaluate_plan(plan_lm, None if name == "original" else plans[name].plan,
-                                                         settings, data, progress=_tick)
+                plan_ = None if name == "original" else plans[name].plan
+                s[ckey]["results"][name] = evaluate_plan(plan_lm, plan_, settings, data, progress=_tick)
+                if task_settings.get("tasks"):
+                    _tick(1.0, "task accuracy (lm-evaluation-harness)")
+                s[ckey]["tasks"][name] = evaluate_plan_tasks(plan_lm, plan_, task_settings)
             healed = healing.healed_results(lambda n: get_model(state.runs()[plans[n].run_id].model)
                                             if plans[n].run_id in state.runs() else lm,
                                             chosen, plans, s[ckey]["results"], settings, data, bar)
@@ -96,29 +103,38 @@ else:
             busy = busy_warning(last["results"])
             if busy:
                 st.warning(busy, icon=":material/speed:")
-            rows = [comparison_row(n, healing.drops_of(n, plans), last["results"][n], base) for n in last["names"]
-                    if n in last["results"]]
+            ts = last.get("tasks") or {}
+            rows = [{**comparison_row(n, healing.drops_of(n, plans), last["results"][n], base),
+                     **task_columns(ts.get(n))} for n in last["names"] if n in last["results"]]
             df = pd.DataFrame(rows)
             m = st.columns(min(4, len(rows)))
             for col, row in zip(m, rows[:4]):
                 col.metric(f"Perplexity · {row['plan']}", f"{row['perplexity']:.2f}",
                            None if row["plan"] == "original" else f"{row['Δ perplexity %']:+.1f} %",
                            delta_color="inverse")
+            task_cols = [c for c in df.columns if c in {k for r in rows for k in task_columns(ts.get(r["plan"]))}]
             quality = ["plan", "drops (0-based)", "perplexity", "Δ perplexity %", "KL (nats/token)",
-                       "top-1 agreement"]
+                       "top-1 agreement", *task_cols]
             cost = ["plan"] + [c for c in df.columns if c not in quality]
-            table(df[[c for c in quality if c in df]], "Quality. Perplexity: " + protocol_text(base["protocol"])
+            table(df[[c for c in quality if c in df]], "Quality" + (" (task accuracy ± standard error from "
+                  "lm-evaluation-harness)" if task_cols else "") + ". Perplexity: " + protocol_text(base["protocol"])
                   + ". KL(original ‖ pruned) and top-1 agreement of next-token predictions on the same tokens.")
             table(df[[c for c in cost if c in df]], "Speed and size. " + latency_text(base.get("latency"))
                   + " Parameters counted with tied weights once; KV bytes per token over the attention layers "
                   "that still run.")
             state.register_table("comparison", df, "Comparison: quality, speed and size of every plan. "
                                  + protocol_text(base["protocol"]) + ". " + latency_text(base.get("latency")))
+            if (acc_fig := accuracy_chart(rows)) is not None:
+                chart(acc_fig, tasks_caption(ts.get("original")), name="task_accuracy", key="task_accuracy_chart")
             if len(rows) > 1:
-                chart(plots.pareto_chart(df, "decode tok/s (median)", "perplexity", "parameters",
+                quality = st.radio("Pareto quality axis", ["perplexity", *accuracy_axes(df.columns)], horizontal=True,
+                                   key="pareto_quality")
+                acc = quality != "perplexity"
+                chart(plots.pareto_chart(df, "decode tok/s (median)", quality, "parameters",
                                          "decode tokens/s (median, higher is better)",
-                                         "perplexity (lower is better)"),
-                      "Pareto view: quality (perplexity) vs speed (decode tokens/s), marker size = parameters. "
+                                         f"{quality} ({'higher' if acc else 'lower'} is better)", y_higher_better=acc,
+                                         y_err=quality.rsplit(" ", 1)[0] + " ±" if acc else None),
+                      f"Pareto view: quality ({quality}) vs speed (decode tokens/s), marker size = parameters. "
                       "Outlined red points are Pareto-optimal (no other plan is both faster and better). "
                       "Protocols as in the table above.", name="pareto", key="pareto_chart")
 

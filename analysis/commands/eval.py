@@ -8,6 +8,7 @@ from ..cli import positive_int
 from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
 from .prune import add_plan_args, plan_from_cli, quiet_transformers
+from .taskargs import add_task_args, prepare_tasks, run_tasks
 
 
 def add_eval_data_args(p) -> None:
@@ -57,6 +58,7 @@ def register(sub) -> None:
     p.add_argument("--new-tokens", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--prompt", default=None, help="also compare greedy generations for this prompt")
+    add_task_args(p)
     p.add_argument("--out", required=True, help="where to write the evaluation JSON")
     p.add_argument("--csv", default=None, help="also write the result as a one-row CSV")
     p.add_argument("--quiet", action="store_true")
@@ -69,6 +71,7 @@ def run(args) -> int:
     from ..export import evaluation_rows, reproduction_manifest, rows_to_csv, write_json
 
     plan = plan_from_cli(args)
+    tasks = prepare_tasks(args)  # bad task names, offline hub tasks, code without opt-in: refused before loading
     quiet_transformers(args.quiet)
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
@@ -100,14 +103,25 @@ def run(args) -> int:
     if args.prompt:
         out["generation"] = generate_pair(lm, plan, args.prompt)
     out["seconds"] = time.perf_counter() - t0
+    if tasks:
+        out["tasks"] = run_tasks(lm, plan, tasks)
     out["manifest"] = reproduction_manifest(lm, plan, res["protocol"], getattr(args, "argv", None))
     write_json(out, args.out)
     if args.csv:
-        rows_to_csv(evaluation_rows({k: v for k, v in out.items() if k not in ("manifest", "generation")}), args.csv)
+        from ..tasks import flat_columns
+
+        rows_to_csv(evaluation_rows({**{k: v for k, v in out.items() if k not in ("manifest", "generation", "tasks")},
+                                     **flat_columns(out.get("tasks") or {})}), args.csv)
     if not args.quiet:
         keys = ("perplexity", "perplexity_original", "kl", "top1", "tokens")
         healed = {f"{k}_healed": out["healed"][k] for k in ("perplexity", "kl", "recovered_fraction")} \
             if "healed" in out else {}
         print(json.dumps({"out": args.out, **{k: out[k] for k in keys if k in out}, **healed,
-                          "plan": out["plan_description"]}))
+                          "plan": out["plan_description"], **_task_summary(out)}))
     return 0
+
+
+def _task_summary(out: dict) -> dict:
+    """``{"tasks": {name: primary metric value}}`` for the one-line summary (empty without --tasks)."""
+    tasks = (out.get("tasks") or {}).get("tasks") or {}
+    return {"tasks": {t: r["metrics"][r["primary"]]["value"] for t, r in tasks.items()}} if tasks else {}

@@ -8,6 +8,7 @@ from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
 from .eval import add_eval_data_args, eval_config, eval_corpus
 from .prune import quiet_transformers
+from .taskargs import add_task_args, prepare_tasks
 
 
 def register(sub) -> None:
@@ -25,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--no-reuse", action="store_true", help="run every plan from the embeddings (slower; same result)")
     p.add_argument("--latency", action="store_true", help="also time each plan (slow)")
     add_eval_data_args(p)
+    add_task_args(p)
     p.add_argument("--out", required=True, help="where to write the sweep JSON")
     p.add_argument("--csv", default=None, help="also write the rows as CSV")
     p.add_argument("--quiet", action="store_true")
@@ -44,6 +46,7 @@ def run(args) -> int:
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
     if not criteria:
         raise SelectionError("--criteria is empty")
+    tasks = prepare_tasks(args)  # refused before loading (offline hub task, code without opt-in, ...)
     quiet_transformers(args.quiet)
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
@@ -62,10 +65,14 @@ def run(args) -> int:
                                                                               args.split), eval_config(args), progress)
         res["rows"] += healed
         res["skipped"] += skipped
+    if tasks:
+        from ..tasks.sweep import add_task_accuracy
+
+        add_task_accuracy(lm, res, tasks, progress)
     res["manifest"] = reproduction_manifest(lm, None, res["protocol"], getattr(args, "argv", None))
     write_json(res, args.out)
     if args.csv:
-        rows_to_csv(res["rows"], args.csv)
+        rows_to_csv([{k: v for k, v in row.items() if k != "tasks"} for row in res["rows"]], args.csv)
     if not args.quiet:
         for s in res["skipped"]:
             print(f"warning: skipped {s['criterion']} k={s['k']}: {s['reason']}", file=__import__("sys").stderr)
