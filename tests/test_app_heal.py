@@ -24,7 +24,8 @@ def test_heal_choice_rows_generation_export_and_model_untouched(tmp_path):
     assert df["plan"].tolist() == ["original", plan_name, f"{plan_name} + linear"]
     assert "healed: linear" in df["drops (0-based)"].iloc[2]
     assert df["perplexity"].iloc[2] != df["perplexity"].iloc[1]
-    assert df["params removed %"].iloc[2] == df["params removed %"].iloc[1]   # no new parameters
+    cost = frame_with(at, "params removed %")
+    assert cost["params removed %"].iloc[2] == cost["params removed %"].iloc[1]   # no new parameters
     at.button(key="gen_go").click().run()
     ok(at)
     assert "**Healed (linear)" in texts(at)
