@@ -85,10 +85,9 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1, default=str)
 
     def save(self, path: str | Path) -> None:
-        try:
-            Path(path).write_text(self.to_json())
-        except OSError as exc:
-            raise DataError(f"Cannot write plan file {path}: {exc.strerror or exc}") from None
+        from .outdir import write_text_atomic
+
+        write_text_atomic(path, self.to_json())
 
     # ---- semantics ------------------------------------------------------------------------------
     @property

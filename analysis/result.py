@@ -135,7 +135,9 @@ class AnalysisResult:
         return _clean(head)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        from .outdir import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnalysisResult":

@@ -277,28 +277,33 @@ def _checkpoint_plan(plan: Plan, model: nn.Module, name: str | None) -> Plan:
 
 
 def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, overwrite: bool = False,
-                root: str | os.PathLike | None = None, tokenizer=None) -> Path:
+                root: str | os.PathLike | None = None, tokenizer=None, extra_files: dict | None = None,
+                expected: str | None = None) -> Path:
     """Save the model with ``plan`` applied to ``out_dir`` (the model passed in is not modified).
 
     Whole-layer plans give a standard checkpoint that plain ``from_pretrained`` reloads; sub-block drops
     store only the remaining weights, restored by :func:`load_pruned` / ``load_model``. The tokenizer
     (``tokenizer`` or the LoadedModel's) and ``entroscope-plan.json`` are written too. The directory
-    appears atomically (written under a temporary name, then renamed).
+    appears atomically (written under a temporary name, then renamed, under a lock; see
+    :mod:`analysis.outdir`). ``extra_files`` ({name: text}, e.g. the reproduction manifest) are written
+    inside the same temporary folder; ``expected`` is what :func:`check_out_dir` returned at the start.
     """
     model = _model_of(model_or_lm)
     plan = plan or Plan()
     tokenizer = tokenizer if tokenizer is not None else getattr(model_or_lm, "tokenizer", None)
     out = Path(out_dir).expanduser()
-    check_out_dir(out, overwrite, root)
+    expected = check_out_dir(out, overwrite, root) if expected is None else expected
     view = pruned_view(model, plan)
     if KV_MARK in vars(view.config):                         # runtime-only: re-applied from the plan on load
         delattr(view.config, KV_MARK)
     stored = _checkpoint_plan(plan, model, getattr(model_or_lm, "name", None))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite, root, expected) as tmp:
         view.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         stored.save(tmp / PLAN_FILE)
+        for name, text in (extra_files or {}).items():
+            (tmp / Path(name).name).write_text(text)
     return out
 
 

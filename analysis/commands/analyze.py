@@ -54,6 +54,9 @@ def run(args) -> int:
         cfg.state_tokens = 2048
         cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm}
     cfg.validate(args.seq_len)
+    from ..outdir import check_out_file
+
+    check_out_file(args.out, "--out file")                 # before the long pass
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
     tokens = tokens_from_args(args, lm)

@@ -78,14 +78,14 @@ def run(args) -> int:
                         head_ratio=args.head_ratio, eval_domains=args.eval_domains, eval_tokens=args.eval_tokens,
                         eval_window=args.eval_window).validated()          # bad options fail before loading
     out = Path(args.out).expanduser()
-    check_out_dir(out, args.overwrite, None)
+    state = check_out_dir(out, args.overwrite, None)                  # before the long run; see outdir
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
     res = run_channels(lm, cfg, evaluate=not args.no_eval, latency=args.latency, progress=progress)
     report = res.report
     if args.ablation:
         report["ablation"] = run_ablation(lm, cfg, progress=progress)
-    path = save_channel_pruned(res.pruned, out, report=report, overwrite=args.overwrite)
+    path = save_channel_pruned(res.pruned, out, report=report, overwrite=args.overwrite, expected=state)
     summary = {"out": str(path), "report": str(path / REPORT_FILE), "ratio_reached": report["final"]["ratio_reached"],
                "widths": report["final"]["widths"], "params": report["final"]["params"],
                "loader": json.loads((path / "entroscope-channels.json").read_text())["loader"],

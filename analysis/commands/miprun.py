@@ -32,14 +32,16 @@ def run(args) -> int:
     from ..blockselect import miprun_select
     from ..result import AnalysisResult
 
+    from ..outdir import check_out_file, write_text_atomic
+
+    check_out_file(args.out, "--out file")
     r = AnalysisResult.load(args.run)
     plan = miprun_select(r, args.n, method=args.method, protect=args.protect, K=args.K or None,
                          alt_size=args.alt_size, max_iter=args.max_iter, repartition=args.repartition,
                          max_combinations=args.max_combinations)
     text = json.dumps(plan, indent=1)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_text_atomic(args.out, text)
         src = plan["source"]
         summary = {"out": args.out, "blocks": plan["drop_layers"], "granularity": "layer", "method": src["method"],
                    "objective": src.get("objective")}

@@ -20,6 +20,8 @@ def add_plan_args(p, required: bool = False) -> None:
     g.add_argument("--drop-layers", type=int_list, default=None, metavar="IDS", help="whole layers, e.g. 20,21")
     g.add_argument("--drop-attn", type=int_list, default=None, metavar="IDS", help="attention sub-blocks, e.g. 5,7")
     g.add_argument("--drop-mlp", type=int_list, default=None, metavar="IDS", help="MLP sub-blocks, e.g. 9 or 3-5")
+    g.add_argument("--force", action="store_true",
+                   help="apply a plan made for another model (different fingerprint, type or depth); prints a warning")
 
 
 def plan_from_cli(args, required: bool = False):
@@ -30,6 +32,14 @@ def plan_from_cli(args, required: bool = False):
     if plan is None and required:
         raise SelectionError("No plan given", hint="use --plan plan.json or --drop-layers/--drop-attn/--drop-mlp")
     return plan
+
+
+def check_plan_provenance(args, plan, lm) -> None:
+    """Refuse a plan made for another model unless --force (see :mod:`analysis.provenance`)."""
+    from ..provenance import check_recorded_model
+
+    if plan is not None and getattr(args, "plan", None):
+        check_recorded_model(plan, lm, f"Plan {args.plan}", force=getattr(args, "force", False))
 
 
 def quiet_transformers(quiet: bool) -> None:
@@ -58,21 +68,24 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..evaluate import param_report
-    from ..export import llama_cpp_prune_layers, mergekit_yaml, reproduction_manifest, write_json
+    from ..export import llama_cpp_prune_layers, mergekit_yaml, reproduction_manifest, to_json
+    from ..outdir import check_out_file, write_text_atomic
     from ..surgery import check_out_dir, save_pruned
 
     quiet_transformers(args.quiet)
     plan = plan_from_cli(args, required=True)
     out = Path(args.out).expanduser()
-    check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
+    state = check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
+    check_out_file(args.mergekit, "--mergekit file")
     lm = load_lm(args, stderr_progress(args.quiet))
+    check_plan_provenance(args, plan, lm)
     plan.validate(lm.num_layers)
     if args.mergekit:
-        Path(args.mergekit).write_text(mergekit_yaml(plan, lm.name, lm.num_layers))
+        write_text_atomic(args.mergekit, mergekit_yaml(plan, lm.name, lm.num_layers))
     params = param_report(lm, plan)
-    save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
-    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results={"params": params}),
-               out / "entroscope-manifest.json")
+    manifest = reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results={"params": params})
+    save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root, expected=state,
+                extra_files={"entroscope-manifest.json": to_json(manifest)})
     norm = plan.normalized()
     summary = {"out": str(out), "plan": plan.describe(), "layers": params["layers"],
                "params": params["total"], "params_removed_fraction": round(params["removed_fraction"], 6),

@@ -31,6 +31,9 @@ def run(args) -> int:
     from ..plan import Plan
     from ..result import AnalysisResult
 
+    from ..outdir import check_out_file, write_text_atomic
+
+    check_out_file(args.out, "--out file")
     r = AnalysisResult.load(args.run)
     c = get_criterion(args.criterion)
     params = {}
@@ -44,8 +47,7 @@ def run(args) -> int:
     plan = Plan.from_selection(sel, r)
     text = plan.to_json()
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_text_atomic(args.out, text)
         print(json.dumps({"out": args.out, "blocks": sel.blocks, "granularity": sel.granularity}))
     else:
         print(text)

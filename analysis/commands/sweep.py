@@ -26,6 +26,8 @@ def register(sub) -> None:
     add_eval_data_args(p)
     p.add_argument("--out", required=True, help="where to write the sweep JSON")
     p.add_argument("--csv", default=None, help="also write the rows as CSV")
+    p.add_argument("--force", action="store_true",
+                   help="use the run with a model other than the one it was made with (prints a warning)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -36,7 +38,12 @@ def run(args) -> int:
     from ..export import reproduction_manifest, rows_to_csv, write_json
     from ..result import AnalysisResult
 
+    from ..outdir import check_out_file
+    from ..provenance import check_recorded_model
+
     r = AnalysisResult.load(args.run)
+    check_out_file(args.out, "--out file")
+    check_out_file(args.csv, "--csv file")
     if args.model is None:
         args.model = ((r.manifest.get("model") or {}).get("name")) or "smollm2"
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
@@ -45,6 +52,7 @@ def run(args) -> int:
     quiet_transformers(args.quiet)
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
+    check_recorded_model(r, lm, f"Run {args.run}", force=args.force)
     if lm.num_layers != r.num_layers:
         raise SelectionError(f"the run has {r.num_layers} layers but {args.model} has {lm.num_layers}",
                              hint="use the model the run was made with")
