@@ -80,15 +80,10 @@ def positive_int(text: str) -> int:
 
 
 def int_list(text: str) -> list[int]:
-    """``"20,21"`` or ``"3-5,9"`` → [20, 21] / [3, 4, 5, 9] (0-based indices)."""
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else (part, None)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected 0-based indices like 3,5,7 or 3-5, got {text!r}") from None
-    return out
+    """``"20,21"`` or ``"3-5,9"`` → [20, 21] / [3, 4, 5, 9] (0-based indices); see :mod:`analysis.indices`."""
+    from .indices import IndexListError, parse_indices
+
+    try:
+        return parse_indices(text)
+    except IndexListError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (expected 0-based indices like 3,5,7 or 3-5)") from None

@@ -74,6 +74,11 @@ def run(args) -> int:
 
     quiet_transformers(args.quiet)
     plan = plan_from_cli(args, required=True)
+    if plan.is_empty:                       # an "unpruned pruned copy" is never what was meant
+        from ..errors import SelectionError
+
+        raise SelectionError("The plan drops nothing, so the checkpoint would be the original model",
+                             hint="give at least one block to drop (0-based), e.g. --drop-layers 20")
     out = Path(args.out).expanduser()
     state = check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
     check_out_file(args.mergekit, "--mergekit file")
