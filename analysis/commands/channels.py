@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..argtypes import finite_float, seed_int
 from ..cli import positive_int
 from .common import add_model_args, stderr_progress
 
@@ -15,6 +16,8 @@ def _ratio(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:                       # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return v
 
 
@@ -32,7 +35,7 @@ def register(sub) -> None:
                    help="domain weights, e.g. wiki:1,code:1,news:1 (built-in: wiki news code docs dialogue math)")
     g.add_argument("--samples", type=positive_int, default=64, help="calibration windows in total (default 64)")
     g.add_argument("--seq-len", type=positive_int, default=256, help="tokens per window (default 256)")
-    g.add_argument("--seed", type=int, default=2024)
+    g.add_argument("--seed", type=seed_int, default=2024)
     g.add_argument("--sampling", choices=["random", "consecutive"], default="random")
     g.add_argument("--batch-size", type=positive_int, default=8, help="windows per calibration forward")
     g.add_argument("--skip-first-token", action="store_true", help="leave position 0 out of the statistics")
@@ -42,7 +45,7 @@ def register(sub) -> None:
     s.add_argument("--method", choices=list(METHODS), default="act_weight")
     s.add_argument("--agg", choices=list(DOMAIN_AGGS), default="pooled", help="how per-domain scores combine")
     s.add_argument("--allocation", choices=list(ALLOCATIONS), default="uniform")
-    s.add_argument("--min-keep-frac", type=float, default=0.1, help="global allocation: per-layer floor")
+    s.add_argument("--min-keep-frac", type=finite_float(0, 1), default=0.1, help="global allocation: per-layer floor")
     s.add_argument("--global-norm", choices=list(GLOBAL_NORMS), default="none")
     s.add_argument("--multiple-of", type=positive_int, default=64, help="round kept widths (1 = no rounding)")
     s.add_argument("--bias-compensation", action="store_true", help="FLAP-style down_proj bias for pruned channels")

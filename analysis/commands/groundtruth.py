@@ -18,7 +18,7 @@ def register(sub) -> None:
                                    "Blocks are 0-based.")
     add_model_args(p)
     add_data_args(p)
-    p.set_defaults(samples=8)            # every block removal is a pass over these windows
+    p.set_defaults(default_samples=8)           # every block removal is a pass over these windows
     for a in p._actions:
         if a.dest == "samples":
             a.help = "N windows (default 8)"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..argtypes import bounded_int
 from ..cli import int_list, positive_int
 
 
@@ -16,8 +17,8 @@ def register(sub) -> None:
     p.add_argument("--method", choices=["fast", "exhaustive", "both"], default="fast",
                    help="fast = Fast-Block-Select; exhaustive = optimum over all n-subsets; both = fast plus "
                         "the exhaustive optimum and the gap (recorded in the plan's source)")
-    p.add_argument("--K", type=int, default=5, help="exact run scores per run length and iteration (0: all)")
-    p.add_argument("--alt-size", type=int, default=None, help="alternative pool size (default n)")
+    p.add_argument("--K", type=bounded_int(0, 10_000, "a count"), default=5, help="exact run scores per run length and iteration (0: all)")
+    p.add_argument("--alt-size", type=positive_int, default=None, help="alternative pool size (default n)")
     p.add_argument("--max-iter", type=positive_int, default=20)
     p.add_argument("--repartition", action="store_true",
                    help="also try merging/splitting runs (extension; the reconstruction keeps run lengths)")

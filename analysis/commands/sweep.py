@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..argtypes import seed_int
 from ..cli import int_list
 from .common import add_model_args, load_lm, stderr_progress
 from .eval import add_eval_data_args, eval_config, eval_corpus
@@ -20,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--k", type=int_list, default=list(range(13)), help="ks to evaluate, e.g. 0-12 or 0,2,4")
     p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default=None,
                    help="default: the run's granularity")
-    p.add_argument("--seed", type=int, default=0, help="random criterion seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="random criterion seed")
     p.add_argument("--no-reuse", action="store_true", help="run every plan from the embeddings (slower; same result)")
     p.add_argument("--latency", action="store_true", help="also time each plan (slow)")
     add_eval_data_args(p)
