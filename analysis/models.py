@@ -143,8 +143,18 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"Unknown device {device!r}", hint="use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "meta":
+        raise ModelLoadError(f"Device {device!r} holds no data (it only records shapes), so a model cannot run on it",
+                             hint="use auto, cpu, cuda, cuda:N or mps")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"Device {device!r} is not supported by Entroscope", hint="use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"Device {device!r} asked for, but no CUDA GPU is available", hint="use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"Device {device!r} asked for, but there are only {torch.cuda.device_count()} CUDA GPU(s)",
+                             hint=f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"Device {device!r} asked for, but Apple MPS is not available here", hint="use --device cpu")
     return dev
 
 

@@ -46,35 +46,19 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "plan") -> "Plan":
-        """Parse plan JSON data; anything malformed raises :class:`DataError` naming the problem."""
-        if not isinstance(d, dict):
-            raise DataError(f"{where} is not a plan: expected a JSON object, got {type(d).__name__}")
-        if not any(k in d for k in PLAN_KEYS):
-            raise DataError(f"{where} is not a plan: it has none of {', '.join(PLAN_KEYS)}",
-                            hint="create one with `python -m analysis select ... --out plan.json`")
-        unknown = sorted(set(d) - set(PLAN_KEYS) - {"source"})
-        if unknown:
-            raise DataError(f"{where} has unknown keys {unknown}; a plan has {', '.join(PLAN_KEYS)} and source")
-        lists = {k: _int_list(d.get(k) or [], k, where) for k in PLAN_KEYS}
-        source = d.get("source") or {}
-        if not isinstance(source, dict):
-            raise DataError(f"{where}: 'source' must be a JSON object")
-        return cls(**lists, source=dict(source))
+        """Parse plan JSON data, validated by :class:`analysis.schemas.PlanModel`; anything malformed raises
+        :class:`DataError` naming the field."""
+        from .schemas import validate_plan
+
+        m = validate_plan(d, where)
+        return cls(list(m.drop_attn), list(m.drop_mlp), list(m.drop_layers), dict(m.source))
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         """Read a plan JSON file (missing or malformed file → :class:`DataError`)."""
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise DataError(f"Plan file not found: {path}") from None
-        except IsADirectoryError:
-            raise DataError(f"Plan path is a directory, not a JSON file: {path}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not valid plan JSON ({type(exc).__name__})") from None
-        except OSError as exc:
-            raise DataError(f"Cannot read plan file {path}: {exc.strerror or exc}") from None
-        return cls.from_dict(d, where=str(path))
+        from .schemas import PLAN_HINT, read_json
+
+        return cls.from_dict(read_json(path, "plan", PLAN_HINT), where=str(path))
 
     # ---- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:

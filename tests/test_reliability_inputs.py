@@ -115,3 +115,134 @@ def test_samples_and_seq_len_honoured_for_token_files(capsys, tmp_path, tiny_dir
            "holds 4 windows but --samples 9")
     expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", ids_file, "--seq-len", "16", "--out", str(out)],
            "windows of 32 tokens")
+
+
+# ---- V3 run and plan JSON schemas (pydantic) -----------------------------------------------------------------
+def _mutated(run_json, tmp_path, fn, name="bad.json"):
+    d = json.loads(open(run_json).read())
+    fn(d)
+    p = tmp_path / name
+    p.write_text(json.dumps(d))
+    return str(p)
+
+
+@pytest.mark.parametrize("fn,pattern", [
+    (lambda d: d.update(num_layers="4"), "field num_layers"),
+    (lambda d: d.update(num_layers=5), "per_seq.bucket.boundary[0] has 5 values; num_layers=5 needs 6"),
+    (lambda d: d.pop("per_seq"), "field per_seq is missing"),
+    (lambda d: d["per_seq"]["bucket"]["mid"][1].pop(), "per_seq.bucket.mid[1] has 3 values"),
+    (lambda d: d["per_seq"]["bucket"]["mid"][0].__setitem__(0, "abc"), "per_seq.bucket.mid[0][0]"),
+    (lambda d: d["per_seq"]["bucket"]["mid"].pop(), "per_seq.bucket.mid has 3 sequences"),
+    (lambda d: d.update(protected=[9]), "protected blocks [9] are outside 0..3"),
+    (lambda d: d.update(granularity="blocks"), "field granularity"),
+    (lambda d: d.update(estimator="knn"), "estimator 'knn' has no per-sequence entropies"),
+    (lambda d: d.update(boundary=-1), "boundary -1"),
+    (lambda d: d.update(angular=[[0.0]]), "angular must be a 5×5 matrix"),
+])
+def test_bad_run_json_names_the_field(capsys, tmp_path, run_json, fn, pattern):
+    err = expect(capsys, ["select", "--run", _mutated(run_json, tmp_path, fn), "--k", "1"], pattern)
+    assert "not a valid Entroscope run JSON" in err and "unexpected" not in err
+
+
+def test_absurd_nesting_and_old_runs(capsys, tmp_path, run_json):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    expect(capsys, ["select", "--run", str(deep), "--k", "1"], "nested too deeply")
+    plan = tmp_path / "deep-plan.json"
+    plan.write_text('{"drop_attn": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    expect(capsys, ["prune", "--plan", str(plan), "--out", str(tmp_path / "o")], "nested too deeply")
+    # an older run: no headline keys, none of the later optional fields → still loads
+    old = _mutated(run_json, tmp_path, lambda d: [d.pop(k) for k in ("entropy", "delta_h", "delta_h_all", "index_base",
+                                                                    "drop_order", "extras", "baselines", "domains",
+                                                                    "warnings", "norms", "angular")], "old.json")
+    code, err = run_cli(capsys, ["select", "--run", old, "--k", "1"])
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ('{"drop_layers": [1, "2"]}', "'drop_layers' must hold integers"),
+    ('{"drop_layers": [true]}', "'drop_layers' must hold integers"),
+    ('{"drop_layers": {"a": 1}}', "must be a list"),
+    ('{"drop_layers": [1], "source": []}', "'source' must be a JSON object"),
+    ('{"drop_layers": [1], "dropp_attn": [2]}', "unknown keys ['dropp_attn']"),
+    ('{"layers": [1]}', "not a plan"),
+])
+def test_bad_plan_json_names_the_field(capsys, tmp_path, tiny_dir, content, pattern):
+    p = tmp_path / "plan.json"
+    p.write_text(content)
+    expect(capsys, ["prune", "--model", tiny_dir, "--plan", str(p), "--out", str(tmp_path / "o")], pattern)
+
+
+# ---- V4 provenance ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def other_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-other")
+    tiny_model("qwen2", layers=4).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return str(d)
+
+
+def test_plan_for_another_model_needs_force(capsys, tmp_path, run_json, other_dir):
+    plan = tmp_path / "plan.json"
+    assert run_cli(capsys, ["select", "--run", run_json, "--k", "1", "--out", str(plan)])[0] == 0
+    text = tmp_path / "t.txt"
+    text.write_text("some words to score here. " * 200)
+    err = expect(capsys, ["eval", "--model", other_dir, "--plan", str(plan), "--text", str(text), "--out",
+                          str(tmp_path / "e.json")], "was made for")
+    assert "model type llama ≠ qwen2" in err and "fingerprint" in err and "--force" in err
+    expect(capsys, ["prune", "--model", other_dir, "--plan", str(plan), "--out", str(tmp_path / "ck")], "was made for")
+    assert not (tmp_path / "ck").exists()
+    code, err = run_cli(capsys, ["prune", "--model", other_dir, "--plan", str(plan), "--out", str(tmp_path / "ck"),
+                                 "--force", "--quiet"])
+    assert code == 0 and "warning: ProvenanceMismatch" in err and (tmp_path / "ck").is_dir(), err
+
+
+def test_run_for_another_model_needs_force(capsys, tmp_path, run_json, other_dir):
+    text = tmp_path / "t.txt"
+    text.write_text("some words to score here. " * 200)
+    argv = ["sweep", "--run", run_json, "--model", other_dir, "--k", "0,1", "--text", str(text), "--window", "64",
+            "--out", str(tmp_path / "s.json"), "--quiet"]
+    expect(capsys, argv, "was made for")
+    code, err = run_cli(capsys, argv + ["--force"])
+    assert code == 0 and "ProvenanceMismatch" in err, err
+    deeper = _mutated(run_json, tmp_path, lambda d: d["manifest"]["model"].update(num_layers=30), "deep-run.json")
+    from analysis.models import load_model
+    from analysis.provenance import differences, recorded_model
+    from analysis.result import AnalysisResult
+
+    lm = load_model(other_dir, device="cpu")
+    assert any("depth (layers) 30 ≠ 4" in x for x in differences(recorded_model(AnalysisResult.load(deeper)), lm))
+
+
+# ---- V9 asking a run for what it lacks -------------------------------------------------------------------------
+def test_run_lacking_what_is_asked(capsys, tmp_path, run_json):
+    expect(capsys, ["select", "--run", run_json, "--k", "1", "--estimator", "knn"],
+           "This run has no 'knn' entropies (it holds bucket)")
+    expect(capsys, ["select", "--run", run_json, "--k", "1", "--criterion", "mi-prun"], "--mi")
+    expect(capsys, ["miprun", "--run", run_json, "--n", "1"], "--mi")
+    expect(capsys, ["select", "--run", run_json, "--k", "1", "--criterion", "delta-ppl"], "groundtruth --into")
+    bare = _mutated(run_json, tmp_path, lambda d: [d["per_seq"].pop(k) for k in ("cos_attn", "cos_mlp", "cos_layer")]
+                    + [d.update(angular=None)], "bare.json")
+    expect(capsys, ["select", "--run", bare, "--k", "1", "--criterion", "cosine"], "no cosine similarities")
+    expect(capsys, ["select", "--run", bare, "--k", "1", "--criterion", "angular", "--granularity", "layer"],
+           "no angular statistics")
+
+
+# ---- V11 broken pipes, V12 unusable devices ------------------------------------------------------------------
+def test_broken_pipe_ends_quietly(tmp_path, run_json):
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m analysis select --run {run_json} --k 1 | head -c 3"
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                       cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert p.stdout == "{\n " and p.stderr == "", p.stderr
+    assert p.returncode in (0, 141)
+
+
+@pytest.mark.parametrize("device,pattern", [("meta", "holds no data"), ("xla", "not supported"),
+                                            ("cuda:7", "cuda"), ("foo", "Unknown device")])
+def test_unusable_devices(capsys, tmp_path, tiny_dir, ids_file, device, pattern):
+    err = expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", ids_file, "--device", device, "--out",
+                          str(tmp_path / "r.json")], pattern)
+    assert "unexpected" not in err
