@@ -20,6 +20,7 @@ import torch
 
 from .adapters import Adapter, adapter_for
 from .errors import ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
+from .integrity import cache_entry_problem, check_loading_info, discard_cache_entry
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -381,6 +382,9 @@ def load_model(
             fingerprint = _cached_sha256(gguf_path)
             load_dir = gguf_cache_dir(gguf_path)
             from_cache = load_dir.is_dir()
+            if from_cache and (why := cache_entry_problem(load_dir)):   # corrupted entry: rebuild it
+                discard_cache_entry(load_dir, cache_root() / "models", why)
+                from_cache = False
             if not from_cache:
                 _convert_gguf(gguf_path, load_dir, progress)
         except (ValueError, KeyError, RuntimeError) as exc:
@@ -420,8 +424,12 @@ def load_model(
         from .surgery import load_subblock_checkpoint  # dirs saved with sub-block drops (entroscope-plan.json)
 
         model = load_subblock_checkpoint(load_dir, dt) if kind == "local" else None
-        if model is None:
+        if model is None and kind == "hub":
             model = AutoModelForCausalLM.from_pretrained(str(load_dir), **kwargs)
+        elif model is None:                          # local files: config and weights must agree exactly
+            model, info = AutoModelForCausalLM.from_pretrained(str(load_dir), output_loading_info=True,
+                                                               ignore_mismatched_sizes=True, **kwargs)
+            check_loading_info(model, info, str(spec if kind == "local" else load_dir))
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - translated into a user-facing message below

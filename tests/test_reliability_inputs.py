@@ -246,3 +246,87 @@ def test_unusable_devices(capsys, tmp_path, tiny_dir, ids_file, device, pattern)
     err = expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", ids_file, "--device", device, "--out",
                           str(tmp_path / "r.json")], pattern)
     assert "unexpected" not in err
+
+
+# ---- V5 checkpoints whose config and weights disagree ----------------------------------------------------------
+@pytest.mark.parametrize("kind,pattern", [
+    ("missing", "2 missing (model.layers.2.mlp.up_proj.weight, model.layers.3.self_attn.q_proj.weight)"),
+    ("extra", "1 unexpected (model.layers.9.mlp.up_proj.weight)"),
+    ("shape", "1 with the wrong shape (model.layers.1.mlp.up_proj.weight (5, 64) vs (128, 64))"),
+])
+def test_checkpoint_config_and_weights_disagree(capsys, tmp_path, tiny_dir, ids_file, kind, pattern):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / f"ck-{kind}"
+    shutil.copytree(tiny_dir, d)
+    sd = load_file(str(d / "model.safetensors"))
+    if kind == "missing":
+        sd.pop("model.layers.2.mlp.up_proj.weight")
+        sd.pop("model.layers.3.self_attn.q_proj.weight")
+    elif kind == "extra":
+        sd["model.layers.9.mlp.up_proj.weight"] = torch.zeros(3, 3)
+    else:
+        sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(5, 64)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    err = expect(capsys, ["analyze", "--model", str(d), "--tokens", ids_file, "--out", str(tmp_path / "r.json")],
+                 "config.json and the weight files disagree")
+    assert pattern in err, err
+
+
+# ---- V6 a corrupted model-cache entry is rebuilt, or the message names the folder -------------------------------
+def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch, tiny_dir):
+    import shutil
+
+    import analysis.integrity as integrity
+    import analysis.models as models
+    from analysis.errors import ModelLoadError
+
+    monkeypatch.setenv("ENTROSCOPE_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "toy.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    conversions = []
+
+    def fake_convert(path, out_dir, progress=None):             # stands in for the slow dequantisation
+        conversions.append(out_dir)
+        shutil.copytree(tiny_dir, out_dir)
+        (out_dir / "entroscope-source.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    lm = models.load_model(str(gguf), device="cpu")
+    entry = conversions[0]
+    assert lm.num_layers == 4 and len(conversions) == 1
+    assert models.load_model(str(gguf), device="cpu").from_cache and len(conversions) == 1
+    damage = [lambda: (entry / "model.safetensors").write_bytes((entry / "model.safetensors").read_bytes()[:1000]),
+              lambda: (entry / "config.json").write_text("{trunc"),
+              lambda: (entry / "model.safetensors").unlink(),
+              lambda: (entry / "entroscope-source.json").unlink()]
+    for i, hurt in enumerate(damage):
+        hurt()
+        lm = models.load_model(str(gguf), device="cpu")
+        assert lm.num_layers == 4 and len(conversions) == i + 2 and not lm.from_cache
+    (entry / "config.json").write_text("{trunc")
+
+    def cannot(path, *a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(integrity.shutil, "rmtree", cannot)
+    with pytest.raises(ModelLoadError, match="delete the folder") as e:
+        models.load_model(str(gguf), device="cpu")
+    assert str(entry) in str(e.value)
+
+
+# ---- V7 --text names are literal ----------------------------------------------------------------------------
+def test_text_paths_are_literal(capsys, tmp_path, tiny_dir):
+    weird = tmp_path / "notes[1]*?.txt"
+    weird.write_text("plain words in a file with glob characters in its name. " * 60)
+    (tmp_path / "notes1x.txt").write_text("another file that a glob would match. " * 60)
+    out = tmp_path / "r.json"
+    code, err = run_cli(capsys, ["analyze", "--model", tiny_dir, "--text", str(weird), "--seq-len", "16",
+                                 "--samples", "2", "--out", str(out), "--quiet", "--no-cache"])
+    assert code == 0, err
+    assert json.loads(out.read_text())["manifest"]["data"]["corpus"] == weird.name
+    expect(capsys, ["analyze", "--model", tiny_dir, "--text", str(tmp_path / "notes*.txt"), "--out", str(out)],
+           "file not found")
