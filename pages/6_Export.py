@@ -9,7 +9,8 @@ import streamlit as st
 from app_support import state
 from app_support.commands import analyze_argv, session_script
 from app_support.exporting import (dir_listing, fig_html, llama_cpp_list, mergekit_yaml, model_ref,
-                                   png_export_works, save_checkpoint)
+                                   png_export_works, save_checkpoint, server_paths_allowed, session_folder,
+                                   zip_bytes)
 from app_support.runs import effective_protected
 from app_support.widgets import INDEX_NOTE, guarded, link, need, page_setup, show_error
 
@@ -109,11 +110,17 @@ with guarded("Checkpoint"):
     if plans:
         k1, k2, k3 = st.columns([2, 2, 2])
         ck_plan = k1.selectbox("Plan", list(plans), key="ck_plan")
-        root = k2.text_input("Output folder (root)", key=state.wkey("ck.root", os.path.join(os.getcwd(), "out")),
-                             help="The checkpoint is written inside this folder only")
+        if server_paths_allowed():           # server-side setting: a single-user machine may pick folders
+            root = k2.text_input("Output folder (root)", key=state.wkey("ck.root", os.path.join(os.getcwd(), "out")),
+                                 help="The checkpoint is written inside this folder only")
+            state.sync("ck.root")
+        else:                                 # shared app: only this session's private folder, then a zip
+            import uuid
+
+            root = str(session_folder(s.setdefault("es.export_session", uuid.uuid4().hex[:16])))
+            k2.caption("Written to this session's private folder on the server; download it below as a zip.")
         folder = k3.text_input("Checkpoint folder name", value=f"{rec.model['spec'].replace('/', '_')}-{ck_plan}",
                                key=f"ck_name_{ck_plan}")
-        state.sync("ck.root")
         overwrite = st.checkbox("Overwrite an existing checkpoint folder", key="ck_overwrite")
         if st.button("Save pruned checkpoint", icon=":material/save:", key="ck_save", type="primary"):
             try:
@@ -121,14 +128,17 @@ with guarded("Checkpoint"):
                 with st.spinner("Writing the checkpoint …"):
                     out = save_checkpoint(get_model(prun.model), plans[ck_plan].plan, root, folder, overwrite)
                 s["es.last_checkpoint"] = str(out)
-                state.flash("success", f"Saved {ck_plan} to {out}")
+                state.flash("success", f"Saved {ck_plan} to {out if server_paths_allowed() else out.name}")
                 st.rerun()
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Could not save the checkpoint")
         last = s.get("es.last_checkpoint")
         if last and os.path.isdir(last):
-            st.success(f"Last checkpoint: `{last}`")
+            st.success(f"Last checkpoint: `{last if server_paths_allowed() else os.path.basename(last)}`")
             st.dataframe(pd.DataFrame(dir_listing(last)), hide_index=True)
+            st.download_button(f"{os.path.basename(last)}.zip", data=lambda last=last: zip_bytes(last),
+                               file_name=f"{os.path.basename(last)}.zip", mime="application/zip", key="dl_ck_zip",
+                               on_click="ignore", icon=":material/folder_zip:")
             st.caption("Whole-layer plans reload with plain `AutoModelForCausalLM.from_pretrained`; sub-block plans "
                        "with `python -m analysis` / `analysis.models.load_model` (reads entroscope-plan.json).")
     else:

@@ -456,7 +456,7 @@ def test_pages_without_a_run_guide_the_user():
 
 # ---- Export ------------------------------------------------------------------------------------------------------
 
-def test_export_cli_downloads_and_checkpoint(tmp_path):
+def test_export_cli_downloads_and_checkpoint(tmp_path, monkeypatch):
     at = goto(_with_plan(), "6_Export")
     ok(at)
     script = at.code[0].value
@@ -468,10 +468,10 @@ def test_export_cli_downloads_and_checkpoint(tmp_path):
     assert "kaleido" in texts(at)                                     # PNG export explained
     assert "CSV" in labels and "HTML" in labels
 
-    at.text_input(key="w:ck.root").set_value(str(tmp_path)).run()
+    monkeypatch.setenv("ENTROSCOPE_EXPORT_ROOT", str(tmp_path))      # the server-side setting
     at.button(key="ck_save").click().run()
     ok(at)
-    saved = list(tmp_path.iterdir())
+    saved = [p for p in next(tmp_path.glob("session-*")).iterdir() if not p.name.startswith(".")]
     assert len(saved) == 1 and (saved[0] / "entroscope-plan.json").is_file()
     assert "Saved" in texts(at)
     at.button(key="ck_save").click().run()                            # exists, no overwrite → clear error

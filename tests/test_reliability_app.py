@@ -97,3 +97,61 @@ def test_all_blocks_protected_is_explained_and_run_kept():
     assert not at.exception
     assert "All 8 blocks are protected" in errors(at), errors(at)
     assert current(at).run_id == rec.run_id                          # the analysis is still there
+
+
+# ---- the Export page on a shared server (docs/reliability.md, class A1) --------------------------------------
+def _export_page(monkeypatch, root, **env):
+    from test_app_pages import _with_plan
+
+    monkeypatch.setenv("ENTROSCOPE_EXPORT_ROOT", str(root))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    at = goto(_with_plan(), "6_Export")
+    ok(at)
+    return at
+
+
+def test_export_writes_only_to_a_private_session_folder_and_offers_a_zip(tmp_path, monkeypatch):
+    import zipfile
+
+    root = tmp_path / "exports"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    at = _export_page(monkeypatch, root)
+    assert not [t for t in at.text_input if t.key == "w:ck.root"]        # no server path from the browser
+    name_key = next(t.key for t in at.text_input if t.key and t.key.startswith("ck_name_"))
+    for bad in ("../outside", str(outside), "..", "a/b", "a\\\\b", ""):
+        at.text_input(key=name_key).set_value(bad).run()
+        at.button(key="ck_save").click().run()
+        assert at.error and not at.exception, bad
+    at.text_input(key=name_key).set_value("mine").run()
+    at.button(key="ck_save").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    sessions = list(root.glob("session-*"))
+    assert len(sessions) == 1 and (sessions[0] / "mine" / "entroscope-plan.json").is_file()
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert str(root) not in " ".join(m.value for m in at.success)        # server paths are not shown
+    zbtn = at.get("download_button")
+    assert any(b.proto.label == "mine.zip" for b in zbtn)
+    from app_support.exporting import zip_bytes
+
+    import io
+
+    names = zipfile.ZipFile(io.BytesIO(zip_bytes(sessions[0] / "mine"))).namelist()
+    assert "mine/model.safetensors" in names and "mine/entroscope-plan.json" in names
+    # overwriting a folder of this session works; a second browser session gets another private folder
+    at.checkbox(key="ck_overwrite").check().run()
+    at.button(key="ck_save").click().run()
+    assert not at.error
+    other = _export_page(monkeypatch, root)
+    other.button(key="ck_save").click().run()
+    assert not other.error and len(list(root.glob("session-*"))) == 2
+
+
+def test_server_paths_only_behind_the_server_setting(tmp_path, monkeypatch):
+    at = _export_page(monkeypatch, tmp_path / "exports", ENTROSCOPE_EXPORT_SERVER_PATHS="1")
+    at.text_input(key="w:ck.root").set_value(str(tmp_path / "mine")).run()
+    at.button(key="ck_save").click().run()
+    ok(at)
+    assert len([p for p in (tmp_path / "mine").iterdir() if not p.name.startswith(".")]) == 1
