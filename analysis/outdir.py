@@ -210,9 +210,22 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, root: str | os.P
 
 
 # ---- single output files (run.json, plan.json, eval.json, CSV, YAML) ---------------------------------------
+#: state of each output file when its command started (see check_out_file / write_text_atomic)
+_FILE_EXPECTED: dict[str, object] = {}
+
+
+def file_state(p: Path):
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return _ABSENT
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def check_out_file(path: str | os.PathLike | None, what: str = "Output file") -> None:
     """Refuse, before any slow work, an output file that cannot be written: a directory, a missing
-    parent folder, a read-only place, a name that is too long. Creates nothing."""
+    parent folder, a read-only place, a name that is too long. Creates nothing. Records the file's
+    state, so that :func:`write_text_atomic` refuses to replace it if another process wrote it meanwhile."""
     if path is None:
         return
     given = Path(path).expanduser()
@@ -226,17 +239,31 @@ def check_out_file(path: str | os.PathLike | None, what: str = "Output file") ->
     _check_writable_location(real, given, what)
     if real.exists() and not os.access(real, os.W_OK):
         raise SaveError(f"{what} {given} exists and is not writable")
+    _FILE_EXPECTED[str(real)] = file_state(real)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and a rename (never a half-written file)."""
+    """Write ``text`` to ``path`` via a temporary file and a rename (never a half-written file). If
+    :func:`check_out_file` saw the file at the start of this command and another process has written it
+    since, nothing is replaced: this text is kept beside it and :class:`SaveError` says where."""
     p = Path(path).expanduser()
+    expected = _FILE_EXPECTED.pop(str(Path(os.path.abspath(p))), None)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=str(p.parent) or ".")
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
-            os.replace(tmp, p)
+            if expected is None:
+                os.replace(tmp, p)
+            else:
+                with _lock(Path(os.path.abspath(p))):
+                    if file_state(p) != expected:
+                        kept = p.with_name(f"{p.stem}.unsaved-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                           f"{uuid.uuid4().hex[:4]}{p.suffix}")
+                        os.replace(tmp, kept)
+                        raise SaveError(f"{p} was written by another process while this one ran; it was not "
+                                        f"replaced. This result is kept at {kept}")
+                    os.replace(tmp, p)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -181,3 +181,58 @@ def test_check_out_file_accepts_normal_paths(tmp_path):
     check_out_file(tmp_path / "run.json")               # replacing a file the user named is fine
     assert check_out_dir(tmp_path / "new", False, tmp_path) == "absent"
     assert not (tmp_path / "new").exists()
+
+
+def test_concurrent_file_writers_one_success(tmp_path):
+    """Two commands writing the same run.json: the one that finishes second finds it changed since its
+    start and keeps its own result beside it instead of replacing it."""
+    from analysis.outdir import write_text_atomic
+
+    out = tmp_path / "run.json"
+    out.write_text("old")
+    barrier, results = threading.Barrier(2), [None, None]
+
+    def command(i):
+        check_out_file(out)                     # at the start of the command
+        barrier.wait()
+        if i == 1:
+            barrier.wait()                      # the second writer finishes after the first
+        try:
+            write_text_atomic(out, f"result {i}")
+            results[i] = "ok"
+        except SaveError as exc:
+            results[i] = str(exc)
+        if i == 0:
+            barrier.wait()
+
+    import analysis.outdir as outdir
+
+    outdir._FILE_EXPECTED.clear()
+    # check_out_file is keyed by path in one process: emulate two processes by giving each its own table
+    tables = [{}, {}]
+    real = outdir._FILE_EXPECTED
+
+    class PerThread(dict):
+        def _t(self):
+            return tables[int(threading.current_thread().name[-1])]
+
+        def __setitem__(self, k, v):
+            self._t()[k] = v
+
+        def pop(self, k, d=None):
+            return self._t().pop(k, d)
+
+    outdir._FILE_EXPECTED = PerThread()
+    try:
+        threads = [threading.Thread(target=command, args=(i,), name=f"cmd{i}") for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        outdir._FILE_EXPECTED = real
+    assert results[0] == "ok" and "written by another process" in results[1], results
+    assert out.read_text() == "result 0"
+    kept = [p for p in tmp_path.iterdir() if ".unsaved-" in p.name]
+    assert len(kept) == 1 and kept[0].read_text() == "result 1"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
