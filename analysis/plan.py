@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError, SelectionError
+from .errors import DataError, SelectionError  # noqa: F401 - DataError: raised via schemas
 
 PLAN_KEYS = ("drop_attn", "drop_mlp", "drop_layers")
 _LABELS = {"drop_layers": "layer", "drop_attn": "attention sub-block", "drop_mlp": "MLP sub-block"}
@@ -132,15 +132,6 @@ class Plan:
 
     def __str__(self) -> str:
         return self.describe()
-
-
-def _int_list(value, key: str, where: str) -> list[int]:
-    if not isinstance(value, (list, tuple)):
-        raise DataError(f"{where}: {key!r} must be a list of 0-based block indices, got {type(value).__name__}")
-    for v in value:
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise DataError(f"{where}: {key!r} must hold integers, got {v!r}")
-    return [int(v) for v in value]
 
 
 def plan_from_args(plan_path: str | None = None, drop_layers=None, drop_attn=None, drop_mlp=None) -> Plan | None:

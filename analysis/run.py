@@ -142,6 +142,10 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         result.extras[name] = EXTENSIONS[name](stats, lm, cfg)
         for crit, by_gran in (result.extras[name].pop("criteria_scores", None) or {}).items():
             result.extras.setdefault("criteria_scores", {}).setdefault(crit, {}).update(by_gran)
+    body = ids[: stats.n_done, (1 if cfg.skip_first_token else 0):]
+    if not bool((body != body[:, :1]).any()):
+        result.warnings.append("DegenerateInput: every sequence repeats a single token, so the states differ only "
+                               "by position and rounding; ΔH and the drop order are not meaningful — use real text")
     result.warnings.extend(degenerate_warnings(result))
     compute_baselines(result)
     result.manifest["timings"]["total_s"] = time.perf_counter() - t0

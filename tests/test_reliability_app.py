@@ -155,3 +155,55 @@ def test_server_paths_only_behind_the_server_setting(tmp_path, monkeypatch):
     at.button(key="ck_save").click().run()
     ok(at)
     assert len([p for p in (tmp_path / "mine").iterdir() if not p.name.startswith(".")]) == 1
+
+
+# ---- inputs in the app (classes V2, V5) -----------------------------------------------------------------------
+def test_degenerate_tokens_give_a_named_warning_and_one_token_is_refused():
+    at = _loaded_with_data()
+    buf = io.BytesIO()
+    np.save(buf, np.full((4, 32), 7))                                # one repeated token
+    at.radio(key="w:data.source").set_value("tokens").run()
+    at.file_uploader(key="data_tokens_widget").set_value(("const.npy", buf.getvalue(), "application/octet-stream")).run()
+    at.button(key="sample_data").click().run()
+    ok(at)
+    at = goto(at, "3_Entropy")
+    at.button(key="run_analysis").click().run()
+    assert not at.exception and not at.error, errors(at)
+    assert any("DegenerateInput: every sequence repeats a single token" in w.value for w in at.warning), \
+        [w.value for w in at.warning]
+
+
+def test_checkpoint_with_mismatched_weights_is_refused_in_the_app(tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from analysis.testing import tiny_model, tiny_tokenizer
+
+    d = tmp_path / "broken"
+    tiny_model("llama", layers=2).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    sd = load_file(str(d / "model.safetensors"))
+    sd.pop("model.layers.1.mlp.down_proj.weight")
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    at = _loaded_with_data()
+    at.radio(key="w:model.source").set_value("local").run()
+    at.text_input(key="w:model.local").set_value(str(d)).run()
+    at.button(key="load_model").click().run()
+    assert not at.exception and "1 missing (model.layers.1.mlp.down_proj.weight)" in errors(at), errors(at)
+    assert at.session_state["es.model"]["spec"] == "tiny-llama"                   # the loaded model is kept
+    shutil.rmtree(d)
+
+
+def test_app_serves_on_localhost_unless_shared_explicitly():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "127.0.0.1"
+    make = (root / "Makefile").read_text()
+    assert re.search(r"^ADDRESS \?= 127\.0\.0\.1$", make, re.M)
+    assert re.search(r"streamlit run app\.py --server\.address \$\(ADDRESS\)", make)

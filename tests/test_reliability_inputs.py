@@ -87,22 +87,37 @@ def test_all_zero_delta_h_is_a_named_warning(capsys, tmp_path, tiny_dir):
     p = tmp_path / "const.npy"
     np.save(p, np.full((4, 32), 7))                      # one repeated token: nothing varies across tokens
     code, err = run_cli(capsys, ["analyze", "--model", tiny_dir, "--tokens", str(p), "--out", str(tmp_path / "r.json"),
-                                 "--no-cache"])
-    assert code == 0 and "warning: DegenerateScores: every attention ΔH is 0" in err, err
-    assert any(w.startswith("DegenerateScores") for w in json.loads((tmp_path / "r.json").read_text())["warnings"])
+                                 "--no-cache", "--dtype", "fp32"])
+    assert code == 0 and "warning: DegenerateInput: every sequence repeats a single token" in err, err
+    assert any(w.startswith("DegenerateInput") for w in json.loads((tmp_path / "r.json").read_text())["warnings"])
+
+
+def _result(boundary, mid):
+    from analysis.result import AnalysisResult
+
+    return AnalysisResult(num_layers=len(mid[0]), estimator="bucket", granularity="attention", protect="none",
+                          per_seq={"bucket": {"boundary": boundary, "mid": mid}}, angular=None, norms={}, boundary=0,
+                          protected=[])
+
+
+def test_zero_and_null_scores_are_named():
+    from analysis.run import degenerate_warnings
+
+    nan = float("nan")
+    assert any(w.startswith("DegenerateScores: every attention ΔH is 0")
+               for w in degenerate_warnings(_result([[2.0, 2.0, 2.0]] * 3, [[2.0, 2.0]] * 3)))
+    w = degenerate_warnings(_result([[2.0, 3.0, 1.0]] * 3, [[nan, 2.5]] * 3))
+    assert any(x.startswith("NullScores: ΔH of blocks [0] is null") for x in w)
+    assert degenerate_warnings(_result([[2.0, 3.0, 1.0]] * 3, [[2.5, 2.5]] * 3)) == []
 
 
 def test_all_null_entropies_are_refused():
     from analysis.errors import DataError
-    from analysis.result import AnalysisResult
     from analysis.run import degenerate_warnings
 
     nan = float("nan")
-    r = AnalysisResult(num_layers=2, estimator="bucket", granularity="attention", protect="none",
-                       per_seq={"bucket": {"boundary": [[nan] * 3], "mid": [[nan] * 2]}}, angular=None,
-                       norms={}, boundary=0, protected=[])
     with pytest.raises(DataError, match="Every bucket entropy is null"):
-        degenerate_warnings(r)
+        degenerate_warnings(_result([[nan] * 3], [[nan] * 2]))
 
 
 def test_samples_and_seq_len_honoured_for_token_files(capsys, tmp_path, tiny_dir, ids_file):
@@ -330,3 +345,12 @@ def test_text_paths_are_literal(capsys, tmp_path, tiny_dir):
     assert json.loads(out.read_text())["manifest"]["data"]["corpus"] == weird.name
     expect(capsys, ["analyze", "--model", tiny_dir, "--text", str(tmp_path / "notes*.txt"), "--out", str(out)],
            "file not found")
+
+
+def test_prune_refuses_an_empty_plan(capsys, tmp_path, tiny_dir):
+    expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "none", "--out", str(tmp_path / "o")],
+           "drops nothing")
+    p = tmp_path / "empty.json"
+    p.write_text('{"drop_attn": [], "drop_mlp": [], "drop_layers": []}')
+    expect(capsys, ["prune", "--model", tiny_dir, "--plan", str(p), "--out", str(tmp_path / "o")], "drops nothing")
+    assert not (tmp_path / "o").exists()
