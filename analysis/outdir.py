@@ -114,16 +114,7 @@ def marker_state(out: Path) -> str:
 def check_out_dir(out: str | os.PathLike, overwrite: bool, root: str | os.PathLike | None) -> str:
     """Raise :class:`SaveError` unless ``out`` may be written; creates nothing. Call it before any slow
     work. Returns the state of ``out`` now (pass it to :func:`atomic_dir` as ``expected``)."""
-    given = Path(out).expanduser()
-    real = _resolve(out)
-    if root is not None:
-        root_p = _resolve(root)
-        if real == root_p or not real.is_relative_to(root_p):
-            raise SaveError(f"Output directory {given} is outside the allowed folder {root_p}",
-                            hint="give a folder name inside it")
-    if real == Path(real.anchor) or real in _protected_paths() or Path.cwd().resolve().is_relative_to(real):
-        raise SaveError(f"Refusing to write a checkpoint at {given}: it is a filesystem root, the home folder or "
-                        "holds the working directory", hint="give a new folder name")
+    given, real = _check_target(out, root)
     state = marker_state(real)
     if state != _ABSENT:
         if not overwrite:
@@ -135,6 +126,21 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool, root: str | os.PathLi
                             "refusing to replace it", hint="choose another folder, or delete it yourself")
     _check_writable_location(real, given, "Output directory")
     return state
+
+
+def _check_target(out, root) -> tuple[Path, Path]:
+    """(as given, resolved) after refusing a target outside ``root`` or a root/home/working folder."""
+    given = Path(out).expanduser()
+    real = _resolve(out)
+    if root is not None:
+        root_p = _resolve(root)
+        if real == root_p or not real.is_relative_to(root_p):
+            raise SaveError(f"Output directory {given} is outside the allowed folder {root_p}",
+                            hint="give a folder name inside it")
+    if real == Path(real.anchor) or real in _protected_paths() or Path.cwd().resolve().is_relative_to(real):
+        raise SaveError(f"Refusing to write a checkpoint at {given}: it is a filesystem root, the home folder or "
+                        "holds the working directory", hint="give a new folder name")
+    return given, real
 
 
 def _clean_stale(parent: Path) -> list[str]:
@@ -174,8 +180,10 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, root: str | os.P
     (default: the state now); if ``out`` changed since, the result is kept aside and :class:`SaveError`
     names where."""
     given = Path(out).expanduser()
-    now = check_out_dir(given, overwrite, root)
-    expected = now if expected is None else expected
+    if expected is None:
+        expected = check_out_dir(given, overwrite, root)
+    else:                 # checked when the command started; a change since is handled at the commit below
+        _check_target(given, root)
     real = _resolve(given)
     try:
         real.parent.mkdir(parents=True, exist_ok=True)

@@ -236,3 +236,16 @@ def test_concurrent_file_writers_one_success(tmp_path):
     kept = [p for p in tmp_path.iterdir() if ".unsaved-" in p.name]
     assert len(kept) == 1 and kept[0].read_text() == "result 1"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_folder_created_during_the_long_run_is_not_replaced_and_the_result_is_kept(tmp_path):
+    base = tiny_model("llama", layers=2)
+    out = tmp_path / "ck"
+    state = check_out_dir(out, False, None)          # at the start of the command
+    out.mkdir()                                      # meanwhile someone else puts their work there
+    (out / "theirs.txt").write_text("theirs")
+    with pytest.raises(SaveError, match="written by another process") as e:
+        save_pruned(base, Plan(drop_layers=[1]), out, expected=state)
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+    kept = Path(str(e.value).split("kept at ")[1].split(" (")[0])
+    assert (kept / "model.safetensors").is_file() and (kept / OWNER_MARKER).is_file()
