@@ -207,3 +207,16 @@ def test_app_serves_on_localhost_unless_shared_explicitly():
     make = (root / "Makefile").read_text()
     assert re.search(r"^ADDRESS \?= 127\.0\.0\.1$", make, re.M)
     assert re.search(r"streamlit run app\.py --server\.address \$\(ADDRESS\)", make)
+
+
+def test_reproduce_script_keeps_an_empty_protected_set():
+    """A session that protected nothing must not reproduce with the run's default protected blocks."""
+    from types import SimpleNamespace
+
+    from analysis.cli import build_parser
+    from app_support.commands import select_argv
+
+    rec = SimpleNamespace(criterion="entrodrop", k=2, granularity="attention", params={})
+    argv = select_argv(rec, [])
+    assert argv[argv.index("--protect") + 1] == "none"
+    assert build_parser().parse_args(argv).protect == []
