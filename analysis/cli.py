@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:               # `... | head`: the reader left; end quietly (no traceback, no message)
+        _silence_stdout()
+        return 141
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
         if os.environ.get("ENTROSCOPE_DEBUG") == "1":
             raise
@@ -67,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               f"(set ENTROSCOPE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush doesn't raise a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def positive_int(text: str) -> int:
@@ -80,15 +92,10 @@ def positive_int(text: str) -> int:
 
 
 def int_list(text: str) -> list[int]:
-    """``"20,21"`` or ``"3-5,9"`` → [20, 21] / [3, 4, 5, 9] (0-based indices)."""
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else (part, None)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected 0-based indices like 3,5,7 or 3-5, got {text!r}") from None
-    return out
+    """``"20,21"`` or ``"3-5,9"`` → [20, 21] / [3, 4, 5, 9] (0-based indices); see :mod:`analysis.indices`."""
+    from .indices import IndexListError, parse_indices
+
+    try:
+        return parse_indices(text)
+    except IndexListError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (expected 0-based indices like 3,5,7 or 3-5)") from None

@@ -29,12 +29,9 @@ def to_json(obj, indent: int = 1) -> str:
 
 
 def write_json(obj, path: str | Path) -> Path:
-    path = Path(path)
-    try:
-        path.write_text(to_json(obj))
-    except OSError as exc:
-        raise DataError(f"Cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    from .outdir import write_text_atomic
+
+    return write_text_atomic(path, to_json(obj))
 
 
 def plan_json(plan: Plan) -> str:
@@ -67,10 +64,9 @@ def rows_to_csv(rows: Sequence[dict], path: str | Path | None = None, skip: Sequ
     w.writerows(flat)
     text = buf.getvalue()
     if path is not None:
-        try:
-            Path(path).write_text(text)
-        except OSError as exc:
-            raise DataError(f"Cannot write {path}: {exc.strerror or exc}") from None
+        from .outdir import write_text_atomic
+
+        write_text_atomic(path, text)
     return text
 
 

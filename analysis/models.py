@@ -20,6 +20,7 @@ import torch
 
 from .adapters import Adapter, adapter_for
 from .errors import ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
+from .integrity import cache_entry_problem, check_loading_info, discard_cache_entry
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -143,8 +144,18 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ModelLoadError(f"Unknown device {device!r}", hint="use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "meta":
+        raise ModelLoadError(f"Device {device!r} holds no data (it only records shapes), so a model cannot run on it",
+                             hint="use auto, cpu, cuda, cuda:N or mps")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"Device {device!r} is not supported by Entroscope", hint="use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"Device {device!r} asked for, but no CUDA GPU is available", hint="use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"Device {device!r} asked for, but there are only {torch.cuda.device_count()} CUDA GPU(s)",
+                             hint=f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"Device {device!r} asked for, but Apple MPS is not available here", hint="use --device cpu")
     return dev
 
 
@@ -376,6 +387,9 @@ def load_model(
             fingerprint = _cached_sha256(gguf_path)
             load_dir = gguf_cache_dir(gguf_path)
             from_cache = load_dir.is_dir()
+            if from_cache and (why := cache_entry_problem(load_dir)):   # corrupted entry: rebuild it
+                discard_cache_entry(load_dir, cache_root() / "models", why)
+                from_cache = False
             if not from_cache:
                 _convert_gguf(gguf_path, load_dir, progress)
         except (ValueError, KeyError, RuntimeError) as exc:
@@ -415,8 +429,12 @@ def load_model(
         from .surgery import load_subblock_checkpoint  # dirs saved with sub-block drops (entroscope-plan.json)
 
         model = load_subblock_checkpoint(load_dir, dt) if kind == "local" else None
-        if model is None:
+        if model is None and kind == "hub":
             model = AutoModelForCausalLM.from_pretrained(str(load_dir), **kwargs)
+        elif model is None:                          # local files: config and weights must agree exactly
+            model, info = AutoModelForCausalLM.from_pretrained(str(load_dir), output_loading_info=True,
+                                                               ignore_mismatched_sizes=True, **kwargs)
+            check_loading_info(model, info, str(spec if kind == "local" else load_dir))
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - translated into a user-facing message below

@@ -16,7 +16,7 @@ import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError, SelectionError
+from .errors import DataError, SelectionError  # noqa: F401 - DataError: raised via schemas
 
 PLAN_KEYS = ("drop_attn", "drop_mlp", "drop_layers")
 _LABELS = {"drop_layers": "layer", "drop_attn": "attention sub-block", "drop_mlp": "MLP sub-block"}
@@ -46,35 +46,19 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "plan") -> "Plan":
-        """Parse plan JSON data; anything malformed raises :class:`DataError` naming the problem."""
-        if not isinstance(d, dict):
-            raise DataError(f"{where} is not a plan: expected a JSON object, got {type(d).__name__}")
-        if not any(k in d for k in PLAN_KEYS):
-            raise DataError(f"{where} is not a plan: it has none of {', '.join(PLAN_KEYS)}",
-                            hint="create one with `python -m analysis select ... --out plan.json`")
-        unknown = sorted(set(d) - set(PLAN_KEYS) - {"source"})
-        if unknown:
-            raise DataError(f"{where} has unknown keys {unknown}; a plan has {', '.join(PLAN_KEYS)} and source")
-        lists = {k: _int_list(d.get(k) or [], k, where) for k in PLAN_KEYS}
-        source = d.get("source") or {}
-        if not isinstance(source, dict):
-            raise DataError(f"{where}: 'source' must be a JSON object")
-        return cls(**lists, source=dict(source))
+        """Parse plan JSON data, validated by :class:`analysis.schemas.PlanModel`; anything malformed raises
+        :class:`DataError` naming the field."""
+        from .schemas import validate_plan
+
+        m = validate_plan(d, where)
+        return cls(list(m.drop_attn), list(m.drop_mlp), list(m.drop_layers), dict(m.source))
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         """Read a plan JSON file (missing or malformed file → :class:`DataError`)."""
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise DataError(f"Plan file not found: {path}") from None
-        except IsADirectoryError:
-            raise DataError(f"Plan path is a directory, not a JSON file: {path}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not valid plan JSON ({type(exc).__name__})") from None
-        except OSError as exc:
-            raise DataError(f"Cannot read plan file {path}: {exc.strerror or exc}") from None
-        return cls.from_dict(d, where=str(path))
+        from .schemas import PLAN_HINT, read_json
+
+        return cls.from_dict(read_json(path, "plan", PLAN_HINT), where=str(path))
 
     # ---- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -85,10 +69,9 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1, default=str)
 
     def save(self, path: str | Path) -> None:
-        try:
-            Path(path).write_text(self.to_json())
-        except OSError as exc:
-            raise DataError(f"Cannot write plan file {path}: {exc.strerror or exc}") from None
+        from .outdir import write_text_atomic
+
+        write_text_atomic(path, self.to_json())
 
     # ---- semantics ------------------------------------------------------------------------------
     @property
@@ -149,15 +132,6 @@ class Plan:
 
     def __str__(self) -> str:
         return self.describe()
-
-
-def _int_list(value, key: str, where: str) -> list[int]:
-    if not isinstance(value, (list, tuple)):
-        raise DataError(f"{where}: {key!r} must be a list of 0-based block indices, got {type(value).__name__}")
-    for v in value:
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise DataError(f"{where}: {key!r} must hold integers, got {v!r}")
-    return [int(v) for v in value]
 
 
 def plan_from_args(plan_path: str | None = None, drop_layers=None, drop_attn=None, drop_mlp=None) -> Plan | None:

@@ -74,7 +74,13 @@ class AnalysisResult:
 
     def seq_entropy(self, est: str | None = None, rows=None) -> tuple[np.ndarray, np.ndarray]:
         """(boundary [N, L+1], mid [N, L]) per-sequence entropies."""
-        d = self.per_seq[est or self.estimator]
+        name = est or self.estimator
+        if name not in self.per_seq or name.startswith("cos_"):
+            from .errors import SelectionError
+
+            raise SelectionError(f"This run has no {name!r} entropies (it holds {', '.join(self.estimators)})",
+                                 hint=f"choose one of those, or re-run `python -m analysis analyze ... --also {name}`")
+        d = self.per_seq[name]
         b, m = _arr(d["boundary"]), _arr(d["mid"])
         if rows is not None:
             b, m = b[rows], m[rows]
@@ -107,6 +113,11 @@ class AnalysisResult:
 
     def seq_cos(self, granularity: str) -> np.ndarray:
         key = {"attention": "cos_attn", "mlp": "cos_mlp", "layer": "cos_layer"}[granularity]
+        if key not in self.per_seq:
+            from .errors import SelectionError
+
+            raise SelectionError(f"This run has no cosine similarities ({key})",
+                                 hint="re-run `python -m analysis analyze` with this version to compute them")
         return _arr(self.per_seq[key])
 
     @property
@@ -135,7 +146,9 @@ class AnalysisResult:
         return _clean(head)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        from .outdir import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnalysisResult":
@@ -144,13 +157,7 @@ class AnalysisResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "AnalysisResult":
-        from .errors import DataError
+        """Read a run JSON file, validated by :class:`analysis.schemas.RunModel` (DataError naming the field)."""
+        from .schemas import RUN_HINT, read_json, validate_run
 
-        try:
-            d = json.loads(Path(path).read_text())
-            return cls.from_dict(d)
-        except FileNotFoundError:
-            raise DataError(f"Run file not found: {path}") from None
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not an Entroscope run JSON ({type(exc).__name__})",
-                            hint="create one with `python -m analysis analyze ... --out run.json`") from None
+        return cls.from_dict(validate_run(read_json(path, "run", RUN_HINT), str(path)))

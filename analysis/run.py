@@ -62,6 +62,8 @@ class AnalysisConfig:
             get_estimator(name)
         if self.batch_size <= 0:
             raise SelectionError("batch size must be positive")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise SelectionError(f"Rényi alpha must be a finite number > 0, got {self.alpha}")
         if self.bins < 2:
             raise SelectionError(f"bins must be >= 2, got {self.bins}")
         if self.k < 1:
@@ -114,6 +116,12 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
     cfg.validate(ids.shape[1] if ids.ndim == 2 else None)
     _check_tokens(lm, ids)
+    usable = ids.shape[1] - (1 if cfg.skip_first_token else 0)
+    if usable < 2:
+        raise DataError(f"Each sequence has {usable} usable token(s); entropy across tokens needs at least 2, "
+                        "so every ΔH would be 0 and the drop order arbitrary",
+                        hint="use longer windows (--seq-len)" + (" or drop --skip-first-token"
+                                                                 if cfg.skip_first_token else ""))
     names = dict.fromkeys((cfg.estimator, *cfg.extra_estimators))
     ccfg = CaptureConfig(estimators={n: cfg.estimator_params(n) for n in names}, batch_size=cfg.batch_size,
                          skip_first_token=cfg.skip_first_token, state_tokens=cfg.state_tokens, seed=cfg.seed)
@@ -136,9 +144,33 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         result.extras[name] = EXTENSIONS[name](stats, lm, cfg)
         for crit, by_gran in (result.extras[name].pop("criteria_scores", None) or {}).items():
             result.extras.setdefault("criteria_scores", {}).setdefault(crit, {}).update(by_gran)
+    body = ids[: stats.n_done, (1 if cfg.skip_first_token else 0):]
+    if not bool((body != body[:, :1]).any()):
+        result.warnings.append("DegenerateInput: every sequence repeats a single token, so the states differ only "
+                               "by position and rounding; ΔH and the drop order are not meaningful — use real text")
+    result.warnings.extend(degenerate_warnings(result))
     compute_baselines(result)
     result.manifest["timings"]["total_s"] = time.perf_counter() - t0
     return result
+
+
+def degenerate_warnings(result: AnalysisResult) -> list[str]:
+    """Named warnings for scores that cannot rank blocks; :class:`DataError` when every entropy is null."""
+    b, m = result.seq_entropy()
+    if not (np.isfinite(b).any() or np.isfinite(m).any()):
+        raise DataError(f"Every {result.estimator} entropy is null (NaN/inf): the residual stream holds no usable "
+                        "values", hint="check the model's dtype (fp16 overflow? try bf16 or fp32) and the input data")
+    dh = result.delta_h()
+    out = []
+    nulls = [i for i, v in enumerate(dh) if not np.isfinite(v)]
+    if nulls:
+        out.append(f"NullScores: ΔH of blocks {nulls} is null (NaN); they rank last and their order is arbitrary")
+    finite = dh[np.isfinite(dh)]
+    scale = max(1.0, float(np.nanmax(np.abs(b)))) if np.isfinite(b).any() else 1.0
+    if finite.size and float(np.max(np.abs(finite))) <= 1e-9 * scale:
+        out.append(f"DegenerateScores: every {result.granularity} ΔH is 0 ({result.estimator}), so the drop order is "
+                   "arbitrary; the calibration windows carry no variation (repeated tokens?) — use real text")
+    return out
 
 
 def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> AnalysisResult:

@@ -278,7 +278,8 @@ def _checkpoint_plan(plan: Plan, model: nn.Module, name: str | None, fmt: str = 
 
 
 def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, overwrite: bool = False,
-                root: str | os.PathLike | None = None, tokenizer=None) -> Path:
+                root: str | os.PathLike | None = None, tokenizer=None, extra_files: dict | None = None,
+                expected: str | None = None) -> Path:
     """Save the model with ``plan`` applied to ``out_dir`` (the model passed in is not modified).
 
     Every plan gives a standard checkpoint that plain ``from_pretrained`` reloads with exactly the pruned
@@ -287,7 +288,9 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
     ``per_layer_config`` and in ``entroscope-plan.json``, from which :func:`load_pruned` / ``load_model``
     remove it physically. Sub-blocks the model had already lost are kept dropped. The tokenizer
     (``tokenizer`` or the LoadedModel's) is written too. The directory appears atomically (written under a
-    temporary name, then renamed).
+    temporary name, then renamed, under a lock; see :mod:`analysis.outdir`). ``extra_files`` ({name: text},
+    e.g. the reproduction manifest) are written inside the same temporary folder; ``expected`` is what
+    :func:`check_out_dir` returned at the start.
     """
     from .checkpoint import (ZEROED_FORMAT, combined_plan, per_layer_config, set_per_layer_config,
                              subblock_drops, zeroed_state_dict)
@@ -298,7 +301,7 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
     plan = combined_plan(model, (plan or Plan()).validate(n))
     tokenizer = tokenizer if tokenizer is not None else getattr(model_or_lm, "tokenizer", None)
     out = Path(out_dir).expanduser()
-    check_out_dir(out, overwrite, root)
+    expected = check_out_dir(out, overwrite, root) if expected is None else expected
     drops = subblock_drops(plan, n)
     view = pruned_view(model, Plan(drop_layers=plan.drop_layers) if drops else plan)
     if KV_MARK in vars(view.config):                         # runtime-only: re-applied from the plan on load
@@ -309,11 +312,13 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
         p = next(model.parameters())
         state_dict = zeroed_state_dict(view, drops, p.dtype)
     stored = _checkpoint_plan(plan, model, getattr(model_or_lm, "name", None), ZEROED_FORMAT)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite, root, expected) as tmp:
         view.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         stored.save(tmp / PLAN_FILE)
+        for name, text in (extra_files or {}).items():
+            (tmp / Path(name).name).write_text(text)
     return out
 
 

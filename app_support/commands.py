@@ -84,8 +84,7 @@ def select_argv(plan_rec, protected: list[int], run_file: str = "run.json", out:
     """``select`` reproducing a kept plan's criterion top-k (with the session's protected blocks)."""
     argv = ["select", "--run", run_file, "--criterion", plan_rec.criterion, "--k", str(plan_rec.k),
             "--granularity", plan_rec.granularity]
-    if protected:
-        argv += ["--protect", ",".join(map(str, protected))]
+    argv += ["--protect", ",".join(map(str, protected)) if protected else "none"]   # none: the session protected nothing
     p = plan_rec.params or {}
     if p.get("estimator"):
         argv += ["--estimator", str(p["estimator"])]

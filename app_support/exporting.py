@@ -82,6 +82,50 @@ def figures_zip(result, sweep: dict | None = None, formats=FIGURE_FORMATS) -> by
     return buf.getvalue()
 
 
+#: server-side settings (environment variables; never settable from the browser)
+EXPORT_ROOT_ENV = "ENTROSCOPE_EXPORT_ROOT"             # where per-session export folders live
+SERVER_PATHS_ENV = "ENTROSCOPE_EXPORT_SERVER_PATHS"    # "1": let the browser type server folders (single user)
+
+
+def export_root() -> Path:
+    """The one folder under which the app writes checkpoints (``$ENTROSCOPE_EXPORT_ROOT``, default
+    ``<cache>/exports``)."""
+    import os
+
+    from analysis.models import cache_root
+
+    return Path(os.environ.get(EXPORT_ROOT_ENV) or cache_root() / "exports").expanduser()
+
+
+def server_paths_allowed() -> bool:
+    import os
+
+    return os.environ.get(SERVER_PATHS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def session_folder(session_id: str) -> Path:
+    """This browser session's private export folder (``<export root>/session-<random id>``)."""
+    import re
+
+    if not re.fullmatch(r"[0-9a-f]{8,64}", session_id or ""):
+        raise ValueError(f"bad session id {session_id!r}")
+    return export_root() / f"session-{session_id}"
+
+
+def zip_bytes(folder: str | Path) -> bytes:
+    """The checkpoint folder as a zip (stored, not compressed: weights don't compress), for a download."""
+    import io
+    import zipfile
+
+    folder = Path(folder)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                z.write(p, f"{folder.name}/{p.relative_to(folder)}")
+    return buf.getvalue()
+
+
 def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool, healed=None) -> Path:
     """Save the pruned model (``healed``: the healed one, with its settings) under ``root/name`` (refuses
     paths outside ``root``)."""

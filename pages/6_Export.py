@@ -9,7 +9,8 @@ import streamlit as st
 from app_support import healing, state
 from app_support.commands import analyze_argv, session_script
 from app_support.exporting import (FIGURE_FORMATS, dir_listing, fig_html, figures_zip, llama_cpp_cmd, mergekit_yaml,
-                                   png_export_works, save_checkpoint)
+                                   png_export_works, save_checkpoint, server_paths_allowed, session_folder,
+                                   zip_bytes)
 from app_support.runs import adjusted_result, effective_protected
 from app_support.widgets import INDEX_NOTE, guarded, link, need, page_setup, show_error
 
@@ -112,11 +113,17 @@ with guarded("Checkpoint"):
     if plans:
         k1, k2, k3 = st.columns([2, 2, 2])
         ck_plan = k1.selectbox("Plan", list(plans), key="ck_plan")
-        root = k2.text_input("Output folder (root)", key=state.wkey("ck.root", os.path.join(os.getcwd(), "out")),
-                             help="The checkpoint is written inside this folder only")
+        if server_paths_allowed():           # server-side setting: a single-user machine may pick folders
+            root = k2.text_input("Output folder (root)", key=state.wkey("ck.root", os.path.join(os.getcwd(), "out")),
+                                 help="The checkpoint is written inside this folder only")
+            state.sync("ck.root")
+        else:                                 # shared app: only this session's private folder, then a zip
+            import uuid
+
+            root = str(session_folder(s.setdefault("es.export_session", uuid.uuid4().hex[:16])))
+            k2.caption("Written to this session's private folder on the server; download it below as a zip.")
         folder = k3.text_input("Checkpoint folder name", value=f"{rec.model['spec'].replace('/', '_')}-{ck_plan}",
                                key=f"ck_name_{ck_plan}")
-        state.sync("ck.root")
         overwrite = st.checkbox("Overwrite an existing checkpoint folder", key="ck_overwrite")
         if healing.choice(ck_plan)["method"] != "none":
             st.caption(f"Saved healed ({healing.choice(ck_plan)['method']}), as chosen on Prune & compare; the "
@@ -130,14 +137,17 @@ with guarded("Checkpoint"):
                     healed = healing.healed_model(ck_lm, plans[ck_plan].plan, ch) if ch["method"] != "none" else None
                     out = save_checkpoint(ck_lm, plans[ck_plan].plan, root, folder, overwrite, healed)
                 s["es.last_checkpoint"] = str(out)
-                state.flash("success", f"Saved {ck_plan} to {out}")
+                state.flash("success", f"Saved {ck_plan} to {out if server_paths_allowed() else out.name}")
                 st.rerun()
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Could not save the checkpoint")
         last = s.get("es.last_checkpoint")
         if last and os.path.isdir(last):
-            st.success(f"Last checkpoint: `{last}`")
+            st.success(f"Last checkpoint: `{last if server_paths_allowed() else os.path.basename(last)}`")
             st.dataframe(pd.DataFrame(dir_listing(last)), hide_index=True)
+            st.download_button(f"{os.path.basename(last)}.zip", data=lambda last=last: zip_bytes(last),
+                               file_name=f"{os.path.basename(last)}.zip", mime="application/zip", key="dl_ck_zip",
+                               on_click="ignore", icon=":material/folder_zip:")
             st.caption("Every plan reloads exactly with plain `AutoModelForCausalLM.from_pretrained`: dropped attention/"
                        "MLP sub-blocks are stored with zeroed output projections (listed in config.json "
                        "`per_layer_config`); `python -m analysis load` removes them physically (entroscope-plan.json).")

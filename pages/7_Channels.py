@@ -215,11 +215,19 @@ if res is not None:
     with guarded("Save"):
         st.subheader("Save the pruned model")
         k1, k2 = st.columns(2)
-        root = k1.text_input("Output folder (root)", key=state.wkey("ch.root", os.path.join(os.getcwd(), "out")),
-                             help="The checkpoint is written inside this folder only.")
+        from app_support.exporting import server_paths_allowed, session_folder, zip_bytes
+
+        if server_paths_allowed():           # server-side setting: a single-user machine may pick folders
+            root = k1.text_input("Output folder (root)", key=state.wkey("ch.root", os.path.join(os.getcwd(), "out")),
+                                 help="The checkpoint is written inside this folder only.")
+            state.sync("ch.root")
+        else:                                 # shared app: only this session's private folder, then a zip
+            import uuid
+
+            root = str(session_folder(st.session_state.setdefault("es.export_session", uuid.uuid4().hex[:16])))
+            k1.caption("Written to this session's private folder on the server; download it below as a zip.")
         default_name = f"{str(lm.name).replace('/', '_')}-channels-r{int(round(fin['ratio_reached'] * 100))}"
         name = k2.text_input("Checkpoint folder name", value=default_name, key="ch_save_name")
-        state.sync("ch.root")
         overwrite = st.checkbox("Overwrite an existing checkpoint folder", key="ch_overwrite")
         if st.button("Save pruned model", icon=":material/save:", key="ch_save"):
             try:
@@ -241,4 +249,8 @@ if res is not None:
             meta = json.loads((Path(res["saved"]) / CH.CHANNELS_FILE).read_text())
             how = ("plain `AutoModelForCausalLM.from_pretrained(dir)`" if meta["loader"] == "standard"
                    else "`analysis.channels.load_channel_pruned(dir)` (per-layer shapes)")
-            st.success(f"Saved to `{res['saved']}` — reload with {how}.")
+            shown = res["saved"] if server_paths_allowed() else Path(res["saved"]).name
+            st.success(f"Saved to `{shown}` — reload with {how}.")
+            st.download_button(f"{Path(res['saved']).name}.zip", data=lambda p=res["saved"]: zip_bytes(p),
+                               file_name=f"{Path(res['saved']).name}.zip", mime="application/zip", key="ch_dl_zip",
+                               on_click="ignore", icon=":material/folder_zip:")

@@ -35,7 +35,7 @@ def test_page_without_model_points_to_model_page(monkeypatch):
     assert any("Load a model first" in i.value for i in at.info)
 
 
-def test_run_show_results_and_save(app, tmp_path):
+def test_run_show_results_and_save(app, tmp_path, monkeypatch):
     from analysis.models import weights_hash
     from app_support.models import get_model
 
@@ -73,13 +73,15 @@ def test_run_show_results_and_save(app, tmp_path):
     assert weights_hash(lm.model) == weights_hash(tiny_loaded("llama", layers=8, hidden=64).model)
     assert [lm.model.model.layers[i].mlp.gate_proj.out_features for i in range(8)] == [128] * 8
 
-    at.text_input(key="w:ch.root").set_value(str(tmp_path))
+    monkeypatch.setenv("ENTROSCOPE_EXPORT_ROOT", str(tmp_path))     # server-side: a private folder per session
+    assert not [t for t in at.text_input if t.key == "w:ch.root"]
     at.text_input(key="ch_save_name").set_value("tiny-ch")
     at.run()
     at.button(key="ch_save").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert (tmp_path / "tiny-ch" / "entroscope-channels.json").is_file()
-    assert any("Saved to" in s.value for s in at.success)
+    assert (next(tmp_path.glob("session-*")) / "tiny-ch" / "entroscope-channels.json").is_file()
+    assert any("Saved to `tiny-ch`" in s.value for s in at.success)
+    assert any(b.proto.label == "tiny-ch.zip" for b in at.get("download_button"))
 
 
 def test_bad_settings_show_one_line_error(app):

@@ -473,7 +473,7 @@ def test_pages_without_a_run_guide_the_user():
 
 # ---- Export ------------------------------------------------------------------------------------------------------
 
-def test_export_cli_downloads_and_checkpoint(tmp_path):
+def test_export_cli_downloads_and_checkpoint(tmp_path, monkeypatch):
     at = goto(_with_plan(), "6_Export")
     ok(at)
     script = at.code[0].value
@@ -486,10 +486,10 @@ def test_export_cli_downloads_and_checkpoint(tmp_path):
     assert "CSV" in labels and "HTML" in labels
     assert {"Figures · PNG (zip)", "Figures · SVG (zip)", "Figures · PDF (zip)"} <= set(labels)  # static figures
 
-    at.text_input(key="w:ck.root").set_value(str(tmp_path)).run()
+    monkeypatch.setenv("ENTROSCOPE_EXPORT_ROOT", str(tmp_path))      # the server-side setting
     at.button(key="ck_save").click().run()
     ok(at)
-    saved = list(tmp_path.iterdir())
+    saved = [p for p in next(tmp_path.glob("session-*")).iterdir() if not p.name.startswith(".")]
     assert len(saved) == 1 and (saved[0] / "entroscope-plan.json").is_file()
     assert "Saved" in texts(at)
     at.button(key="ck_save").click().run()                            # exists, no overwrite → clear error

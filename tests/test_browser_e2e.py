@@ -26,6 +26,12 @@ OUT = ROOT / "test-output"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
+# Explicit, generous waits: the machine may be busy with other jobs. Playwright's `expect` defaults to 5 s,
+# which a loaded machine misses on the first page; every wait below is one of these (no timing asserts).
+UI_WAIT_MS = 120_000          # a page render or a widget rerun
+MODEL_WAIT_MS = 900_000       # a model-bound step: loading SmolLM2, the analysis pass, the comparison
+START_WAIT_S = 300            # the streamlit server coming up
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (run `make browser`)")]
 
@@ -49,7 +55,7 @@ def server():
                              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
+    deadline = time.time() + START_WAIT_S
     while time.time() < deadline:
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
@@ -58,7 +64,7 @@ def server():
             time.sleep(0.5)
     else:
         proc.terminate()
-        pytest.fail("streamlit did not start within 90 s (see test-output/streamlit.log)")
+        pytest.fail(f"streamlit did not start within {START_WAIT_S} s (see test-output/streamlit.log)")
     yield url
     proc.terminate()
     try:
@@ -68,7 +74,7 @@ def server():
     log.close()
 
 
-def _wait_idle(page, timeout: float = 120_000) -> None:
+def _wait_idle(page, timeout: float = MODEL_WAIT_MS) -> None:
     """Wait until Streamlit has finished the current script run (no 'running' indicator, twice)."""
     js = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]') || "
           "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.match(/Running|Stop/)")
@@ -93,14 +99,16 @@ def _number(page, label: str, value: int) -> None:
 def test_e2e_smollm2_analysis_click_select_compare(server):
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=UI_WAIT_MS)
     OUT.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        page.set_default_timeout(120_000)
+        page.set_default_timeout(UI_WAIT_MS)
         try:
             page.goto(server)
-            expect(page.get_by_text("Entroscope looks inside a causal language model")).to_be_visible()
+            expect(page.get_by_text("Entroscope looks inside a causal language model")).to_be_visible(
+                timeout=MODEL_WAIT_MS)                               # the first run imports torch & co.
             expect(page.get_by_role("tab", name="Toy: scale a point cloud")).to_be_visible()
             _wait_idle(page)
             page.screenshot(path=str(OUT / "01-home.png"), full_page=True)
@@ -110,14 +118,14 @@ def test_e2e_smollm2_analysis_click_select_compare(server):
             _number(page, "Samples N", 8)
             _number(page, "Tokens per sample T", 64)
             page.locator(".st-key-sample_data button:visible").click()
-            expect(page.get_by_text(re.compile(r"Sampled 8 windows × 64 tokens"))).to_be_visible(timeout=180_000)
+            expect(page.get_by_text(re.compile(r"Sampled 8 windows × 64 tokens"))).to_be_visible(timeout=MODEL_WAIT_MS)
             _wait_idle(page)
             page.screenshot(path=str(OUT / "02-model-and-data.png"), full_page=True)
 
             # --- Entropy: run the analysis ------------------------------------------------------------
             _nav(page, "Entropy dynamics")
             page.locator(".st-key-run_analysis button:visible").click()
-            expect(page.get_by_text("Two-stage boundary", exact=True)).to_be_visible(timeout=180_000)
+            expect(page.get_by_text("Two-stage boundary", exact=True)).to_be_visible(timeout=MODEL_WAIT_MS)
             _wait_idle(page)
             metric = page.get_by_test_id("stMetric").filter(has_text="Two-stage boundary")
             assert re.search(r"block \d+", metric.inner_text())
@@ -151,7 +159,7 @@ def test_e2e_smollm2_analysis_click_select_compare(server):
             page.get_by_text("Evaluation settings").click()
             _number(page, "Token budget", 1024)
             page.locator(".st-key-run_compare button:visible").click()
-            expect(page.get_by_text(re.compile(r"Perplexity · original"))).to_be_visible(timeout=240_000)
+            expect(page.get_by_text(re.compile(r"Perplexity · original"))).to_be_visible(timeout=MODEL_WAIT_MS)
             _wait_idle(page)
             table = page.get_by_test_id("stDataFrame").first
             expect(table).to_be_visible()

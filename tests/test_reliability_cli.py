@@ -209,7 +209,7 @@ def test_save_dir_exists_not_writable_or_escaping_root(capsys, tmp_path, tiny_di
     expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "2", "--out", str(tmp_path / "exists")],
            "already exists")
     expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "2", "--out", str(tmp_path / "exists"),
-                    "--overwrite"], "not a model checkpoint")
+                    "--overwrite"], "Entroscope did not write")
     blocker = write(tmp_path, "a-file", "x")
     expect(capsys, ["prune", "--model", tiny_dir, "--drop-layers", "2", "--out", blocker + "/sub/out"], "Cannot create")
     root = tmp_path / "root"

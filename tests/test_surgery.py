@@ -225,11 +225,14 @@ def test_save_errors_leave_base_untouched(tmp_path):
         save_pruned(base, Plan(drop_layers=[1]), tmp_path / ".." / "escape", root=tmp_path)
     (tmp_path / "notckpt").mkdir()
     (tmp_path / "notckpt" / "thesis.txt").write_text("precious")
-    with pytest.raises(SaveError, match="not a model checkpoint"):
+    with pytest.raises(SaveError, match="did not write"):
         save_pruned(base, Plan(drop_layers=[1]), tmp_path / "notckpt", overwrite=True)
     assert (tmp_path / "notckpt" / "thesis.txt").read_text() == "precious"
-    out = save_pruned(base, Plan(drop_layers=[1]), tmp_path / "exists", overwrite=True, root=tmp_path)
-    assert (out / "model.safetensors").is_file()
+    with pytest.raises(SaveError, match="did not write"):           # a config.json alone is not our marker
+        save_pruned(base, Plan(drop_layers=[1]), tmp_path / "exists", overwrite=True, root=tmp_path)
+    out = save_pruned(base, Plan(drop_layers=[1]), tmp_path / "ours", root=tmp_path)
+    out = save_pruned(base, Plan(drop_layers=[2]), tmp_path / "ours", overwrite=True, root=tmp_path)
+    assert (out / "model.safetensors").is_file() and (out / ".entroscope-output.json").is_file()
     if os.geteuid() != 0:                                    # root ignores permissions
         ro = tmp_path / "ro"
         ro.mkdir()

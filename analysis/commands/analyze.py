@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..argtypes import bucket_bins, renyi_alpha
 from ..cli import positive_int
 from .common import add_data_args, add_model_args, load_lm, stderr_progress, tokens_from_args
 
@@ -18,8 +19,8 @@ def register(sub) -> None:
     g.add_argument("--estimator", default="bucket", choices=["bucket", "knn", "knn-norm", "renyi"])
     g.add_argument("--also", default="", help="extra estimators computed in the same pass, e.g. knn,renyi")
     g.add_argument("--k", type=positive_int, default=25, help="KNN neighbours (default 25)")
-    g.add_argument("--bins", type=positive_int, default=80, help="Bucket bins (default 80)")
-    g.add_argument("--alpha", type=float, default=4.0, help="Rényi order (default 4)")
+    g.add_argument("--bins", type=bucket_bins, default=80, help="Bucket bins (default 80)")
+    g.add_argument("--alpha", type=renyi_alpha, default=4.0, help="Rényi order α > 0 (default 4)")
     g.add_argument("--granularity", default="attention", choices=["attention", "mlp", "layer"])
     g.add_argument("--protect", default="fixed", choices=["fixed", "auto", "none"],
                    help="fixed = {0, 1, L-1} as EntroDrop's code; auto = detected compression stage + last")
@@ -53,7 +54,10 @@ def run(args) -> int:
         cfg.extensions = ("mi",)
         cfg.state_tokens = 2048
         cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm}
-    cfg.validate(args.seq_len)
+    cfg.validate(args.seq_len or (None if args.tokens else 256))
+    from ..outdir import check_out_file
+
+    check_out_file(args.out, "--out file")                 # before the long pass
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
     tokens = tokens_from_args(args, lm)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..argtypes import finite_float, seed_int
 from ..cli import positive_int
 from .common import add_model_args, stderr_progress
 
@@ -15,7 +16,7 @@ def _ratio(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    return v
+    return v                                  # range (NaN included) checked by ChannelConfig.validated
 
 
 def register(sub) -> None:
@@ -32,7 +33,7 @@ def register(sub) -> None:
                    help="domain weights, e.g. wiki:1,code:1,news:1 (built-in: wiki news code docs dialogue math)")
     g.add_argument("--samples", type=positive_int, default=64, help="calibration windows in total (default 64)")
     g.add_argument("--seq-len", type=positive_int, default=256, help="tokens per window (default 256)")
-    g.add_argument("--seed", type=int, default=2024)
+    g.add_argument("--seed", type=seed_int, default=2024)
     g.add_argument("--sampling", choices=["random", "consecutive"], default="random")
     g.add_argument("--batch-size", type=positive_int, default=8, help="windows per calibration forward")
     g.add_argument("--skip-first-token", action="store_true", help="leave position 0 out of the statistics")
@@ -42,7 +43,7 @@ def register(sub) -> None:
     s.add_argument("--method", choices=list(METHODS), default="act_weight")
     s.add_argument("--agg", choices=list(DOMAIN_AGGS), default="pooled", help="how per-domain scores combine")
     s.add_argument("--allocation", choices=list(ALLOCATIONS), default="uniform")
-    s.add_argument("--min-keep-frac", type=float, default=0.1, help="global allocation: per-layer floor")
+    s.add_argument("--min-keep-frac", type=finite_float(0, 1), default=0.1, help="global allocation: per-layer floor")
     s.add_argument("--global-norm", choices=list(GLOBAL_NORMS), default="none")
     s.add_argument("--multiple-of", type=positive_int, default=64, help="round kept widths (1 = no rounding)")
     s.add_argument("--bias-compensation", action="store_true", help="FLAP-style down_proj bias for pruned channels")
@@ -78,14 +79,14 @@ def run(args) -> int:
                         head_ratio=args.head_ratio, eval_domains=args.eval_domains, eval_tokens=args.eval_tokens,
                         eval_window=args.eval_window).validated()          # bad options fail before loading
     out = Path(args.out).expanduser()
-    check_out_dir(out, args.overwrite, None)
+    state = check_out_dir(out, args.overwrite, None)                  # before the long run; see outdir
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
     res = run_channels(lm, cfg, evaluate=not args.no_eval, latency=args.latency, progress=progress)
     report = res.report
     if args.ablation:
         report["ablation"] = run_ablation(lm, cfg, progress=progress)
-    path = save_channel_pruned(res.pruned, out, report=report, overwrite=args.overwrite)
+    path = save_channel_pruned(res.pruned, out, report=report, overwrite=args.overwrite, expected=state)
     summary = {"out": str(path), "report": str(path / REPORT_FILE), "ratio_reached": report["final"]["ratio_reached"],
                "widths": report["final"]["widths"], "params": report["final"]["params"],
                "loader": json.loads((path / "entroscope-channels.json").read_text())["loader"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..argtypes import seed_int
 from ..cli import positive_int
 
 
@@ -28,12 +29,14 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     src.add_argument("--text", help="text file: .txt, .jsonl, .csv or .parquet")
     src.add_argument("--tokens", help="token-id file (.npy or .pt, integer [N, T]) used as-is")
     g.add_argument("--text-field", default=None, help="column holding the text (jsonl/csv/parquet)")
-    g.add_argument("--samples", type=positive_int, default=128, help="N windows (default 128)")
-    g.add_argument("--seq-len", type=positive_int, default=256, help="T tokens per window (default 256)")
+    g.add_argument("--samples", type=positive_int, default=None,
+                   help="N windows (default 128; with --tokens: the first N rows of the file, default all)")
+    g.add_argument("--seq-len", type=positive_int, default=None,
+                   help="T tokens per window (default 256; with --tokens it must equal the file's T)")
     g.add_argument("--sampling", choices=["random", "consecutive"], default="random",
                    help="random windows from documents longer than T (EntroDrop) or consecutive windows")
     g.add_argument("--split", choices=["calib", "eval", "all"], default="calib")
-    g.add_argument("--seed", type=int, default=2024)
+    g.add_argument("--seed", type=seed_int, default=2024)
 
 
 def load_lm(args, progress=None):
@@ -61,11 +64,20 @@ def corpus_from_args(args):
 def tokens_from_args(args, lm):
     """Calibration TokenSet from --corpus / --text / --tokens."""
     from .. import corpora
+    from ..errors import DataError
 
-    cfg = corpora.SampleConfig(n_samples=args.samples, seq_len=args.seq_len, seed=args.seed, mode=args.sampling)
     if getattr(args, "tokens", None):
         vocab = lm.model.get_input_embeddings().num_embeddings
-        return corpora.load_token_file(args.tokens, vocab_size=vocab)
+        ts = corpora.load_token_file(args.tokens, vocab_size=vocab, seq_len=args.seq_len)
+        if args.samples is not None:                 # honoured for token files too: the first N rows
+            if args.samples > len(ts):
+                raise DataError(f"{args.tokens} holds {len(ts)} windows but --samples {args.samples} asks for more",
+                                hint=f"use --samples {len(ts)} or fewer, or leave it out to use all rows")
+            if args.samples < len(ts):
+                ts = ts.subset(slice(0, args.samples))
+        return ts
+    cfg = corpora.SampleConfig(n_samples=args.samples or getattr(args, "default_samples", 128),
+                               seq_len=args.seq_len or 256, seed=args.seed, mode=args.sampling)
     corpus = corpus_from_args(args)
     if corpus is not None:
         return corpora.sample_windows(corpus, lm.tokenizer, cfg, split=args.split)

@@ -7,7 +7,7 @@ import time
 from ..cli import positive_int
 from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
-from .prune import add_plan_args, plan_from_cli, quiet_transformers
+from .prune import add_plan_args, check_plan_provenance, plan_from_cli, quiet_transformers
 from .taskargs import add_task_args, prepare_tasks, run_tasks
 
 
@@ -70,12 +70,17 @@ def run(args) -> int:
     from ..evaluate import agreement, generate_pair, latency, param_report, perplexity, prepare_eval
     from ..export import evaluation_rows, reproduction_manifest, rows_to_csv, write_json
 
+    from ..outdir import check_out_file
+
     plan = plan_from_cli(args)
     tasks = prepare_tasks(args)  # bad task names, offline hub tasks, code without opt-in: refused before loading
+    check_out_file(args.out, "--out file")
+    check_out_file(args.csv, "--csv file")
     quiet_transformers(args.quiet)
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
     if plan is not None:
+        check_plan_provenance(args, plan, lm)
         plan.validate(lm.num_layers)
     cfg = eval_config(args)
     windows = prepare_eval(lm, eval_corpus(args), cfg, args.split)

@@ -18,7 +18,7 @@ def register(sub) -> None:
                                    "Blocks are 0-based.")
     add_model_args(p)
     add_data_args(p)
-    p.set_defaults(samples=8)            # every block removal is a pass over these windows
+    p.set_defaults(default_samples=8)           # every block removal is a pass over these windows
     for a in p._actions:
         if a.dest == "samples":
             a.help = "N windows (default 8)"
@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--into", default=None,
                    help="also store the delta-ppl scores in this run JSON (criterion 'delta-ppl'), rewriting it")
     p.add_argument("--out", required=True, help="where to write the ground-truth JSON")
+    p.add_argument("--force", action="store_true",
+                   help="--into a run made with another model (prints a warning)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -45,6 +47,11 @@ def run(args) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise SelectionError(f"Unknown ground-truth method(s) {bad}", hint=f"choose from {', '.join(METHODS)}")
+    from ..outdir import check_out_file, write_text_atomic
+    from ..provenance import check_recorded_model
+
+    check_out_file(args.out, "--out file")
+    check_out_file(args.into, "--into run file")
     run_result = None
     if args.into:
         from ..result import AnalysisResult
@@ -52,6 +59,8 @@ def run(args) -> int:
         run_result = AnalysisResult.load(args.into)   # fail before the expensive part
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
+    if run_result is not None:
+        check_recorded_model(run_result, lm, f"Run {args.into}", force=args.force)
     tokens = tokens_from_args(args, lm)
     out: dict = {"model": lm.manifest(), "data": tokens.to_manifest() if hasattr(tokens, "to_manifest") else None,
                  "index_base": 0}
@@ -67,8 +76,7 @@ def run(args) -> int:
         out["sleb"] = sleb_select(lm, tokens, args.n, args.protect, args.batch_size, progress)
     if "blockpruner" in methods:
         out["blockpruner"] = blockpruner_select(lm, tokens, args.n, args.protect, args.batch_size, progress)
-    with open(args.out, "w") as f:
-        json.dump(_clean(out), f, indent=1)
+    write_text_atomic(args.out, json.dumps(_clean(out), indent=1))
     if not args.quiet:
         summary = {"out": args.out}
         if "delta-ppl" in out:

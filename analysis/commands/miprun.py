@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..argtypes import bounded_int
 from ..cli import int_list, positive_int
 
 
@@ -16,8 +17,8 @@ def register(sub) -> None:
     p.add_argument("--method", choices=["fast", "exhaustive", "both"], default="fast",
                    help="fast = Fast-Block-Select; exhaustive = optimum over all n-subsets; both = fast plus "
                         "the exhaustive optimum and the gap (recorded in the plan's source)")
-    p.add_argument("--K", type=int, default=5, help="exact run scores per run length and iteration (0: all)")
-    p.add_argument("--alt-size", type=int, default=None, help="alternative pool size (default n)")
+    p.add_argument("--K", type=bounded_int(0, 10_000, "a count"), default=5, help="exact run scores per run length and iteration (0: all)")
+    p.add_argument("--alt-size", type=positive_int, default=None, help="alternative pool size (default n)")
     p.add_argument("--max-iter", type=positive_int, default=20)
     p.add_argument("--repartition", action="store_true",
                    help="also try merging/splitting runs (extension; the reconstruction keeps run lengths)")
@@ -32,14 +33,16 @@ def run(args) -> int:
     from ..blockselect import miprun_select
     from ..result import AnalysisResult
 
+    from ..outdir import check_out_file, write_text_atomic
+
+    check_out_file(args.out, "--out file")
     r = AnalysisResult.load(args.run)
     plan = miprun_select(r, args.n, method=args.method, protect=args.protect, K=args.K or None,
                          alt_size=args.alt_size, max_iter=args.max_iter, repartition=args.repartition,
                          max_combinations=args.max_combinations)
     text = json.dumps(plan, indent=1)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_text_atomic(args.out, text)
         src = plan["source"]
         summary = {"out": args.out, "blocks": plan["drop_layers"], "granularity": "layer", "method": src["method"],
                    "objective": src.get("objective")}

@@ -22,6 +22,8 @@ def add_plan_args(p, required: bool = False) -> None:
     g.add_argument("--drop-layers", type=int_list, default=None, metavar="IDS", help="whole layers, e.g. 20,21")
     g.add_argument("--drop-attn", type=int_list, default=None, metavar="IDS", help="attention sub-blocks, e.g. 5,7")
     g.add_argument("--drop-mlp", type=int_list, default=None, metavar="IDS", help="MLP sub-blocks, e.g. 9 or 3-5")
+    g.add_argument("--force", action="store_true",
+                   help="apply a plan made for another model (different fingerprint, type or depth); prints a warning")
 
 
 def plan_from_cli(args, required: bool = False):
@@ -32,6 +34,14 @@ def plan_from_cli(args, required: bool = False):
     if plan is None and required:
         raise SelectionError("No plan given", hint="use --plan plan.json or --drop-layers/--drop-attn/--drop-mlp")
     return plan
+
+
+def check_plan_provenance(args, plan, lm) -> None:
+    """Refuse a plan made for another model unless --force (see :mod:`analysis.provenance`)."""
+    from ..provenance import check_recorded_model
+
+    if plan is not None and getattr(args, "plan", None):
+        check_recorded_model(plan, lm, f"Plan {args.plan}", force=getattr(args, "force", False))
 
 
 def quiet_transformers(quiet: bool) -> None:
@@ -64,40 +74,51 @@ def run(args) -> int:
     from ..errors import SelectionError
     from ..evaluate import param_report
     from ..export import (LLAMA_CPP_NOTE, llama_cpp_command, llama_cpp_prune_layers, mergekit_for,
-                          reproduction_manifest, write_json)
+                          reproduction_manifest, to_json)
     from ..heal import save_healed
     from ..heal.cli import heal_from_args
+    from ..outdir import check_out_file, write_text_atomic
     from ..surgery import check_out_dir, save_pruned
 
     quiet_transformers(args.quiet)
     plan = plan_from_cli(args, required=True)
-    out = Path(args.out).expanduser()
-    check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
-    lm = load_lm(args, stderr_progress(args.quiet))
-    plan.validate(lm.num_layers)
+    if plan.is_empty:                       # an "unpruned pruned copy" is never what was meant
+        raise SelectionError("The plan drops nothing, so the checkpoint would be the original model",
+                             hint="give at least one block to drop (0-based), e.g. --drop-layers 20")
     if args.mergekit and args.heal != "none":
         raise SelectionError("--mergekit rebuilds the model from the original weights, so it cannot carry "
                              f"--heal {args.heal}", hint="share the healed checkpoint directory instead")
+    out = Path(args.out).expanduser()
+    state = check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
+    check_out_file(args.mergekit, "--mergekit file")
+    lm = load_lm(args, stderr_progress(args.quiet))
+    check_plan_provenance(args, plan, lm)
+    plan.validate(lm.num_layers)
     if args.mergekit:
-        Path(args.mergekit).write_text(mergekit_for(lm, plan))
+        write_text_atomic(args.mergekit, mergekit_for(lm, plan))
     params = param_report(lm, plan)
     healed = heal_from_args(args, lm, plan, stderr_progress(args.quiet))
-    if healed is None:
-        save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root)
-    else:
-        save_healed(lm, healed, out, overwrite=args.overwrite, root=args.root)
     norm = plan.normalized()
-    zeroed = {str(j): kinds for j, kinds in subblock_drops(norm, lm.num_layers).items()} if healed is None else {}
+    zeroed = {str(j): kinds for j, kinds in subblock_drops(norm, lm.num_layers).items()}
     checkpoint = {"format": "standard checkpoint (plain from_pretrained loads it exactly)",
                   "zeroed_subblocks": zeroed,      # saved layer index -> ["attn"/"mlp"], output projection = 0
                   "note": "dropped sub-blocks are stored with zeroed output projections and listed in config.json "
                           "per_layer_config; `python -m analysis load` removes them physically" if zeroed else None}
-    if not (norm.drop_attn or norm.drop_mlp) and healed is None:
+    if not (norm.drop_attn or norm.drop_mlp):
         checkpoint.update(llama_cpp_prune_layers=llama_cpp_prune_layers(plan),
                           llama_cpp_command=llama_cpp_command(plan, lm), llama_cpp_note=LLAMA_CPP_NOTE)
+        if healed is not None:
+            checkpoint["llama_cpp_note"] = ("llama-quantize --prune-layers rebuilds the model from the original "
+                                            "weights, so it cannot carry the healing; convert this healed "
+                                            "checkpoint to GGUF instead")
+            checkpoint.pop("llama_cpp_command")
     results = {"params": params, "checkpoint": checkpoint, **({"healing": healed.describe()} if healed else {})}
-    write_json(reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results=results),
-               out / "entroscope-manifest.json")
+    manifest = reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results=results)
+    files = {"entroscope-manifest.json": to_json(manifest)}
+    if healed is None:
+        save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files)
+    else:
+        save_healed(lm, healed, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files)
     summary = {"out": str(out), "plan": plan.describe(), "layers": params["layers"],
                "params": params["total"], "params_removed_fraction": round(params["removed_fraction"], 6),
                **{k: v for k, v in checkpoint.items() if v is not None}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..argtypes import block_window, seed_int
 from ..cli import int_list
 
 
@@ -20,8 +21,8 @@ def register(sub) -> None:
     p.add_argument("--protect", type=int_list, default=None,
                    help="override the protected blocks, e.g. 0,1,29 (default: the run's)")
     p.add_argument("--estimator", default=None, help="entrodrop: which estimator of the run to use")
-    p.add_argument("--seed", type=int, default=0, help="random criterion seed")
-    p.add_argument("--window", type=int, default=1, help="angular: per-block window")
+    p.add_argument("--seed", type=seed_int, default=0, help="random criterion seed")
+    p.add_argument("--window", type=block_window, default=1, help="angular: per-block window")
     p.add_argument("--out", default=None, help="write the plan JSON here (default: print it)")
     p.set_defaults(func=run)
 
@@ -31,6 +32,9 @@ def run(args) -> int:
     from ..plan import Plan
     from ..result import AnalysisResult
 
+    from ..outdir import check_out_file, write_text_atomic
+
+    check_out_file(args.out, "--out file")
     r = AnalysisResult.load(args.run)
     c = get_criterion(args.criterion)
     params = {}
@@ -39,13 +43,17 @@ def run(args) -> int:
     if "seed" in c.params:
         params["seed"] = args.seed
     if "window" in c.params:
+        if args.window >= r.num_layers:
+            from ..errors import SelectionError
+
+            raise SelectionError(f"--window {args.window} spans the whole {r.num_layers}-layer model",
+                                 hint=f"use 1..{r.num_layers - 1}")
         params["window"] = args.window
     sel = select(r, args.criterion, args.k, args.granularity, protected=args.protect, **params)
     plan = Plan.from_selection(sel, r)
     text = plan.to_json()
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        write_text_atomic(args.out, text)
         print(json.dumps({"out": args.out, "blocks": sel.blocks, "granularity": sel.granularity}))
     else:
         print(text)

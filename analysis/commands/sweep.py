@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..argtypes import seed_int
 from ..cli import int_list
 from ..heal.cli import add_heal_args
 from .common import add_model_args, load_lm, stderr_progress
@@ -22,13 +23,15 @@ def register(sub) -> None:
     p.add_argument("--k", type=int_list, default=list(range(13)), help="ks to evaluate, e.g. 0-12 or 0,2,4")
     p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default=None,
                    help="default: the run's granularity")
-    p.add_argument("--seed", type=int, default=0, help="random criterion seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="random criterion seed")
     p.add_argument("--no-reuse", action="store_true", help="run every plan from the embeddings (slower; same result)")
     p.add_argument("--latency", action="store_true", help="also time each plan (slow)")
     add_eval_data_args(p)
     add_task_args(p)
     p.add_argument("--out", required=True, help="where to write the sweep JSON")
     p.add_argument("--csv", default=None, help="also write the rows as CSV")
+    p.add_argument("--force", action="store_true",
+                   help="use the run with a model other than the one it was made with (prints a warning)")
     p.add_argument("--quiet", action="store_true")
     add_heal_args(p)
     p.set_defaults(func=run)
@@ -40,7 +43,12 @@ def run(args) -> int:
     from ..export import reproduction_manifest, rows_to_csv, write_json
     from ..result import AnalysisResult
 
+    from ..outdir import check_out_file
+    from ..provenance import check_recorded_model
+
     r = AnalysisResult.load(args.run)
+    check_out_file(args.out, "--out file")
+    check_out_file(args.csv, "--csv file")
     if args.model is None:
         args.model = ((r.manifest.get("model") or {}).get("name")) or "smollm2"
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
@@ -50,6 +58,7 @@ def run(args) -> int:
     quiet_transformers(args.quiet)
     progress = stderr_progress(args.quiet)
     lm = load_lm(args, progress)
+    check_recorded_model(r, lm, f"Run {args.run}", force=args.force)
     if lm.num_layers != r.num_layers:
         raise SelectionError(f"the run has {r.num_layers} layers but {args.model} has {lm.num_layers}",
                              hint="use the model the run was made with")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..adapters import adapter_for
 from ..plan import Plan
-from ..surgery import KV_MARK, PLAN_FILE, _checkpoint_plan, atomic_dir, check_out_dir
+from ..surgery import save_pruned
 from .registry import Healed
 
 HEAL_FILE = "entroscope-heal.json"
@@ -60,26 +60,13 @@ def compare(lm, model, windows, cfg=None) -> dict:
 
 
 def save_healed(lm, healed: Healed, out_dir: str | os.PathLike, overwrite: bool = False,
-                root: str | os.PathLike | None = None) -> Path:
-    """Save the healed pruned model like :func:`~analysis.surgery.save_pruned`: whole-layer plans give a
-    standard checkpoint (plain ``from_pretrained``); sub-block plans add ``entroscope-plan.json``. The plan's
-    source and ``entroscope-heal.json`` record the healing."""
-    out = Path(out_dir).expanduser()
-    check_out_dir(out, overwrite, root)
-    model = healed.model
-    plan = healed.plan
-    stored = _checkpoint_plan(plan, lm.model, getattr(lm, "name", None))
-    stored = Plan(stored.drop_attn, stored.drop_mlp, stored.drop_layers,
-                  {**stored.source, "healing": {"method": healed.method, "settings": healed.settings}})
-    kv = vars(model.config).pop(KV_MARK, None)             # runtime-only: re-applied from the plan on load
-    try:
-        with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            if lm.tokenizer is not None:
-                lm.tokenizer.save_pretrained(tmp)
-            stored.save(tmp / PLAN_FILE)
-            (tmp / HEAL_FILE).write_text(json.dumps(healed.describe(), indent=1, default=str))
-    finally:
-        if kv is not None:
-            setattr(model.config, KV_MARK, kv)
-    return out
+                root: str | os.PathLike | None = None, extra_files: dict | None = None,
+                expected: str | None = None) -> Path:
+    """Save the healed pruned model like :func:`~analysis.surgery.save_pruned` (same safe write, same
+    format): whole layers removed; sub-blocks the healed copy has lost stored with zeroed output projections,
+    so plain ``from_pretrained`` gives exactly the healed model's outputs. ``entroscope-heal.json`` records
+    the healing, with the plan in the original model's 0-based indices."""
+    record = {**healed.describe(), "plan_in_original_indices": healed.plan.to_dict()}
+    files = {HEAL_FILE: json.dumps(record, indent=1, default=str), **(extra_files or {})}
+    return save_pruned(healed.model, Plan(), out_dir, overwrite=overwrite, root=root, tokenizer=lm.tokenizer,
+                       extra_files=files, expected=expected)
