@@ -6,7 +6,7 @@ import pytest
 from test_app_pages import _env, _with_plan, frame_with, goto, ok, texts  # noqa: F401 - _env: autouse fixture
 
 
-def test_heal_choice_rows_generation_export_and_model_untouched(tmp_path):
+def test_heal_choice_rows_generation_export_and_model_untouched(tmp_path, monkeypatch):
     from analysis.models import weights_hash
 
     from app_support.models import _cached_model
@@ -35,10 +35,11 @@ def test_heal_choice_rows_generation_export_and_model_untouched(tmp_path):
     ok(at)
     script = at.code[0].value
     assert "--heal linear" in script and "not accepted" not in script
-    at.text_input(key="w:ck.root").set_value(str(tmp_path)).run()
+    monkeypatch.setenv("ENTROSCOPE_EXPORT_ROOT", str(tmp_path))      # the server-side export root
     at.button(key="ck_save").click().run()
     ok(at)
-    (saved,) = list(tmp_path.iterdir())
+    (session,) = list(tmp_path.iterdir())                              # this session's private folder
+    (saved,) = [p for p in session.iterdir() if p.is_dir() and not p.name.startswith(".")]
     heal = json.loads((saved / "entroscope-heal.json").read_text())
     assert heal["method"] == "linear" and heal["settings"]["calibration_corpus"]
     assert weights_hash(lm.model) == before

@@ -104,14 +104,12 @@ def run(args) -> int:
                   "zeroed_subblocks": zeroed,      # saved layer index -> ["attn"/"mlp"], output projection = 0
                   "note": "dropped sub-blocks are stored with zeroed output projections and listed in config.json "
                           "per_layer_config; `python -m analysis load` removes them physically" if zeroed else None}
-    if not (norm.drop_attn or norm.drop_mlp):
+    if healed is not None:
+        checkpoint["llama_cpp_note"] = ("llama-quantize --prune-layers rebuilds the model from the original weights, "
+                                        "so it cannot carry the healing; convert this healed checkpoint to GGUF")
+    elif not (norm.drop_attn or norm.drop_mlp):
         checkpoint.update(llama_cpp_prune_layers=llama_cpp_prune_layers(plan),
                           llama_cpp_command=llama_cpp_command(plan, lm), llama_cpp_note=LLAMA_CPP_NOTE)
-        if healed is not None:
-            checkpoint["llama_cpp_note"] = ("llama-quantize --prune-layers rebuilds the model from the original "
-                                            "weights, so it cannot carry the healing; convert this healed "
-                                            "checkpoint to GGUF instead")
-            checkpoint.pop("llama_cpp_command")
     results = {"params": params, "checkpoint": checkpoint, **({"healing": healed.describe()} if healed else {})}
     manifest = reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results=results)
     files = {"entroscope-manifest.json": to_json(manifest)}
