@@ -38,7 +38,7 @@ class AnalysisConfig:
     extra_estimators: tuple[str, ...] = ()  # computed in the same pass for side-by-side comparison
     k: int = 25                        # KNN neighbours (EntroDrop Llama path)
     bins: int = 80                     # Bucket bins (EntroDrop Mistral path)
-    clip: float = 0.01                 # bucket-robust: bins span the clip … 1−clip quantiles per dimension
+    clip: float = 0.02                 # bucket-robust: bins span the clip … 1−clip quantiles per dimension
     alpha: float = 4.0                 # Rényi order
     granularity: str = "attention"     # attention | mlp | layer (EntroDrop v1 headline: attention)
     protect: str = "fixed"             # fixed {0,1,L-1} (reference code) | auto (detected) | none

@@ -112,7 +112,7 @@ def _quantile_range(x: Tensor, keep: Tensor, clip: float) -> tuple[Tensor, Tenso
     return torch.gather(srt, 1, i_lo), torch.gather(srt, 1, i_hi)
 
 
-def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = 80, clip: float = 0.01) -> Tensor:
+def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = 80, clip: float = 0.02) -> Tensor:
     """Bucket with robust ranges: per dimension the bins span the ``clip`` … ``1 − clip`` quantiles of the
     tokens (values beyond fall into the edge bins), so one outlier token cannot stretch the range."""
     x = as_float32(x)
@@ -122,7 +122,7 @@ def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = 80, clip: 
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
 
 
-def entropy_bucket_robust(x: Tensor, bins: int = 80, clip: float = 0.01) -> Tensor:
+def entropy_bucket_robust(x: Tensor, bins: int = 80, clip: float = 0.02) -> Tensor:
     return entropy_bucket_robust_masked(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), bins, clip)
 
 
@@ -218,10 +218,10 @@ def _register() -> None:
     from .estimators import EstimatorInfo, register_estimator
 
     register_estimator(EstimatorInfo(
-        "bucket-robust", "Bucket, robust ranges (1–99 % quantiles)", entropy_bucket_robust,
-        {"bins": 80, "clip": 0.01}, scale_invariant=True,
-        formula=r"H=-\sum_j\sum_b p_{jb}\log p_{jb},\;\text{bins on }[q_{0.01,j},\,q_{0.99,j}]",
-        notes="Bucket whose per-dimension bins span the 1–99 % quantiles of the tokens instead of min–max; "
+        "bucket-robust", "Bucket, robust ranges (2–98 % quantiles)", entropy_bucket_robust,
+        {"bins": 80, "clip": 0.02}, scale_invariant=True,
+        formula=r"H=-\sum_j\sum_b p_{jb}\log p_{jb},\;\text{bins on }[q_{0.02,j},\,q_{0.98,j}]",
+        notes="Bucket whose per-dimension bins span the 2–98 % quantiles of the tokens instead of min–max; "
               "values outside fall into the edge bins, so one massive-activation token cannot stretch the "
               "range. Not in EntroDrop; the reference form is `bucket`."))
 

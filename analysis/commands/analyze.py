@@ -31,7 +31,7 @@ def register(sub) -> None:
     g.add_argument("--sink-ratio", type=float, default=8.0,
                    help="sink rule: a token whose norm exceeds this many times its sequence's median token norm "
                         "(default 8; at most 5%% of a sequence's tokens are flagged)")
-    g.add_argument("--clip", type=float, default=0.01, help="bucket-robust: quantile clipped on each side (0.01)")
+    g.add_argument("--clip", type=float, default=0.02, help="bucket-robust: quantile clipped on each side (0.02)")
     g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--mi", action="store_true", help="also keep sampled states and compute MI-PRUN scores")
     g.add_argument("--mi-estimator", default="renyi", choices=["renyi", "gaussian", "ksg", "cka"],
