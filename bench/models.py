@@ -39,7 +39,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int) -> dict:
+def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int, save=lambda res: None) -> dict:
     import torch
 
     from analysis.blockselect import delta_ppl_details
@@ -80,20 +80,32 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int)
             out["orders"][f"{c}/{mode}"] = drop_order(r, c, "attention", prot)
         log(f"{name}: analysis sinks={mode} in {out['runs'][mode]['seconds']:.1f} s")
     out["orders"]["random"] = drop_order(runs["keep"], "random", "attention", prot, seed=0)
-    gt_tokens = tokens.input_ids[:gt_n, :gt_t]
-    d = delta_ppl_details(lm, gt_tokens, "attention", batch_size=4)
-    out["orders"]["drop-one ΔPPL"] = rank_blocks(d["scores"], "low", prot)
-    out["delta_ppl"] = {"scores": d["scores"], "base_ppl": d["base_ppl"], "windows": d["windows"]}
-    log(f"{name}: drop-one ΔPPL ({L} passes over {gt_n}×{gt_t}) in {d['seconds']:.1f} s")
+    out["seconds"] = time.perf_counter() - t0
+    save(out)                                      # the curves are written even if the rest does not finish
     cfg = EvalConfig(max_tokens=eval_tokens, window=min(1024, eval_tokens))
     sw = sweep(lm, {"none": []}, ["none"], [0], data=EVAL, granularity="attention", cfg=cfg)
     base = sw["rows"][0]["perplexity"]
-    sw = sweep(lm, out["orders"], list(out["orders"]), KS, data=EVAL, granularity="attention", cfg=cfg)
-    out["eval"] = {"domain": EVAL, "split": "eval", "tokens": sw["protocol"].get("tokens_scored"),
-                   "base_ppl": base, "rows": [{"criterion": r["criterion"], "k": r["k"], "blocks": r["blocks"],
-                                               "ppl": r["perplexity"]} for r in sw["rows"]]}
+    out["eval"] = {"domain": EVAL, "split": "eval", "base_ppl": base, "rows": []}
+
+    def evaluate(orders: dict) -> None:
+        sw = sweep(lm, orders, list(orders), KS, data=EVAL, granularity="attention", cfg=cfg)
+        out["eval"]["tokens"] = sw["protocol"].get("tokens_scored")
+        out["eval"]["rows"] += [{"criterion": r["criterion"], "k": r["k"], "blocks": r["blocks"],
+                                 "ppl": r["perplexity"]} for r in sw["rows"]]
+        log(f"{name}: held-out sweep of {len(sw['rows'])} plans in {sw['seconds']:.1f} s")
+
+    evaluate(dict(out["orders"]))
     out["seconds"] = time.perf_counter() - t0
-    log(f"{name}: held-out sweep of {len(sw['rows'])} plans in {sw['seconds']:.1f} s; total {out['seconds']:.0f} s")
+    save(out)
+    if gt_n > 0:
+        gt_tokens = tokens.input_ids[:gt_n, :gt_t]
+        d = delta_ppl_details(lm, gt_tokens, "attention", batch_size=4)
+        out["orders"]["drop-one ΔPPL"] = rank_blocks(d["scores"], "low", prot)
+        out["delta_ppl"] = {"scores": d["scores"], "base_ppl": d["base_ppl"], "windows": d["windows"]}
+        log(f"{name}: drop-one ΔPPL ({L} passes over {gt_n}×{gt_t}) in {d['seconds']:.1f} s")
+        evaluate({"drop-one ΔPPL": out["orders"]["drop-one ΔPPL"]})
+    out["seconds"] = time.perf_counter() - t0
+    log(f"{name}: done in {out['seconds']:.0f} s")
     return out
 
 
@@ -198,12 +210,15 @@ def report(paths: list[Path]) -> None:
         name, L = res["model"], res["layers"]
         png = FIG / f"{name}.png"
         figure(res, png)
-        ev = res["eval"]
+        ev = res.get("eval") or {}
+        gt = res.get("delta_ppl")
         md.append(f"## {name} ({L} blocks)\n")
         md.append(f"Calibration: {res['calib']['n']} × {res['calib']['t']} tokens of `{res['calib']['domain']}`; "
-                  f"drop-one ΔPPL on {res['delta_ppl']['windows'][0]} × {res['delta_ppl']['windows'][1]} of "
-                  f"them; held-out perplexity on {ev['tokens']} tokens of `{ev['domain']}` (eval split), "
-                  f"full model {ev['base_ppl']:.2f}. Run time {res['seconds'] / 60:.1f} min.\n")
+                  + (f"drop-one ΔPPL on {gt['windows'][0]} × {gt['windows'][1]} of them; " if gt else
+                     "drop-one ΔPPL not measured (too slow for this machine at this size); ")
+                  + (f"held-out perplexity on {ev.get('tokens')} tokens of `{ev['domain']}` (eval split), "
+                     f"full model {ev['base_ppl']:.2f}. " if ev.get("rows") else "held-out perplexity not measured. ")
+                  + f"Run time {res['seconds'] / 60:.1f} min.\n")
         md.append(f"![{name} curves](figures/models/{name}.png)\n")
         md.append("| estimator | boundary, sinks excluded [90 % interval] (share of resamples with a stage) "
                   "| sinks kept |\n|---|---|---|")
@@ -211,10 +226,11 @@ def report(paths: list[Path]) -> None:
             md.append(f"| {e} | {_stage(res['runs']['exclude']['estimators'][e]['boundary'], L)} | "
                       f"{_stage(res['runs']['keep']['estimators'][e]['boundary'], L)} |")
         md.append(f"\n**Massive activations:** {_sink_text(res)}.\n")
-        text, dppl = table(res)
-        md.append(text + "\n")
-        all_d[name] = dppl
-        md.append(_verdict(name, dppl) + "\n")
+        if ev.get("rows"):
+            text, dppl = table(res)
+            md.append(text + "\n")
+            all_d[name] = dppl
+            md.append(_verdict(name, dppl) + "\n")
     md.append(_summary(all_d))
     (ROOT / "docs" / "models.md").write_text("\n".join(md))
     (FIG / "summary.json").write_text(json.dumps(_choice(all_d), indent=1))
@@ -296,8 +312,10 @@ def main() -> None:
     args = ap.parse_args()
     FIG.mkdir(parents=True, exist_ok=True)
     if args.model:
-        res = run_model(args.model, args.n, args.t, args.eval_tokens, args.gt_n, args.gt_t)
-        (FIG / f"{args.model}.json").write_text(json.dumps(res, default=float))
+        def save(res: dict) -> None:
+            (FIG / f"{args.model}.json").write_text(json.dumps(res, default=float))
+
+        save(run_model(args.model, args.n, args.t, args.eval_tokens, args.gt_n, args.gt_t, save))
     if args.report or not args.model:
         order = ["smollm2", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
         paths = sorted(FIG.glob("*.json"), key=lambda p: order.index(p.stem) if p.stem in order else 99)
