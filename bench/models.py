@@ -122,7 +122,7 @@ def figure(res: dict, path: Path) -> None:
               ("knn", "KNN"), ("knn-norm", "KNN, scale-normalised"))
     fig, axes = plt.subplots(1, 4, figsize=(13, 2.9), dpi=72)
     x = np.arange(L + 1)
-    onset = _onset(res)
+    flagged = _flagged(res)
     for ax, (e, title) in zip(axes, panels):
         for mode, style in (("exclude", "-"), ("keep", "--")):
             est = res["runs"][mode]["estimators"][e]
@@ -132,25 +132,33 @@ def figure(res: dict, path: Path) -> None:
         if bi["detected"]:
             ax.axvspan(bi["lo"] - 0.3, bi["hi"] + 0.3, color="#2CA58D", alpha=0.18)
             ax.axvline(bi["boundary"], color="#2CA58D", lw=1.2)
-        if onset is not None:
-            ax.axvline(onset, color="#E4572E", lw=1, ls=":")
+        for a, b in flagged:
+            ax.axvspan(a - 0.5, b + 0.5, color="#E4572E", alpha=0.08, lw=0)
         ax.set_title(title + ("" if bi["detected"] else " — no compression stage"), fontsize=9)
         ax.set_xlabel("boundary Z^i (0 = embeddings)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("H (nats)", fontsize=8)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{res['model']}: green = boundary with 90 % bootstrap interval (sinks excluded); "
-                 f"red dotted = first boundary with a massive activation", fontsize=9)
+                 f"red shade = boundaries where ≥ half of the windows have a flagged massive-activation token",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
 
 
-def _onset(res: dict, share: float = 0.5):
+def _flagged(res: dict, share: float = 0.5) -> list[tuple[int, int]]:
+    """Contiguous ranges of boundaries where at least ``share`` of the windows carry a flagged token."""
     s = res["runs"]["keep"]["sinks"]
     c, n = s.get("counts", {}).get("boundary"), s.get("n_sequences")
     hit = [i for i, v in enumerate(c or []) if n and v >= share * n]
-    return hit[0] if hit else None
+    out = []
+    for i in hit:
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
 
 
 def _stage(bi: dict, L: int) -> str:

@@ -86,9 +86,10 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                    "Fast-Block-Select. Adds roughly 10–60 s on a CPU.")
     state.sync("an.estimator", "an.extra", "an.granularity", "an.protect", "an.k", "an.bins", "an.alpha", "an.batch",
                "an.sinks", "an.mi", "an.mi_est", "an.mi_tokens")
-    from app_support.story import SINKS_SENTENCE
+    from app_support.story import RANKING_WHY, SINKS_SENTENCE
 
     st.caption(":material/bolt: " + SINKS_SENTENCE)
+    st.caption(":material/leaderboard: Default ranking: " + RANKING_WHY)
 
 settings = analysis_settings()
 
