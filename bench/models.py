@@ -39,7 +39,8 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int, save=lambda res: None) -> dict:
+def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int, save=lambda res: None,
+              resume: dict | None = None, only: list[str] | None = None) -> dict:
     import torch
 
     from analysis.blockselect import delta_ppl_details
@@ -61,7 +62,10 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int,
     out = {"model": name, "layers": L, "calib": {"domain": CALIB, "n": n, "t": t}, "protected": prot,
            "runs": {}, "orders": {}}
     runs = {}
-    for mode in MODES:
+    if resume is not None:                          # curves and orders from an earlier run of this script
+        out = resume
+        out.pop("eval", None)
+    for mode in (MODES if resume is None else ()):
         cfg = AnalysisConfig(estimator="bucket", extra_estimators=EST[1:], granularity="attention", sinks=mode,
                              batch_size=4)
         r = analyze(lm, tokens, cfg)
@@ -79,9 +83,12 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int,
         for c in ("cosine", "block-influence"):
             out["orders"][f"{c}/{mode}"] = drop_order(r, c, "attention", prot)
         log(f"{name}: analysis sinks={mode} in {out['runs'][mode]['seconds']:.1f} s")
-    out["orders"]["random"] = drop_order(runs["keep"], "random", "attention", prot, seed=0)
-    out["seconds"] = time.perf_counter() - t0
-    save(out)                                      # the curves are written even if the rest does not finish
+    if resume is None:
+        out["orders"]["random"] = drop_order(runs["keep"], "random", "attention", prot, seed=0)
+        out["seconds"] = time.perf_counter() - t0
+    save(out)
+    if eval_tokens <= 0:
+        return out                                     # the curves are written even if the rest does not finish
     cfg = EvalConfig(max_tokens=eval_tokens, window=min(1024, eval_tokens))
     sw = sweep(lm, {"none": []}, ["none"], [0], data=EVAL, granularity="attention", cfg=cfg)
     base = sw["rows"][0]["perplexity"]
@@ -94,7 +101,7 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int,
                                  "ppl": r["perplexity"]} for r in sw["rows"]]
         log(f"{name}: held-out sweep of {len(sw['rows'])} plans in {sw['seconds']:.1f} s")
 
-    evaluate(dict(out["orders"]))
+    evaluate({c: o for c, o in out["orders"].items() if only is None or c in only})
     out["seconds"] = time.perf_counter() - t0
     save(out)
     if gt_n > 0:
@@ -317,13 +324,17 @@ def main() -> None:
     ap.add_argument("--gt-t", type=int, default=256)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="reuse the curves and orders of docs/figures/models/<model>.json")
+    ap.add_argument("--only", default="", help="comma-separated criteria to evaluate (default: all)")
     args = ap.parse_args()
     FIG.mkdir(parents=True, exist_ok=True)
     if args.model:
         def save(res: dict) -> None:
             (FIG / f"{args.model}.json").write_text(json.dumps(res, default=float))
 
-        save(run_model(args.model, args.n, args.t, args.eval_tokens, args.gt_n, args.gt_t, save))
+        prev = json.loads((FIG / f"{args.model}.json").read_text()) if args.resume else None
+        only = [c for c in args.only.split(",") if c] or None
+        save(run_model(args.model, args.n, args.t, args.eval_tokens, args.gt_n, args.gt_t, save, prev, only))
     if args.report or not args.model:
         order = ["smollm2", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
         paths = sorted(FIG.glob("*.json"), key=lambda p: order.index(p.stem) if p.stem in order else 99)
