@@ -276,16 +276,17 @@ def _choice(all_d: dict) -> dict:
         for c, by_k in dppl.items():
             if c.startswith("entrodrop"):
                 for k, v in by_k.items():
-                    score.setdefault(c, []).append(v)
+                    score.setdefault(c, []).append(math.log1p(v / 100))     # log PPL ratio
     n_models = len(all_d)
-    mean = {c: float(np.mean(v)) for c, v in score.items() if len(v) == 2 * n_models}   # measured everywhere
+    gm = lambda v: 100 * math.expm1(float(np.mean(v)))  # noqa: E731 - geometric-mean ΔPPL, %
+    mean = {c: gm(v) for c, v in score.items() if len(v) == 2 * n_models}   # measured on every model
     best = min(mean, key=mean.get) if mean else None
     others: dict = {}
     for dppl in all_d.values():
         for c, by_k in dppl.items():
             if not c.startswith("entrodrop"):
-                others.setdefault(c, []).extend(by_k.values())
-    om = {c: float(np.mean(v)) for c, v in others.items() if len(v) == 2 * n_models}
+                others.setdefault(c, []).extend(math.log1p(v / 100) for v in by_k.values())
+    om = {c: gm(v) for c, v in others.items() if len(v) == 2 * n_models}
     return {"best_entrodrop": best, "mean_dppl": mean, "others_mean_dppl": om,
             "best_overall": min({**mean, **om}, key={**mean, **om}.get) if mean or om else None, "models": list(all_d)}
 
@@ -295,9 +296,10 @@ def _summary(all_d: dict) -> str:
     rows = sorted(ch["mean_dppl"].items(), key=lambda kv: kv[1]) + sorted(ch["others_mean_dppl"].items(),
                                                                          key=lambda kv: kv[1])
     lines = ["## Which default ranks blocks\n",
-             f"Mean held-out ΔPPL over {len(all_d)} model(s) ({', '.join(all_d)}) and k ∈ {{4, 8}}, criteria "
-             "measured on every one of them:\n",
-             "| criterion / sinks | mean ΔPPL |", "|---|---|"]
+             f"Geometric-mean held-out ΔPPL (mean of log PPL ratios, so one model's blow-up does not swamp the "
+             f"rest) over {len(all_d)} model(s) ({', '.join(all_d)}) and k ∈ {{4, 8}}, criteria measured on every "
+             "one of them:\n",
+             "| criterion / sinks | geometric-mean ΔPPL |", "|---|---|"]
     lines += [f"| {c} | {v:+.1f} % |" for c, v in rows]
     lines.append(f"\nThe lowest EntroDrop variant is **{ch['best_entrodrop']}**; the lowest criterion overall is "
                  f"**{ch['best_overall']}**. The app states this next to its ranking default "

@@ -56,8 +56,8 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                  help="Bucket (default, scale-invariant) as EntroDrop's Mistral path; KNN as its Llama path")
     c2.multiselect("Also compute (same pass)", list(ESTIMATORS), format_func=lambda e: ESTIMATORS[e].title,
                    key=state.wkey("an.extra", list(state.DEFAULT_ANALYSIS["extra_estimators"])),
-                   help="For the side-by-side estimator comparison; robust Bucket is on by default because EntroDrop "
-                        "ranks with it (see the note below)")
+                   help="For the side-by-side estimator comparison; KNN is on by default because EntroDrop ranks "
+                        "with it (see the note below)")
     c3.radio("Granularity", ["attention", "mlp", "layer"], horizontal=True, key=state.wkey("an.granularity", "attention"),
              help="What a 'block' is for ΔH and the drop order (EntroDrop's headline: attention)")
     c4.radio("Protected blocks", ["fixed", "auto", "none"], horizontal=True, key=state.wkey("an.protect", "fixed"),
