@@ -202,3 +202,25 @@ def test_bootstrap_interval_covers_the_boundary_and_widens_with_noise():
     assert a["boundary"] == 3 and a["lo"] == a["hi"] == 3 and a["p_detected"] == 1.0
     assert b["hi"] - b["lo"] > a["hi"] - a["lo"]
     assert "interval" in describe(b, 10) or not b["detected"]
+
+
+def test_cli_sinks_flag_reaches_the_run_json(tmp_path, monkeypatch):
+    import numpy as np
+
+    from analysis.cli import main
+    from analysis.testing import tiny_model, tiny_tokenizer
+
+    monkeypatch.setenv("ENTROSCOPE_RUNS", str(tmp_path / "runs"))
+    d = tmp_path / "m"
+    tiny_model("llama", layers=3).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, random_tokens(2, 40).numpy())
+    for mode in ("keep", "first"):
+        out = tmp_path / f"{mode}.json"
+        assert main(["analyze", "--model", str(d), "--tokens", str(ids), "--sinks", mode, "--out", str(out),
+                     "--quiet"]) == 0
+        back = AnalysisResult.load(out)
+        assert back.sinks["mode"] == mode and len(back.sinks["counts"]["boundary"]) == 4
+    with pytest.raises(SystemExit):
+        main(["analyze", "--model", str(d), "--tokens", str(ids), "--sinks", "all", "--out", str(out)])
