@@ -335,7 +335,19 @@ def _summary(all_d: dict) -> str:
 
 HEADER = """# Four real models: entropy curves, sinks, boundary and held-out pruning
 
-Written by `bench/models.py` (see its docstring for the command and sizes). Blocks are 0-based;
+Written by `bench/models.py`. Sizes were cut to what a shared, heavily loaded 2-core machine could finish
+in about 45 minutes (one thread per model, the models in parallel):
+
+    bench/models.py --model smollm2     --n 8 --t 128 --gt-n 2 --gt-t 128 --eval-tokens 1024
+    bench/models.py --model gemma3-270m --n 8 --t 128 --gt-n 2 --gt-t 128 --eval-tokens 1024
+    bench/models.py --model qwen2.5-coder-0.5b --n 8 --t 128 --gt-n 0 --eval-tokens 512 --resume \
+        --only "entrodrop[bucket]/exclude,entrodrop[bucket]/keep,entrodrop[bucket-robust]/keep,entrodrop[knn]/exclude,entrodrop[knn-norm]/exclude,cosine/exclude,random"
+    bench/models.py --model qwen2.5-coder-1.5b --n 4 --t 128 --gt-n 0 --eval-tokens 0   # curves only
+    bench/models.py --report
+
+These are small samples (8 windows, ≤ 1,024 held-out tokens): treat single ΔPPL cells as indicative and
+the pattern across models as the finding. On a quiet machine use `--n 32 --t 256 --eval-tokens 4096`.
+Blocks are 0-based;
 `Z^0` is the embedding output and `Z^(l+1)` the output of block `l`. **Sinks**: the rule in
 `analysis/sinks.py` (token norm > 8 × its window's median token norm, at most 5 % of a window's tokens,
 per window and residual point); *excluded* leaves them out of every statistic, *kept* is EntroDrop's
