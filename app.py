@@ -37,7 +37,8 @@ def home() -> None:
                 switch_to("entropy")
         with c2:
             st.caption("Or go step by step below. Defaults: model **smollm2** (fp32, device auto), data **wiki**, "
-                       "32 samples × 256 tokens, seed 2024, estimator **Bucket** (80 bins).")
+                       "32 samples × 256 tokens, seed 2024, estimator **Bucket** (80 bins), massive-activation tokens "
+                       "(attention sinks) **excluded** from the statistics.")
 
         # ---- the pipeline, with the session's state of each step --------------------------------------
         st.subheader("The pipeline")

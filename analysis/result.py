@@ -62,6 +62,8 @@ class AnalysisResult:
     manifest: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)          # e.g. MI scores, added by extensions
     baselines: dict = field(default_factory=dict)        # criterion -> {"scores", "drop_order", ...}
+    boundary_info: dict = field(default_factory=dict)    # rule, detected, bootstrap interval (analysis.boundary)
+    sinks: dict = field(default_factory=dict)            # mode, rule, counts per point, excluded (analysis.sinks)
 
     # ---- derived views --------------------------------------------------------------------------
     @property
@@ -119,6 +121,22 @@ class AnalysisResult:
             raise SelectionError(f"This run has no cosine similarities ({key})",
                                  hint="re-run `python -m analysis analyze` with this version to compute them")
         return _arr(self.per_seq[key])
+
+    def sink_onset(self, share: float = 0.5) -> int | None:
+        """First boundary ``Z^i`` where at least ``share`` of the sequences carry a flagged sink (None: never)."""
+        c = (self.sinks or {}).get("counts", {}).get("boundary")
+        n = (self.sinks or {}).get("n_sequences") or self.n_sequences
+        if not c or not n:
+            return None
+        hit = [i for i, v in enumerate(c) if v >= share * n]
+        return hit[0] if hit else None
+
+    def stage_text(self) -> str:
+        """The two-stage story for captions (never "blocks 0…-1")."""
+        from .boundary import describe
+
+        info = self.boundary_info or {"boundary": self.boundary, "detected": self.boundary > 0}
+        return describe(info, self.num_layers)
 
     @property
     def drop_order(self) -> list[int]:

@@ -19,7 +19,9 @@ from .errors import DataError, SelectionError, is_oom, oom_error
 from .estimators import get_estimator
 from .models import LoadedModel
 from .result import GRANULARITIES, AnalysisResult
-from .selection import PROTECT_MODES, detect_boundary, protected_blocks
+from .boundary import boundary_interval
+from .selection import PROTECT_MODES, protected_blocks
+from .sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, check_mode, max_sinks
 
 #: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
@@ -32,20 +34,28 @@ _register_mi(EXTENSIONS)
 
 @dataclass
 class AnalysisConfig:
-    estimator: str = "bucket"          # primary estimator: bucket | knn | knn-norm | renyi
+    estimator: str = "bucket"          # primary estimator: bucket | bucket-robust | knn | knn-norm | renyi
     extra_estimators: tuple[str, ...] = ()  # computed in the same pass for side-by-side comparison
     k: int = 25                        # KNN neighbours (EntroDrop Llama path)
     bins: int = 80                     # Bucket bins (EntroDrop Mistral path)
+    clip: float = 0.02                 # bucket-robust: bins span the clip … 1−clip quantiles per dimension
     alpha: float = 4.0                 # Rényi order
     granularity: str = "attention"     # attention | mlp | layer (EntroDrop v1 headline: attention)
     protect: str = "fixed"             # fixed {0,1,L-1} (reference code) | auto (detected) | none
     protect_extra: tuple[int, ...] = ()  # more blocks never to drop
     batch_size: int = 8                # sequences per forward pass
-    skip_first_token: bool = False     # exclude position 0 (attention sink) from the statistics
+    skip_first_token: bool = False     # legacy: same as sinks="first"
+    sinks: str = "exclude"             # exclude (detected sinks, analysis.sinks) | keep (reference) | first (pos 0)
+    sink_ratio: float = DEFAULT_RATIO  # sink rule: token norm > ratio × the sequence's median token norm
+    sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
     state_tokens: int = 0              # keep this many sampled token states per point (for MI criteria)
     extensions: tuple[str, ...] = ()   # names in EXTENSIONS to run after the pass
     mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.mi.MIConfig fields), e.g. estimator
     seed: int = 2024
+
+    def __post_init__(self) -> None:
+        if self.skip_first_token and self.sinks != "first":
+            self.sinks = "first"
 
     def estimator_params(self, name: str) -> dict:
         info = get_estimator(name)
@@ -68,8 +78,15 @@ class AnalysisConfig:
             raise SelectionError(f"bins must be >= 2, got {self.bins}")
         if self.k < 1:
             raise SelectionError(f"k must be >= 1, got {self.k}")
+        check_mode(self.sinks)
+        if not self.sink_ratio > 1:
+            raise SelectionError(f"sink ratio must be > 1, got {self.sink_ratio}")
+        if not 0 < self.sink_max_frac < 0.5:
+            raise SelectionError(f"sink max fraction must be in (0, 0.5), got {self.sink_max_frac}")
+        if not 0 <= self.clip < 0.5:
+            raise SelectionError(f"clip must be in [0, 0.5), got {self.clip}")
         if seq_len is not None and any(e.startswith("knn") for e in (self.estimator, *self.extra_estimators)):
-            usable = seq_len - (1 if self.skip_first_token else 0)
+            usable = seq_len - {"first": 1, "exclude": max_sinks(seq_len, self.sink_max_frac)}.get(self.sinks, 0)
             if usable <= self.k:
                 raise SelectionError(f"KNN with k={self.k} needs sequences longer than {self.k} tokens; "
                                      f"got {usable}", hint="raise --seq-len or lower --k")
@@ -124,7 +141,8 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
                                                                  if cfg.skip_first_token else ""))
     names = dict.fromkeys((cfg.estimator, *cfg.extra_estimators))
     ccfg = CaptureConfig(estimators={n: cfg.estimator_params(n) for n in names}, batch_size=cfg.batch_size,
-                         skip_first_token=cfg.skip_first_token, state_tokens=cfg.state_tokens, seed=cfg.seed)
+                         sinks=cfg.sinks, sink_ratio=cfg.sink_ratio, sink_max_frac=cfg.sink_max_frac,
+                         state_tokens=cfg.state_tokens, seed=cfg.seed)
     t0 = time.perf_counter()
     try:
         if cache:
@@ -183,8 +201,8 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
     angular = None
     if stats.last_cos is not None:
         angular = (torch.arccos(stats.last_cos.double()) / math.pi).mean(0).numpy()
-    curve = stats.entropy[cfg.estimator]["boundary"].double().mean(0).numpy()
-    boundary = detect_boundary(curve)
+    binfo = boundary_interval(stats.entropy[cfg.estimator]["boundary"].double().numpy(), seed=0)
+    boundary = binfo["boundary"]
     protected = protected_blocks(L, cfg.protect, boundary, cfg.protect_extra)
     warnings = []
     if any(stats.nonfinite.values()):
@@ -217,7 +235,25 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
         num_layers=L, estimator=cfg.estimator, granularity=cfg.granularity, protect=cfg.protect,
         per_seq=per_seq, angular=angular, boundary=boundary, protected=protected,
         norms={"boundary": stats.norm_boundary.double().mean(0).numpy(), "mid": stats.norm_mid.double().mean(0).numpy()},
-        domains=domains, warnings=warnings, manifest=manifest)
+        domains=domains, warnings=warnings, manifest=manifest, boundary_info=binfo,
+        sinks=sink_summary(stats, cfg, tokens))
+
+
+def sink_summary(stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> dict:
+    """What the sink rule flagged (counts per residual point, summed over sequences) and what was excluded."""
+    t = tokens.input_ids.shape[1] if hasattr(tokens, "input_ids") else None
+    out = {"mode": cfg.sinks, "ratio": cfg.sink_ratio, "max_frac": cfg.sink_max_frac, "n_sequences": stats.n_done,
+           "tokens_per_sequence": t,
+           "rule": "token norm > ratio × median token norm of its sequence, among its ⌊max_frac·T⌋ largest"}
+    if stats.sinks is not None:
+        c = {k: v.numpy().astype(int).tolist() for k, v in stats.sinks.items()}
+        out["counts"] = {"boundary": c["boundary"], "mid": c["mid"]}
+        out["counts_pos0"] = {"boundary": c["boundary_pos0"], "mid": c["mid_pos0"]}
+        ex = {"exclude": out["counts"], "keep": None}.get(cfg.sinks)
+        if cfg.sinks == "first" and t is not None:
+            ex = {k: [stats.n_done] * len(v) for k, v in out["counts"].items()}
+        out["excluded"] = ex or {k: [0] * len(v) for k, v in out["counts"].items()}
+    return out
 
 
 def compute_baselines(result: AnalysisResult) -> None:

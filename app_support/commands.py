@@ -75,6 +75,8 @@ def analyze_argv(rec, out: str = "run.json") -> list[str]:
              "--batch-size", str(cfg.get("batch_size", 8))]
     if cfg.get("skip_first_token"):
         argv.append("--skip-first-token")
+    elif cfg.get("sinks"):
+        argv += ["--sinks", cfg["sinks"]]
     if cfg.get("mi"):
         argv.append("--mi")
     return argv + ["--out", out]

@@ -147,7 +147,8 @@ def make_config(settings: dict):
                          bins=int(settings.get("bins", 80)), alpha=float(settings.get("alpha", 4.0)),
                          granularity=settings.get("granularity", "attention"),
                          protect=settings.get("protect", "fixed"), batch_size=int(settings.get("batch_size", 8)),
-                         skip_first_token=bool(settings.get("skip_first_token", False)))
+                         skip_first_token=bool(settings.get("skip_first_token", False)),
+                         sinks=settings.get("sinks", "exclude"))
     if settings.get("mi") and mi_available():
         cfg.extensions = ("mi",)
         cfg.state_tokens = int(settings.get("state_tokens", 2048))

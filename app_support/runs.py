@@ -21,7 +21,8 @@ def analysis_settings() -> dict:
         "protect": state.get("an.protect", d["protect"]),
         "k": int(state.get("an.k", d["k"])), "bins": int(state.get("an.bins", d["bins"])),
         "alpha": float(state.get("an.alpha", d["alpha"])), "batch_size": int(state.get("an.batch", d["batch_size"])),
-        "skip_first_token": bool(state.get("an.skip", d["skip_first_token"])), "mi": bool(state.get("an.mi", False)),
+        "skip_first_token": False, "sinks": state.get("an.sinks", d.get("sinks", "exclude")),
+        "mi": bool(state.get("an.mi", False)),
         "mi_estimator": state.get("an.mi_est", "renyi"), "mi_tokens": int(state.get("an.mi_tokens", 1024)),
     }
 

@@ -29,8 +29,9 @@ import streamlit as st
 DEFAULT_MODEL = {"spec": "smollm2", "device": "auto", "dtype": "fp32", "trust_remote_code": False}
 DEFAULT_DATA = {"source": "builtin", "weights": {"wiki": 1.0}, "n_samples": 32, "seq_len": 256, "seed": 2024,
                 "mode": "random", "split": "calib"}
-DEFAULT_ANALYSIS = {"estimator": "bucket", "extra_estimators": [], "granularity": "attention", "protect": "fixed",
-                    "k": 25, "bins": 80, "alpha": 4.0, "batch_size": 8, "skip_first_token": False, "mi": False}
+DEFAULT_ANALYSIS = {"estimator": "bucket", "extra_estimators": ["knn"], "granularity": "attention", "protect": "fixed",
+                    "k": 25, "bins": 80, "alpha": 4.0, "batch_size": 8, "skip_first_token": False, "mi": False,
+                    "sinks": "exclude"}
 
 
 def ss():

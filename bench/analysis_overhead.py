@@ -22,10 +22,13 @@ import torch  # noqa: E402
 from analysis.capture import CaptureConfig, capture  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 
-CONFIGS = {
-    "bucket+cosine": {"bucket": {"bins": 80}},
-    "knn+cosine": {"knn": {"k": 25}},
-    "bucket+knn+cosine": {"bucket": {"bins": 80}, "knn": {"k": 25}},
+CONFIGS = {  # name -> (estimators, sinks mode); "keep" is the reference path, "exclude" the default picture
+    "bucket+cosine": ({"bucket": {"bins": 80}}, "keep"),
+    "knn+cosine": ({"knn": {"k": 25}}, "keep"),
+    "bucket+knn+cosine": ({"bucket": {"bins": 80}, "knn": {"k": 25}}, "keep"),
+    "bucket+cosine sinks=exclude": ({"bucket": {"bins": 80}}, "exclude"),
+    "knn+cosine sinks=exclude": ({"knn": {"k": 25}}, "exclude"),
+    "bucket+knn+cos sinks=excl": ({"bucket": {"bins": 80}, "knn": {"k": 25}}, "exclude"),
 }
 
 
@@ -50,8 +53,9 @@ def main() -> None:
             base(input_ids=batch.to(lm.device), use_cache=False)
         sync()
 
-    def analysed(batch, est):
-        capture(lm, batch, CaptureConfig(estimators=est, batch_size=len(batch)))
+    def analysed(batch, cfg):
+        est, sinks = cfg
+        capture(lm, batch, CaptureConfig(estimators=est, batch_size=len(batch), sinks=sinks))
         sync()
 
     batches = list(ids.split(args.batch_size))
@@ -69,7 +73,7 @@ def main() -> None:
     for name in CONFIGS:
         ratio = sum(times[name]) / sum(bare_t[name])
         med = statistics.median(a / b for a, b in zip(times[name], bare_t[name]))
-        print(f"{name:20s} bare {sum(bare_t[name]):7.2f}s  analysis {sum(times[name]):7.2f}s  "
+        print(f"{name:28s} bare {sum(bare_t[name]):7.2f}s  analysis {sum(times[name]):7.2f}s  "
               f"ratio {ratio:.3f} (median per-batch {med:.3f})")
 
 

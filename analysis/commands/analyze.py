@@ -16,7 +16,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_data_args(p)
     g = p.add_argument_group("estimator")
-    g.add_argument("--estimator", default="bucket", choices=["bucket", "knn", "knn-norm", "renyi"])
+    g.add_argument("--estimator", default="bucket", choices=["bucket", "bucket-robust", "knn", "knn-norm", "renyi"])
     g.add_argument("--also", default="", help="extra estimators computed in the same pass, e.g. knn,renyi")
     g.add_argument("--k", type=positive_int, default=25, help="KNN neighbours (default 25)")
     g.add_argument("--bins", type=bucket_bins, default=80, help="Bucket bins (default 80)")
@@ -24,7 +24,15 @@ def register(sub) -> None:
     g.add_argument("--granularity", default="attention", choices=["attention", "mlp", "layer"])
     g.add_argument("--protect", default="fixed", choices=["fixed", "auto", "none"],
                    help="fixed = {0, 1, L-1} as EntroDrop's code; auto = detected compression stage + last")
-    g.add_argument("--skip-first-token", action="store_true", help="exclude position 0 (attention sink)")
+    g.add_argument("--skip-first-token", action="store_true", help="same as --sinks first (kept for old scripts)")
+    g.add_argument("--sinks", default="exclude", choices=["exclude", "keep", "first"],
+                   help="massive-activation (attention-sink) tokens: exclude = leave the tokens the sink rule flags "
+                        "out of every statistic (default); keep = every token, exactly as EntroDrop's reference "
+                        "code; first = leave out position 0 only")
+    g.add_argument("--sink-ratio", type=float, default=8.0,
+                   help="sink rule: a token whose norm exceeds this many times its sequence's median token norm "
+                        "(default 8; at most 5%% of a sequence's tokens are flagged)")
+    g.add_argument("--clip", type=float, default=0.02, help="bucket-robust: quantile clipped on each side (0.02)")
     g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--mi", action="store_true", help="also keep sampled states and compute MI-PRUN scores")
     g.add_argument("--mi-estimator", default="renyi", choices=["renyi", "gaussian", "ksg", "cka"],
@@ -45,7 +53,9 @@ def run(args) -> int:
     also = tuple(e for e in (s.strip() for s in args.also.split(",")) if e and e != args.estimator)
     cfg = AnalysisConfig(estimator=args.estimator, extra_estimators=also, k=args.k, bins=args.bins,
                          alpha=args.alpha, granularity=args.granularity, protect=args.protect,
-                         batch_size=args.batch_size, skip_first_token=args.skip_first_token, seed=args.seed)
+                         batch_size=args.batch_size, skip_first_token=args.skip_first_token, seed=args.seed,
+                         sinks="first" if args.skip_first_token else args.sinks, sink_ratio=args.sink_ratio,
+                         clip=args.clip)
     if args.mi:
         if "mi" not in EXTENSIONS:
             import importlib
@@ -67,5 +77,6 @@ def run(args) -> int:
         for w in result.warnings:
             print(f"warning: {w}", file=sys.stderr)
         print(json.dumps({"out": args.out, "num_layers": result.num_layers, "boundary": result.boundary,
+                          "stages": result.stage_text(), "sinks": result.sinks.get("mode"),
                           "protected": result.protected, "drop_order": result.drop_order}))
     return 0
