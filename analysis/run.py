@@ -37,6 +37,7 @@ class AnalysisConfig:
     k: int = 25                        # KNN neighbours (EntroDrop Llama path)
     bins: int = 80                     # Bucket bins (EntroDrop Mistral path)
     alpha: float = 4.0                 # Rényi order
+    dedup: bool = False                # KNN: estimate on distinct token states (False = reference, see entropy_knn)
     granularity: str = "attention"     # attention | mlp | layer (EntroDrop v1 headline: attention)
     protect: str = "fixed"             # fixed {0,1,L-1} (reference code) | auto (detected) | none
     protect_extra: tuple[int, ...] = ()  # more blocks never to drop
