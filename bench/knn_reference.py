@@ -1,0 +1,100 @@
+"""KNN (k = 25) attention ΔH per layer against EntroDrop's reference formula, on SmolLM2 (issue 19).
+
+One analysis pass over the EntroDrop protocol sample (wiki, 128 windows × 256 tokens, seed 2024) computes,
+per sequence and hook point:
+
+* ``knn``          — this project's estimator (fused-matmul ranking, exact k-th distance);
+* ``ref64``        — the reference formula on an exact float64 ``torch.cdist`` (coordinate by coordinate,
+  no matmul shortcut: identical states are exactly 0 apart);
+* ``cdist32``      — EntroDrop's code literally: float32 ``torch.cdist`` of each [N, d] sequence;
+* ``fused-old``    — the previous estimator (square root of the k-th smallest fused squared distance);
+* ``knn-dedup``    — the ``--knn-dedup`` option (distinct states only).
+
+Prints ΔH per layer, the relative difference to ``ref64`` and whether the drop orders agree.
+
+    .venv/bin/python bench/knn_reference.py [--samples 128] [--seq-len 256] [--batch-size 8]
+
+The last line is ``max_rel=<largest relative |ΔH(knn) − ΔH(ref64)| over layers>``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from analysis.corpora import SampleConfig, load_corpus, sample_windows  # noqa: E402
+from analysis.estimators import ESTIMATORS, EstimatorInfo, _sq_dists, entropy_knn, register_estimator  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.run import AnalysisConfig, analyze  # noqa: E402
+
+
+def _formula(r: torch.Tensor, n: int, d: int, k: int) -> torch.Tensor:
+    return (d * torch.log(r + 1e-10).mean(-1) + d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1)
+            + math.log(n) - math.log(k))
+
+
+def ref64(x, k=25):
+    x = x.double()
+    r = torch.topk(torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist"), k + 1, largest=False).values
+    return _formula(r[..., -1], x.shape[1], x.shape[2], k).float()
+
+
+def cdist32(x, k=25):  # EntroDrop's estimate_entropy_knn_pytorch on each [N, d] sequence
+    x = x.float()
+    out = [_formula(torch.topk(torch.cdist(s, s), k + 1, largest=False).values[:, -1], *s.shape, k) for s in x]
+    return torch.stack(out)
+
+
+def fused_old(x, k=25):
+    r2 = torch.topk(_sq_dists(x), k + 1, dim=-1, largest=False).values[..., k]
+    return _formula(r2.clamp_min(0).sqrt(), x.shape[1], x.shape[2], k)
+
+
+def order(dh: np.ndarray, protected) -> list[int]:
+    return [int(i) for i in np.argsort(dh, kind="stable") if int(i) not in protected]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+    for name, fn in (("ref64", ref64), ("cdist32", cdist32), ("fused-old", fused_old),
+                     ("knn-dedup", lambda x, k=25: entropy_knn(x, k=k, dedup=True))):
+        if name not in ESTIMATORS:
+            register_estimator(EstimatorInfo(name, name, fn, {"k": 25}))
+    lm = load_model("smollm2", device="cpu")
+    tokens = sample_windows(load_corpus("wiki"), lm.tokenizer,
+                            SampleConfig(n_samples=args.samples, seq_len=args.seq_len, seed=2024))
+    reps = np.array([int(torch.bincount(r).max()) for r in tokens.input_ids])
+    print(f"tokens={args.samples}x{args.seq_len} windows with a token repeated > 25 times: {(reps > 25).sum()} "
+          f"(most repeats {reps.max()}) threads={torch.get_num_threads()}", flush=True)
+    extra = ("ref64", "cdist32", "fused-old", "knn-dedup")
+    t0 = time.perf_counter()
+    r = analyze(lm, tokens, AnalysisConfig(estimator="knn", extra_estimators=extra, batch_size=args.batch_size))
+    print(f"analysis pass {time.perf_counter() - t0:.0f}s")
+    dh = {n: r.delta_h("attention", n) for n in ("knn", *extra)}
+    rel = {n: np.abs(dh[n] - dh["ref64"]) / np.abs(dh["ref64"]) for n in dh}
+    print("layer " + " ".join(f"{n:>12s}" for n in dh) + "   rel(knn)  rel(cdist32)  rel(fused-old)")
+    for i in range(r.num_layers):
+        print(f"{i:5d} " + " ".join(f"{dh[n][i]:12.4f}" for n in dh)
+              + f"   {rel['knn'][i]:.2e}  {rel['cdist32'][i]:.2e}     {rel['fused-old'][i]:.2e}")
+    prot = set(r.protected)
+    for n in ("cdist32", "fused-old", "knn-dedup"):
+        same = order(dh["knn"], prot) == order(dh[n], prot)
+        print(f"max rel vs ref64: {n:10s} {rel[n].max():.3e}  (layer {int(rel[n].argmax())}); "
+              f"drop order same as knn: {same}")
+    print(f"drop order knn == ref64: {order(dh['knn'], prot) == order(dh['ref64'], prot)}")
+    print(f"max_rel={rel['knn'].max():.3e}")
+
+
+if __name__ == "__main__":
+    main()
