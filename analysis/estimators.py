@@ -223,7 +223,9 @@ register_estimator(EstimatorInfo(
     "knn", "KNN (Kozachenko–Leonenko)", entropy_knn, {"k": 25, "dedup": False}, scale_invariant=False,
     formula=r"H=d\,\overline{\log r_k}+\tfrac d2\log\pi-\log\Gamma(\tfrac d2+1)+\log N-\log k",
     notes="EntroDrop's Llama path (k=25). Moves by d·log c when states are scaled by c, so part of a rise "
-          "can be norm growth; compare with knn-norm."))
+          "can be norm growth; compare with knn-norm. A state repeated more than k times (a repeated token at "
+          "layer 0) has radius exactly 0 and adds d·log(1e-10), as in the reference; dedup=True (--knn-dedup) "
+          "estimates on distinct states instead."))
 register_estimator(EstimatorInfo(
     "knn-norm", "KNN, scale-normalised", lambda x, k=25, dedup=False: entropy_knn(x, k=k, normalize=True, dedup=dedup),
     {"k": 25, "dedup": False},
