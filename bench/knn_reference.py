@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--extra", default="fused-old,knn-dedup",
+    ap.add_argument("--extra", default="",
                     help="more estimators in the same pass besides knn and ref64: cdist32, fused-old, knn-dedup")
     args = ap.parse_args()
     extra = ("ref64", *(e for e in args.extra.split(",") if e))
@@ -101,7 +101,8 @@ def main() -> None:
     print(f"ref64 vs coordinate-wise cdist on the first batch's embeddings: max |diff| "
           f"{(fast - slow).abs().max():.2e} (values {slow.min():.1f}..{slow.max():.1f})", flush=True)
     t0 = time.perf_counter()
-    r = analyze(lm, tokens, AnalysisConfig(estimator="knn", extra_estimators=extra, batch_size=args.batch_size))
+    r = analyze(lm, tokens, AnalysisConfig(estimator="knn", extra_estimators=extra, batch_size=args.batch_size),
+                progress=lambda f, msg: print(f"[{time.perf_counter() - t0:6.0f}s {f * 100:5.1f}%] {msg}", flush=True))
     print(f"analysis pass {time.perf_counter() - t0:.0f}s")
     dh = {n: r.delta_h("attention", n) for n in ("knn", *extra)}
     rel = {n: np.abs(dh[n] - dh["ref64"]) / np.abs(dh["ref64"]) for n in dh}
