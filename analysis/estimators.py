@@ -60,7 +60,7 @@ def sq_dist_error_bound(d: int) -> float:
     For centred points ``a, b`` in float32 the fused form ``fl(fl(|a|² + |b|²) − 2·fl(a·b))`` errs by at most
     ``γ_d(|a|² + |b|²)`` in the two squared norms, ``2γ_d|a||b| ≤ γ_d(|a|² + |b|²)`` in the doubled dot product
     (``γ_d = d·u / (1 − d·u)``, the standard bound for a length-d sum) and ``u`` per final add/subtract, so
-    ``c(d) = 2γ_d + 2u`` (worst case; typical errors are ~√d·u, e.g. ~2e-5·|a|² for d = 576). Distances
+    ``c(d) = 2γ_d + 2u`` (worst case, 6.9e-5 for d = 576; typical errors are ~√d·u·(|a|² + |b|²)). Distances
     below ``√(c(d)·(|a|² + |b|²))`` are rounding noise in the fused matrix: two identical token states
     come out ~1e-3 apart instead of 0 at SmolLM2's embedding scale, which is why :func:`knn_radii` only
     *ranks* on the fused matrix and recomputes the chosen neighbour's distance from the difference.
