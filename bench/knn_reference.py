@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--stop-file", default=None,
+                    help="if this file appears, stop after the current batch and report the windows done so far")
     ap.add_argument("--extra", default="",
                     help="more estimators in the same pass besides knn and ref64: cdist32, fused-old, knn-dedup")
     args = ap.parse_args()
@@ -102,8 +104,11 @@ def main() -> None:
           f"{(fast - slow).abs().max():.2e} (values {slow.min():.1f}..{slow.max():.1f})", flush=True)
     t0 = time.perf_counter()
     r = analyze(lm, tokens, AnalysisConfig(estimator="knn", extra_estimators=extra, batch_size=args.batch_size),
-                progress=lambda f, msg: print(f"[{time.perf_counter() - t0:6.0f}s {f * 100:5.1f}%] {msg}", flush=True))
-    print(f"analysis pass {time.perf_counter() - t0:.0f}s")
+                progress=lambda f, msg: print(f"[{time.perf_counter() - t0:6.0f}s {f * 100:5.1f}%] {msg}", flush=True),
+                should_stop=lambda: bool(args.stop_file) and os.path.exists(args.stop_file))
+    n_done = r.n_sequences
+    print(f"analysis pass {time.perf_counter() - t0:.0f}s over {n_done} windows "
+          f"({(reps[:n_done] > 25).sum()} with a token repeated > 25 times)")
     dh = {n: r.delta_h("attention", n) for n in ("knn", *extra)}
     rel = {n: np.abs(dh[n] - dh["ref64"]) / np.abs(dh["ref64"]) for n in dh}
     shown = [n for n in dh if n != "ref64"]
