@@ -40,6 +40,7 @@ class AnalysisConfig:
     bins: int = 80                     # Bucket bins (EntroDrop Mistral path)
     clip: float = 0.02                 # bucket-robust: bins span the clip … 1−clip quantiles per dimension
     alpha: float = 4.0                 # Rényi order
+    dedup: bool = False                # KNN: estimate on distinct token states (False = reference, see entropy_knn)
     granularity: str = "attention"     # attention | mlp | layer (EntroDrop v1 headline: attention)
     protect: str = "fixed"             # fixed {0,1,L-1} (reference code) | auto (detected) | none
     protect_extra: tuple[int, ...] = ()  # more blocks never to drop

@@ -21,6 +21,9 @@ def register(sub) -> None:
     g.add_argument("--k", type=positive_int, default=25, help="KNN neighbours (default 25)")
     g.add_argument("--bins", type=bucket_bins, default=80, help="Bucket bins (default 80)")
     g.add_argument("--alpha", type=renyi_alpha, default=4.0, help="Rényi order α > 0 (default 4)")
+    g.add_argument("--knn-dedup", action="store_true",
+                   help="KNN: count each exactly repeated token state once (default: the reference, where a "
+                        "state repeated more than k times has radius 0 and log(1e-10) dominates; see README)")
     g.add_argument("--granularity", default="attention", choices=["attention", "mlp", "layer"])
     g.add_argument("--protect", default="fixed", choices=["fixed", "auto", "none"],
                    help="fixed = {0, 1, L-1} as EntroDrop's code; auto = detected compression stage + last")
@@ -52,7 +55,7 @@ def run(args) -> int:
 
     also = tuple(e for e in (s.strip() for s in args.also.split(",")) if e and e != args.estimator)
     cfg = AnalysisConfig(estimator=args.estimator, extra_estimators=also, k=args.k, bins=args.bins,
-                         alpha=args.alpha, granularity=args.granularity, protect=args.protect,
+                         alpha=args.alpha, dedup=args.knn_dedup, granularity=args.granularity, protect=args.protect,
                          batch_size=args.batch_size, skip_first_token=args.skip_first_token, seed=args.seed,
                          sinks="first" if args.skip_first_token else args.sinks, sink_ratio=args.sink_ratio,
                          clip=args.clip)
