@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .errors import SelectionError
-from .estimators import _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi  # noqa: F401
+from .estimators import _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
 
 SINK_MODES = ("exclude", "keep", "first")
 DEFAULT_RATIO = 8.0
@@ -140,20 +140,22 @@ def _masked_sq_dists(xc: Tensor) -> Tensor:
 
 def knn_radii_masked(x: Tensor, keep: Tensor, k: int) -> Tensor:
     """Distance from each token to its k-th nearest *kept* other token: ``[B, N]`` (rows of masked tokens
-    are meaningless and must be masked by the caller)."""
-    n = x.shape[1]
-    if n <= k:
-        raise SelectionError(f"KNN entropy needs more than k={k} tokens per sequence, got {n}",
-                             hint="use a longer seq-len or a smaller --k")
-    d2 = _masked_sq_dists(_masked_centered(as_float32(x), keep))
-    d2 = d2.masked_fill(~keep.unsqueeze(1), torch.inf)                                  # masked: never a neighbour
-    r2 = torch.topk(d2, k + 1, dim=-1, largest=False).values[..., k]
-    return r2.clamp_min(0).sqrt()
+    are meaningless and must be masked by the caller). The same code as the reference path
+    (:func:`~analysis.estimators.knn_radii`): ranked on the fused matmul, the k-th distance recomputed from
+    the coordinate difference, so identical kept states are exactly 0 apart; a kept token with at most k
+    kept others gets NaN."""
+    # centre on the kept tokens first: a massive excluded token would otherwise shift the common offset and
+    # drown the fused ranking in cancellation error (identical kept states stay identical after centring)
+    return knn_radii(_masked_centered(as_float32(x), keep), k, exclude=~keep)
 
 
-def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = 25, normalize: bool = False) -> Tensor:
-    """Kozachenko–Leonenko entropy over the kept tokens (``N`` = kept count of each sequence)."""
+def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = 25, normalize: bool = False,
+                       dedup: bool = False) -> Tensor:
+    """Kozachenko–Leonenko entropy over the kept tokens (``N`` = kept count of each sequence).
+    ``dedup``: as :func:`~analysis.estimators.entropy_knn`, each exactly repeated state counts once."""
     x = as_float32(x)
+    if dedup:
+        keep = keep & ~exact_duplicates(x)
     b, n, d = x.shape
     if normalize:
         x = _masked_centered(x, keep)
@@ -196,7 +198,7 @@ MASKED = {
     "bucket": entropy_bucket_masked,
     "bucket-robust": entropy_bucket_robust_masked,
     "knn": entropy_knn_masked,
-    "knn-norm": lambda x, keep, k=25: entropy_knn_masked(x, keep, k=k, normalize=True),
+    "knn-norm": lambda x, keep, k=25, dedup=False: entropy_knn_masked(x, keep, k=k, normalize=True, dedup=dedup),
     "renyi": entropy_renyi_masked,
 }
 

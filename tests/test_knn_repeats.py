@@ -166,3 +166,28 @@ def test_real_model_knn_delta_h_matches_float64_reference(smollm2, monkeypatch):
     assert np.isfinite(ours).all() and len(ours) == 30
     rel = np.abs(ours - ref) / np.abs(ref)
     assert (rel < 0.01).all(), rel
+
+
+def test_masked_knn_of_the_default_sinks_mode_gives_exact_zeros_on_repeats():
+    """sinks=exclude (the default) uses the masked estimator: repeated kept tokens are exactly 0 apart, and a
+    masked (sink) token is never anyone's neighbour."""
+    import math
+
+    from analysis.sinks import entropy_knn_masked, knn_radii_masked
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 60, 16, generator=g) * 40
+    x[0, 10:40] = x[0, 10]                                   # one state repeated 30 times (> k = 25)
+    keep = torch.ones(1, 60, dtype=torch.bool)
+    keep[0, 0] = False
+    x[0, 0] = 1e4                                            # a massive-activation token, excluded
+    r = knn_radii_masked(x, keep, 25)
+    assert torch.all(r[0, 10:40] == 0)
+    kept = x[:, 1:].double()
+    d = torch.cdist(kept, kept)
+    ref_r = d.sort(dim=-1).values[..., 25]                   # self at rank 0, as the reference
+    torch.testing.assert_close(r[:, 1:].double(), ref_r, rtol=1e-5, atol=1e-4)
+    n, dim = 59, 16
+    const = dim / 2 * math.log(math.pi) - math.lgamma(dim / 2 + 1) - math.log(25)
+    ref_h = dim * torch.log(ref_r + 1e-10).mean() + const + math.log(n)
+    assert float(entropy_knn_masked(x, keep, k=25)[0]) == pytest.approx(float(ref_h), rel=1e-4)
