@@ -65,3 +65,8 @@ def is_oom(exc: BaseException) -> bool:
 
 class SaveError(EntroscopeError):
     """An output directory can't or mustn't be written (exists, not writable, outside the root)."""
+
+
+class ExtensionStopped(Exception):
+    """Raised by an analysis extension (MI-PRUN) when ``should_stop()`` turns true; the message says where
+    it stopped (e.g. ``"MI-PRUN after 40/151 pairs"``). The token pass it ran on is kept."""

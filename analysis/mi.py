@@ -70,7 +70,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .criteria import Criterion, register_criterion
-from .errors import DataError, SelectionError
+from .errors import DataError, ExtensionStopped, SelectionError
 
 GRANULARITIES = ("attention", "mlp", "layer")
 TOKEN_NORMS = ("none", "rms")
@@ -410,6 +410,7 @@ class StateMI:
         self._cache_bytes = int(cache_mb * 2 ** 20)
         self._sides: OrderedDict = OrderedDict()
         self._mi: dict = {}
+        self.on_pair: Callable[[], None] | None = None   # called before each new estimate
         self.evaluations = 0
         self.seconds = 0.0
 
@@ -449,6 +450,8 @@ class StateMI:
     def mi(self, a: tuple[str, int], b: tuple[str, int]) -> float:
         key = (a, b) if a <= b else (b, a)
         if key not in self._mi:
+            if self.on_pair is not None:
+                self.on_pair()                   # progress and Stop, once per new estimate
             t0 = time.perf_counter()
             sa, sb = self.side(key[0]), self.side(key[1])
             self._mi[key] = self.est.pair(sa, sb, seed=self.seed, **self.params)
@@ -579,14 +582,43 @@ class MIConfig:
     seed: int | None = None          # None: AnalysisConfig.seed
 
 
+class _PairProgress:
+    """Counts MI estimates (pairs of residual points) against the total, reports ``"MI-PRUN: 12/151 pairs ·
+    about 40 s left"`` and raises :class:`~analysis.errors.ExtensionStopped` when ``should_stop()`` is true."""
+
+    def __init__(self, total: int, progress=None, should_stop=None):
+        self.total, self.done, self.progress, self.should_stop = max(total, 1), 0, progress, should_stop
+        self.t0 = time.perf_counter()
+
+    def tick(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise ExtensionStopped(f"MI-PRUN after {self.done}/{self.total} pairs")
+        self.done += 1
+        if self.progress is not None:
+            dt = time.perf_counter() - self.t0
+            left = dt * (self.total - self.done) / self.done if self.done else 0.0
+            self.progress(min(self.done / self.total, 1.0),
+                          f"MI-PRUN: {self.done}/{self.total} pairs · about {left:.0f} s left")
+
+
 def mi_analysis(states: dict, mcfg: MIConfig | None = None, layer_types: list | None = None,
-                progress: Callable[[float, str], None] | None = None) -> dict:
-    """Everything the ``mi`` extension stores, from cached states (no forward passes). JSON-safe."""
+                progress: Callable[[float, str], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> dict:
+    """Everything the ``mi`` extension stores, from cached states (no forward passes). JSON-safe.
+
+    ``progress(frac, text)`` is told the pairs done and the time left; ``should_stop()`` is polled before
+    every pair and raises :class:`~analysis.errors.ExtensionStopped` (nothing partial is returned)."""
     mcfg = mcfg or MIConfig()
     seed = 2024 if mcfg.seed is None else mcfg.seed
     t0 = time.perf_counter()
     smi = StateMI(states, mcfg.estimator, mcfg.n_tokens, seed, token_norm=mcfg.token_norm, **mcfg.params)
     grans = GRANULARITIES if (mcfg.sub_blocks and "mid" in smi._arr) else ("layer",)
+    with_matrix = bool(mcfg.matrix_tokens and mcfg.matrix_tokens > 0)
+    shared = with_matrix and mcfg.matrix_tokens >= smi.n_tokens          # the matrix reuses the block pairs
+    total = smi.num_layers * len(grans) + ((smi.num_layers + 1) * smi.num_layers // 2
+                                            - (smi.num_layers if shared else 0) if with_matrix else 0)
+    pp = _PairProgress(total, progress, should_stop)
+    smi.on_pair = pp.tick
     mi = {g: smi.block_mi(g) for g in grans}
     t_blocks = time.perf_counter() - t0
     warnings = []
@@ -615,7 +647,8 @@ def mi_analysis(states: dict, mcfg: MIConfig | None = None, layer_types: list | 
     if mcfg.matrix_tokens and mcfg.matrix_tokens > 0:
         t1 = time.perf_counter()
         msmi = smi if mcfg.matrix_tokens >= smi.n_tokens else smi.with_tokens(mcfg.matrix_tokens)
-        mat = msmi.boundary_matrix(progress)
+        msmi.on_pair = pp.tick
+        mat = msmi.boundary_matrix()
         out["matrix"] = [[None if not np.isfinite(v) else float(v) for v in row] for row in mat]
         out["matrix_tokens"] = msmi.n_tokens
         out["dpi"] = dpi_violations(mat)
@@ -643,8 +676,9 @@ def _config_from(cfg) -> MIConfig:
     return mc
 
 
-def mi_extension(stats, lm, cfg) -> dict:
-    """``EXTENSIONS["mi"]``: MI-PRUN scores from the states kept by the analysis pass."""
+def mi_extension(stats, lm, cfg, progress=None, should_stop=None) -> dict:
+    """``EXTENSIONS["mi"]``: MI-PRUN scores from the states kept by the analysis pass (with pair progress and
+    Stop, see :func:`mi_analysis`)."""
     if stats.states is None:
         raise SelectionError("MI-PRUN needs sampled token states, but this pass kept none",
                              hint="set AnalysisConfig.state_tokens > 0 (CLI: analyze --mi)")
@@ -653,7 +687,7 @@ def mi_extension(stats, lm, cfg) -> dict:
         layer_types = lm.adapter.layer_types()
     except Exception:  # noqa: BLE001 - informational only
         pass
-    return mi_analysis(stats.states, _config_from(cfg), layer_types)
+    return mi_analysis(stats.states, _config_from(cfg), layer_types, progress=progress, should_stop=should_stop)
 
 
 def register_extension(extensions: dict) -> None:

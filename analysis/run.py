@@ -15,7 +15,7 @@ import torch
 
 from .capture import CaptureConfig, CaptureStats, Progress, capture
 from .criteria import CRITERIA, drop_order, scores_for
-from .errors import DataError, SelectionError, is_oom, oom_error
+from .errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
 from .estimators import get_estimator
 from .models import LoadedModel
 from .result import GRANULARITIES, AnalysisResult
@@ -160,7 +160,17 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         raise SelectionError("The analysis was stopped before the first batch finished; nothing to show")
     result = build_result(lm, stats, cfg, tokens)
     for name in cfg.extensions:
-        result.extras[name] = EXTENSIONS[name](stats, lm, cfg)
+        if not stats.completed:        # stopped during the token pass: no extension on a partial state sample
+            result.warnings.append(f"{name}: not computed, the token pass was stopped")
+            continue
+        try:
+            # extensions get the same progress and Stop as the token pass (after it: fraction of their own work)
+            result.extras[name] = EXTENSIONS[name](stats, lm, cfg, progress=progress, should_stop=should_stop)
+        except ExtensionStopped as exc:
+            result.warnings.append(f"{name}: stopped during {exc}; the token pass is kept (run again to finish it: "
+                                   "the token statistics come from the results cache)")
+            result.manifest["stopped_during"] = name
+            continue
         for crit, by_gran in (result.extras[name].pop("criteria_scores", None) or {}).items():
             result.extras.setdefault("criteria_scores", {}).setdefault(crit, {}).update(by_gran)
     body = ids[: stats.n_done, (1 if cfg.skip_first_token else 0):]

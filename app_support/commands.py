@@ -77,8 +77,9 @@ def analyze_argv(rec, out: str = "run.json") -> list[str]:
         argv.append("--skip-first-token")
     elif cfg.get("sinks"):
         argv += ["--sinks", cfg["sinks"]]
-    if cfg.get("mi"):
-        argv.append("--mi")
+    if cfg.get("mi"):                       # every MI setting the page has (they were dropped before)
+        argv += ["--mi", "--mi-estimator", cfg.get("mi_estimator", "renyi"),
+                 "--mi-tokens", str(int(cfg.get("mi_tokens", 1024)))]
     return argv + ["--out", out]
 
 

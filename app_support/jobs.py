@@ -48,6 +48,7 @@ class AnalysisJob:
     finished: float | None = None
     preview: dict | None = None                # {"n_done", "estimator", "boundary": [L+1] mean H} as it fills
     first_progress: tuple[float, float] | None = None   # (time, fraction) of the first report: ETA base
+    stage: str = "tokens"                      # "tokens" (the pass), then "mi" (MI-PRUN, its own progress)
     stop_event: threading.Event = field(default_factory=threading.Event)
     done_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -58,8 +59,9 @@ class AnalysisJob:
         return self
 
     def _progress(self, frac: float, msg: str) -> None:
-        if self.first_progress is None:
-            self.first_progress = (time.time(), float(frac))
+        stage = "mi" if msg.startswith("MI-PRUN") else "tokens"
+        if self.first_progress is None or stage != self.stage:     # a new stage: a new base for the ETA
+            self.first_progress, self.stage = (time.time(), float(frac)), stage
         self.frac, self.message = float(frac), msg
 
     def _preview(self, stats) -> None:
@@ -82,7 +84,7 @@ class AnalysisJob:
 
     def status_text(self) -> str:
         """``"analysed 8/32 sequences · 12 s · about 30 s left"`` for the progress bar."""
-        eta = self.eta
+        eta = None if "left" in self.message else self.eta        # MI-PRUN reports its own time left
         left = "" if eta is None else f" · about {fmt_seconds(eta)} left"
         return f"{self.message} · {self.elapsed:.0f} s{left}" + (" · stopping" if self.stop_event.is_set() else "")
 
@@ -138,6 +140,17 @@ def mi_available() -> bool:
     return "mi" in EXTENSIONS
 
 
+#: the boundary-matrix estimates ((L+1)·L/2 pairs, ~5× the block pairs) use at most this many token states
+MATRIX_TOKENS_MAX = 512
+
+
+def mi_token_counts(settings: dict) -> tuple[int, int]:
+    """``(token states kept and used for block MI, token states for the boundary matrix)`` from the page's
+    one setting, so the help, the slider and the captions quote what is computed."""
+    n = int(settings.get("mi_tokens", 1024))
+    return n, min(n, MATRIX_TOKENS_MAX)
+
+
 def make_config(settings: dict):
     """AnalysisConfig from the Entropy page's settings dict (``state.DEFAULT_ANALYSIS`` shape)."""
     from analysis.run import AnalysisConfig
@@ -148,13 +161,13 @@ def make_config(settings: dict):
                          granularity=settings.get("granularity", "attention"),
                          protect=settings.get("protect", "fixed"), batch_size=int(settings.get("batch_size", 8)),
                          skip_first_token=bool(settings.get("skip_first_token", False)),
-                         sinks=settings.get("sinks", "exclude"))
+                         sinks=settings.get("sinks", "exclude"), seed=int(settings.get("seed", 2024)))
     if settings.get("mi") and mi_available():
         cfg.extensions = ("mi",)
-        cfg.state_tokens = int(settings.get("state_tokens", 2048))
+        n_tok, n_mat = mi_token_counts(settings)
+        cfg.state_tokens = n_tok                 # keep exactly what MI uses: nothing sampled in vain
         cfg.mi = {"estimator": settings.get("mi_estimator", "renyi"),        # analysis.mi.MIConfig fields
-                  "n_tokens": int(settings.get("mi_tokens", 1024)),
-                  "matrix_tokens": int(settings.get("mi_matrix_tokens", 512))}
+                  "token_norm": "none", "n_tokens": n_tok, "matrix_tokens": n_mat}
     return cfg
 
 

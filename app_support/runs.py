@@ -42,6 +42,9 @@ def start_run(settings: dict | None = None) -> str:
     msettings = s.get("es.model") or model_settings()
     lm = get_model(msettings) if s.get("es.model") else load_into_session(msettings)
     tokens = ensure_tokens(lm)
+    seed = (s.get("es.data") or {}).get("seed")
+    if seed is not None:                       # the data seed also seeds the MI state subsample, as the CLI's --seed
+        cfg = make_config({**settings, "seed": int(seed)})
     cfg.validate(tokens.seq_len)
     rid = run_id_for(lm, tokens, cfg)
     meta = {"model": dict(s["es.model"]), "data": dict(s.get("es.data") or {}), "config": dict(settings)}
@@ -79,7 +82,11 @@ def finish_job() -> None:
         return
     s["es.job_error"] = None
     rec = _add(job.run_id, job.result, job.meta, job.tokens)
-    if not job.result.manifest.get("completed", True):
+    if job.result.manifest.get("stopped_during"):
+        state.flash("warning", f"Analysis stopped during MI-PRUN: run `{rec.run_id}` keeps the token pass "
+                               f"({job.result.n_sequences} sequences) without MI; run it again to finish MI "
+                               "(the token statistics come from the results cache).")
+    elif not job.result.manifest.get("completed", True):
         state.flash("warning", f"Analysis stopped: run `{rec.run_id}` covers {job.result.n_sequences} sequences.")
     else:
         state.flash("success", f"Analysis finished in {job.elapsed:.1f} s (run `{rec.run_id}`).")

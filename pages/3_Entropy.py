@@ -72,8 +72,8 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                       "token, as EntroDrop's reference code; first = leave out position 0 only")
     has_mi = mi_available()
     d6.checkbox("MI-PRUN", key=state.wkey("an.mi", False), disabled=not has_mi,
-                help="Mutual information between each block's input and output (keeps 2,048 sampled token states "
-                     "per point; adds a MI tab and Fast-Block-Select)" if has_mi
+                help="Mutual information between each block's input and output (sampled token states per point, "
+                     "set below; adds a MI tab and Fast-Block-Select)" if has_mi
                 else "analysis.mi is not available in this version")
     if has_mi and state.get("an.mi"):
         from analysis.mi import MI_ESTIMATORS
@@ -83,9 +83,13 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                      key=state.wkey("an.mi_est", "renyi"))
         m2.select_slider("Token states per block pair", [256, 512, 1024, 2048], key=state.wkey("an.mi_tokens", 1024),
                          help="MI cost grows with the cube of this for the Rényi estimator")
-        st.caption("MI-PRUN keeps 2,048 sampled token states per residual point (seeded) and estimates the MI "
-                   "between every block's input and output, plus the boundary-to-boundary matrix for "
-                   "Fast-Block-Select; the progress bar shows its own stage and time left.")
+        from app_support.jobs import mi_token_counts
+
+        n_tok, n_mat = mi_token_counts({"mi_tokens": state.get("an.mi_tokens", 1024)})
+        st.caption(f"MI-PRUN keeps {n_tok:,} sampled token states per residual point (seeded), estimates the MI "
+                   f"between every block's input and output on them, and the boundary-to-boundary matrix for "
+                   f"Fast-Block-Select on {n_mat:,} of them; after the token pass the progress bar counts MI pairs "
+                   "and Stop works there too (the token pass is kept).")
     state.sync("an.estimator", "an.extra", "an.granularity", "an.protect", "an.k", "an.bins", "an.alpha", "an.batch",
                "an.sinks", "an.mi", "an.mi_est", "an.mi_tokens")
     from app_support.story import RANKING_WHY, SINKS_SENTENCE
@@ -139,7 +143,7 @@ job = s.get("es.job")
 if job is not None and job.running:
     bar = st.progress(min(job.frac, 1.0), text=f"Analysing … {job.message}")
     if st.button("Stop", icon=":material/stop:", key="stop_analysis",
-                 help="Stops after the current batch; keeps what was analysed"):
+                 help="Stops after the current batch (or MI pair); keeps what was analysed"):
         job.stop()
         st.toast("Stopping after the current batch …")
     live = st.empty()

@@ -84,3 +84,25 @@ def test_session_script_lines_all_accepted():
     assert [c.split()[3] for c in cmds] == ["analyze", "select", "eval", "prune", "sweep"]
     assert not any("not accepted" in c for c in cmds), script
     assert "--protect 0,1,29" in script and "--plan plan.json" in script
+
+
+@pytest.mark.parametrize("mi", [False, True])
+def test_exported_analyze_command_reproduces_the_app_config_field_by_field(mi):
+    """The app's reproduce script builds exactly the AnalysisConfig the app ran (MI settings and seed included)."""
+    from dataclasses import asdict
+
+    from analysis.cli import build_parser
+    from analysis.commands.analyze import config_from_args
+    from app_support.jobs import make_config
+
+    class Rec(_Rec):
+        data = {**_Rec.data, "seed": 7}
+        config = {**_Rec.config, "skip_first_token": False, "sinks": "exclude", "mi": mi, "mi_estimator": "ksg",
+                  "mi_tokens": 256, "extra_estimators": ["knn"], "protect": "auto"}
+
+    app_cfg = make_config({**Rec.config, "seed": Rec.data["seed"]})
+    cli_cfg = config_from_args(build_parser().parse_args(commands.analyze_argv(Rec())))
+    assert asdict(cli_cfg) == asdict(app_cfg)
+    assert cli_cfg.seed == 7
+    if mi:
+        assert cli_cfg.mi["estimator"] == "ksg" and cli_cfg.mi["n_tokens"] == cli_cfg.state_tokens == 256

@@ -1,4 +1,5 @@
 """MI estimators (analysis.mi), the "mi" analysis extension and the "mi-prun" criterion."""
+import re
 import json
 import subprocess
 import sys
@@ -256,3 +257,30 @@ def test_import_order_registers_everything():
                    check=True, cwd=root)
     subprocess.run([sys.executable, "-c", f"import analysis.mi; {check}; import analysis.run as r; "
                                           "assert 'mi' in r.EXTENSIONS"], check=True, cwd=root)
+
+
+def test_mi_stage_reports_pairs_and_stop_keeps_the_token_pass():
+    lm = tiny_loaded("llama", layers=5, hidden=32)
+    cfg = AnalysisConfig(state_tokens=128, extensions=("mi",), granularity="layer", batch_size=4)
+    cfg.mi = MIConfig(estimator="renyi", n_tokens=128, matrix_tokens=64)
+    reports, mi_pairs = [], {"n": 0}
+
+    def progress(f, msg):
+        reports.append((f, msg))
+
+    def stop():                                # stop after three MI pairs (the token pass polls too)
+        if any(m.startswith("MI-PRUN") for _, m in reports):
+            mi_pairs["n"] += 1
+        return mi_pairs["n"] > 3
+
+    r = analyze(lm, random_tokens(4, 40), cfg, progress=progress, should_stop=stop)
+    mi_msgs = [m for _, m in reports if m.startswith("MI-PRUN")]
+    assert mi_msgs and all(re.match(r"MI-PRUN: \d+/\d+ pairs · about \d+ s left", m) for m in mi_msgs)
+    assert "mi" not in r.extras and r.manifest["stopped_during"] == "mi"
+    assert r.n_sequences == 4 and r.manifest.get("completed", True)          # the token pass is whole
+    assert any("stopped during MI-PRUN after" in w for w in r.warnings)
+    full = []
+    done = analyze(lm, random_tokens(4, 40), cfg, progress=lambda f, m: full.append(m))
+    total = int(re.search(r"/(\d+) pairs", [m for m in full if m.startswith("MI-PRUN")][-1]).group(1))
+    # 5 layers × 3 granularities of block pairs + the 6×5/2 matrix pairs (on another token subset)
+    assert total == 15 + 15 and "mi" in done.extras

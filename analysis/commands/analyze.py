@@ -42,6 +42,9 @@ def register(sub) -> None:
                    help="MI estimator (default: matrix-based Rényi; see docs/mi-prun.md for how they compare)")
     g.add_argument("--mi-token-norm", default="none", choices=["none", "rms"],
                    help="divide each token state by its RMS before estimating MI")
+    g.add_argument("--mi-tokens", type=positive_int, default=1024,
+                   help="sampled token states kept per residual point and used for block MI (default 1024); the "
+                        "boundary matrix uses min(this, 512) of them")
     p.add_argument("--no-cache", action="store_true",
                    help="don't use the results cache (by default statistics are saved as the pass goes, so an "
                         "interrupted run resumes where it stopped and a finished one is not recomputed)")
@@ -50,8 +53,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..run import EXTENSIONS, AnalysisConfig, analyze
+def config_from_args(args):
+    """The :class:`~analysis.run.AnalysisConfig` an ``analyze`` command line asks for (the app's reproduce
+    script is checked against this, field by field)."""
+    from ..run import EXTENSIONS, AnalysisConfig
 
     also = tuple(e for e in (s.strip() for s in args.also.split(",")) if e and e != args.estimator)
     cfg = AnalysisConfig(estimator=args.estimator, extra_estimators=also, k=args.k, bins=args.bins,
@@ -65,8 +70,16 @@ def run(args) -> int:
 
             importlib.import_module("analysis.mi")  # registers the extension
         cfg.extensions = ("mi",)
-        cfg.state_tokens = 2048
-        cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm}
+        cfg.state_tokens = args.mi_tokens        # keep exactly what MI uses (as the app does)
+        cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm, "n_tokens": args.mi_tokens,
+                  "matrix_tokens": min(args.mi_tokens, 512)}
+    return cfg
+
+
+def run(args) -> int:
+    from ..run import analyze
+
+    cfg = config_from_args(args)
     cfg.validate(args.seq_len or (None if args.tokens else 256))
     from ..outdir import check_out_file
 
