@@ -148,7 +148,7 @@ def test_e2e_smollm2_analysis_click_select_compare(server):
             bars = page.locator(".js-plotly-plot").first.locator("g.trace.bars g.point path")
             bars.nth(0).click(force=True)
             _wait_idle(page)
-            expect(page.get_by_text(re.compile(r"Block 0 is protected"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"Block 0 is protected")).first).to_be_visible()   # toast + caption by the chart
             page.screenshot(path=str(OUT / "04-select.png"), full_page=True)
             page.locator(".st-key-keep_plan button:visible").click()
             expect(page.get_by_text(re.compile(r"^Kept plan \S"))).to_be_visible()
