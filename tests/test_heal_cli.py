@@ -27,16 +27,18 @@ def ckpt(tmp_path_factory):
 def test_prune_heal_linear_roundtrip_same_perplexity(ckpt, tmp_path, capsys):
     out, model = tmp_path / "healed", str(ckpt / "model")
     assert main(["prune", "--model", model, "--drop-layers", "2,3", "--out", str(out), "--quiet",
-                 "--heal", "linear", *HEAL]) == 0
+                 "--heal", "linear", "--heal-skip-first-token", *HEAL]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["healing"]["method"] == "linear" and "llama_cpp_prune_layers" not in summary
     manifest = json.loads((out / "entroscope-manifest.json").read_text())
     assert manifest["results"]["healing"]["settings"]["ridge"] == 1e-4
+    assert manifest["results"]["healing"]["settings"]["skip_first_token"] is True
     assert manifest["results"]["healing"]["report"]["gaps"][0]["folded_into"] == "layers.1.mlp.down_proj"
     AutoModelForCausalLM.from_pretrained(out)                     # plain transformers
     data = ["--text", str(ckpt / "doc.txt"), "--window", "64", "--max-tokens", "300", "--device", "cpu"]
     assert main(["eval", "--model", str(out), *data, "--out", str(tmp_path / "saved.json"), "--quiet"]) == 0
     assert main(["eval", "--model", model, "--drop-layers", "2,3", *data, "--heal", "linear", *HEAL,
+                 "--heal-skip-first-token",
                  "--out", str(tmp_path / "whatif.json"), "--quiet"]) == 0
     saved, whatif = (json.loads((tmp_path / f).read_text()) for f in ("saved.json", "whatif.json"))
     assert saved["perplexity"] == pytest.approx(whatif["healed"]["perplexity"], rel=1e-5)

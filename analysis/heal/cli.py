@@ -8,7 +8,7 @@ from .registry import HEAL_METHODS, get_heal_method
 
 #: CLI option -> method parameter
 _OPTIONS = {"heal_ridge": "ridge", "heal_steps": "steps", "heal_rank": "rank", "heal_lr": "lr",
-            "heal_batch_size": "batch_size", "heal_init": "init"}
+            "heal_batch_size": "batch_size", "heal_init": "init", "heal_skip_first_token": "skip_first_token"}
 
 
 def add_heal_args(p) -> None:
@@ -23,6 +23,9 @@ def add_heal_args(p) -> None:
     g.add_argument("--heal-seq-len", type=positive_int, default=256, help="tokens per window (default 256)")
     g.add_argument("--heal-seed", type=int, default=2024)
     g.add_argument("--heal-ridge", type=float, default=None, help="linear: ridge towards identity (default 1e-4)")
+    g.add_argument("--heal-skip-first-token", action="store_const", const=True, default=None,
+                   help="linear: leave position 0 (the attention-sink token with a massive activation) out of the "
+                        "fit; helps when the dropped run creates that activation (docs/healing.md)")
     g.add_argument("--heal-steps", type=positive_int, default=None, help="distill: optimizer steps (default 50)")
     g.add_argument("--heal-rank", type=positive_int, default=None, help="distill: LoRA rank (default 8)")
     g.add_argument("--heal-lr", type=float, default=None, help="distill: learning rate (default 5e-4)")
