@@ -77,10 +77,10 @@ def navigation(home_fn) -> list:
     _PAGE_OBJECTS.clear()
     for key, (path, title, icon) in PAGES.items():
         if key == "home":
-            _PAGE_OBJECTS[key] = st.Page(home_fn, title=title, icon=favicon(icon), default=True)
+            _PAGE_OBJECTS[key] = st.Page(home_fn, title=title, icon=icon, default=True)
         else:
-            _PAGE_OBJECTS[key] = st.Page(path, title=title, icon=favicon(icon))
-    extra = [st.Page(path, title=title, icon=favicon(":material/extension:")) for path, title in _extra_pages()]
+            _PAGE_OBJECTS[key] = st.Page(path, title=title, icon=icon)
+    extra = [st.Page(path, title=title, icon=":material/extension:") for path, title in _extra_pages()]
     return list(_PAGE_OBJECTS.values()) + extra
 
 

@@ -58,12 +58,18 @@ def test_demo_reload_keeps_plans_k_bound_and_stop_during_mi(server):
             _nav(page, "Select blocks")
             unprotected = int(re.search(r"Unprotected blocks\s*(\d+)", page.get_by_test_id("stMetric")
                                         .filter(has_text="Unprotected blocks").inner_text()).group(1))
+            selected = page.get_by_test_id("stMetric").filter(has_text="Selected blocks")
+            before = selected.inner_text()
             k = page.get_by_label("k", exact=True)
             k.fill("99")
             k.press("Enter")
             _wait_idle(page, LONG)
-            assert int(page.get_by_label("k", exact=True).input_value()) <= unprotected
-            expect(page.get_by_test_id("stMetric").filter(has_text="Selected blocks")).to_be_visible()
+            # refused next to k (the box is marked invalid, max = the unprotected count); nothing else goes away
+            assert page.get_by_label("k", exact=True).get_attribute("aria-invalid") == "true"
+            assert int(page.get_by_label("k", exact=True).get_attribute("max") or 0) == unprotected
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            assert selected.inner_text() == before
+            page.screenshot(path=str(OUT / "j1b-k-bound.png"), full_page=False)
             k = page.get_by_label("k", exact=True)
             k.fill("4")
             k.press("Enter")
