@@ -116,8 +116,14 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     ccfg = CaptureConfig(estimators={n: cfg.estimator_params(n) for n in names}, batch_size=cfg.batch_size,
                          skip_first_token=cfg.skip_first_token, state_tokens=cfg.state_tokens, seed=cfg.seed)
     t0 = time.perf_counter()
+    from .distributed import is_distributed
+
     try:
-        if cache:
+        if is_distributed():       # torchrun / accelerate launch: shards of batches, gathered (analysis.distributed)
+            from .distributed import distributed_capture
+
+            stats = distributed_capture(lm, ids, ccfg, progress=progress)
+        elif cache:
             from .runcache import cached_capture
 
             stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop)
@@ -131,12 +137,24 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         raise SelectionError("The analysis was stopped before the first batch finished; nothing to show")
     result = build_result(lm, stats, cfg, tokens)
     for name in cfg.extensions:
+        if is_distributed() and _rank() != 0:
+            continue               # extensions (e.g. MI) work on the gathered states: rank 0 only
         result.extras[name] = EXTENSIONS[name](stats, lm, cfg)
         for crit, by_gran in (result.extras[name].pop("criteria_scores", None) or {}).items():
             result.extras.setdefault("criteria_scores", {}).setdefault(crit, {}).update(by_gran)
     compute_baselines(result)
     result.manifest["timings"]["total_s"] = time.perf_counter() - t0
+    if is_distributed():
+        from .distributed import world
+
+        result.manifest["timings"]["world_size"] = world()[1]   # data-parallel pass (timing context only)
     return result
+
+
+def _rank() -> int:
+    from .distributed import world
+
+    return world()[0]
 
 
 def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> AnalysisResult:

@@ -54,10 +54,23 @@ def run(args) -> int:
         cfg.state_tokens = 2048
         cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm}
     cfg.validate(args.seq_len)
-    progress = stderr_progress(args.quiet)
+    from .. import distributed
+
+    rank = 0
+    if distributed.init():           # under torchrun / accelerate launch: one shard of batches per rank
+        rank = distributed.world()[0]
+        args.device = distributed.local_device(args.device)
+        if args.device_map:
+            from ..errors import SelectionError
+
+            raise SelectionError("--device-map (model-parallel) cannot be combined with a multi-process launch",
+                                 hint="use one process with --device-map auto, or torchrun without --device-map")
+    progress = stderr_progress(args.quiet or rank != 0)
     lm = load_lm(args, progress)
     tokens = tokens_from_args(args, lm)
     result = analyze(lm, tokens, cfg, progress=progress, cache=not args.no_cache)
+    if rank != 0:
+        return 0                     # rank 0 writes the run
     result.save(args.out)
     if not args.quiet:
         for w in result.warnings:
