@@ -365,6 +365,7 @@ def _budget_device_map(config, max_memory: dict, dtype, trust_remote_code: bool)
 
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    empty.tie_weights()                         # tied embeddings count once
     dm = infer_auto_device_map(empty, max_memory=max_memory, dtype=dtype,
                                no_split_module_classes=getattr(empty, "_no_split_modules", None) or [])
     if all(v == "disk" for v in dm.values()):
