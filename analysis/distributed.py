@@ -86,6 +86,7 @@ def distributed_capture(lm, input_ids: torch.Tensor, cfg: CaptureConfig, progres
     supported across ranks (a stopped rank would leave a hole), so it is ignored here."""
     import torch.distributed as dist
 
+    init()                                   # launched by torchrun but called from Python: join the group
     rank, ws = world()
     n = input_ids.shape[0]
     s, e = shard_rows(n, cfg.batch_size, rank, ws)
