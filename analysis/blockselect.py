@@ -288,7 +288,7 @@ def fast_block_select(scores: Sequence[float], run_score: RunScore, n: int, K: i
         opt = optimal_select(rs, L, n, prot)
         tol = 1e-12 * max(1.0, abs(obj))
         accepted = opt["objective"] < obj - tol
-        log.append({"iteration": "refine", "pool": list(P), "method": opt["method"],
+        log.append({"iteration": it + 1, "step": "refine", "pool": list(P), "method": opt["method"],
                     "chosen": opt["runs"], "objective_before": obj,
                     "objective_after": opt["objective"] if accepted else obj,
                     "swaps": {"out": sorted(set(P) - set(opt["blocks"])) if accepted else [],

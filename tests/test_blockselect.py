@@ -280,7 +280,7 @@ def test_refine_closes_a_gap_the_reconstruction_leaves():
     assert raw.blocks == [1, 2, 3]
     fbs = fast_block_select(s, rs, 3, K=1, alt_size=0)
     assert fbs.blocks[:2] == [1, 3] and fbs.objective == pytest.approx(-7.2)   # [1, 3, 5] and [1, 3, 7] tie
-    assert fbs.log[-1]["iteration"] == "refine" and fbs.log[-1]["accepted"]
+    assert fbs.log[-1]["step"] == "refine" and fbs.log[-1]["accepted"]
     assert selection_gap(fbs.objective, exhaustive_select(rs, L, 3)["objective"])["optimal"]
 
 
