@@ -197,7 +197,7 @@ def _neighbour_partitions(lengths: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 def fast_block_select(scores: Sequence[float], run_score: RunScore, n: int, K: int | None = 5,
                       alt_size: int | None = None, max_iter: int = 20, protect: Iterable[int] | None = None,
-                      repartition: bool = False) -> FBSResult:
+                      repartition: bool = False, refine: bool = True) -> FBSResult:
     """Fast-Block-Select (papers.md §2.5; the ⟨INF⟩ choices are documented here and in docs/mi-prun.md).
 
     ``scores[i]`` is the single-block score ``s_i = −MI(H_i, H_{i+1})`` (lower = more redundant);
@@ -216,6 +216,11 @@ def fast_block_select(scores: Sequence[float], run_score: RunScore, n: int, K: i
     5. The new pool is accepted only if ``J`` strictly decreases (the current pool is always feasible,
        so J never increases); otherwise, or when P is unchanged, stop (converged). ``A`` becomes the
        ``alt_size`` best-ranked blocks not in P. At most ``max_iter`` iterations.
+    6. ``refine=True`` (default; an extension): a final conflict-free step over *every* window of 1..n
+       unprotected blocks and every run-length multiset — :func:`optimal_select`, a dynamic programme over
+       (position, blocks left) with ``≤ L·n`` run scores — so the result is the exact optimum of ``J``
+       (steps 1–5 keep the run lengths of the initial pool and can end far from it). ``refine=False`` is
+       the reconstruction as outlined.
 
     Deterministic (no randomness; all ties broken by index). Returns :class:`FBSResult` with the full
     iteration log (pool, alternatives, runs, candidates with coarse and exact scores, chosen windows,
@@ -279,9 +284,73 @@ def fast_block_select(scores: Sequence[float], run_score: RunScore, n: int, K: i
             break
         P, obj = new_P, run_objective(new_P, rs)
         A = [i for i in rank if i not in set(P)][:alt]
+    if refine and n > 0:
+        opt = optimal_select(rs, L, n, prot)
+        tol = 1e-12 * max(1.0, abs(obj))
+        accepted = opt["objective"] < obj - tol
+        log.append({"iteration": it + 1, "step": "refine", "pool": list(P), "method": opt["method"],
+                    "chosen": opt["runs"], "objective_before": obj,
+                    "objective_after": opt["objective"] if accepted else obj,
+                    "swaps": {"out": sorted(set(P) - set(opt["blocks"])) if accepted else [],
+                              "in": sorted(set(opt["blocks"]) - set(P)) if accepted else []},
+                    "accepted": bool(accepted)})
+        if accepted:
+            P, obj = list(opt["blocks"]), run_objective(opt["blocks"], rs)
+    params["refine"] = bool(refine)
     return FBSResult(blocks=list(P), objective=obj, runs=[list(r) for r in maximal_runs(P)], iterations=it,
                      converged=converged, evaluations=rs.evaluations, initial=initial,
                      initial_objective=initial_obj, log=log, params=params)
+
+
+def optimal_select(run_score: RunScore, num_blocks: int, n: int, protect: Iterable[int] | None = None) -> dict:
+    """Exact minimum of ``J(P)`` over all n-subsets of unprotected blocks, by dynamic programming.
+
+    ``J`` is a sum over maximal runs, so a pool is a sequence of runs separated by at least one kept block:
+    ``f(p, m) = min(f(p+1, m), min_ℓ run_score(p, p+ℓ−1) + f(p+ℓ+1, m−ℓ))`` over runs of unprotected
+    blocks starting at ``p``, ``f(·, 0) = 0``. ``O(L·n²)`` steps and at most ``L·n`` distinct run scores
+    (the exhaustive search enumerates ``C(L, n)`` subsets); equal to :func:`exhaustive_select`'s optimum
+    (tested). Ties go to the pool found first (runs starting earlier, then shorter runs).
+    """
+    L = int(num_blocks)
+    prot = _protect_set(protect, L)
+    free = [i for i in range(L) if i not in prot]
+    _check_n(n, free, L, prot)
+    rs = run_score if isinstance(run_score, _Cached) else _Cached(run_score)
+    t0 = time.perf_counter()
+    before = rs.evaluations
+    # longest run of unprotected blocks starting at p
+    span = [0] * (L + 2)
+    for p in range(L - 1, -1, -1):
+        span[p] = 0 if p in prot else span[p + 1] + 1
+    INF = math.inf
+    f = [[INF] * (n + 1) for _ in range(L + 2)]
+    choice: list[list[int]] = [[0] * (n + 1) for _ in range(L + 2)]   # 0: skip p; ℓ > 0: run of ℓ from p
+    for p in range(L + 1, -1, -1):
+        f[p][0] = 0.0
+    for p in range(L - 1, -1, -1):
+        for m in range(1, n + 1):
+            best, arg = f[p + 1][m], 0
+            for ell in range(1, min(m, span[p]) + 1):
+                rest = f[min(p + ell + 1, L + 1)][m - ell]
+                if rest == INF:
+                    continue
+                v = rs(p, p + ell - 1) + rest
+                if v < best:
+                    best, arg = v, ell
+            f[p][m], choice[p][m] = best, arg
+    if n > 0 and f[0][n] == INF:
+        raise SelectionError(f"No subset of {n} unprotected blocks has finite run scores")
+    blocks, p, m = [], 0, n
+    while m > 0:
+        ell = choice[p][m]
+        if ell == 0:
+            p += 1
+            continue
+        blocks += list(range(p, p + ell))
+        p, m = p + ell + 1, m - ell
+    return {"blocks": blocks, "objective": float(f[0][n]) if n else 0.0,
+            "runs": [list(r) for r in maximal_runs(blocks)], "evaluations": rs.evaluations - before,
+            "method": "dynamic programme over (position, blocks left)", "seconds": time.perf_counter() - t0}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -334,7 +403,11 @@ def selection_gap(fbs_objective: float, exhaustive_objective: float) -> dict:
     """Gap of a heuristic to the optimum of the same (minimised) objective: absolute and relative."""
     gap = float(fbs_objective) - float(exhaustive_objective)
     rel = gap / abs(exhaustive_objective) if exhaustive_objective else (0.0 if gap == 0 else math.inf)
-    return {"absolute": gap, "relative": rel, "optimal": gap <= 1e-12 * max(1.0, abs(exhaustive_objective))}
+    tol = 1e-12 * max(1.0, abs(exhaustive_objective))
+    out = {"absolute": gap, "relative": rel, "optimal": abs(gap) <= tol}
+    if gap < -tol:     # the reference was not the optimum of the space the heuristic searched
+        out["below_reference"] = True
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,7 +417,7 @@ def selection_gap(fbs_objective: float, exhaustive_objective: float) -> dict:
 
 def miprun_select(result, n: int, method: str = "fast", protect: Iterable[int] | None = None, K: int | None = 5,
                   alt_size: int | None = None, max_iter: int = 20, repartition: bool = False,
-                  max_combinations: int = 50_000) -> dict:
+                  max_combinations: int = 50_000, refine: bool = True) -> dict:
     """Layers to drop with MI-PRUN from a run's ``extras["mi"]["matrix"]`` (no states, no forward passes).
 
     Block and run scores both come from the boundary MI matrix (the same token subsample, so the DPI
@@ -371,7 +444,7 @@ def miprun_select(result, n: int, method: str = "fast", protect: Iterable[int] |
     t0 = time.perf_counter()
     if method in ("fast", "both"):
         fbs = fast_block_select(s, rs, n, K=K, alt_size=alt_size, max_iter=max_iter, protect=prot,
-                                repartition=repartition)
+                                repartition=repartition, refine=refine)
         blocks = fbs.blocks
         source.update(method="fast-block-select", objective=fbs.objective, fast_block_select=fbs.to_dict())
     if method in ("exhaustive", "both"):
@@ -381,7 +454,9 @@ def miprun_select(result, n: int, method: str = "fast", protect: Iterable[int] |
             blocks = exh["blocks"]
             source.update(method="exhaustive", objective=exh["objective"])
         else:
-            part = [k - j + 1 for j, k in maximal_runs(fbs.initial)]
+            # the run lengths of the returned pool (with repartition/refine they differ from the initial
+            # pool's, and an optimum over the initial partition is no bound for the result: negative gaps)
+            part = [k - j + 1 for j, k in maximal_runs(fbs.blocks)]
             same = exhaustive_select(rs, len(s), n, prot, max_combinations, partition=part)
             source["exhaustive_same_partition"] = same
             source["gap"] = selection_gap(fbs.objective, exh["objective"])
@@ -406,86 +481,69 @@ def _ids_of(tokens):
     return ids.long()
 
 
+def _calib_windows(ids, batch_size: int):
+    """Calibration windows as :class:`analysis.evaluate.EvalWindows`: every window scored whole (first
+    token is context only), no BOS added, ``batch_size`` windows per forward."""
+    from .evaluate import EvalWindows, _batch
+
+    meta = {"corpus": "tokens", "split": None, "window": int(ids.shape[1]), "stride": None,
+            "remainder": "none (windows given)", "tokens_used": int(ids.numel()), "bos": False}
+    return EvalWindows(_batch([(r, 1) for r in ids], batch_size), meta)
+
+
+def _as_plan(p, L: int):
+    from .plan import Plan
+
+    p = p if isinstance(p, Plan) else Plan.from_dict(p) if isinstance(p, dict) else Plan()
+    return p.validate(L).normalized()
+
+
 def plan_losses(lm, tokens, plans: Sequence, batch_size: int = 8, progress: Progress | None = None) -> list[float]:
     """Mean next-token NLL (nats) on the calibration windows for each plan (``None`` = original model).
 
     Every window is scored whole (its first token is context only). Plans run on
-    :func:`analysis.surgery.pruned_view` views; like :func:`analysis.evaluate.sweep`, the original model
-    runs once per batch and each plan's forward starts at its first dropped block from the cached
-    residual state there (identical NLL, about half the cost for drop-one scans).
+    :func:`analysis.surgery.pruned_view` views and are walked as a trie exactly like
+    :func:`analysis.evaluate.sweep` (:func:`analysis.evaluate._prefix_schedule`): each plan starts where it
+    first differs from the plan before it, fed the cached residual stream there, so a drop-one scan runs
+    the original once and each plan only from its dropped block on, and a SLEB step runs each candidate
+    only from the candidate layer on (on top of the layers already removed). The NLL is bit-identical to
+    :func:`analysis.evaluate.perplexity` of each plan on the same windows (``EvalConfig(batch_size=
+    batch_size, bos=False)``), tested.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from .adapters import get_path
-    from .errors import is_oom, oom_error
-    from .plan import Plan
-    from .surgery import pruned_view
+    from .evaluate import EvalConfig, _plan_key, _sweep_nll
 
     ids_all = _ids_of(tokens)
-    model, L = lm.model, lm.num_layers
-    spec = lm.adapter.spec
-    views: list = []
+    L = lm.num_layers
+    keyed = [(_plan_key(p), p) for p in (_as_plan(p, L) for p in plans)]
+    unique: dict = {}
+    for key, p in keyed:
+        unique.setdefault(key, p)
+    windows = _calib_windows(ids_all, batch_size)
+    cfg = EvalConfig(batch_size=batch_size, bos=False)
+    sub = None if progress is None else (lambda f, m: progress(f, f"calibration loss: {m}"))
+    sums = _sweep_nll(lm, list(unique.items()), windows, cfg, True, sub)
+    count = windows.tokens_scored
+    return [sums[key] / count for key, _ in keyed]
+
+
+def plan_cost(lm, plans: Sequence, reuse: bool = True) -> dict:
+    """Work of evaluating ``plans`` (``None`` = original) on one batch, counted from the schedule:
+    decoder-layer forwards, LM-head calls, and ``passes`` = layer forwards / L (one full forward = 1).
+    ``reuse=False`` counts one separate evaluation per plan (what :func:`analysis.evaluate.perplexity`
+    runs)."""
+    from .evaluate import _plan_key, _prefix_schedule
+
+    L = lm.num_layers
+    unique: dict = {}
     for p in plans:
-        p = p if isinstance(p, Plan) else Plan.from_dict(p) if isinstance(p, dict) else Plan()
-        nrm = p.validate(L).normalized()
-        if nrm.is_empty:
-            views.append(None)
-            continue
-        start = nrm.first_dropped()
-        if not [i for i in nrm.kept_layers(L) if i >= start]:
-            start -= 1
-        tail = Plan(nrm.drop_attn, nrm.drop_mlp, sorted(set(nrm.drop_layers) | set(range(start))))
-        views.append((start, pruned_view(model, tail)))
-    ident = pruned_view(model, None)
-    layers = get_path(ident, spec.layers)
-    states: dict[int, torch.Tensor] = {}
-
-    def hook(i):
-        def fn(module, args, kwargs):
-            states[i] = args[0] if args else kwargs["hidden_states"]
-        return fn
-
-    starts = sorted({v[0] for v in views if v is not None})
-    handles = [layers[i].register_forward_pre_hook(hook(i), with_kwargs=True) for i in starts]
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-
-    def nll(hidden, ids):
-        logits = head(hidden[:, :-1]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"))
-
-    sums = [0.0] * len(views)
-    n = ids_all.shape[0]
-    try:
-        with torch.inference_mode():
-            for s0 in range(0, n, batch_size):
-                ids = ids_all[s0:s0 + batch_size].to(lm.device)
-                states.clear()
-                h = get_path(ident, spec.base)(input_ids=ids, use_cache=False).last_hidden_state
-                base_nll = None
-                for v_i, v in enumerate(views):
-                    if v is None:
-                        base_nll = nll(h, ids) if base_nll is None else base_nll
-                        sums[v_i] += base_nll
-                    else:
-                        start, view = v
-                        hv = get_path(view, spec.base)(inputs_embeds=states[start], use_cache=False).last_hidden_state
-                        sums[v_i] += nll(hv, ids)
-                if progress:
-                    progress(min(1.0, (s0 + batch_size) / n), f"calibration loss: {min(n, s0 + batch_size)}/{n} "
-                                                             f"windows × {len(views)} plans")
-    except RuntimeError as exc:
-        if is_oom(exc):
-            raise oom_error(exc, "the calibration-loss evaluation") from exc
-        raise
-    finally:
-        for hd in handles:
-            hd.remove()
-    count = n * (ids_all.shape[1] - 1)
-    return [sm / count for sm in sums]
+        p = _as_plan(p, L)
+        unique.setdefault(_plan_key(p), p)
+    if not reuse:
+        layers = sum(len(p.kept_layers(L)) for p in unique.values())
+        return {"layer_forwards": layers, "heads": len(unique), "passes": layers / L, "plans": len(unique)}
+    steps = _prefix_schedule(lm, list(unique.items()))
+    layers = sum(len(st.layer_ids) for st in steps if st.view is not None)
+    return {"layer_forwards": layers, "heads": len(unique), "passes": layers / L, "plans": len(unique)}
 
 
 def calibration_loss(lm, tokens, plan=None, batch_size: int = 8) -> float:
@@ -528,7 +586,8 @@ def delta_ppl_details(lm, tokens, granularity: str = "layer", blocks: Iterable[i
     return {"granularity": granularity, "scores": (ppl - _ppl(base)).tolist(), "ppl": ppl.tolist(),
             "loss": loss.tolist(), "base_ppl": _ppl(base), "base_loss": base,
             "tokens": int(ids.shape[0] * (ids.shape[1] - 1)), "windows": list(ids.shape),
-            "evaluations": len(plans), "seconds": time.perf_counter() - t0,
+            "evaluations": len(plans), "cost_passes": plan_cost(lm, plans)["passes"],
+            "seconds": time.perf_counter() - t0,
             "definition": "PPL(without block i) − PPL(full), token perplexity on the calibration windows"}
 
 
@@ -561,8 +620,11 @@ def _greedy_removal(lm, tokens, n: int, units: list[tuple[str, int]], batch_size
         raise SelectionError(f"n={n} but only {len(units)} {what} can be removed", hint=f"choose n <= {len(units)}")
     t0 = time.perf_counter()
     removed: list[tuple[str, int]] = []
-    base = plan_losses(lm, tokens, [None], batch_size)[0]
-    steps, evals = [], 1
+    base = None
+    steps, evals, passes = [], 1, 0.0
+    if n == 0:
+        base = plan_losses(lm, tokens, [None], batch_size)[0]
+        passes += plan_cost(lm, [None])["passes"]
     for step in range(n):
         cands = [u for u in units if u not in removed]
         plans = []
@@ -572,14 +634,20 @@ def _greedy_removal(lm, tokens, n: int, units: list[tuple[str, int]], batch_size
                 parts[_GKEY[kind]].append(i)
             plans.append(_plan_for(parts))
         sub = None if progress is None else (lambda f, m, s=step: progress((s + f) / n, f"{what} step {s + 1}/{n}: {m}"))
-        losses = plan_losses(lm, tokens, plans, batch_size, sub)
+        if base is None:                      # the first step also scores the full model (one shared walk)
+            losses = plan_losses(lm, tokens, [None] + plans, batch_size, sub)
+            passes += plan_cost(lm, [None] + plans)["passes"]
+            base, losses = losses[0], losses[1:]
+        else:
+            losses = plan_losses(lm, tokens, plans, batch_size, sub)
+            passes += plan_cost(lm, plans)["passes"]
         evals += len(plans)
         best = min(range(len(cands)), key=lambda c: (losses[c], c))
         removed.append(cands[best])
         steps.append({"step": step + 1, "removed": list(cands[best]), "loss": losses[best], "ppl": _ppl(losses[best]),
                       "candidates": [{"unit": list(u), "ppl": _ppl(lo)} for u, lo in zip(cands, losses)]})
     return {"removed": removed, "steps": steps, "base_loss": base, "base_ppl": _ppl(base), "evaluations": evals,
-            "seconds": time.perf_counter() - t0}
+            "cost_passes": passes, "seconds": time.perf_counter() - t0}
 
 
 def sleb_select(lm, tokens, n: int, protect: Iterable[int] = (), batch_size: int = 8,

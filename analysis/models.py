@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .adapters import Adapter, adapter_for
-from .errors import ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
+from .errors import DataError, ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
 from .integrity import cache_entry_problem, check_loading_info, discard_cache_entry
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -386,6 +387,69 @@ def _check_causal(config, name: str) -> None:
             hint="Entroscope needs an AutoModelForCausalLM checkpoint")
 
 
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.I)
+
+
+def parse_max_memory(text: str) -> dict:
+    """``"0=10GiB,1=10GiB,cpu=24GiB"`` → ``{0: "10GiB", 1: "10GiB", "cpu": "24GiB"}`` (accelerate's
+    ``max_memory``). Keys: a GPU index, ``cuda:N``, ``cpu`` or ``mps``; values: a size with a unit (B, KB,
+    MB, GB, TB, KiB, MiB, GiB, TiB) or bytes. Whatever does not fit the budgets is offloaded to disk."""
+    out: dict = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        key, sep, val = part.partition("=")
+        key, val = key.strip().lower(), val.strip()
+        m = _MEM_RE.match(val) if sep else None
+        if not m:
+            raise DataError(f"Bad --max-memory entry {part!r}",
+                            hint="use DEVICE=SIZE pairs, e.g. 0=10GiB,cpu=24GiB (devices: GPU index, cpu, mps)")
+        if key.startswith("cuda:"):
+            key = key[5:]
+        if key.isdigit():
+            k: int | str = int(key)
+        elif key in ("cpu", "mps"):
+            k = key
+        else:
+            raise DataError(f"Unknown device {key!r} in --max-memory", hint="use a GPU index (0, 1, …), cpu or mps")
+        out[k] = f"{m.group(1)}{m.group(2) or ''}" if m.group(2) else int(float(m.group(1)))
+    if not out:
+        raise DataError("--max-memory is empty", hint="e.g. --max-memory cpu=2GiB")
+    return out
+
+
+def _budget_device_map(config, max_memory: dict, dtype, trust_remote_code: bool) -> dict:
+    """accelerate's ``auto`` placement under ``max_memory``, with only decoder layers allowed on disk:
+    norms, rotary embeddings (non-persistent buffers, which a disk offload would leave on the meta device)
+    and embeddings that land on disk are kept in CPU memory instead."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    empty.tie_weights()                         # tied embeddings count once
+    dm = infer_auto_device_map(empty, max_memory=max_memory, dtype=dtype,
+                               no_split_module_classes=getattr(empty, "_no_split_modules", None) or [])
+    if all(v == "disk" for v in dm.values()):
+        raise DataError(f"--max-memory {max_memory} leaves no room for any part of the model in memory",
+                        hint="raise the CPU/GPU budget (the embeddings and one layer must fit)")
+    is_layers = lambda k: ".layers" in f".{k}" or k.endswith("layers")  # noqa: E731
+    out: dict = {}
+    todo = list(dm.items())
+    while todo:
+        key, dev = todo.pop(0)
+        if dev != "disk" or is_layers(key):
+            out[key] = dev
+            continue
+        mod = empty.get_submodule(key) if key else empty
+        kids = list(mod.named_children())
+        if kids:                                   # a container on disk: place its children one by one
+            todo = [(f"{key}.{n}" if key else n, "disk") for n, _ in kids] + todo
+        else:
+            out[key] = "cpu"
+    return out
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
@@ -394,6 +458,8 @@ def load_model(
     offline: bool | None = None,
     device_map: str | dict | None = None,
     progress=None,
+    max_memory: dict | str | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM by short name, hub id, local directory or ``.gguf`` path.
 
@@ -406,12 +472,20 @@ def load_model(
         device_map: passed to transformers/accelerate (e.g. ``"auto"`` for multi-GPU or CPU/disk offload);
             ``device`` is then ignored.
         progress: optional ``callback(fraction, message)``.
+        max_memory: accelerate's per-device budget with ``device_map`` (``{0: "10GiB", "cpu": "4GiB"}`` or
+            the CLI form ``"0=10GiB,cpu=4GiB"``, see :func:`parse_max_memory`); what does not fit goes to
+            disk under ``offload_folder``. Given without ``device_map`` it implies ``device_map="auto"``.
+        offload_folder: where disk-offloaded weights go (default: a per-model folder in the cache).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
     spec = (spec or DEFAULT_MODEL).strip()
     kind = _classify(spec)
+    if isinstance(max_memory, str):
+        max_memory = parse_max_memory(max_memory)
+    if max_memory and device_map is None:
+        device_map = "auto"
     dev = resolve_device(device) if device_map is None else None
     dt = resolve_dtype(dtype, dev if dev is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if offline is None:
@@ -468,8 +542,12 @@ def load_model(
         kwargs = dict(dtype=dt, trust_remote_code=trust_remote_code, local_files_only=local_only)
         if device_map is not None:  # accelerate: multi-GPU, CPU and disk offload
             kwargs["device_map"] = device_map
-            kwargs["offload_folder"] = str(cache_root() / "offload" / hashlib.sha256(
+            kwargs["offload_folder"] = str(offload_folder or cache_root() / "offload" / hashlib.sha256(
                 f"{spec}|{fingerprint}".encode()).hexdigest()[:16])
+            if max_memory:
+                kwargs["max_memory"] = max_memory
+                if device_map == "auto":
+                    kwargs["device_map"] = _budget_device_map(config, max_memory, dt, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(str(load_dir), trust_remote_code=trust_remote_code,
                                             local_files_only=local_only)
         from .surgery import load_subblock_checkpoint  # dirs saved with sub-block drops (entroscope-plan.json)

@@ -145,8 +145,14 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
                          sinks=cfg.sinks, sink_ratio=cfg.sink_ratio, sink_max_frac=cfg.sink_max_frac,
                          state_tokens=cfg.state_tokens, seed=cfg.seed)
     t0 = time.perf_counter()
+    from .distributed import is_distributed
+
     try:
-        if cache:
+        if is_distributed():       # torchrun / accelerate launch: shards of batches, gathered (analysis.distributed)
+            from .distributed import distributed_capture
+
+            stats = distributed_capture(lm, ids, ccfg, progress=progress)
+        elif cache:
             from .runcache import cached_capture
 
             stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop, preview=preview)
@@ -160,6 +166,8 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         raise SelectionError("The analysis was stopped before the first batch finished; nothing to show")
     result = build_result(lm, stats, cfg, tokens)
     for name in cfg.extensions:
+        if is_distributed() and _rank() != 0:
+            continue               # extensions (e.g. MI) work on the gathered states: rank 0 only
         if not stats.completed:        # stopped during the token pass: no extension on a partial state sample
             result.warnings.append(f"{name}: not computed, the token pass was stopped")
             continue
@@ -180,6 +188,10 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     result.warnings.extend(degenerate_warnings(result))
     compute_baselines(result)
     result.manifest["timings"]["total_s"] = time.perf_counter() - t0
+    if is_distributed():
+        from .distributed import world
+
+        result.manifest["timings"]["world_size"] = world()[1]   # data-parallel pass (timing context only)
     return result
 
 
@@ -200,6 +212,12 @@ def degenerate_warnings(result: AnalysisResult) -> list[str]:
         out.append(f"DegenerateScores: every {result.granularity} ΔH is 0 ({result.estimator}), so the drop order is "
                    "arbitrary; the calibration windows carry no variation (repeated tokens?) — use real text")
     return out
+
+
+def _rank() -> int:
+    from .distributed import world
+
+    return world()[0]
 
 
 def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> AnalysisResult:

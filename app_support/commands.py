@@ -79,7 +79,7 @@ def analyze_argv(rec, out: str = "run.json") -> list[str]:
         argv += ["--sinks", cfg["sinks"]]
     if cfg.get("mi"):                       # every MI setting the page has (they were dropped before)
         argv += ["--mi", "--mi-estimator", cfg.get("mi_estimator", "renyi"),
-                 "--mi-tokens", str(int(cfg.get("mi_tokens", 1024)))]
+                 "--mi-tokens", str(int(cfg.get("mi_tokens", 256)))]
     return argv + ["--out", out]
 
 

@@ -140,15 +140,12 @@ def mi_available() -> bool:
     return "mi" in EXTENSIONS
 
 
-#: the boundary-matrix estimates ((L+1)·L/2 pairs, ~5× the block pairs) use at most this many token states
-MATRIX_TOKENS_MAX = 512
-
-
 def mi_token_counts(settings: dict) -> tuple[int, int]:
     """``(token states kept and used for block MI, token states for the boundary matrix)`` from the page's
-    one setting, so the help, the slider and the captions quote what is computed."""
-    n = int(settings.get("mi_tokens", 1024))
-    return n, min(n, MATRIX_TOKENS_MAX)
+    one setting, so the help, the slider and the captions quote what is computed. They are equal: block
+    scores and matrix share one subsample (MI-PRUN's default, ≈ 2 analysis passes end to end)."""
+    n = int(settings.get("mi_tokens", 256))
+    return n, n
 
 
 def make_config(settings: dict):

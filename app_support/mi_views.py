@@ -170,7 +170,8 @@ def render_fbs(rec, adj, protected, k: int) -> dict | None:
               if gap else "not computed", help="(J_fast − J_best) / |J_best| over all k-subsets, when affordable")
     m4.metric("Exact run scores computed", fbs.get("evaluations", "?"))
     st.caption("Fast-Block-Select on the boundary MI matrix: start from the k lowest single-block scores, then "
-               "swap contiguous windows in from an alternative pool while the DPI-aware run score improves. "
+               "swap contiguous windows in from an alternative pool while the DPI-aware run score improves; a final "
+               "exact step (dynamic programme over run lengths) returns the optimum of the objective. "
                + ("The exhaustive optimum over all k-subsets is shown for comparison." if "exhaustive" in src else ""))
     log = fbs.get("log") or []
     if log:

@@ -23,7 +23,7 @@ def analysis_settings() -> dict:
         "alpha": float(state.get("an.alpha", d["alpha"])), "batch_size": int(state.get("an.batch", d["batch_size"])),
         "skip_first_token": False, "sinks": state.get("an.sinks", d.get("sinks", "exclude")),
         "mi": bool(state.get("an.mi", False)),
-        "mi_estimator": state.get("an.mi_est", "renyi"), "mi_tokens": int(state.get("an.mi_tokens", 1024)),
+        "mi_estimator": state.get("an.mi_est", "renyi"), "mi_tokens": int(state.get("an.mi_tokens", 256)),
     }
 
 

@@ -45,10 +45,11 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--calib", type=int, default=16, help="calibration windows for the drop order")
     args = ap.parse_args()
     print(machine())
     lm = load_model(args.model, dtype=args.dtype)
-    run = analyze(lm, calib_tokens(lm, 16, 256), AnalysisConfig(estimator="bucket", granularity="attention"))
+    run = analyze(lm, calib_tokens(lm, args.calib, 256 if args.calib >= 16 else 64), AnalysisConfig(estimator="bucket", granularity="attention"))
     for k in map(int, args.k.split(",")):
         plan = Plan(drop_attn=sorted(run.drop_order[:k]))
         meas = {"dense": {"pre": [], "dec": []}, "pruned": {"pre": [], "dec": []}}

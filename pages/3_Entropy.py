@@ -81,15 +81,18 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
         m1, m2, _ = st.columns([2, 2, 2])
         m1.selectbox("MI estimator", list(MI_ESTIMATORS), format_func=lambda e: MI_ESTIMATORS[e].title,
                      key=state.wkey("an.mi_est", "renyi"))
-        m2.select_slider("Token states per block pair", [256, 512, 1024, 2048], key=state.wkey("an.mi_tokens", 1024),
-                         help="MI cost grows with the cube of this for the Rényi estimator")
+        if state.get("an.mi_tokens", 256) not in (128, 256, 512, 1024):
+            state.set_value("an.mi_tokens", 256)
+        m2.select_slider("Token states per residual point", [128, 256, 512, 1024], key=state.wkey("an.mi_tokens", 256),
+                         help="MI cost grows with the cube of this for the Rényi estimator; 256 keeps MI-PRUN at about "
+                              "two analysis passes")
         from app_support.jobs import mi_token_counts
 
-        n_tok, n_mat = mi_token_counts({"mi_tokens": state.get("an.mi_tokens", 1024)})
-        st.caption(f"MI-PRUN keeps {n_tok:,} sampled token states per residual point (seeded), estimates the MI "
-                   f"between every block's input and output on them, and the boundary-to-boundary matrix for "
-                   f"Fast-Block-Select on {n_mat:,} of them; after the token pass the progress bar counts MI pairs "
-                   "and Stop works there too (the token pass is kept).")
+        n_tok, n_mat = mi_token_counts({"mi_tokens": state.get("an.mi_tokens", 256)})
+        st.caption(f"MI-PRUN keeps {n_tok:,} sampled token states per residual point (seeded) and estimates, on "
+                   f"those same {n_mat:,}, the MI between every block's input and output and the boundary-to-"
+                   "boundary matrix for Fast-Block-Select; after the token pass the progress bar counts MI pairs and "
+                   "Stop works there too (the token pass is kept).")
     state.sync("an.estimator", "an.extra", "an.granularity", "an.protect", "an.k", "an.bins", "an.alpha", "an.batch",
                "an.sinks", "an.mi", "an.mi_est", "an.mi_tokens")
     from app_support.story import RANKING_WHY, SINKS_SENTENCE

@@ -74,7 +74,7 @@ def test_unbounded_K_and_pool_is_exhaustive_within_partition():
     for seed in range(8):
         s, rs = _random_table(L, seed)
         n = 4
-        fbs = fast_block_select(s, rs, n, K=None, alt_size=L - n - 2)
+        fbs = fast_block_select(s, rs, n, K=None, alt_size=L - n - 2, refine=False)
         part = [k - j + 1 for j, k in maximal_runs(fbs.initial)]
         same = exhaustive_select(rs, L, n, partition=part)
         assert fbs.objective == pytest.approx(same["objective"])
@@ -242,3 +242,64 @@ def test_miprun_and_groundtruth_commands(lm, calib, tmp_path):
     back = AnalysisResult.load(run)
     assert np.allclose(scores_for(back, "delta-ppl", "layer"), out["delta-ppl"]["scores"])
     assert main(["select", "--run", str(run), "--criterion", "delta-ppl", "--k", "1"]) == 0
+
+
+# ---- exact optimum (dynamic programme) and the refine step ---------------------------------------------
+
+
+def test_optimal_select_equals_exhaustive_and_fbs_refines_to_it():
+    from analysis.blockselect import optimal_select
+
+    for seed in range(10):
+        L = 11 + seed % 3
+        s, rs = _random_table(L, seed)
+        prot = [0, 1, L - 1] if seed % 2 else [0, L - 1]
+        for n in (1, 2, 3, 4, 5):
+            exh = exhaustive_select(rs, L, n, protect=prot)
+            opt = optimal_select(rs, L, n, protect=prot)
+            assert opt["objective"] == pytest.approx(exh["objective"], abs=1e-12)
+            assert run_objective(opt["blocks"], rs) == pytest.approx(opt["objective"])
+            assert len(opt["blocks"]) == n and not set(prot) & set(opt["blocks"])
+            assert opt["evaluations"] <= L * n
+            fbs = fast_block_select(s, rs, n, protect=prot)
+            assert fbs.objective == pytest.approx(exh["objective"], abs=1e-12)
+            raw = fast_block_select(s, rs, n, protect=prot, refine=False)
+            assert raw.objective >= fbs.objective - 1e-12 and raw.params["refine"] is False
+    assert optimal_select(rs, L, 0)["blocks"] == []
+
+
+def test_refine_closes_a_gap_the_reconstruction_leaves():
+    """A table where the single-block ranking picks one run of 3 but three separate blocks are better."""
+    L = 10
+    s = np.array([0, -3.0, -3.1, -3.2, 0, -1.0, 0, -1.0, 0, -1.0])
+
+    def rs(j, k):
+        return float(s[j]) if j == k else -0.5       # any multi-layer run scores badly
+
+    raw = fast_block_select(s, rs, 3, refine=False, K=1, alt_size=0)
+    assert raw.blocks == [1, 2, 3]
+    fbs = fast_block_select(s, rs, 3, K=1, alt_size=0)
+    assert fbs.blocks[:2] == [1, 3] and fbs.objective == pytest.approx(-7.2)   # [1, 3, 5] and [1, 3, 7] tie
+    assert fbs.log[-1]["step"] == "refine" and fbs.log[-1]["accepted"]
+    assert selection_gap(fbs.objective, exhaustive_select(rs, L, 3)["objective"])["optimal"]
+
+
+def test_gap_report_never_negative_with_optimal_true():
+    g = selection_gap(-5.0, -4.0)
+    assert g["absolute"] < 0 and not g["optimal"] and g["below_reference"]
+    L = 9
+    rng = np.random.default_rng(5)
+    m = np.full((L + 1, L + 1), np.nan)
+    for i in range(L + 1):
+        for j in range(i + 1, L + 1):
+            m[i, j] = m[j, i] = 2.0 / (1 + (j - i)) + 0.3 * rng.random()
+    r = SimpleNamespace(extras={"mi": {"matrix": m.tolist(), "estimator": "renyi", "params": {}}},
+                        protected=[0, L - 1], manifest={}, num_layers=L)
+    for rep in (False, True):
+        for refine in (False, True):
+            src = miprun_select(r, 4, method="both", repartition=rep, refine=refine)["source"]
+            for key in ("gap", "gap_same_partition"):
+                assert src[key]["absolute"] >= -1e-12
+                assert src[key]["optimal"] == (abs(src[key]["absolute"]) <= 1e-12 * max(1, abs(src["objective"])))
+            if refine:
+                assert src["gap"]["optimal"]

@@ -27,3 +27,35 @@ def test_disk_offloaded_layers_give_identical_analysis(tiny_dir, tmp_path, monke
     got = analyze(lm, ids, AnalysisConfig(estimator="knn", k=5))
     np.testing.assert_allclose(got.delta_h(), ref.delta_h(), rtol=1e-5, atol=1e-4)
     assert got.drop_order == ref.drop_order
+
+
+def test_parse_max_memory():
+    from analysis.errors import DataError
+    from analysis.models import parse_max_memory
+
+    assert parse_max_memory("0=10GiB, cuda:1=8GB,cpu=2.5GiB") == {0: "10GiB", 1: "8GB", "cpu": "2.5GiB"}
+    assert parse_max_memory("cpu=123456") == {"cpu": 123456}
+    for bad in ("", "cpu", "cpu=lots", "gpu=1GiB", "cpu=1XB"):
+        with pytest.raises(DataError):
+            parse_max_memory(bad)
+
+
+def test_max_memory_forces_disk_offload_and_the_analysis_is_unchanged(tiny_dir, tmp_path, monkeypatch):
+    """A CPU budget below the model's size: accelerate ('auto', implied) puts the rest on disk."""
+    monkeypatch.setenv("ENTROSCOPE_CACHE", str(tmp_path))
+    ids = random_tokens(4, 24)
+    ref = analyze(load_model(str(tiny_dir), device="cpu"), ids, AnalysisConfig(estimator="bucket"))
+    lm = load_model(str(tiny_dir), max_memory="cpu=300KB", offload_folder=str(tmp_path / "off"))
+    dm = lm.model.hf_device_map
+    assert "disk" in set(dm.values()), dm
+    assert all(".layers" in f".{k}" for k, v in dm.items() if v == "disk")   # only decoder layers on disk
+    from analysis.errors import EntroscopeError
+
+    with pytest.raises(EntroscopeError, match="no room"):
+        load_model(str(tiny_dir), max_memory="cpu=1KB", offload_folder=str(tmp_path / "off2"))
+    got = analyze(lm, ids, AnalysisConfig(estimator="bucket"))
+    np.testing.assert_allclose(got.delta_h(), ref.delta_h(), rtol=1e-5, atol=1e-4)
+    from analysis.evaluate import perplexity
+
+    p_ref = perplexity(load_model(str(tiny_dir), device="cpu"), ids)["perplexity"]
+    assert perplexity(lm, ids)["perplexity"] == pytest.approx(p_ref, rel=1e-5)

@@ -42,9 +42,9 @@ def register(sub) -> None:
                    help="MI estimator (default: matrix-based Rényi; see docs/mi-prun.md for how they compare)")
     g.add_argument("--mi-token-norm", default="none", choices=["none", "rms"],
                    help="divide each token state by its RMS before estimating MI")
-    g.add_argument("--mi-tokens", type=positive_int, default=1024,
-                   help="sampled token states kept per residual point and used for block MI (default 1024); the "
-                        "boundary matrix uses min(this, 512) of them")
+    g.add_argument("--mi-tokens", type=positive_int, default=256,
+                   help="sampled token states kept per residual point; block MI and the boundary matrix share them "
+                        "(default 256, see docs/mi-prun.md)")
     p.add_argument("--no-cache", action="store_true",
                    help="don't use the results cache (by default statistics are saved as the pass goes, so an "
                         "interrupted run resumes where it stopped and a finished one is not recomputed)")
@@ -72,7 +72,7 @@ def config_from_args(args):
         cfg.extensions = ("mi",)
         cfg.state_tokens = args.mi_tokens        # keep exactly what MI uses (as the app does)
         cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm, "n_tokens": args.mi_tokens,
-                  "matrix_tokens": min(args.mi_tokens, 512)}
+                  "matrix_tokens": args.mi_tokens}
     return cfg
 
 
@@ -81,13 +81,25 @@ def run(args) -> int:
 
     cfg = config_from_args(args)
     cfg.validate(args.seq_len or (None if args.tokens else 256))
+    from .. import distributed
     from ..outdir import check_out_file
 
     check_out_file(args.out, "--out file")                 # before the long pass
-    progress = stderr_progress(args.quiet)
+    rank = 0
+    if distributed.init():           # under torchrun / accelerate launch: one shard of batches per rank
+        rank = distributed.world()[0]
+        args.device = distributed.local_device(args.device)
+        if args.device_map:
+            from ..errors import SelectionError
+
+            raise SelectionError("--device-map (model-parallel) cannot be combined with a multi-process launch",
+                                 hint="use one process with --device-map auto, or torchrun without --device-map")
+    progress = stderr_progress(args.quiet or rank != 0)
     lm = load_lm(args, progress)
     tokens = tokens_from_args(args, lm)
     result = analyze(lm, tokens, cfg, progress=progress, cache=not args.no_cache)
+    if rank != 0:
+        return 0                     # rank 0 writes the run
     result.save(args.out)
     if not args.quiet:
         for w in result.warnings:

@@ -16,6 +16,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto = bf16 where the hardware runs it natively (GPU, AVX512-BF16/AMX CPU), else fp32")
     g.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto (multi-GPU / offload)")
+    g.add_argument("--max-memory", default=None,
+                   help="per-device budget for --device-map, e.g. 0=10GiB,cpu=4GiB; what does not fit is "
+                        "offloaded to disk (implies --device-map auto)")
+    g.add_argument("--offload-folder", default=None,
+                   help="folder for disk-offloaded weights (default: a per-model folder in the model cache)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="run the checkpoint's own Python code (only for checkpoints you trust)")
     g.add_argument("--offline", action="store_true", help="never access the network")
@@ -43,7 +48,8 @@ def load_lm(args, progress=None):
     from ..models import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                      offline=True if args.offline else None, device_map=args.device_map, progress=progress)
+                      offline=True if args.offline else None, device_map=args.device_map, progress=progress,
+                      max_memory=getattr(args, "max_memory", None), offload_folder=getattr(args, "offload_folder", None))
 
 
 def corpus_from_args(args):

@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--max-iter", type=positive_int, default=20)
     p.add_argument("--repartition", action="store_true",
                    help="also try merging/splitting runs (extension; the reconstruction keeps run lengths)")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="skip the final exact step (dynamic programme over all run lengths) and return "
+                        "Fast-Block-Select as reconstructed, which keeps its initial run lengths")
     p.add_argument("--protect", type=int_list, default=None,
                    help="override the protected blocks, e.g. 0,1,29 (default: the run's)")
     p.add_argument("--max-combinations", type=positive_int, default=50_000, help="exhaustive search limit")
@@ -39,7 +42,7 @@ def run(args) -> int:
     r = AnalysisResult.load(args.run)
     plan = miprun_select(r, args.n, method=args.method, protect=args.protect, K=args.K or None,
                          alt_size=args.alt_size, max_iter=args.max_iter, repartition=args.repartition,
-                         max_combinations=args.max_combinations)
+                         max_combinations=args.max_combinations, refine=args.refine)
     text = json.dumps(plan, indent=1)
     if args.out:
         write_text_atomic(args.out, text)
