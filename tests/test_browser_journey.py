@@ -98,7 +98,7 @@ def test_demo_reload_keeps_plans_k_bound_and_stop_during_mi(server):
             expect(page.get_by_text(re.compile(r"MI-PRUN: \d+/\d+"))).to_be_visible(timeout=LONG)
             page.screenshot(path=str(OUT / "j3-mi-progress.png"), full_page=True)
             page.locator(".st-key-stop_analysis button:visible").click()
-            expect(page.get_by_text(re.compile(r"stopped during MI-PRUN"))).to_be_visible(timeout=LONG)
+            expect(page.get_by_text(re.compile(r"stopped during MI-PRUN")).first).to_be_visible(timeout=LONG)
             _wait_idle(page, LONG)
             page.screenshot(path=str(OUT / "j4-mi-stopped.png"), full_page=True)
 
