@@ -141,6 +141,9 @@ def home() -> None:
                            "(fixed axes). Estimators: KNN with k=10, Bucket with 20 bins per dimension, one sequence.")
 
 
+# an emoji tab icon before the navigation: a ``:material/…:`` page icon would become a favicon URL on a font
+# CDN, which an offline machine cannot reach (the icons inside the pages come from the bundled font)
+st.set_page_config(page_title="Entroscope", page_icon="🔬", layout="wide")
 try:
     st.navigation(navigation(home)).run()
 finally:  # also on st.rerun / st.switch_page: the session's results survive a browser reload

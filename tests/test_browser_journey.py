@@ -34,11 +34,13 @@ def test_demo_reload_keeps_plans_k_bound_and_stop_during_mi(server):
     OUT.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     console_errors: list[str] = []
+    failed_requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.set_default_timeout(LONG)
         page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+        page.on("requestfailed", lambda r: failed_requests.append(r.url))
         try:
             page.goto(server)
             expect(page.get_by_text("Entroscope looks inside a causal language model")).to_be_visible()
@@ -112,6 +114,7 @@ def test_demo_reload_keeps_plans_k_bound_and_stop_during_mi(server):
         finally:
             browser.close()
             (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
-            (OUT / "console-errors.txt").write_text("\n".join(console_errors))
-    # offline-safe look: no icon or font is fetched from a CDN
-    assert not [e for e in console_errors if "gstatic" in e or "googleapis" in e], console_errors
+            (OUT / "console-errors.txt").write_text("\n".join(console_errors + failed_requests))
+    # offline-safe look: nothing (icon, font, favicon) is fetched from another host
+    assert not [u for u in failed_requests if not u.startswith(("http://127.0.0.1", "http://localhost"))], \
+        failed_requests
