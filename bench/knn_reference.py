@@ -103,7 +103,8 @@ def main() -> None:
     print(f"ref64 vs coordinate-wise cdist on the first batch's embeddings: max |diff| "
           f"{(fast - slow).abs().max():.2e} (values {slow.min():.1f}..{slow.max():.1f})", flush=True)
     t0 = time.perf_counter()
-    r = analyze(lm, tokens, AnalysisConfig(estimator="knn", extra_estimators=extra, batch_size=args.batch_size),
+    r = analyze(lm, tokens, AnalysisConfig(estimator="knn", extra_estimators=extra, batch_size=args.batch_size,
+                                           sinks="keep"),   # the reference: every token
                 progress=lambda f, msg: print(f"[{time.perf_counter() - t0:6.0f}s {f * 100:5.1f}%] {msg}", flush=True),
                 should_stop=lambda: bool(args.stop_file) and os.path.exists(args.stop_file))
     n_done = r.n_sequences

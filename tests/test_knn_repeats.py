@@ -161,7 +161,8 @@ def test_real_model_knn_delta_h_matches_float64_reference(smollm2, monkeypatch):
     rows = torch.argsort(most, descending=True, stable=True)[:6]       # includes windows with > 25 repeats
     assert (most[rows] > 25).all()
     ids = tokens.input_ids[rows]
-    r = analyze(smollm2, ids, AnalysisConfig(estimator="knn", extra_estimators=("knn-ref64",), batch_size=3))
+    r = analyze(smollm2, ids, AnalysisConfig(estimator="knn", extra_estimators=("knn-ref64",), batch_size=3,
+                                             sinks="keep"))   # the reference: every token
     ours, ref = r.delta_h("attention", "knn"), r.delta_h("attention", "knn-ref64")
     assert np.isfinite(ours).all() and len(ours) == 30
     rel = np.abs(ours - ref) / np.abs(ref)
