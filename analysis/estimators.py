@@ -190,7 +190,7 @@ class EstimatorInfo:
 
     name: str
     title: str
-    fn: Callable[..., Tensor]
+    fn: Callable[..., Tensor] | str      # the function, or a lazy "module:attr" entry resolved on first use
     defaults: dict = field(default_factory=dict)
     scale_invariant: bool = False
     formula: str = ""
@@ -200,7 +200,19 @@ class EstimatorInfo:
         """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
         kw = {k: params.get(k, v) for k, v in self.defaults.items()}
         kw = {k: v for k, v in kw.items() if v is not None}
-        return lambda x: self.fn(x, **kw)
+        fn = self.function
+        return lambda x: fn(x, **kw)
+
+    @property
+    def function(self) -> Callable[..., Tensor]:
+        """``fn``, importing a lazy ``"module:attr"`` entry (the registry never imports its implementations,
+        so an estimator defined beside its sink-masked form in :mod:`analysis.sinks` creates no import cycle)."""
+        if not isinstance(self.fn, str):
+            return self.fn
+        import importlib
+
+        module, _, attr = self.fn.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
     def params(self, **params) -> dict:
         return {k: params.get(k, v) if params.get(k) is not None else v for k, v in self.defaults.items()}
@@ -238,6 +250,15 @@ register_estimator(EstimatorInfo(
     notes="EntroDrop's information-potential estimator after z-scoring; reported weaker than Bucket/KNN."))
 
 
+register_estimator(EstimatorInfo(
+    "bucket-robust", "Bucket, robust ranges (2–98 % quantiles)", "analysis.sinks:entropy_bucket_robust",
+    {"bins": 80, "clip": 0.02}, scale_invariant=True,
+    formula=r"H=-\sum_j\sum_b p_{jb}\log p_{jb},\;\text{bins on }[q_{0.02,j},\,q_{0.98,j}]",
+    notes="Bucket whose per-dimension bins span the 2–98 % quantiles of the tokens instead of min–max; "
+          "values outside fall into the edge bins, so one massive-activation token cannot stretch the "
+          "range. Not in EntroDrop; the reference form is `bucket`."))
+
+
 def get_estimator(name: str) -> EstimatorInfo:
     if name not in ESTIMATORS:
         raise SelectionError(f"Unknown estimator {name!r}", hint=f"choose from {', '.join(ESTIMATORS)}")
@@ -254,4 +275,3 @@ def rms_norm(x: Tensor) -> Tensor:
     return as_float32(x).pow(2).sum(-1).mean(-1).sqrt()
 
 
-from . import sinks as _sinks  # noqa: E402,F401 - registers "bucket-robust" (defined with its masked form)

@@ -216,16 +216,3 @@ def bind_masked(name: str, params: dict):
     return lambda x, keep: fn(x, keep, **kw)
 
 
-def _register() -> None:
-    from .estimators import EstimatorInfo, register_estimator
-
-    register_estimator(EstimatorInfo(
-        "bucket-robust", "Bucket, robust ranges (2–98 % quantiles)", entropy_bucket_robust,
-        {"bins": 80, "clip": 0.02}, scale_invariant=True,
-        formula=r"H=-\sum_j\sum_b p_{jb}\log p_{jb},\;\text{bins on }[q_{0.02,j},\,q_{0.98,j}]",
-        notes="Bucket whose per-dimension bins span the 2–98 % quantiles of the tokens instead of min–max; "
-              "values outside fall into the edge bins, so one massive-activation token cannot stretch the "
-              "range. Not in EntroDrop; the reference form is `bucket`."))
-
-
-_register()
