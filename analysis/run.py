@@ -173,7 +173,7 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
             continue
         try:
             # extensions get the same progress and Stop as the token pass (after it: fraction of their own work)
-            result.extras[name] = EXTENSIONS[name](stats, lm, cfg, progress=progress, should_stop=should_stop)
+            result.extras[name] = _call_extension(EXTENSIONS[name], stats, lm, cfg, progress, should_stop)
         except ExtensionStopped as exc:
             result.warnings.append(f"{name}: stopped during {exc}; the token pass is kept (run again to finish it: "
                                    "the token statistics come from the results cache)")
@@ -212,6 +212,20 @@ def degenerate_warnings(result: AnalysisResult) -> list[str]:
         out.append(f"DegenerateScores: every {result.granularity} ΔH is 0 ({result.estimator}), so the drop order is "
                    "arbitrary; the calibration windows carry no variation (repeated tokens?) — use real text")
     return out
+
+
+def _call_extension(fn, stats, lm, cfg, progress, should_stop) -> dict:
+    """``fn(stats, lm, cfg, progress=…, should_stop=…)``; extensions written before progress/Stop existed
+    take ``(stats, lm, cfg)`` only and are called that way."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "progress" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(stats, lm, cfg, progress=progress, should_stop=should_stop)
+    return fn(stats, lm, cfg)
 
 
 def _rank() -> int:

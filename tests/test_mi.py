@@ -284,3 +284,17 @@ def test_mi_stage_reports_pairs_and_stop_keeps_the_token_pass():
     total = int(re.search(r"/(\d+) pairs", [m for m in full if m.startswith("MI-PRUN")][-1]).group(1))
     # 5 layers × 3 granularities of block pairs + the 6×5/2 matrix pairs (on another token subset)
     assert total == 15 + 15 and "mi" in done.extras
+
+
+def test_extensions_with_the_old_three_argument_signature_still_run():
+    from analysis.run import EXTENSIONS
+
+    seen = {}
+    EXTENSIONS["_old_style"] = lambda stats, lm, cfg: (seen.update(n=stats.n_done), {"ok": True})[1]
+    try:
+        lm = tiny_loaded("llama", layers=2, hidden=32)
+        cfg = AnalysisConfig(extensions=("_old_style",), batch_size=2)
+        r = analyze(lm, random_tokens(2, 16), cfg)
+    finally:
+        EXTENSIONS.pop("_old_style", None)
+    assert r.extras["_old_style"] == {"ok": True} and seen["n"] == 2
