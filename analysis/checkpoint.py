@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .adapters import ArchSpec, get_path, spec_for
+from .blocks import is_dropped, layer_status
 from .errors import SaveError
 from .plan import Plan
 
@@ -47,8 +48,6 @@ def _names(spec: ArchSpec, kind: str) -> tuple[str, str, str | None]:
 def combined_plan(model: nn.Module, plan: Plan) -> Plan:
     """``plan`` plus the sub-blocks ``model`` has already lost physically (a pruned model pruned again),
     in the model's current layer indices, normalised."""
-    from .surgery import layer_status
-
     norm = plan.normalized()
     status = layer_status(model)
     attn = set(norm.drop_attn) | {s["layer"] for s in status if not s["attn"]}
@@ -71,8 +70,6 @@ def subblock_drops(plan: Plan, num_layers: int) -> dict[int, list[str]]:
 def _check_exact(view: nn.Module, spec: ArchSpec, drops: dict[int, list[str]]) -> None:
     """Refuse (SaveError) unless zeroing each dropped block's output projection zeroes its contribution."""
     layers = get_path(view, spec.layers)
-    from .surgery import is_dropped
-
     checked_norms: set[str] = set()
     for j, kinds in drops.items():
         for kind in kinds:

@@ -18,9 +18,7 @@ def _fmt(items, n: int = 4) -> str:
 def check_loading_info(model, info: dict, where: str) -> None:
     """Refuse a model transformers loaded with missing, unexpected or mis-shaped tensors
     (``from_pretrained(..., output_loading_info=True, ignore_mismatched_sizes=True)``)."""
-    from .surgery import _is_tied
-
-    missing = sorted(k for k in info.get("missing_keys") or [] if not _is_tied(model, k))
+    missing = sorted(k for k in info.get("missing_keys") or [] if not is_tied(model, k))
     unexpected = sorted(info.get("unexpected_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
     if not (missing or unexpected or mismatched):
@@ -79,3 +77,10 @@ def discard_cache_entry(path: Path, cache_models: Path, why: str) -> None:
     except OSError as exc:
         raise ModelLoadError(f"The cached model at {path} is corrupted ({why}) and could not be removed: "
                              f"{exc.strerror or exc}", hint=f"delete the folder {path} and retry") from None
+
+
+def is_tied(model, key: str) -> bool:
+    """True when parameter ``key`` is the same tensor as another (loaded) parameter, e.g. a tied LM head."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    p = params.get(key)
+    return p is not None and any(q is p for k, q in params.items() if k != key)

@@ -37,31 +37,15 @@ import torch
 from torch import nn
 
 from .adapters import ArchSpec, get_path, spec_for
+from .blocks import DroppedBlock, is_dropped, layer_status, model_of as _model_of  # noqa: F401 - re-exported
 from .errors import ModelLoadError, SaveError  # noqa: F401 - SaveError re-exported
+from .integrity import is_tied as _is_tied
 from .outdir import atomic_dir, check_out_dir  # noqa: F401 - check_out_dir re-exported (CLI)
 from .plan import Plan
 
 PLAN_FILE = "entroscope-plan.json"
 #: config attribute whose "reuse" entries make HF caches allocate nothing for a layer (DummyLayer)
 KV_MARK = "kv_sharing_modes"
-
-
-class DroppedBlock(nn.Module):
-    """Placeholder for a dropped sub-module: no parameters, never called."""
-
-    def __init__(self, what: str):
-        super().__init__()
-        self.what = what
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError(f"{self.what} was dropped by the pruning plan and must not run")
-
-    def extra_repr(self) -> str:
-        return self.what
-
-
-def _model_of(model_or_lm) -> nn.Module:
-    return getattr(model_or_lm, "model", model_or_lm) if hasattr(model_or_lm, "adapter") else model_or_lm
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -92,18 +76,6 @@ def _set_forward(layer: nn.Module, fn) -> None:
         layer._old_forward = fn
     else:
         layer.forward = fn
-
-
-def is_dropped(module: nn.Module) -> bool:
-    return isinstance(module, DroppedBlock)
-
-
-def layer_status(model_or_lm) -> list[dict]:
-    """Per decoder layer of a (possibly pruned) model: is its attention / MLP kept."""
-    model = _model_of(model_or_lm)
-    spec = spec_for(model)
-    return [{"layer": i, "attn": not is_dropped(getattr(layer, spec.attn)),
-             "mlp": not is_dropped(getattr(layer, spec.mlp))} for i, layer in enumerate(get_path(model, spec.layers))]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -408,13 +380,6 @@ def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch
     set_per_layer_config(model.config, None)       # the drops are physical now (and in entroscope_plan)
     model.entroscope_plan = plan
     return model
-
-
-def _is_tied(model: nn.Module, key: str) -> bool:
-    """True when parameter ``key`` is the same tensor as another (loaded) parameter, e.g. a tied LM head."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    p = params.get(key)
-    return p is not None and any(q is p for k, q in params.items() if k != key)
 
 
 def load_pruned(path: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "fp32"):
