@@ -27,7 +27,7 @@ PORT ?= 8501
 # Convert the embedded default model (GGUF → fp32 safetensors) once, so the app's first click only loads it.
 # A few seconds when the cache already holds it (ENTROSCOPE_CACHE or ~/.cache/entroscope).
 model-cache:
-	$(VPY) -c "from analysis.models import load_model; lm = load_model('smollm2', device='cpu'); \
+	$(VPY) -c "from analysis.models.loading import load_model; lm = load_model('smollm2', device='cpu'); \
 	print(f'embedded model cached: smollm2 ({lm.load_seconds:.1f} s)')"
 
 # The two larger embedded models: Qwen2.5-Coder-0.5B (6 parts, ~0.5 GB) and -1.5B (22 parts, ~1.1 GB).

@@ -71,11 +71,11 @@ def home() -> None:
 
         # ---- explainer -----------------------------------------------------------------------------
         st.subheader(":material/school: How the numbers are computed")
-        st.caption("Formulas come straight from the library's registries (analysis.estimators.ESTIMATORS and "
-                   "analysis.criteria.CRITERIA), so new estimators and criteria show up here automatically. "
+        st.caption("Formulas come straight from the library's registries (analysis.measure.estimators.ESTIMATORS and "
+                   "analysis.score.criteria.CRITERIA), so new estimators and criteria show up here automatically. "
                    + INDEX_NOTE)
-        from analysis.criteria import CRITERIA
-        from analysis.estimators import ESTIMATORS
+        from analysis.score.criteria import CRITERIA
+        from analysis.measure.estimators import ESTIMATORS
 
         tab_est, tab_crit, tab_toy, tab_terms = st.tabs(["Estimators", "Criteria", "Toy: scale a point cloud",
                                                          "Terms"])
@@ -84,9 +84,6 @@ def home() -> None:
                 with st.container(border=True):
                     explain_estimator(name)
         with tab_crit:
-            from app_support.optional import load_optional_criteria
-
-            load_optional_criteria()
             for name in CRITERIA:
                 with st.container(border=True):
                     explain_criterion(name)
@@ -120,7 +117,7 @@ def home() -> None:
             def _toy(c: float, d: int, n: int = 400, seed: int = 0):
                 import torch
 
-                from analysis.estimators import entropy_bucket, entropy_knn
+                from analysis.measure.estimators import entropy_bucket, entropy_knn
 
                 g = torch.Generator().manual_seed(seed)
                 x = torch.randn(1, n, d, generator=g)

@@ -1,9 +1,10 @@
 """Entroscope: look inside causal language models and prune them with information theory.
 
-Pipeline (one module per concern)::
+Packages by concern (see docs/architecture.md)::
 
-    models (load, cache)  →  corpora (text, sampling)  →  capture (hooks, streaming stats)
-      →  estimators (Bucket / KNN / Rényi)  →  criteria (registry)  →  selection (boundary, ranking)
+    models (load, adapt, edit)  →  data (text, windows)  →  measure (capture, estimators)
+      →  score (criteria, selection, MI-PRUN, search)  →  evaluate (perplexity, latency, sweeps)
+      →  export / cli
 
 Quick start::
 
@@ -18,15 +19,15 @@ Quick start::
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "models", "LoadedModel": "models", "EMBEDDED": "models", "DEFAULT_MODEL": "models",
-    "analyze": "run", "AnalysisConfig": "run", "AnalysisResult": "result",
-    "CRITERIA": "criteria", "select": "criteria", "ESTIMATORS": "estimators",
-    "load_corpus": "corpora", "sample_windows": "corpora", "sample_hybrid": "corpora", "SampleConfig": "corpora",
-    "TokenSet": "corpora", "DOMAINS": "corpora",
-    "Plan": "plan", "pruned_view": "surgery", "what_if": "surgery", "prune_copy": "surgery",
-    "save_pruned": "surgery", "load_pruned": "surgery",
-    "perplexity": "evaluate", "agreement": "evaluate", "latency": "evaluate", "sweep": "evaluate",
-    "generate_pair": "evaluate", "EvalConfig": "evaluate",
+    "load_model": "models.loading", "LoadedModel": "models.loading", "EMBEDDED": "models.loading", "DEFAULT_MODEL": "models.loading",
+    "analyze": "run", "AnalysisConfig": "run", "AnalysisResult": "score.result",
+    "CRITERIA": "score.criteria", "select": "score.criteria", "ESTIMATORS": "measure.estimators",
+    "load_corpus": "data.corpora", "sample_windows": "data.corpora", "sample_hybrid": "data.corpora", "SampleConfig": "data.corpora",
+    "TokenSet": "data.corpora", "DOMAINS": "data.corpora",
+    "Plan": "models.plan", "pruned_view": "models.surgery", "what_if": "models.surgery", "prune_copy": "models.surgery",
+    "save_pruned": "models.surgery", "load_pruned": "models.surgery",
+    "perplexity": "evaluate.perplexity", "agreement": "evaluate.perplexity", "latency": "evaluate.perplexity", "sweep": "evaluate.perplexity",
+    "generate_pair": "evaluate.perplexity", "EvalConfig": "evaluate.perplexity",
 }
 
 

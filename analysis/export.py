@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DataError, SelectionError
-from .plan import Plan
-from .result import _clean
+from analysis.errors import DataError, SelectionError
+from analysis.models.plan import Plan
+from analysis.score.result import _clean
 
 
 # ---- JSON / CSV ---------------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ def to_json(obj, indent: int = 1) -> str:
 
 
 def write_json(obj, path: str | Path) -> Path:
-    from .outdir import write_text_atomic
+    from analysis.store.outdir import write_text_atomic
 
     return write_text_atomic(path, to_json(obj))
 
@@ -64,7 +64,7 @@ def rows_to_csv(rows: Sequence[dict], path: str | Path | None = None, skip: Sequ
     w.writerows(flat)
     text = buf.getvalue()
     if path is not None:
-        from .outdir import write_text_atomic
+        from analysis.store.outdir import write_text_atomic
 
         write_text_atomic(path, text)
     return text
@@ -107,7 +107,7 @@ def model_source(lm) -> tuple[str, str]:
     """``(source, how)`` for tools that read the model's weights: the local checkpoint directory that was
     loaded (for an embedded or ``.gguf`` model, Entroscope's cached fp32 safetensors copy of it), or the hub
     id. A model that only exists in memory has none (:class:`SelectionError`)."""
-    from .models import EMBEDDED, gguf_cache_dir
+    from analysis.models.loading import EMBEDDED, gguf_cache_dir
 
     kind, name = getattr(lm, "source", None), getattr(lm, "name", "")
     if kind == "local":
@@ -171,7 +171,7 @@ def llama_cpp_command(plan: Plan, lm=None, out: str = "pruned.gguf") -> str:
     ids = llama_cpp_prune_layers(plan)
     kind = getattr(lm, "source", None)
     if kind in ("embedded", "gguf"):
-        from .models import EMBEDDED
+        from analysis.models.loading import EMBEDDED
 
         gguf = EMBEDDED[lm.name].gguf_path() if kind == "embedded" else Path(lm.name).expanduser().resolve()
         return shlex.join(["llama-quantize", "--prune-layers", ids, str(gguf), out, "COPY"])
@@ -199,7 +199,7 @@ def cli_command(argv: Sequence[str] | None = None) -> str | None:
 def reproduction_manifest(lm=None, plan: Plan | None = None, data: dict | None = None,
                           argv: Sequence[str] | None = None, results: dict | None = None) -> dict:
     """Everything needed to redo a result: model fingerprint, data protocol, plan, versions, command."""
-    from .run import library_versions
+    from analysis.run import library_versions
 
     return _clean({
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

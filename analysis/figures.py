@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .errors import DataError
+from analysis.errors import DataError
 
 FORMATS = ("png", "svg", "pdf")
 POINT_COLORS = {"resid_pre": "#4C5BD4", "resid_mid": "#F28E2B", "resid_post": "#2CA58D"}
@@ -202,8 +202,8 @@ def matrix_heatmap(mat, labels: Sequence[str] | None, title: str, vmin: float | 
 
 
 def _agreement(run) -> dict[str, Figure]:
-    from .blockselect import agreement_matrix
-    from .criteria import CRITERIA
+    from analysis.score.blockselect import agreement_matrix
+    from analysis.score.criteria import CRITERIA
 
     g = run.granularity
     names = [n for n in CRITERIA if g in CRITERIA[n].granularities]
@@ -241,7 +241,7 @@ def bootstrap_chart(boot: dict, protected: Sequence[int], label: str) -> Figure:
 
 
 def _bootstrap(run) -> dict[str, Figure]:
-    from .criteria import CRITERIA, bootstrap
+    from analysis.score.criteria import CRITERIA, bootstrap
 
     prunable = run.num_layers - len(set(run.protected))
     k = min(4, max(1, prunable))
@@ -277,7 +277,7 @@ def _mi(run) -> dict[str, Figure]:
 
 def run_figures(run) -> dict[str, Figure]:
     """Every chart that a run JSON alone determines, by name."""
-    from .result import GRANULARITIES
+    from analysis.score.result import GRANULARITIES
 
     figs: dict[str, Figure] = {"entropy_curves": entropy_curves(run)}
     for g in GRANULARITIES:

@@ -13,21 +13,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .capture import CaptureConfig, CaptureStats, Progress, capture
-from .criteria import CRITERIA, drop_order, scores_for
-from .errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
-from .estimators import get_estimator
-from .models import LoadedModel
-from .result import GRANULARITIES, AnalysisResult
-from .boundary import boundary_interval
-from .selection import PROTECT_MODES, protected_blocks
-from .sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, check_mode, max_sinks
+from analysis.measure.capture import CaptureConfig, CaptureStats, Progress, capture
+from analysis.score.criteria import CRITERIA, drop_order, scores_for
+from analysis.errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
+from analysis.measure.estimators import get_estimator
+from analysis.models.loading import LoadedModel
+from analysis.score.result import GRANULARITIES, AnalysisResult
+from analysis.measure.boundary import boundary_interval
+from analysis.score.selection import PROTECT_MODES, protected_blocks
+from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, check_mode, max_sinks
 
 #: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
 EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], dict]] = {}
 
-from .mi import register_extension as _register_mi  # noqa: E402 - "mi" (MI-PRUN on the sampled states)
+from analysis.score.mi import register_extension as _register_mi  # noqa: E402 - "mi" (MI-PRUN on the sampled states)
 
 _register_mi(EXTENSIONS)
 
@@ -46,12 +46,12 @@ class AnalysisConfig:
     protect_extra: tuple[int, ...] = ()  # more blocks never to drop
     batch_size: int = 8                # sequences per forward pass
     skip_first_token: bool = False     # legacy: same as sinks="first"
-    sinks: str = "exclude"             # exclude (detected sinks, analysis.sinks) | keep (reference) | first (pos 0)
+    sinks: str = "exclude"             # exclude (detected sinks, analysis.measure.sinks) | keep (reference) | first (pos 0)
     sink_ratio: float = DEFAULT_RATIO  # sink rule: token norm > ratio × the sequence's median token norm
     sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
     state_tokens: int = 0              # keep this many sampled token states per point (for MI criteria)
     extensions: tuple[str, ...] = ()   # names in EXTENSIONS to run after the pass
-    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.mi.MIConfig fields), e.g. estimator
+    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.score.mi.MIConfig fields), e.g. estimator
     seed: int = 2024
 
     def __post_init__(self) -> None:
@@ -123,12 +123,12 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
             preview: Callable[[CaptureStats], None] | None = None) -> AnalysisResult:
     """Run the streaming analysis pass and compute every registered per-block criterion.
 
-    ``tokens`` is a :class:`~analysis.corpora.TokenSet` (or a raw ``[N, T]`` LongTensor). If
+    ``tokens`` is a :class:`~analysis.data.corpora.TokenSet` (or a raw ``[N, T]`` LongTensor). If
     ``should_stop`` ends the pass early, the result covers the sequences finished so far and says so
     in ``warnings`` and ``manifest["completed"]``. With ``cache=True`` the accumulators are written to
-    the results cache as the pass goes (:mod:`analysis.runcache`): an interrupted run resumes where it
+    the results cache as the pass goes (:mod:`analysis.measure.runcache`): an interrupted run resumes where it
     stopped and a finished one is never recomputed. ``preview(partial_stats)`` receives the statistics of the
-    sequences finished so far during the pass (see :func:`~analysis.capture.capture`), to draw live curves.
+    sequences finished so far during the pass (see :func:`~analysis.measure.capture.capture`), to draw live curves.
     """
     cfg = cfg or AnalysisConfig()
     ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
@@ -145,15 +145,15 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
                          sinks=cfg.sinks, sink_ratio=cfg.sink_ratio, sink_max_frac=cfg.sink_max_frac,
                          state_tokens=cfg.state_tokens, seed=cfg.seed)
     t0 = time.perf_counter()
-    from .distributed import is_distributed
+    from analysis.measure.distributed import is_distributed
 
     try:
-        if is_distributed():       # torchrun / accelerate launch: shards of batches, gathered (analysis.distributed)
-            from .distributed import distributed_capture
+        if is_distributed():       # torchrun / accelerate launch: shards of batches, gathered (analysis.measure.distributed)
+            from analysis.measure.distributed import distributed_capture
 
             stats = distributed_capture(lm, ids, ccfg, progress=progress)
         elif cache:
-            from .runcache import cached_capture
+            from analysis.measure.runcache import cached_capture
 
             stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop, preview=preview)
         else:
@@ -189,7 +189,7 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     compute_baselines(result)
     result.manifest["timings"]["total_s"] = time.perf_counter() - t0
     if is_distributed():
-        from .distributed import world
+        from analysis.measure.distributed import world
 
         result.manifest["timings"]["world_size"] = world()[1]   # data-parallel pass (timing context only)
     return result
@@ -229,7 +229,7 @@ def _call_extension(fn, stats, lm, cfg, progress, should_stop) -> dict:
 
 
 def _rank() -> int:
-    from .distributed import world
+    from analysis.measure.distributed import world
 
     return world()[0]
 

@@ -68,8 +68,8 @@ def tiny_model(arch: str = "llama", layers: int = 4, hidden: int = 64, seed: int
 
 
 def tiny_loaded(arch: str = "llama", layers: int = 4, hidden: int = 64, seed: int = 0, **overrides):
-    """A :class:`~analysis.models.LoadedModel` around :func:`tiny_model` with :func:`tiny_tokenizer`."""
-    from .models import wrap_model
+    """A :class:`~analysis.models.loading.LoadedModel` around :func:`tiny_model` with :func:`tiny_tokenizer`."""
+    from analysis.models.loading import wrap_model
 
     return wrap_model(tiny_model(arch, layers, hidden, seed, **overrides), tiny_tokenizer(), name=f"tiny-{arch}")
 

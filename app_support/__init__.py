@@ -11,6 +11,5 @@ Modules:
 * :mod:`app_support.jobs`    – the analysis pass in a background thread (live progress, Stop button)
 * :mod:`app_support.plots`   – plotly figures (pure functions of analysis results)
 * :mod:`app_support.widgets` – page scaffolding: set-up, sidebar status, guarded bodies, explainers
-* :mod:`app_support.optional` – the analysis modules written later (plan, surgery, evaluate, export, MI)
 * :mod:`app_support.commands` – the exact CLI commands that reproduce a session
 """

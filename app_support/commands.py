@@ -1,7 +1,7 @@
 """The exact CLI commands that reproduce a session's result.
 
 Commands are built as argv lists and checked against the real CLI parser
-(:func:`analysis.cli.build_parser`), so the app never shows a flag the CLI does not accept.
+(:func:`analysis.cli.main.build_parser`), so the app never shows a flag the CLI does not accept.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ PREFIX = ["python", "-m", "analysis"]
 
 
 def subcommands() -> set[str]:
-    from analysis.cli import build_parser
+    from analysis.cli.main import build_parser
 
     p = build_parser()
     for a in p._actions:  # noqa: SLF001 - argparse has no public accessor for sub-parsers
@@ -22,7 +22,7 @@ def subcommands() -> set[str]:
 
 def accepts(argv: list[str]) -> bool:
     """True when the CLI parser accepts ``argv`` (nothing is executed)."""
-    from analysis.cli import build_parser
+    from analysis.cli.main import build_parser
 
     try:
         build_parser().parse_args(argv)

@@ -38,14 +38,14 @@ def upload_bytes(sha: str) -> tuple[str, bytes]:
 
 
 def sample_config(spec: dict):
-    from analysis.corpora import SampleConfig
+    from analysis.data.corpora import SampleConfig
 
     return SampleConfig(n_samples=int(spec.get("n_samples", 32)), seq_len=int(spec.get("seq_len", 256)),
                         seed=int(spec.get("seed", 2024)), mode=spec.get("mode", "random"))
 
 
 def _corpus_for(spec: dict, data: bytes | None):
-    from analysis import corpora
+    from analysis.data import corpora
 
     src = spec["source"]
     if src == "upload":
@@ -61,7 +61,7 @@ def _corpus_for(spec: dict, data: bytes | None):
 
 @st.cache_data(show_spinner=False, max_entries=24)
 def _build_tokens(model_fingerprint: str, spec: dict, _tokenizer, _vocab_size: int, _data: bytes | None):
-    from analysis import corpora
+    from analysis.data import corpora
 
     src = spec.get("source", "builtin")
     if src == "builtin":
@@ -122,7 +122,7 @@ def data_label(spec: dict | None) -> str:
 def eval_texts(spec: dict, split: str = "eval") -> list[str]:
     """Held-out documents matching a calibration spec (for perplexity): the ``eval`` split of the same
     corpus (the first domain of a mix)."""
-    from analysis import corpora
+    from analysis.data import corpora
 
     src = spec.get("source", "builtin")
     if src == "builtin":

@@ -1,5 +1,5 @@
 """Export helpers: chart HTML, static figures (PNG/SVG/PDF), whole-layer tool configs and the pruned checkpoint,
-via :mod:`analysis.export`, :mod:`analysis.figures` and :mod:`analysis.surgery`."""
+via :mod:`analysis.export`, :mod:`analysis.figures` and :mod:`analysis.models.surgery`."""
 from __future__ import annotations
 
 import functools
@@ -92,7 +92,7 @@ def export_root() -> Path:
     ``<cache>/exports``)."""
     import os
 
-    from analysis.models import cache_root
+    from analysis.models.loading import cache_root
 
     return Path(os.environ.get(EXPORT_ROOT_ENV) or cache_root() / "exports").expanduser()
 
@@ -130,7 +130,7 @@ def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool, healed=None
     """Save the pruned model (``healed``: the healed one, with its settings) under ``root/name`` (refuses
     paths outside ``root``)."""
     from analysis.errors import DataError
-    from analysis.surgery import save_pruned
+    from analysis.models.surgery import save_pruned
 
     root = (root or "").strip()
     name = (name or "").strip()

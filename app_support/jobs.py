@@ -124,22 +124,6 @@ class AnalysisJob:
         return (self.finished or time.time()) - self.started
 
 
-def mi_available() -> bool:
-    """True when :mod:`analysis.mi` exists (it registers the ``mi`` extension and the MI-PRUN criterion)."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("analysis.mi") is None:
-        return False
-    try:
-        importlib.import_module("analysis.mi")
-    except Exception:  # noqa: BLE001 - a half-written module must not break the app
-        return False
-    from analysis.run import EXTENSIONS
-
-    return "mi" in EXTENSIONS
-
-
 def mi_token_counts(settings: dict) -> tuple[int, int]:
     """``(token states kept and used for block MI, token states for the boundary matrix)`` from the page's
     one setting, so the help, the slider and the captions quote what is computed. They are equal: block
@@ -159,11 +143,11 @@ def make_config(settings: dict):
                          protect=settings.get("protect", "fixed"), batch_size=int(settings.get("batch_size", 8)),
                          skip_first_token=bool(settings.get("skip_first_token", False)),
                          sinks=settings.get("sinks", "exclude"), seed=int(settings.get("seed", 2024)))
-    if settings.get("mi") and mi_available():
+    if settings.get("mi"):
         cfg.extensions = ("mi",)
         n_tok, n_mat = mi_token_counts(settings)
         cfg.state_tokens = n_tok                 # keep exactly what MI uses: nothing sampled in vain
-        cfg.mi = {"estimator": settings.get("mi_estimator", "renyi"),        # analysis.mi.MIConfig fields
+        cfg.mi = {"estimator": settings.get("mi_estimator", "renyi"),        # analysis.score.mi.MIConfig fields
                   "token_norm": "none", "n_tokens": n_tok, "matrix_tokens": n_mat}
     return cfg
 

@@ -1,5 +1,5 @@
-"""Views of MI-PRUN (``result.extras["mi"]`` from :mod:`analysis.mi`) and of the ground truth and
-Fast-Block-Select (:mod:`analysis.blockselect`)."""
+"""Views of MI-PRUN (``result.extras["mi"]`` from :mod:`analysis.score.mi`) and of the ground truth and
+Fast-Block-Select (:mod:`analysis.score.blockselect`)."""
 from __future__ import annotations
 
 import math
@@ -62,9 +62,9 @@ def render_mi(result, protected) -> None:
 
 def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> None:
     """Select page: drop-one ΔPPL ground truth (on demand), agreement with MI-PRUN, Fast-Block-Select."""
-    from analysis import blockselect as bs
-    from analysis.criteria import scores_for
-    from analysis.selection import rank_correlation
+    from analysis.score import blockselect as bs
+    from analysis.score.criteria import scores_for
+    from analysis.score.selection import rank_correlation
 
     r = rec.result
     s = st.session_state
@@ -97,7 +97,7 @@ def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> No
             sc = np.asarray(scores_for(adj, name, granularity), dtype=float)
         except Exception:  # noqa: BLE001 - criterion not available for this run/granularity
             continue
-        from analysis.criteria import CRITERIA
+        from analysis.score.criteria import CRITERIA
 
         key = sc if CRITERIA[name].redundant == "low" else -sc
         rc = rank_correlation(key[free], truth[free])
@@ -142,7 +142,7 @@ def fbs_log_table(log: list[dict]) -> pd.DataFrame:
 
 def render_fbs(rec, adj, protected, k: int) -> dict | None:
     """Select page: MI-PRUN's Fast-Block-Select for k layers, with its log; returns the plan dict."""
-    from analysis import blockselect as bs
+    from analysis.score import blockselect as bs
 
     mi = adj.extras.get("mi") or {}
     if not mi.get("matrix"):

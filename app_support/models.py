@@ -1,6 +1,6 @@
 """Model loading for the app: one copy per model in ``st.cache_resource``, shared by every session.
 
-Cached models are NEVER mutated: pruning goes through :func:`analysis.surgery.pruned_view` (a view
+Cached models are NEVER mutated: pruning goes through :func:`analysis.models.surgery.pruned_view` (a view
 that shares the weights) or a copy.
 
 Test hook: with ``ENTROSCOPE_ALLOW_TINY=1`` in the environment, the specs ``tiny-llama``,
@@ -31,9 +31,9 @@ def is_tiny(spec: str) -> bool:
 
 def embedded_choices() -> dict[str, str]:
     """``{short name: title}`` of the embedded models (plus the tiny test models when allowed)."""
-    from analysis.models import EMBEDDED
+    from analysis.models.loading import EMBEDDED
 
-    from analysis.models import is_installed
+    from analysis.models.loading import is_installed
 
     out = {k: v.title + ("" if is_installed(k) else " — not installed") for k, v in EMBEDDED.items()}
     if tiny_allowed():
@@ -43,7 +43,7 @@ def embedded_choices() -> dict[str, str]:
 
 def install_note(name: str) -> str | None:
     """How to install an embedded model that is missing (None when it is installed or not embedded)."""
-    from analysis.models import EMBEDDED, is_installed
+    from analysis.models.loading import EMBEDDED, is_installed
 
     if name not in EMBEDDED or is_installed(name):
         return None
@@ -68,7 +68,7 @@ def _load_tiny(spec: str):
 def _cached_model(spec: str, device: str, dtype: str, trust_remote_code: bool):
     if is_tiny(spec):
         return _load_tiny(spec)
-    from analysis.models import load_model
+    from analysis.models.loading import load_model
 
     return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
@@ -113,18 +113,18 @@ def load_note(lm) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def describe_model(spec: str) -> dict:
-    """Parameters, layers and a memory estimate before loading (``analysis.models.describe``)."""
+    """Parameters, layers and a memory estimate before loading (``analysis.models.loading.describe``)."""
     if is_tiny(spec):
         if not tiny_allowed():
             return {"name": spec, "params": None, "note": "test model (needs ENTROSCOPE_ALLOW_TINY=1)"}
         lm = _load_tiny(spec)
-        from analysis.models import count_params
+        from analysis.models.loading import count_params
 
         p = count_params(lm.model)
         return {"name": spec, "title": "tiny random test model", "layers": TINY_LAYERS, "params": p,
                 "memory_gb": {k: round(p * b / 1e9 * 1.2, 4) for k, b in (("fp32", 4), ("bf16", 2), ("fp16", 2))},
                 "installed": True}
-    from analysis.models import describe
+    from analysis.models.loading import describe
 
     try:
         return describe(spec)

@@ -139,8 +139,8 @@ def domain_heatmap(result, est: str, normalise: bool = True) -> tuple[go.Figure,
 
 
 def domain_argmins(result, est: str) -> dict[str, int]:
-    """Detected boundary per domain (same rule as the run, :func:`analysis.boundary.robust_boundary`; 0 = none)."""
-    from analysis.boundary import robust_boundary
+    """Detected boundary per domain (same rule as the run, :func:`analysis.measure.boundary.robust_boundary`; 0 = none)."""
+    from analysis.measure.boundary import robust_boundary
 
     out = {}
     for d in dict.fromkeys(result.domains):

@@ -105,7 +105,7 @@ def protection(rec: state.RunRecord) -> dict:
 
 
 def effective_protected(rec: state.RunRecord) -> list[int]:
-    from analysis.selection import protected_blocks
+    from analysis.score.selection import protected_blocks
 
     p = protection(rec)
     return protected_blocks(rec.num_layers, p["mode"], p["boundary"], p["extra"])

@@ -120,7 +120,7 @@ class RunRecord:
     """One finished (or stopped) analysis pass and everything needed to reproduce it."""
 
     run_id: str
-    result: Any                    # analysis.result.AnalysisResult
+    result: Any                    # analysis.score.result.AnalysisResult
     model: dict                    # es.model settings used
     data: dict                     # data spec used
     config: dict                   # DEFAULT_ANALYSIS-shaped settings used
@@ -138,7 +138,7 @@ class PlanRecord:
     """A kept plan: the library's Plan plus how it was chosen (for captions and the CLI command)."""
 
     name: str
-    plan: Any                      # analysis.plan.Plan
+    plan: Any                      # analysis.models.plan.Plan
     run_id: str
     criterion: str
     granularity: str

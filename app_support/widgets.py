@@ -172,7 +172,7 @@ def table(df, caption: str, name: str | None = None, **kw):
 # ---- explainers (formulas straight from the registries) ----------------------------------------
 
 def explain_estimator(name: str) -> None:
-    from analysis.estimators import ESTIMATORS
+    from analysis.measure.estimators import ESTIMATORS
 
     info = ESTIMATORS.get(name)
     if info is None:
@@ -187,7 +187,7 @@ def explain_estimator(name: str) -> None:
 
 
 def explain_criterion(name: str) -> None:
-    from analysis.criteria import CRITERIA
+    from analysis.score.criteria import CRITERIA
 
     c = CRITERIA.get(name)
     if c is None:

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from analysis.capture import CaptureConfig, capture  # noqa: E402
-from analysis.models import load_model  # noqa: E402
+from analysis.measure.capture import CaptureConfig, capture  # noqa: E402
+from analysis.models.loading import load_model  # noqa: E402
 
 CONFIGS = {  # name -> (estimators, sinks mode); "keep" is the reference path, "exclude" the default picture
     "bucket+cosine": ({"bucket": {"bins": 80}}, "keep"),

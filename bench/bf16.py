@@ -14,9 +14,9 @@ import time
 from common import calib_tokens, flops_per_token, machine, matmul_flops
 
 import torch
-from analysis.models import load_model
+from analysis.models.loading import load_model
 from analysis.run import AnalysisConfig, analyze
-from analysis.selection import rank_correlation
+from analysis.score.selection import rank_correlation
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from analysis import channels as CH  # noqa: E402
-from analysis.models import load_model, wrap_model  # noqa: E402
+from analysis.channels import pipeline as CH  # noqa: E402
+from analysis.models.loading import load_model, wrap_model  # noqa: E402
 
 SECTION = "## Channel pruning (bench/channels.py)"
 

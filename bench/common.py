@@ -22,7 +22,7 @@ def calib_tokens(lm, n: int, t: int, seed: int = 0):
     import torch
 
     try:
-        from analysis.corpora import SampleConfig, load_corpus, sample_windows
+        from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
 
         return sample_windows(load_corpus("wiki"), lm.tokenizer, SampleConfig(n_samples=n, seq_len=t, seed=seed)).input_ids
     except Exception:  # noqa: BLE001 - benchmarks still run on random tokens
@@ -32,7 +32,7 @@ def calib_tokens(lm, n: int, t: int, seed: int = 0):
 
 def flops_per_token(lm, seq_len: int) -> float:
     """Forward FLOPs per token without the LM head: 2·(non-embedding matmul params) + causal attention."""
-    from analysis.models import count_params
+    from analysis.models.loading import count_params
 
     cfg = lm.model.config
     p = count_params(lm.model, non_embedding=True)

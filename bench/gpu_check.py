@@ -67,8 +67,8 @@ def sync_count(model: str, device: str, dtype: str, n: int, t: int) -> dict:
     """Synchronising CUDA calls during one capture (after a warm-up capture), from the sync debug mode."""
     import torch
 
-    from analysis.capture import CaptureConfig, capture
-    from analysis.models import load_model
+    from analysis.measure.capture import CaptureConfig, capture
+    from analysis.models.loading import load_model
 
     lm = load_model(model, device=device, dtype=dtype)
     ids = torch.randint(0, 1000, (n, t), generator=torch.Generator().manual_seed(0))
@@ -91,7 +91,7 @@ def sync_count(model: str, device: str, dtype: str, n: int, t: int) -> dict:
 def peak_memory(model: str, device: str, dtype: str, ns: list[int], t: int) -> list[dict]:
     import torch
 
-    from analysis.models import load_model
+    from analysis.models.loading import load_model
     from analysis.run import AnalysisConfig, analyze
 
     lm = load_model(model, device=device, dtype=dtype)

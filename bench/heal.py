@@ -25,14 +25,14 @@ import time
 from common import machine
 
 import torch
-from analysis.corpora import SampleConfig, load_corpus, sample_windows
-from analysis.criteria import select
-from analysis.evaluate import EvalConfig, perplexity, prepare_eval
+from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
+from analysis.score.criteria import select
+from analysis.evaluate.perplexity import EvalConfig, perplexity, prepare_eval
 from analysis.heal import heal, healed_lm
-from analysis.models import load_model
-from analysis.plan import Plan
+from analysis.models.loading import load_model
+from analysis.models.plan import Plan
 from analysis.run import AnalysisConfig, analyze
-from analysis.surgery import pruned_view  # noqa: F401 - documents what "pruned" means
+from analysis.models.surgery import pruned_view  # noqa: F401 - documents what "pruned" means
 
 
 def main() -> None:

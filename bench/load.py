@@ -18,7 +18,7 @@ t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
 import transformers, torch
 t1 = time.perf_counter()
-from analysis.models import load_model
+from analysis.models.loading import load_model
 lm = load_model({model!r}, device="cpu")
 t2 = time.perf_counter()
 print(json.dumps({{"imports_s": t1 - t0, "load_s": t2 - t1, "from_cache": lm.from_cache}}))

@@ -19,7 +19,7 @@ CHILD = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})
 from bench.common import calib_tokens
-from analysis.models import load_model
+from analysis.models.loading import load_model
 from analysis.run import AnalysisConfig, analyze
 lm = load_model({model!r}, dtype={dtype!r})
 ids = calib_tokens(lm, {n}, {t})

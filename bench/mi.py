@@ -89,12 +89,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
 
-    from analysis.blockselect import (agreement_matrix, delta_ppl_details, exhaustive_select, fast_block_select,
+    from analysis.score.blockselect import (agreement_matrix, delta_ppl_details, exhaustive_select, fast_block_select,
                                       maximal_runs, selection_gap, sleb_select, store_ground_truth)
-    from analysis.mi import MIConfig, StateMI, matrix_block_scores, matrix_run_score
-    from analysis.models import load_model
+    from analysis.score.mi import MIConfig, StateMI, matrix_block_scores, matrix_run_score
+    from analysis.models.loading import load_model
     from analysis.run import EXTENSIONS, AnalysisConfig, analyze
-    from analysis.selection import rank_correlation
+    from analysis.score.selection import rank_correlation
 
     t_start = time.perf_counter()
     lm = load_model(args.model, device="cpu")

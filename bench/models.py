@@ -43,13 +43,13 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int,
               resume: dict | None = None, only: list[str] | None = None) -> dict:
     import torch
 
-    from analysis.blockselect import delta_ppl_details
-    from analysis.corpora import SampleConfig, load_corpus, sample_windows
-    from analysis.criteria import drop_order
-    from analysis.evaluate import EvalConfig, sweep
-    from analysis.models import load_model
+    from analysis.score.blockselect import delta_ppl_details
+    from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
+    from analysis.score.criteria import drop_order
+    from analysis.evaluate.perplexity import EvalConfig, sweep
+    from analysis.models.loading import load_model
     from analysis.run import AnalysisConfig, analyze
-    from analysis.selection import protected_blocks, rank_blocks
+    from analysis.score.selection import protected_blocks, rank_blocks
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int,
         runs[mode] = r
         info = {}
         for e in EST:
-            from analysis.boundary import boundary_interval
+            from analysis.measure.boundary import boundary_interval
 
             b, _ = r.seq_entropy(e)
             info[e] = {"curve": r.entropy(e)["boundary"].tolist(), "boundary": boundary_interval(b, seed=0)}

@@ -17,9 +17,9 @@ import time
 from common import calib_tokens, machine
 
 import torch
-from analysis.capture import CaptureConfig, capture
-from analysis.evaluate import EvalConfig, perplexity
-from analysis.models import load_model
+from analysis.measure.capture import CaptureConfig, capture
+from analysis.evaluate.perplexity import EvalConfig, perplexity
+from analysis.models.loading import load_model
 
 
 def steps(lm, ids) -> dict:

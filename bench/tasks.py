@@ -20,9 +20,9 @@ import time
 from common import calib_tokens, machine
 
 import torch
-from analysis.criteria import select
-from analysis.models import load_model
-from analysis.plan import Plan
+from analysis.score.criteria import select
+from analysis.models.loading import load_model
+from analysis.models.plan import Plan
 from analysis.run import AnalysisConfig, analyze
 from analysis.tasks import TaskConfig, check_tasks, evaluate_tasks
 

@@ -8,7 +8,6 @@ import pandas as pd
 import streamlit as st
 
 from app_support import plots, state
-from app_support.jobs import mi_available
 from app_support.runs import adjusted_result, analysis_settings, effective_protected, finish_job, protection, start_run
 from app_support.widgets import INDEX_NOTE, chart, explainer_popover, guarded, link, need, page_setup, show_error, table
 
@@ -21,7 +20,7 @@ s = st.session_state
 
 # ---- callbacks (run before the script, so they may change widget values) --------------------------
 def _use_mix() -> None:
-    from analysis.corpora import DOMAINS
+    from analysis.data.corpora import DOMAINS
 
     state.set_value("data.source", "builtin")
     state.set_value("data.domains", list(DOMAINS))
@@ -32,7 +31,7 @@ def _use_mix() -> None:
 
 
 def _use_all_estimators() -> None:
-    from analysis.estimators import ESTIMATORS
+    from analysis.measure.estimators import ESTIMATORS
 
     state.set_value("an.extra", [e for e in ESTIMATORS if e != state.get("an.estimator", "bucket")])
     s["es.autorun"] = True
@@ -47,7 +46,7 @@ def _reset_boundary(rid: str, detected: int, mode: str) -> None:
 
 
 # ---- settings --------------------------------------------------------------------------------------
-from analysis.estimators import ESTIMATORS  # noqa: E402
+from analysis.measure.estimators import ESTIMATORS  # noqa: E402
 
 with st.expander("Analysis settings", expanded=state.current_run() is None, icon=":material/tune:"):
     c1, c2, c3, c4 = st.columns(4)
@@ -70,13 +69,11 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
     d5.selectbox("Sinks", ["exclude", "keep", "first"], key=state.wkey("an.sinks", "exclude"),
                  help="exclude = leave massive-activation tokens out of every statistic (default); keep = every "
                       "token, as EntroDrop's reference code; first = leave out position 0 only")
-    has_mi = mi_available()
-    d6.checkbox("MI-PRUN", key=state.wkey("an.mi", False), disabled=not has_mi,
+    d6.checkbox("MI-PRUN", key=state.wkey("an.mi", False),
                 help="Mutual information between each block's input and output (sampled token states per point, "
-                     "set below; adds a MI tab and Fast-Block-Select)" if has_mi
-                else "analysis.mi is not available in this version")
-    if has_mi and state.get("an.mi"):
-        from analysis.mi import MI_ESTIMATORS
+                     "set below; adds a MI tab and Fast-Block-Select)")
+    if state.get("an.mi"):
+        from analysis.score.mi import MI_ESTIMATORS
 
         m1, m2, _ = st.columns([2, 2, 2])
         m1.selectbox("MI estimator", list(MI_ESTIMATORS), format_func=lambda e: MI_ESTIMATORS[e].title,
@@ -316,8 +313,8 @@ with T["Estimators"], guarded("Estimators"):
               "artefact.", name="estimator_comparison", key="est_cmp")
         chart(plots.estimator_small_multiples(r, r.estimators), "The same curves in raw nats, side by side.",
               name="estimator_raw", key="est_raw")
-        from analysis.boundary import robust_boundary
-        from analysis.selection import rank_correlation, topk_overlap
+        from analysis.measure.boundary import robust_boundary
+        from analysis.score.selection import rank_correlation, topk_overlap
 
         rows = []
         base = r.estimators[0]
@@ -331,7 +328,7 @@ with T["Estimators"], guarded("Estimators"):
                                   "(lowest ΔH first, before protection).", name="estimator_agreement")
 
 with T["Stability (bootstrap)"], guarded("Bootstrap"):
-    from analysis.criteria import CRITERIA, bootstrap
+    from analysis.score.criteria import CRITERIA, bootstrap
 
     boot_crits = [n for n, c in CRITERIA.items() if c.per_seq is not None]
     c1, c2, c3, c4 = st.columns(4)

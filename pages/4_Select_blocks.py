@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from app_support import plots, state
-from app_support.optional import load_optional_criteria
 from app_support.runs import adjusted_result, effective_protected, protection
 from app_support.selecting import points_to_blocks, toggle, working_selection
 from app_support.widgets import (INDEX_NOTE, chart, explain_criterion, explainer_popover, guarded, link, need,
@@ -19,10 +18,9 @@ s = st.session_state
 need(state.current_run() is not None, "Run the analysis first: the criteria score blocks from its statistics.",
      "entropy", "Go to Entropy dynamics")
 
-load_optional_criteria()
-from analysis.criteria import CRITERIA, get_criterion, select  # noqa: E402
+from analysis.score.criteria import CRITERIA, get_criterion, select  # noqa: E402
 from analysis.errors import SelectionError  # noqa: E402
-from analysis.selection import check_k  # noqa: E402
+from analysis.score.selection import check_k  # noqa: E402
 
 rec = state.current_run()
 rid, r, L = rec.run_id, rec.result, rec.num_layers
@@ -188,8 +186,8 @@ if sel is not None:
         name = p1.text_input("Plan name", value=default_name, key=f"plan_name.{default_name}")
         if p2.button("Keep plan", icon=":material/bookmark_add:", type="primary", key="keep_plan", disabled=not blocks):
             try:
-                from analysis.criteria import Selection
-                from analysis.plan import Plan
+                from analysis.score.criteria import Selection
+                from analysis.models.plan import Plan
 
                 chosen = Selection(crit, gran, len(blocks), list(blocks), list(sel.order), list(sel.scores),
                                    list(protected))
@@ -226,7 +224,7 @@ with guarded("Plans"):
 
 # ---- agreement between criteria ---------------------------------------------------------------------------
 with guarded("Agreement"):
-    from analysis.blockselect import agreement_matrix
+    from analysis.score.blockselect import agreement_matrix
 
     st.subheader("Do the criteria agree?")
     kk = max(1, min(int(k) or 1, prunable)) if prunable else 1
@@ -262,7 +260,7 @@ if "mi" in (r.extras or {}):
     with guarded("Fast-Block-Select"):
         fplan = render_fbs(rec, adj, protected, int(k))
         if fplan and st.button("Keep the Fast-Block-Select choice as a plan", icon=":material/bookmark_add:", key="keep_fbs"):
-            from analysis.plan import Plan
+            from analysis.models.plan import Plan
 
             name = f"mi-prun-fbs-k{len(fplan['drop_layers'])}"
             plan = Plan.from_dict(fplan)

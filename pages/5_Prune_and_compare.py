@@ -8,7 +8,6 @@ from app_support import healing, plots, state
 from app_support.evaluation import (busy_warning, comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text,
                                     plan_key,
                                     protocol_text)
-from app_support.optional import module, why
 from app_support.runs import adjusted_result
 from app_support.tasks import (accuracy_axes, accuracy_chart, evaluate_plan_tasks, task_columns, task_picker,
                                tasks_caption)
@@ -18,11 +17,10 @@ page_setup("Prune & compare", ":material/compare_arrows:", "Each plan runs as a 
            "physically pruned copy); the cached model itself is never changed. " + INDEX_NOTE)
 
 s = st.session_state
-ev = module("evaluate")
-need(ev is not None, f"Evaluation is not available: {why('evaluate')}.")
 need(state.current_run() is not None, "Run the analysis and keep a plan first.", "entropy", "Go to Entropy dynamics")
 
-from analysis.corpora import DOMAINS  # noqa: E402
+from analysis.data.corpora import DOMAINS  # noqa: E402
+from analysis.evaluate import perplexity as ev  # noqa: E402
 
 from app_support.models import get_model  # noqa: E402
 
@@ -186,7 +184,7 @@ with guarded("Generation"):
 
 # ---- sweep ------------------------------------------------------------------------------------------------
 with guarded("Sweep"):
-    from analysis.criteria import CRITERIA
+    from analysis.score.criteria import CRITERIA
 
     st.subheader("Sweep: perplexity vs k for each criterion")
     r = rec.result

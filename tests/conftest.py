@@ -14,7 +14,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def smollm2():
     """The real embedded SmolLM2 (integration tests only; cached after the first load)."""
-    from analysis.models import load_model
+    from analysis.models.loading import load_model
 
     return load_model("smollm2", device="cpu")
 

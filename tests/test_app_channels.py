@@ -36,7 +36,7 @@ def test_page_without_model_points_to_model_page(monkeypatch):
 
 
 def test_run_show_results_and_save(app, tmp_path, monkeypatch):
-    from analysis.models import weights_hash
+    from analysis.models.loading import weights_hash
     from app_support.models import get_model
 
     at = app.run()

@@ -7,7 +7,7 @@ from test_app_pages import _env, _with_plan, frame_with, goto, ok, texts  # noqa
 
 
 def test_heal_choice_rows_generation_export_and_model_untouched(tmp_path, monkeypatch):
-    from analysis.models import weights_hash
+    from analysis.models.loading import weights_hash
 
     from app_support.models import _cached_model
 

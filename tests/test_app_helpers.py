@@ -71,7 +71,7 @@ def test_cli_commands_are_accepted_by_the_real_parser():
 
 
 def test_session_script_lines_all_accepted():
-    from analysis.plan import Plan
+    from analysis.models.plan import Plan
 
     from app_support.state import PlanRecord
 
@@ -91,8 +91,8 @@ def test_exported_analyze_command_reproduces_the_app_config_field_by_field(mi):
     """The app's reproduce script builds exactly the AnalysisConfig the app ran (MI settings and seed included)."""
     from dataclasses import asdict
 
-    from analysis.cli import build_parser
-    from analysis.commands.analyze import config_from_args
+    from analysis.cli.main import build_parser
+    from analysis.cli.commands.analyze import config_from_args
     from app_support.jobs import make_config
 
     class Rec(_Rec):

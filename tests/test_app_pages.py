@@ -88,8 +88,8 @@ def frame_with(at: AppTest, column: str):
 # ---- Home ------------------------------------------------------------------------------------------------
 
 def test_home_pipeline_explainer_and_scaling_toy():
-    from analysis.criteria import CRITERIA
-    from analysis.estimators import ESTIMATORS
+    from analysis.score.criteria import CRITERIA
+    from analysis.measure.estimators import ESTIMATORS
 
     at = new_app()
     assert "Entroscope looks inside a causal language model" in texts(at)
@@ -377,7 +377,7 @@ def test_select_ranking_k_error_manual_edit_and_plans():
     assert plans["drops"].tolist() == ["attention [3]"]
 
     # every registered criterion renders (unavailable ones explain why, without a traceback)
-    from analysis.criteria import CRITERIA
+    from analysis.score.criteria import CRITERIA
 
     for name in CRITERIA:
         at.selectbox(key="w:sel.crit").set_value(name).run()
@@ -442,7 +442,7 @@ def _with_plan(**persist) -> AppTest:
 
 
 def test_compare_perplexity_latency_generation_sweep_and_model_untouched():
-    from analysis.models import weights_hash
+    from analysis.models.loading import weights_hash
 
     from app_support.models import _cached_model
 

@@ -12,7 +12,7 @@ SETTINGS = {"cmp.window": 32, "cmp.max_tokens": 256, "cmp.new_tokens": 2, "cmp.r
 
 
 def test_task_accuracy_next_to_perplexity_and_as_pareto_axis():
-    from analysis.models import weights_hash
+    from analysis.models.loading import weights_hash
 
     from app_support.models import _cached_model
 

@@ -1,15 +1,15 @@
-"""Fast-Block-Select, exhaustive search, ground-truth baselines and criterion agreement (analysis.blockselect)."""
+"""Fast-Block-Select, exhaustive search, ground-truth baselines and criterion agreement (analysis.score.blockselect)."""
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from analysis.blockselect import (agreement_matrix, blockpruner_select, calibration_loss, delta_ppl_details,
+from analysis.score.blockselect import (agreement_matrix, blockpruner_select, calibration_loss, delta_ppl_details,
                                   exhaustive_select, fast_block_select, ground_truth_delta_ppl, maximal_runs,
                                   miprun_select, plan_losses, run_objective, selection_gap, sleb_select,
                                   store_ground_truth)
-from analysis.criteria import CRITERIA, scores_for, select
+from analysis.score.criteria import CRITERIA, scores_for, select
 from analysis.errors import SelectionError
 from analysis.testing import random_tokens, tiny_loaded
 
@@ -156,8 +156,8 @@ def calib():
 
 
 def test_plan_losses_match_evaluate_perplexity(lm, calib):
-    from analysis.evaluate import EvalConfig, perplexity
-    from analysis.plan import Plan
+    from analysis.evaluate.perplexity import EvalConfig, perplexity
+    from analysis.models.plan import Plan
 
     plans = [None, Plan(drop_layers=[2]), Plan(drop_attn=[1], drop_mlp=[3]), Plan(drop_layers=[1, 2, 3])]
     losses = plan_losses(lm, calib, plans, batch_size=3)
@@ -211,8 +211,8 @@ def test_blockpruner_removes_sub_blocks(lm, calib):
 
 
 def test_miprun_and_groundtruth_commands(lm, calib, tmp_path):
-    from analysis.cli import main
-    from analysis.mi import MIConfig
+    from analysis.cli.main import main
+    from analysis.score.mi import MIConfig
     from analysis.run import AnalysisConfig, analyze
 
     cfg = AnalysisConfig(state_tokens=64, extensions=("mi",), granularity="layer", protect="none")
@@ -223,7 +223,7 @@ def test_miprun_and_groundtruth_commands(lm, calib, tmp_path):
     assert main(["miprun", "--run", str(run), "--n", "2", "--method", "both", "--out", str(plan)]) == 0
     p = json.loads(plan.read_text())
     assert len(p["drop_layers"]) == 2 and p["source"]["protected"] == []
-    from analysis.plan import Plan
+    from analysis.models.plan import Plan
 
     Plan.from_dict(p).validate(4)
     # groundtruth needs a model on disk: save the tiny one
@@ -237,7 +237,7 @@ def test_miprun_and_groundtruth_commands(lm, calib, tmp_path):
                  "delta-ppl,sleb", "--n", "1", "--into", str(run), "--out", str(gt), "--quiet"]) == 0
     out = json.loads(gt.read_text())
     assert len(out["delta-ppl"]["scores"]) == 4 and len(out["sleb"]["blocks"]) == 1
-    from analysis.result import AnalysisResult
+    from analysis.score.result import AnalysisResult
 
     back = AnalysisResult.load(run)
     assert np.allclose(scores_for(back, "delta-ppl", "layer"), out["delta-ppl"]["scores"])
@@ -248,7 +248,7 @@ def test_miprun_and_groundtruth_commands(lm, calib, tmp_path):
 
 
 def test_optimal_select_equals_exhaustive_and_fbs_refines_to_it():
-    from analysis.blockselect import optimal_select
+    from analysis.score.blockselect import optimal_select
 
     for seed in range(10):
         L = 11 + seed % 3

@@ -4,8 +4,8 @@ import threading
 import pytest
 import torch
 
-from analysis.capture import CaptureConfig, capture
-from analysis.estimators import entropy_bucket
+from analysis.measure.capture import CaptureConfig, capture
+from analysis.measure.estimators import entropy_bucket
 from analysis.testing import random_tokens, tiny_loaded
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3"]
@@ -134,7 +134,7 @@ def test_nonfinite_activations_are_counted():
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_cosines_and_norms_match_direct_computation(skip):
-    from analysis.estimators import mean_cosine, rms_norm
+    from analysis.measure.estimators import mean_cosine, rms_norm
 
     lm = tiny_loaded("qwen3", layers=3)
     ids = random_tokens(2, 16)
@@ -161,7 +161,7 @@ def test_last_token_pairwise_cosines_for_angular_distance():
 
 
 def test_preview_shows_the_finished_sequences_and_progress_moves_within_a_batch(monkeypatch):
-    import analysis.capture as cap
+    import analysis.measure.capture as cap
 
     monkeypatch.setattr(cap, "PROGRESS_EVERY_S", 0.0)
     lm = tiny_loaded("llama", layers=4)

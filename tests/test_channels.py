@@ -1,4 +1,4 @@
-"""Tests for analysis.channels: iterative structured (MLP channel / KV-group) pruning with hybrid calibration."""
+"""Tests for analysis.channels.pipeline: iterative structured (MLP channel / KV-group) pruning with hybrid calibration."""
 from __future__ import annotations
 
 import copy
@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from analysis import channels as CH
-from analysis.corpora import TokenSet, apportion
+from analysis.channels import pipeline as CH
+from analysis.data.corpora import TokenSet, apportion
 from analysis.errors import EntroscopeError, SelectionError
-from analysis.models import count_params, weights_hash
+from analysis.models.loading import count_params, weights_hash
 from analysis.testing import random_tokens, tiny_loaded, tiny_model, tiny_tokenizer
 
 
@@ -166,7 +166,7 @@ def test_save_reload_non_uniform_needs_the_library_loader(tmp_path):
     lm2 = CH.load_channel_pruned(out, device="cpu")
     assert CH.mlp_widths(lm2.model) == res.report["final"]["widths"]
     assert torch.equal(logits(lm2.model, IDS), logits(res.model, IDS))
-    from analysis.models import load_model                  # the generic loader (CLI, app) restores it too
+    from analysis.models.loading import load_model                  # the generic loader (CLI, app) restores it too
 
     lm3 = load_model(str(out), device="cpu")
     assert CH.mlp_widths(lm3.model) == res.report["final"]["widths"]
@@ -285,7 +285,7 @@ def test_ablation_rows():
 
 
 def test_cli_end_to_end_and_bad_args(tmp_path, capsys):
-    from analysis.cli import main
+    from analysis.cli.main import main
 
     src = tmp_path / "tiny"
     tiny_model("llama", layers=2, hidden=64).save_pretrained(src)

@@ -10,12 +10,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from analysis.cli import main
+from analysis.cli.main import main
 from analysis.errors import SaveError, SelectionError
 from analysis.export import kept_ranges, llama_cpp_command, mergekit_for, mergekit_yaml, model_source
-from analysis.models import count_params, load_model, wrap_model
-from analysis.plan import Plan
-from analysis.surgery import DroppedBlock, layer_status, load_pruned, pruned_view, save_pruned
+from analysis.models.loading import count_params, load_model, wrap_model
+from analysis.models.plan import Plan
+from analysis.models.surgery import DroppedBlock, layer_status, load_pruned, pruned_view, save_pruned
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,7 +123,7 @@ def test_edited_projection_is_kept_not_removed(tmp_path, caplog):
     sd = load_file(str(out / "model.safetensors"))
     sd["model.layers.2.self_attn.o_proj.weight"] = torch.full_like(sd["model.layers.2.self_attn.o_proj.weight"], 0.01)
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})  # e.g. fine-tuned after export
-    with caplog.at_level(logging.WARNING, logger="analysis.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="analysis.models.checkpoint"):
         ours = load_model(str(out), device="cpu").model
     assert "is not zero; keeping it" in caplog.text
     assert torch.allclose(logits(ours), logits(plain_load(out)), atol=1e-5)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from analysis.cli import main
-from analysis.models import load_model
-from analysis.plan import Plan
-from analysis.surgery import pruned_view
+from analysis.cli.main import main
+from analysis.models.loading import load_model
+from analysis.models.plan import Plan
+from analysis.models.surgery import pruned_view
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 
 

@@ -1,4 +1,4 @@
-"""Tests for analysis.corpora: built-in domains, user files, hub fallback, token files and window sampling."""
+"""Tests for analysis.data.corpora: built-in domains, user files, hub fallback, token files and window sampling."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import corpora as C
+from analysis.data import corpora as C
 from analysis.errors import DataError
 from analysis.testing import tiny_tokenizer
 

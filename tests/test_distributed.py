@@ -1,4 +1,4 @@
-"""Data-parallel analysis (analysis.distributed): two gloo processes under torchrun write the same run as
+"""Data-parallel analysis (analysis.measure.distributed): two gloo processes under torchrun write the same run as
 one process. Real processes, a tiny model saved to disk, no short timeouts."""
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from analysis.distributed import shard_rows
+from analysis.measure.distributed import shard_rows
 from analysis.testing import random_tokens, tiny_loaded
 
 

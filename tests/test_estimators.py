@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analysis.errors import SelectionError
-from analysis.estimators import ESTIMATORS, entropy_bucket, entropy_knn, entropy_renyi, get_estimator, mean_cosine
+from analysis.measure.estimators import ESTIMATORS, entropy_bucket, entropy_knn, entropy_renyi, get_estimator, mean_cosine
 
 
 def _x(b=2, n=64, d=8, seed=0):

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from analysis import AnalysisConfig, analyze
-from analysis.cli import main
+from analysis.cli.main import main
 from analysis.figures import FORMATS, all_figures, figure_bytes, run_figures
-from analysis.result import AnalysisResult
+from analysis.score.result import AnalysisResult
 from analysis.testing import random_tokens, tiny_loaded
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,9 +7,9 @@ from torch import nn
 
 from analysis.heal import HEAL_METHODS, HealError, compare, heal, healed_lm, save_healed
 from analysis.heal.linear import NormalEquations, fit_maps, fold, gaps
-from analysis.models import weights_hash
-from analysis.plan import Plan
-from analysis.surgery import pruned_view
+from analysis.models.loading import weights_hash
+from analysis.models.plan import Plan
+from analysis.models.surgery import pruned_view
 from analysis.testing import random_tokens, tiny_loaded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,7 +168,7 @@ def test_healed_checkpoint_roundtrip(tmp_path):
 
 
 def test_subblock_healed_checkpoint_loads(tmp_path):
-    from analysis.surgery import load_pruned
+    from analysis.models.surgery import load_pruned
 
     lm = tiny_loaded(layers=5)
     h = heal(lm, Plan(drop_mlp=[2]), "linear", random_tokens(8, 32))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from analysis.cli import main
+from analysis.cli.main import main
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +58,7 @@ def test_prune_heal_refusals(ckpt, tmp_path, capsys):
 
 
 def test_sweep_heal_rows_side_by_side(ckpt, tmp_path):
-    from analysis.models import load_model
+    from analysis.models.loading import load_model
     from analysis.run import AnalysisConfig, analyze
 
     lm = load_model(str(ckpt / "model"), device="cpu")

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from analysis.cli import main
-from analysis.corpora import SampleConfig, load_corpus, sample_windows
+from analysis.cli.main import main
+from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
 from analysis.run import AnalysisConfig, analyze
 
 pytestmark = pytest.mark.slow

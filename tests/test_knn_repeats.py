@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.estimators import (ESTIMATORS, EstimatorInfo, _sq_dists, entropy_knn, entropy_renyi,
+from analysis.measure.estimators import (ESTIMATORS, EstimatorInfo, _sq_dists, entropy_knn, entropy_renyi,
                                  exact_duplicates, get_estimator, knn_radii, sq_dist_error_bound)
 
 
@@ -119,7 +119,7 @@ def test_renyi_on_repeated_tokens_matches_float64_reference():
 
 
 def test_cli_knn_dedup_flag_reaches_the_estimator(tmp_path):
-    from analysis.cli import main
+    from analysis.cli.main import main
     from analysis.testing import tiny_model, tiny_tokenizer
 
     tiny_model("llama", layers=2).save_pretrained(tmp_path / "m")
@@ -150,7 +150,7 @@ def test_real_model_knn_delta_h_matches_float64_reference(smollm2, monkeypatch):
     """SmolLM2, wiki windows in which some token repeats more than k = 25 times (layer 0's input then has
     zero radii): KNN attention ΔH per layer agrees with the float64 reference within 1 % on every layer.
     The full 128 × 256 check is ``bench/knn_reference.py`` (figures in docs/benchmarks.md)."""
-    from analysis.corpora import SampleConfig, load_corpus, sample_windows
+    from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
     from analysis.run import AnalysisConfig, analyze
 
     monkeypatch.setitem(ESTIMATORS, "knn-ref64", EstimatorInfo("knn-ref64", "float64 cdist", _knn_ref64_estimator,
@@ -174,7 +174,7 @@ def test_masked_knn_of_the_default_sinks_mode_gives_exact_zeros_on_repeats():
     masked (sink) token is never anyone's neighbour."""
     import math
 
-    from analysis.sinks import entropy_knn_masked, knn_radii_masked
+    from analysis.measure.sinks import entropy_knn_masked, knn_radii_masked
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 60, 16, generator=g) * 40

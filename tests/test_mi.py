@@ -1,4 +1,4 @@
-"""MI estimators (analysis.mi), the "mi" analysis extension and the "mi-prun" criterion."""
+"""MI estimators (analysis.score.mi), the "mi" analysis extension and the "mi-prun" criterion."""
 import re
 import json
 import subprocess
@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from analysis.criteria import CRITERIA, scores_for, select
+from analysis.score.criteria import CRITERIA, scores_for, select
 from analysis.errors import DataError, SelectionError
-from analysis.mi import (MI_ESTIMATORS, MIConfig, StateMI, dpi_violations, get_mi_estimator, matrix_block_scores,
+from analysis.score.mi import (MI_ESTIMATORS, MIConfig, StateMI, dpi_violations, get_mi_estimator, matrix_block_scores,
                          matrix_run_score, mi_analysis, mi_estimate, renyi_entropy)
-from analysis.result import AnalysisResult
+from analysis.score.result import AnalysisResult
 from analysis.run import EXTENSIONS, AnalysisConfig, analyze
 from analysis.testing import random_tokens, tiny_loaded
 
@@ -96,7 +96,7 @@ def test_degenerate_inputs(method):
 
 def test_renyi_entropy_paths():
     x = _gauss(50, 3, 13)
-    from analysis.mi import gram_matrix
+    from analysis.score.mi import gram_matrix
 
     a, sigma = gram_matrix(x)
     assert sigma > 0 and np.trace(a) == pytest.approx(1.0)
@@ -240,7 +240,7 @@ def test_criterion_without_mi_data_says_run_with_mi():
 
 
 def test_select_cli_with_mi_prun(mi_run, tmp_path):
-    from analysis.cli import main
+    from analysis.cli.main import main
 
     run, plan = tmp_path / "run.json", tmp_path / "plan.json"
     mi_run.save(run)
@@ -250,12 +250,12 @@ def test_select_cli_with_mi_prun(mi_run, tmp_path):
 
 
 def test_import_order_registers_everything():
-    """analysis.mi / analysis.blockselect imported before analysis.criteria (run-first is the in-process case)."""
+    """analysis.score.mi / analysis.score.blockselect imported before analysis.score.criteria (run-first is the in-process case)."""
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-    check = "import analysis.criteria as c; assert 'mi-prun' in c.CRITERIA and 'delta-ppl' in c.CRITERIA"
-    subprocess.run([sys.executable, "-c", f"import analysis.blockselect, sys; {check}; assert 'torch' not in sys.modules"],
+    check = "import analysis.score.criteria as c; assert 'mi-prun' in c.CRITERIA and 'delta-ppl' in c.CRITERIA"
+    subprocess.run([sys.executable, "-c", f"import analysis.score.blockselect, sys; {check}; assert 'torch' not in sys.modules"],
                    check=True, cwd=root)
-    subprocess.run([sys.executable, "-c", f"import analysis.mi; {check}; import analysis.run as r; "
+    subprocess.run([sys.executable, "-c", f"import analysis.score.mi; {check}; import analysis.run as r; "
                                           "assert 'mi' in r.EXTENSIONS"], check=True, cwd=root)
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import models
+from analysis.models import loading as models
 from analysis.errors import ModelLoadError
-from analysis.models import EMBEDDED, _PARTS, is_installed, load_model
+from analysis.models.loading import EMBEDDED, _PARTS, is_installed, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

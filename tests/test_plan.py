@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from analysis.criteria import Selection
+from analysis.score.criteria import Selection
 from analysis.errors import DataError, SelectionError
-from analysis.plan import Plan, plan_from_args
+from analysis.models.plan import Plan, plan_from_args
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
@@ -117,7 +117,7 @@ def test_plan_file_and_lists_conflict(tmp_path):
 
 
 def test_select_command_writes_a_plan(tmp_path):
-    from analysis.cli import main
+    from analysis.cli.main import main
     from analysis.run import AnalysisConfig, analyze
     from analysis.testing import random_tokens, tiny_loaded
 

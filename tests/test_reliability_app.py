@@ -61,7 +61,7 @@ def test_bad_local_models_keep_the_loaded_one(tmp_path, kind, message):
 
 
 def test_one_token_and_oversized_uploads(monkeypatch):
-    import analysis.corpora as corpora
+    import analysis.data.corpora as corpora
 
     at = _loaded_with_data()
     at.radio(key="w:data.source").set_value("upload").run()
@@ -213,7 +213,7 @@ def test_reproduce_script_keeps_an_empty_protected_set():
     """A session that protected nothing must not reproduce with the run's default protected blocks."""
     from types import SimpleNamespace
 
-    from analysis.cli import build_parser
+    from analysis.cli.main import build_parser
     from app_support.commands import select_argv
 
     rec = SimpleNamespace(criterion="entrodrop", k=2, granularity="attention", params={})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.cli import main
+from analysis.cli.main import main
 from analysis.testing import tiny_model, tiny_tokenizer
 
 
@@ -170,7 +170,7 @@ def test_out_of_memory_is_explained(capsys, tmp_path, tiny_dir, monkeypatch):
     def boom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    import analysis.runcache as runcache
+    import analysis.measure.runcache as runcache
 
     monkeypatch.setattr(run_mod, "capture", boom)
     monkeypatch.setattr(runcache, "capture", boom)  # the CLI's default path (results cache on)
@@ -184,7 +184,7 @@ def test_out_of_memory_is_explained(capsys, tmp_path, tiny_dir, monkeypatch):
 def test_unexpected_error_is_one_line(capsys, tmp_path, tiny_dir, monkeypatch):
     import analysis.run as run_mod
 
-    import analysis.runcache as runcache
+    import analysis.measure.runcache as runcache
 
     monkeypatch.setattr(run_mod, "capture", lambda *a, **k: 1 / 0)
     monkeypatch.setattr(runcache, "capture", lambda *a, **k: 1 / 0)
@@ -223,9 +223,9 @@ def test_no_network_attempted_offline(monkeypatch, tmp_path):
     """With offline mode set, loading a hub id or a hub dataset fails fast without opening a socket."""
     import socket
 
-    from analysis.corpora import load_hub_dataset
+    from analysis.data.corpora import load_hub_dataset
     from analysis.errors import DataError, ModelLoadError
-    from analysis.models import load_model
+    from analysis.models.loading import load_model
 
     attempts = []
 
@@ -248,9 +248,9 @@ def test_four_concurrent_sessions_prune_different_plans(tiny_dir):
     each gets exactly its sequential result, and the shared model's weights are unchanged."""
     import threading
 
-    from analysis.evaluate import EvalConfig, agreement, perplexity
-    from analysis.models import load_model, weights_hash
-    from analysis.plan import Plan
+    from analysis.evaluate.perplexity import EvalConfig, agreement, perplexity
+    from analysis.models.loading import load_model, weights_hash
+    from analysis.models.plan import Plan
 
     lm = load_model(tiny_dir, device="cpu")
     before = weights_hash(lm.model)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.cli import main
+from analysis.cli.main import main
 from analysis.testing import tiny_model, tiny_tokenizer
 from test_reliability_cli import expect, run_cli
 
@@ -93,7 +93,7 @@ def test_all_zero_delta_h_is_a_named_warning(capsys, tmp_path, tiny_dir):
 
 
 def _result(boundary, mid):
-    from analysis.result import AnalysisResult
+    from analysis.score.result import AnalysisResult
 
     return AnalysisResult(num_layers=len(mid[0]), estimator="bucket", granularity="attention", protect="none",
                           per_seq={"bucket": {"boundary": boundary, "mid": mid}}, angular=None, norms={}, boundary=0,
@@ -221,9 +221,9 @@ def test_run_for_another_model_needs_force(capsys, tmp_path, run_json, other_dir
     code, err = run_cli(capsys, argv + ["--force"])
     assert code == 0 and "ProvenanceMismatch" in err, err
     deeper = _mutated(run_json, tmp_path, lambda d: d["manifest"]["model"].update(num_layers=30), "deep-run.json")
-    from analysis.models import load_model
-    from analysis.provenance import differences, recorded_model
-    from analysis.result import AnalysisResult
+    from analysis.models.loading import load_model
+    from analysis.store.provenance import differences, recorded_model
+    from analysis.score.result import AnalysisResult
 
     lm = load_model(other_dir, device="cpu")
     assert any("depth (layers) 30 ≠ 4" in x for x in differences(recorded_model(AnalysisResult.load(deeper)), lm))
@@ -295,8 +295,8 @@ def test_checkpoint_config_and_weights_disagree(capsys, tmp_path, tiny_dir, ids_
 def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch, tiny_dir):
     import shutil
 
-    import analysis.integrity as integrity
-    import analysis.models as models
+    import analysis.models.integrity as integrity
+    import analysis.models.loading as models
     from analysis.errors import ModelLoadError
 
     monkeypatch.setenv("ENTROSCOPE_CACHE", str(tmp_path / "cache"))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from analysis.errors import SaveError
-from analysis.outdir import OWNER_MARKER, atomic_dir, check_out_dir, check_out_file
-from analysis.plan import Plan
-from analysis.surgery import save_pruned
+from analysis.store.outdir import OWNER_MARKER, atomic_dir, check_out_dir, check_out_file
+from analysis.models.plan import Plan
+from analysis.models.surgery import save_pruned
 from analysis.testing import tiny_model, tiny_tokenizer
 from test_reliability_cli import expect, run_cli
 
@@ -72,7 +72,7 @@ def test_manifest_written_inside_the_temporary_folder(capsys, tmp_path, tiny_dir
     assert code == 0, err
     assert {"entroscope-manifest.json", OWNER_MARKER, "entroscope-plan.json"} <= {p.name for p in out.iterdir()}
     # a crash while writing leaves nothing at all behind: no folder, no stray manifest, no temp folder
-    import analysis.surgery as surgery
+    import analysis.models.surgery as surgery
 
     def crash(self, *a, **k):
         raise OSError(28, "No space left on device")
@@ -142,15 +142,15 @@ def test_interrupted_write_leaves_no_temporary_folder(tmp_path):
 
 
 def test_unwritable_outputs_refused_before_the_long_computation(capsys, tmp_path, monkeypatch):
-    import analysis.commands.common as common
+    import analysis.cli.common as common
 
     def never(*a, **k):
         raise AssertionError("the model was loaded before the output path was checked")
 
     monkeypatch.setattr(common, "load_model", never, raising=False)
-    import analysis.models
+    import analysis.models.loading
 
-    monkeypatch.setattr(analysis.models, "load_model", never)
+    monkeypatch.setattr(analysis.models.loading, "load_model", never)
     (tmp_path / "adir").mkdir()
     cases = [(str(tmp_path / "adir"), "is a directory"),
              (str(tmp_path / "missing" / "run.json"), "does not exist"),
@@ -163,7 +163,7 @@ def test_unwritable_outputs_refused_before_the_long_computation(capsys, tmp_path
     expect(capsys, ["prune", "--model", "smollm2", "--drop-layers", "1", "--out", str(tmp_path / ("y" * 300))],
            "too long")
 
-    import analysis.outdir as outdir
+    import analysis.store.outdir as outdir
 
     class RO:
         f_flag = os.ST_RDONLY
@@ -186,7 +186,7 @@ def test_check_out_file_accepts_normal_paths(tmp_path):
 def test_concurrent_file_writers_one_success(tmp_path):
     """Two commands writing the same run.json: the one that finishes second finds it changed since its
     start and keeps its own result beside it instead of replacing it."""
-    from analysis.outdir import write_text_atomic
+    from analysis.store.outdir import write_text_atomic
 
     out = tmp_path / "run.json"
     out.write_text("old")
@@ -205,7 +205,7 @@ def test_concurrent_file_writers_one_success(tmp_path):
         if i == 0:
             barrier.wait()
 
-    import analysis.outdir as outdir
+    import analysis.store.outdir as outdir
 
     outdir._FILE_EXPECTED.clear()
     # check_out_file is keyed by path in one process: emulate two processes by giving each its own table

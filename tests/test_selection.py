@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from analysis.criteria import CRITERIA, bootstrap, get_criterion, select
+from analysis.score.criteria import CRITERIA, bootstrap, get_criterion, select
 from analysis.errors import SelectionError
 from analysis.run import AnalysisConfig, analyze
-from analysis.result import AnalysisResult
-from analysis.selection import (best_window, decode_rank_string, detect_boundary, protected_blocks, rank_blocks,
+from analysis.score.result import AnalysisResult
+from analysis.score.selection import (best_window, decode_rank_string, detect_boundary, protected_blocks, rank_blocks,
                                 rank_string, topk_overlap)
 from analysis.testing import random_tokens, tiny_loaded
 

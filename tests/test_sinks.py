@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.boundary import boundary_interval, describe, robust_boundary
-from analysis.capture import CaptureConfig, capture
+from analysis.measure.boundary import boundary_interval, describe, robust_boundary
+from analysis.measure.capture import CaptureConfig, capture
 from analysis.errors import SelectionError
-from analysis.estimators import entropy_bucket, entropy_knn, entropy_renyi, knn_radii, mean_cosine, rms_norm
-from analysis.result import AnalysisResult
+from analysis.measure.estimators import entropy_bucket, entropy_knn, entropy_renyi, knn_radii, mean_cosine, rms_norm
+from analysis.score.result import AnalysisResult
 from analysis.run import AnalysisConfig, analyze
-from analysis.sinks import (detect_sinks, entropy_bucket_masked, entropy_bucket_robust, entropy_knn_masked,
+from analysis.measure.sinks import (detect_sinks, entropy_bucket_masked, entropy_bucket_robust, entropy_knn_masked,
                             entropy_renyi_masked, knn_radii_masked)
 from analysis.testing import random_tokens, tiny_loaded
 
@@ -180,7 +180,7 @@ def test_boundary_rule_finds_a_clear_valley():
 
 def test_single_block_dip_does_not_fool_the_rule():
     rising = [5, 6, 7, 8, 9, 2, 10, 11, 12, 13, 14, 15]        # one boundary dips, the curve only rises
-    from analysis.selection import detect_boundary
+    from analysis.score.selection import detect_boundary
 
     assert detect_boundary(rising) == 5                          # the plain argmin is fooled
     assert robust_boundary(rising) == (0, False)
@@ -207,7 +207,7 @@ def test_bootstrap_interval_covers_the_boundary_and_widens_with_noise():
 def test_cli_sinks_flag_reaches_the_run_json(tmp_path, monkeypatch):
     import numpy as np
 
-    from analysis.cli import main
+    from analysis.cli.main import main
     from analysis.testing import tiny_model, tiny_tokenizer
 
     monkeypatch.setenv("ENTROSCOPE_RUNS", str(tmp_path / "runs"))

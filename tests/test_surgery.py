@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from analysis.models import count_params, load_model, weights_hash, wrap_model
-from analysis.plan import Plan
-from analysis.surgery import (DroppedBlock, SaveError, apply_plan, layer_status, load_pruned, prune_copy,
+from analysis.models.loading import count_params, load_model, weights_hash, wrap_model
+from analysis.models.plan import Plan
+from analysis.models.surgery import (DroppedBlock, SaveError, apply_plan, layer_status, load_pruned, prune_copy,
                               pruned_view, save_pruned, what_if)
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 

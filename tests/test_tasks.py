@@ -6,11 +6,11 @@ import textwrap
 import pytest
 import torch
 
-from analysis.cli import main
+from analysis.cli.main import main
 from analysis.errors import DataError
-from analysis.models import weights_hash
-from analysis.plan import Plan
-from analysis.surgery import save_pruned
+from analysis.models.loading import weights_hash
+from analysis.models.plan import Plan
+from analysis.models.surgery import save_pruned
 from analysis.tasks import TaskConfig, check_tasks, evaluate_checkpoint_hf, evaluate_tasks, flat_columns, parse_tasks
 from analysis.tasks import data as task_data
 from analysis.testing import tiny_loaded, tiny_tokenizer
@@ -114,7 +114,7 @@ def test_limit_and_seed_make_runs_reproducible(lm, tiny_task):
 
 
 def test_cloze_items_come_from_held_out_paragraphs():
-    from analysis.corpora import load_corpus
+    from analysis.data.corpora import load_corpus
 
     corpus = load_corpus("docs")
     items = task_data.read_rows(task_data.task_files("cloze-docs")["test"])
@@ -126,7 +126,7 @@ def test_cloze_items_come_from_held_out_paragraphs():
 
 
 def test_math_task_is_the_held_out_split_of_the_math_domain():
-    from analysis.corpora import load_corpus
+    from analysis.data.corpora import load_corpus
 
     files = task_data.task_files("math-champ")
     test, train = task_data.read_rows(files["test"]), task_data.read_rows(files["train"])
@@ -225,7 +225,7 @@ def test_hub_task_names_pass_through_when_the_hub_is_reachable(monkeypatch):
 
 
 def test_cli_sweep_gives_accuracy_per_plan(lm, tmp_path, capsys):
-    from analysis.models import load_model
+    from analysis.models.loading import load_model
     from analysis.run import AnalysisConfig, analyze
     from analysis.testing import random_tokens
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import sys
 
-from .registry import HEAL_METHODS, get_heal_method
+from analysis.heal.registry import HEAL_METHODS, get_heal_method
 
 #: CLI option -> method parameter
 _OPTIONS = {"heal_ridge": "ridge", "heal_steps": "steps", "heal_rank": "rank", "heal_lr": "lr",
@@ -12,7 +12,7 @@ _OPTIONS = {"heal_ridge": "ridge", "heal_steps": "steps", "heal_rank": "rank", "
 
 
 def add_heal_args(p) -> None:
-    from ..cli import positive_int
+    from analysis.cli.main import positive_int
 
     g = p.add_argument_group("healing (repair the pruned model; the base model is never modified)")
     g.add_argument("--heal", default="none", choices=list(HEAL_METHODS),
@@ -51,7 +51,7 @@ def heal_options(args) -> dict:
 
 def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256, seed: int = 2024):
     """Calibration TokenSet for healing from a built-in domain or a mix like ``wiki:1,code:1``."""
-    from .. import corpora
+    from analysis.data import corpora
 
     cfg = corpora.SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
     if ":" in corpus or "," in corpus:
@@ -61,7 +61,7 @@ def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256,
 
 def heal_from_args(args, lm, plan, progress=None, tokens=None):
     """Heal ``plan`` as the CLI arguments say; None for ``--heal none``."""
-    from .registry import heal
+    from analysis.heal.registry import heal
 
     if getattr(args, "heal", "none") == "none":
         return None
@@ -85,7 +85,7 @@ def recovered(nll_original: float, nll_pruned: float, nll_healed: float) -> floa
 
 def healed_summary(lm, healed, windows, cfg, nll_original: float, nll_pruned: float) -> dict:
     """What ``eval --heal`` adds: the healed model's perplexity, KL and top-1 against the original."""
-    from .models import compare
+    from analysis.heal.models import compare
 
     c = compare(lm, healed.model, windows, cfg)
     return {"method": healed.method, "settings": healed.settings, "report": healed.report,
@@ -96,9 +96,9 @@ def healed_summary(lm, healed, windows, cfg, nll_original: float, nll_pruned: fl
 def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> tuple[list[dict], list[dict]]:
     """One healed row next to every sweep row that drops something (``heal`` column), same protocol; and the
     rows healing does not apply to, with the reason (as the sweep's ``skipped``)."""
-    from ..evaluate import perplexity
-    from ..plan import Plan
-    from .models import healed_lm
+    from analysis.evaluate.perplexity import perplexity
+    from analysis.models.plan import Plan
+    from analysis.heal.models import healed_lm
 
     tokens = heal_tokens(lm, args.heal_corpus, args.heal_samples, args.heal_seq_len, args.heal_seed)
     nll0 = next((r["nll"] for r in rows if Plan.from_dict(r["plan"]).is_empty), None)
@@ -117,7 +117,7 @@ def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> 
                 cache[key] = {"perplexity": res["perplexity"], "nll": res["nll"],
                               "heal_seconds": h.report.get("seconds"), "heal_passes": h.report.get("passes")}
             except Exception as exc:  # noqa: BLE001 - an EntroscopeError becomes a skipped row
-                from ..errors import EntroscopeError
+                from analysis.errors import EntroscopeError
 
                 if not isinstance(exc, EntroscopeError):
                     raise

@@ -1,6 +1,6 @@
 """``distill`` healing: a short KL distillation from the original (teacher) to the pruned model (student).
 
-The student is a physically pruned copy (:func:`~analysis.surgery.prune_copy`); LoRA adapters (``peft``)
+The student is a physically pruned copy (:func:`~analysis.models.surgery.prune_copy`); LoRA adapters (``peft``)
 on its attention and MLP projections are trained for ``steps`` steps on the calibration windows to
 minimise ``KL(p_teacher ‖ p_student)`` of the next-token distributions (mean nats per token), then merged
 back into the weights (``merge_and_unload``), so the result is a plain model with the pruned
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..plan import Plan
-from ..surgery import prune_copy
-from .registry import Healed, HealError, HealMethod, register_heal, should_stop
+from analysis.models.plan import Plan
+from analysis.models.surgery import prune_copy
+from analysis.heal.registry import Healed, HealError, HealMethod, register_heal, should_stop
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -40,7 +40,7 @@ def kl_loss(teacher_logits: Tensor, student_logits: Tensor, temperature: float =
 
 def _student(lm, plan: Plan, init: str, tokens: Tensor, progress, stop) -> nn.Module:
     if init == "linear":
-        from .linear import heal_linear
+        from analysis.heal.linear import heal_linear
 
         return copy.deepcopy(heal_linear(lm, plan, tokens, progress=None, stop=stop).model)
     if init != "none":

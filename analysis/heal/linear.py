@@ -39,10 +39,10 @@ import time
 import torch
 from torch import Tensor, nn
 
-from ..adapters import get_path, spec_for
-from ..plan import Plan
-from ..surgery import _shallow, pruned_view
-from .registry import Healed, HealError, HealMethod, register_heal, should_stop
+from analysis.models.adapters import get_path, spec_for
+from analysis.models.plan import Plan
+from analysis.models.surgery import _shallow, pruned_view
+from analysis.heal.registry import Healed, HealError, HealMethod, register_heal, should_stop
 
 O_PROJ = "o_proj"
 

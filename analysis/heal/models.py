@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..adapters import adapter_for
-from ..plan import Plan
-from ..surgery import save_pruned
-from .registry import Healed
+from analysis.models.adapters import adapter_for
+from analysis.models.plan import Plan
+from analysis.models.surgery import save_pruned
+from analysis.heal.registry import Healed
 
 HEAL_FILE = "entroscope-heal.json"
 
@@ -25,7 +25,7 @@ def _settings_hash(healed: Healed) -> str:
 
 
 def healed_lm(lm, healed: Healed):
-    """The healed model as a :class:`~analysis.models.LoadedModel` (evaluate it like any model)."""
+    """The healed model as a :class:`~analysis.models.loading.LoadedModel` (evaluate it like any model)."""
     return type(lm)(model=healed.model, tokenizer=lm.tokenizer, adapter=adapter_for(healed.model),
                     name=f"{lm.name}+heal:{healed.method}", source=lm.source,
                     fingerprint=f"{lm.fingerprint}:heal:{_settings_hash(healed)}", device=lm.device, dtype=lm.dtype,
@@ -34,8 +34,8 @@ def healed_lm(lm, healed: Healed):
 
 def compare(lm, model, windows, cfg=None) -> dict:
     """Perplexity of ``model`` and of the original, KL(original ‖ model) and top-1 agreement on the same
-    windows (anything :func:`~analysis.evaluate.prepare_eval` accepts), as :func:`~analysis.evaluate.agreement`."""
-    from ..evaluate import EvalConfig, _chunks, _final_hidden, _head, _ppl_result, _protocol, prepare_eval
+    windows (anything :func:`~analysis.evaluate.perplexity.prepare_eval` accepts), as :func:`~analysis.evaluate.perplexity.agreement`."""
+    from analysis.evaluate.perplexity import EvalConfig, _chunks, _final_hidden, _head, _ppl_result, _protocol, prepare_eval
 
     cfg = cfg or EvalConfig()
     windows = prepare_eval(lm, windows, cfg)
@@ -62,7 +62,7 @@ def compare(lm, model, windows, cfg=None) -> dict:
 def save_healed(lm, healed: Healed, out_dir: str | os.PathLike, overwrite: bool = False,
                 root: str | os.PathLike | None = None, extra_files: dict | None = None,
                 expected: str | None = None) -> Path:
-    """Save the healed pruned model like :func:`~analysis.surgery.save_pruned` (same safe write, same
+    """Save the healed pruned model like :func:`~analysis.models.surgery.save_pruned` (same safe write, same
     format): whole layers removed; sub-blocks the healed copy has lost stored with zeroed output projections,
     so plain ``from_pretrained`` gives exactly the healed model's outputs. ``entroscope-heal.json`` records
     the healing, with the plan in the original model's 0-based indices."""

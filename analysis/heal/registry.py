@@ -1,6 +1,6 @@
-"""Healing methods, registered with their semantics (like :mod:`analysis.criteria`).
+"""Healing methods, registered with their semantics (like :mod:`analysis.score.criteria`).
 
-A healing method repairs a pruned model: given the original model, a :class:`~analysis.plan.Plan` and
+A healing method repairs a pruned model: given the original model, a :class:`~analysis.models.plan.Plan` and
 calibration tokens it returns a :class:`Healed` model with new weights for the pruned model. The shared
 base model is never modified: ``linear`` returns a view that shares every weight with the base model
 except the few projections it rewrites; ``distill`` trains its own pruned copy.
@@ -13,8 +13,8 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import EntroscopeError
-from ..plan import Plan
+from analysis.errors import EntroscopeError
+from analysis.models.plan import Plan
 
 Progress = Callable[[float, str], None]
 
@@ -103,7 +103,7 @@ def heal(lm, plan: Plan | None, method: str = "linear", tokens=None, progress: P
 
 
 def _none(lm, plan, tokens, progress=None, stop=None, **_) -> Healed:
-    from ..surgery import pruned_view
+    from analysis.models.surgery import pruned_view
 
     return Healed("none", plan, pruned_view(lm.model, plan), {}, {"seconds": 0.0, "passes": 0})
 

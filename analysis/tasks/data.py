@@ -3,7 +3,7 @@
 Every task example comes from a **held-out** part of its source, never from a calibration split:
 
 * ``cloze-<domain>``: LAMBADA-style last-word prediction. Each paragraph of the domain's ``eval`` documents
-  (see :mod:`analysis.corpora`) is cut into consecutive spans of at most :data:`CLOZE_MAX_WORDS` words;
+  (see :mod:`analysis.data.corpora`) is cut into consecutive spans of at most :data:`CLOZE_MAX_WORDS` words;
   the last alphabetic word (3+ letters, not a function word, preceded by a single space) after at least
   :data:`CLOZE_MIN_CONTEXT` words of a span is the target, the text before it the context. Items whose
   context also occurs in a calibration document (text repeated across documents) are dropped.
@@ -24,7 +24,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..errors import DataError
+from analysis.errors import DataError
 
 DATA_VERSION = 1
 CLOZE_MAX_WORDS = 120   # a span (context + target) has at most this many words
@@ -40,7 +40,7 @@ _STOP = frozenset("the and for are but not you all any can had her was one our o
 
 
 def data_root() -> Path:
-    from ..models import cache_root
+    from analysis.models.loading import cache_root
 
     return cache_root() / "tasks" / f"v{DATA_VERSION}"
 
@@ -82,7 +82,7 @@ def _doc_cloze(doc: str, d: int) -> list[dict]:
 
 
 def _build_cloze(domain: str) -> dict[str, list[dict]]:
-    from ..corpora import load_corpus
+    from analysis.data.corpora import load_corpus
 
     corpus = load_corpus(domain)
     items = cloze_items(corpus.eval, max_items=10 ** 9)
@@ -116,7 +116,7 @@ def short_answer(answer: str) -> str:
 def _build_math() -> dict[str, list[dict]]:
     from importlib.resources import files
 
-    from .. import corpora
+    from analysis.data import corpora
 
     try:
         raw = files("champ_dataset").joinpath("dataset_files", "v0.json").read_text(encoding="utf-8")

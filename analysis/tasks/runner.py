@@ -3,7 +3,7 @@
 lm-eval is the engine: :func:`evaluate_tasks` wraps the (view of the) model object in lm-eval's own
 ``HFLM`` and calls ``lm_eval.simple_evaluate`` with a ``TaskManager`` whose ``include_path`` is this
 package's ``configs/`` folder (the local tasks). The cached base model is never modified: even without a
-plan the model lm-eval sees is a :func:`~analysis.surgery.pruned_view` (its own top-level objects, shared
+plan the model lm-eval sees is a :func:`~analysis.models.surgery.pruned_view` (its own top-level objects, shared
 weights), so lm-eval's ``eval()``/``tie_weights()`` calls touch only the view.
 
 Standard lm-eval tasks (hellaswag, arc_easy, piqa, winogrande, …) pass through by name when the Hugging
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import DataError
-from ..plan import Plan
+from analysis.errors import DataError
+from analysis.models.plan import Plan
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CODE_TASKS = frozenset({"humaneval"})
@@ -90,7 +90,7 @@ def _extra_local(cfg: TaskConfig) -> set[str]:
 
 def hub_offline_reason() -> str | None:
     """Why the dataset hub can't be used right now, or None when it is reachable."""
-    from ..corpora import _hub_offline_env, _hub_reachable
+    from analysis.data.corpora import _hub_offline_env, _hub_reachable
 
     if _hub_offline_env():
         return "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
@@ -202,7 +202,7 @@ def evaluate_tasks(model_or_lm, tasks: str | Sequence[str], plan: Plan | None = 
     """
     from lm_eval.models.huggingface import HFLM
 
-    from ..surgery import what_if
+    from analysis.models.surgery import what_if
 
     cfg = cfg or TaskConfig()
     names = parse_tasks(tasks)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ..plan import Plan
-from .runner import TaskConfig, check_tasks, evaluate_tasks, flat_columns, parse_tasks
+from analysis.models.plan import Plan
+from analysis.tasks.runner import TaskConfig, check_tasks, evaluate_tasks, flat_columns, parse_tasks
 
 
 def plan_key(plan: Plan | None) -> tuple:

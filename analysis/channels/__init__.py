@@ -1,0 +1,1 @@
+"""Iterative channel pruning with hybrid multi-domain calibration."""

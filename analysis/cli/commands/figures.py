@@ -1,0 +1,53 @@
+"""``python -m analysis figures``: every chart of a run (and an eval / sweep) as PNG, SVG and PDF files."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("figures", help="save every chart as PNG/SVG/PDF (offline, matplotlib)",
+                       description="Render the app's charts from a run JSON (and optionally an eval and a sweep "
+                                   "JSON) to static files: one file per chart and format in --out.")
+    p.add_argument("--run", default=None, help="run JSON from `analyze`")
+    p.add_argument("--eval", default=None, help="eval JSON from `eval` (perplexity before/after)")
+    p.add_argument("--sweep", default=None, help="sweep JSON from `sweep` (perplexity vs k, Pareto)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace figure files that already exist in --out")
+    p.add_argument("--formats", default="png,svg,pdf", help="comma list of png, svg, pdf (default: all three)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _json_file(path: str, what: str, hint: str) -> dict:
+    from pathlib import Path
+
+    from analysis.errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{what} file not found: {path}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(f"{path} is not a JSON file", hint=hint) from None
+
+
+def run(args) -> int:
+    from analysis.errors import DataError
+    from analysis.figures import FORMATS, all_figures, save_figures
+    from analysis.score.result import AnalysisResult
+
+    if not (args.run or args.eval or args.sweep):
+        raise DataError("Nothing to draw", hint="give --run run.json and/or --eval eval.json / --sweep sweep.json")
+    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise DataError(f"Unknown figure format(s) {bad or args.formats!r}", hint=f"use {', '.join(FORMATS)}")
+    r = AnalysisResult.load(args.run) if args.run else None
+    ev = _json_file(args.eval, "Eval", "create it with `python -m analysis eval ... --out eval.json`") if args.eval else None
+    sw = _json_file(args.sweep, "Sweep", "create it with `python -m analysis sweep ... --out sweep.json`") \
+        if args.sweep else None
+    figs = all_figures(r, ev, sw)
+    paths = save_figures(figs, args.out, formats, overwrite=args.overwrite)
+    if not args.quiet:
+        print(json.dumps({"out": args.out, "figures": list(figs), "files": len(paths)}))
+    return 0

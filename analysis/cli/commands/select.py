@@ -1,0 +1,60 @@
+"""``python -m analysis select``: choose k blocks with any registered criterion → plan.json
+(:meth:`analysis.models.plan.Plan.from_selection`)."""
+from __future__ import annotations
+
+import json
+
+from analysis.cli.argtypes import block_window, seed_int
+from analysis.cli.main import int_list
+
+
+def register(sub) -> None:
+    from analysis.score.criteria import CRITERIA
+
+    p = sub.add_parser("select", help="pick k blocks to drop from a run with a criterion",
+                       description="Blocks are 0-based. Criteria: " + ", ".join(CRITERIA))
+    p.add_argument("--run", required=True, help="run JSON from `analyze`")
+    p.add_argument("--criterion", default="entrodrop")
+    p.add_argument("--k", type=int, required=True, help="number of blocks to drop")
+    p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default=None,
+                   help="default: the run's granularity")
+    p.add_argument("--protect", type=int_list, default=None,
+                   help="override the protected blocks, e.g. 0,1,29 (default: the run's)")
+    p.add_argument("--estimator", default=None, help="entrodrop: which estimator of the run to use")
+    p.add_argument("--seed", type=seed_int, default=0, help="random criterion seed")
+    p.add_argument("--window", type=block_window, default=1, help="angular: per-block window")
+    p.add_argument("--out", default=None, help="write the plan JSON here (default: print it)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from analysis.score.criteria import get_criterion, select
+    from analysis.models.plan import Plan
+    from analysis.score.result import AnalysisResult
+
+    from analysis.store.outdir import check_out_file, write_text_atomic
+
+    check_out_file(args.out, "--out file")
+    r = AnalysisResult.load(args.run)
+    c = get_criterion(args.criterion)
+    params = {}
+    if "estimator" in c.params and args.estimator:
+        params["estimator"] = args.estimator
+    if "seed" in c.params:
+        params["seed"] = args.seed
+    if "window" in c.params:
+        if args.window >= r.num_layers:
+            from analysis.errors import SelectionError
+
+            raise SelectionError(f"--window {args.window} spans the whole {r.num_layers}-layer model",
+                                 hint=f"use 1..{r.num_layers - 1}")
+        params["window"] = args.window
+    sel = select(r, args.criterion, args.k, args.granularity, protected=args.protect, **params)
+    plan = Plan.from_selection(sel, r)
+    text = plan.to_json()
+    if args.out:
+        write_text_atomic(args.out, text)
+        print(json.dumps({"out": args.out, "blocks": sel.blocks, "granularity": sel.granularity}))
+    else:
+        print(text)
+    return 0

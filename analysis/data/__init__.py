@@ -1,0 +1,1 @@
+"""Text: domains, local files, hub datasets, calibration windows."""

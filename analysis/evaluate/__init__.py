@@ -1,0 +1,1 @@
+"""Evaluating pruned models: perplexity, latency, sweeps."""

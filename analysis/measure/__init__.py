@@ -1,0 +1,1 @@
+"""Measuring: activation capture, results cache, entropy and MI estimators, sinks, boundary."""

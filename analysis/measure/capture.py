@@ -1,0 +1,365 @@
+"""Streaming capture: forward hooks feed per-sequence statistics to accumulators, batch by batch.
+
+One forward pass of the *base* model (no LM head, no autograd) over the calibration tokens. Hooks on
+every decoder layer see ``resid_pre``, ``resid_mid`` and ``resid_post`` (see :mod:`analysis.models.adapters`)
+and reduce them at once to per-sequence numbers (entropies, cosines, norms) written into preallocated
+device tensors: no activation outlives its layer, and nothing synchronises with the host until the end.
+Optionally a seeded, capped token subsample of the states is kept for mutual-information estimators.
+
+Because ``resid_post[l] == resid_pre[l + 1]``, entropies are computed once per residual *boundary*::
+
+    boundary 0      = resid_pre[0]      (embeddings)
+    boundary l + 1  = resid_post[l]
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from analysis.measure.estimators import as_float32, get_estimator
+from analysis.models.loading import LoadedModel
+from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, bind_masked, check_mode, detect_sinks
+
+Progress = Callable[[float, str], None]
+#: Within a batch, progress is reported after a block finishes at most this often (seconds).
+PROGRESS_EVERY_S = 0.5
+
+
+class StopRequested(Exception):
+    """Raised inside the pass when ``should_stop()`` turns true; partial results are kept."""
+
+
+@dataclass
+class CaptureConfig:
+    estimators: dict[str, dict] = field(default_factory=lambda: {"bucket": {}})  # name -> params (k, bins, alpha)
+    batch_size: int = 8            # sequences per forward pass
+    skip_first_token: bool = False  # legacy alias of sinks="first"
+    sinks: str = "keep"            # keep (reference: every token) | exclude (detected sinks) | first (position 0)
+    sink_ratio: float = DEFAULT_RATIO      # sink rule: norm > ratio × the sequence's median token norm ...
+    sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its largest max(1, ⌊frac·T⌋) norms (analysis.measure.sinks)
+
+    @property
+    def sink_mode(self) -> str:
+        return "first" if self.skip_first_token and self.sinks == "keep" else self.sinks
+    state_tokens: int = 0          # >0: keep this many sampled tokens of every boundary/mid state (for MI)
+    seed: int = 2024               # token subsample seed
+    cosine: bool = True            # LLM-Drop cosine / Block Influence / angular statistics
+
+
+@dataclass
+class CaptureStats:
+    """Per-sequence statistics; ``[N, ...]`` tensors on the CPU after the pass.
+
+    entropy[est]["boundary"]: [N, L+1]    H of resid_pre[0], resid_post[0..L-1]
+    entropy[est]["mid"]:      [N, L]      H of resid_mid[l]
+    cos_attn / cos_mlp / cos_layer: [N, L]   cos(resid_pre, resid_mid) / (resid_mid, resid_post) / (pre, post)
+    last_cos: [N, L+1, L+1]   cosine between boundary states of the last token (angular distance, Gromov)
+    norm_boundary [N, L+1], norm_mid [N, L]: RMS token norms
+    nonfinite: {point: count} of NaN/inf values seen
+    sinks: {"boundary": [L+1], "mid": [L], "boundary_pos0": [L+1], "mid_pos0": [L]} int64 counts of tokens
+        flagged as sinks by the rule (in every mode; excluded from the statistics only with sinks="exclude")
+    states: {"boundary": [M, L+1, d], "mid": [M, L, d]} sampled tokens (float32) when state_tokens > 0
+    """
+
+    num_layers: int
+    n_done: int
+    entropy: dict[str, dict[str, Tensor]]
+    cos_attn: Tensor | None
+    cos_mlp: Tensor | None
+    cos_layer: Tensor | None
+    last_cos: Tensor | None
+    norm_boundary: Tensor
+    norm_mid: Tensor
+    nonfinite: dict[str, int]
+    states: dict[str, Tensor] | None
+    seconds: float
+    completed: bool
+    sinks: dict[str, Tensor] | None = None
+
+
+class _Recorder:
+    """Hook state for one pass. Hooks act only on the thread that runs the pass, so a model shared by
+    several app sessions can be analysed by one while another evaluates it."""
+
+    def __init__(self, lm: LoadedModel, n: int, cfg: CaptureConfig, device: torch.device):
+        self.lm, self.cfg, self.dev = lm, cfg, device
+        L = lm.num_layers
+        self.L = L
+        self.thread = threading.get_ident()
+        self.est = {name: get_estimator(name).bind(**params) for name, params in cfg.estimators.items()}
+        self.mode = cfg.sink_mode
+        check_mode(self.mode)
+        self.masked = ({name: bind_masked(name, params) for name, params in cfg.estimators.items()}
+                       if self.mode == "exclude" else None)
+        zi = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.int64)  # noqa: E731
+        self.sink_counts = {"boundary": zi(L + 1), "mid": zi(L), "boundary_pos0": zi(L + 1), "mid_pos0": zi(L)}
+        self.state_sink: Tensor | None = None   # [N·m] bool: sampled state row is a sink at some point
+        z = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.float32)  # noqa: E731
+        self.entropy = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.est}
+        self.cos_attn = z(n, L) if cfg.cosine else None
+        self.cos_mlp = z(n, L) if cfg.cosine else None
+        self.cos_layer = z(n, L) if cfg.cosine else None
+        # last-token states of the current batch only; reduced to pairwise cosines at each batch end
+        self.last = z(min(n, cfg.batch_size), L + 1, lm.adapter.hidden_size) if cfg.cosine else None
+        self.last_cos = z(n, L + 1, L + 1) if cfg.cosine else None
+        self.norm_boundary, self.norm_mid = z(n, L + 1), z(n, L)
+        self.nonfinite = {"boundary": torch.zeros((), dtype=torch.int64, device=device),
+                          "mid": torch.zeros((), dtype=torch.int64, device=device)}
+        self.states = None
+        self.rows = slice(0, 0)
+        self.pos_idx: Tensor | None = None      # [B, m] token positions kept for MI in this batch
+        self.state_rows = slice(0, 0)
+        self.pre: Tensor | None = None
+        self.mid: Tensor | None = None
+        self.pre_norms = self.mid_norms = self.post_norms = None   # [B, T'] token norms of the points
+        self.on_layer: Callable[[int], None] | None = None         # progress within a batch (block done)
+        self.pre_keep = self.mid_keep = self.post_keep = None      # [B, T] kept tokens (sinks="exclude")
+
+    def _view(self, x: Tensor) -> Tensor:
+        return x[:, 1:] if self.mode == "first" and x.shape[1] > 1 else x
+
+    def _stats(self, kind: str, col: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Entropies, RMS norm, non-finite count, sink counts and sampled states of one residual point.
+
+        Returns the per-token L2 norms ``[B, T']`` (reused by the cosines of this point's neighbours) and,
+        with sinks="exclude", the kept-token mask ``[B, T]`` (else None)."""
+        r = self.rows
+        full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
+        sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac)    # [B, T]
+        self.sink_counts[kind][col] += sink.sum()
+        self.sink_counts[kind + "_pos0"][col] += sink[:, 0].sum()
+        keep = None
+        if self.mode == "exclude":
+            keep = ~sink
+            norms = full
+            for name, fn in self.masked.items():
+                self.entropy[name][kind][r, col] = fn(x, keep)
+            ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+        else:
+            xs = self._view(x)
+            norms = full[:, 1:] if xs is not x else full                          # [B, T']
+            for name, fn in self.est.items():
+                self.entropy[name][kind][r, col] = fn(xs)
+            ms = norms.pow(2).mean(-1)
+        self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
+        (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
+        if self.states is not None:
+            b, m = self.pos_idx.shape
+            picked = torch.gather(x, 1, self.pos_idx.unsqueeze(-1).expand(b, m, x.shape[-1]))
+            # a view of the (pinned, on CUDA) host buffer: the copy runs asynchronously, no per-layer sync
+            self.states[kind][self.state_rows, col].copy_(picked.reshape(b * m, -1), non_blocking=True)
+            if keep is not None:
+                self.batch_state_sink |= torch.gather(sink, 1, self.pos_idx).reshape(-1)
+        return norms, keep
+
+    def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor, ka: Tensor | None = None,
+             kb: Tensor | None = None) -> Tensor:
+        """Per-sequence mean over (kept) tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
+        dot = (as_float32(self._view(a)) * as_float32(self._view(b))).sum(-1)
+        cos = dot / (na * nb).clamp_min(1e-8)
+        if ka is None:
+            return cos.mean(-1)
+        keep = ka & kb
+        return (cos * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+
+    def _here(self, x: Tensor) -> Tensor:
+        return x if x.device == self.dev else x.to(self.dev)  # layer offloaded / on another GPU (device_map)
+
+    # hook bodies -----------------------------------------------------------------------------------
+    def layer_pre(self, layer: int, x: Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        self.pre = x = self._here(x)
+        if layer == 0 or self.post_norms is None:
+            self.pre_norms, self.pre_keep = self._stats("boundary", layer, x)
+            if self.last is not None:
+                self.last[: x.shape[0], layer] = x[:, -1].float()
+        else:  # resid_pre[l] is resid_post[l-1]: its statistics were taken there
+            self.pre_norms, self.pre_keep = self.post_norms, self.post_keep
+
+    def layer_mid(self, layer: int, x: Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        self.mid = x = self._here(x)
+        self.mid_norms, self.mid_keep = self._stats("mid", layer, x)
+        if self.cos_attn is not None:
+            self.cos_attn[self.rows, layer] = self._cos(self.pre, x, self.pre_norms, self.mid_norms,
+                                                        self.pre_keep, self.mid_keep)
+
+    def layer_post(self, layer: int, y: Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        y = self._here(y)
+        self.post_norms, self.post_keep = self._stats("boundary", layer + 1, y)
+        if self.cos_mlp is not None:
+            self.cos_mlp[self.rows, layer] = self._cos(self.mid, y, self.mid_norms, self.post_norms,
+                                                       self.mid_keep, self.post_keep)
+            self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms,
+                                                         self.pre_keep, self.post_keep)
+            self.last[: y.shape[0], layer + 1] = y[:, -1].float()
+        self.pre = self.mid = None
+        if self.on_layer is not None:
+            self.on_layer(layer)
+
+
+def _first_tensor(args, kwargs, key: str = "hidden_states") -> Tensor:
+    if args:
+        return args[0]
+    return kwargs[key]
+
+
+def _output_tensor(out) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _install(rec: _Recorder) -> list:
+    ad = rec.lm.adapter
+    handles = []
+    for i in range(ad.num_layers):
+        layer = ad.layers[i]
+        handles.append(layer.register_forward_pre_hook(
+            lambda m, a, kw, i=i: rec.layer_pre(i, _first_tensor(a, kw)), with_kwargs=True))
+        handles.append(ad.mid_norm(i).register_forward_pre_hook(
+            lambda m, a, kw, i=i: rec.layer_mid(i, _first_tensor(a, kw)), with_kwargs=True))
+        handles.append(layer.register_forward_hook(
+            lambda m, a, kw, out, i=i: rec.layer_post(i, _output_tensor(out)), with_kwargs=True))
+    return handles
+
+
+def _state_positions(n: int, t: int, total: int, seed: int, skip_first: bool) -> Tensor:
+    """Seeded token positions per sequence: ``[N, m]`` with ``m = ceil(total / N)``, sorted."""
+    lo = 1 if skip_first and t > 1 else 0
+    m = max(1, min(t - lo, math.ceil(total / n)))
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.stack([torch.randperm(t - lo, generator=g)[:m] + lo for _ in range(n)])
+    return pos.sort(dim=1).values
+
+
+def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Progress | None = None,
+            should_stop: Callable[[], bool] | None = None, offset: int = 0, total: int | None = None,
+            checkpoint: Callable[[CaptureStats], None] | None = None,
+            checkpoint_every_s: float = 30.0, preview: Callable[[CaptureStats], None] | None = None,
+            preview_every_s: float = 2.0) -> CaptureStats:
+    """Run the analysis pass over ``input_ids [N, T]`` and return per-sequence statistics.
+
+    ``should_stop`` is polled between batches; when it returns True the pass ends early and the
+    returned stats cover the first ``n_done`` sequences (``completed=False``). To resume an
+    interrupted run, pass the remaining rows with ``offset`` (their index in the full set of ``total``
+    rows, which keeps the seeded state subsample identical) and :func:`merge_stats` the parts.
+    ``checkpoint(partial_stats)`` is called at most every ``checkpoint_every_s`` seconds.
+    ``progress`` is also told, at most every half second, how far the current batch is (blocks done), so a
+    slow batch never looks frozen. ``preview(partial_stats)`` (without the sampled MI states) is called
+    after the first batch and then at most every ``preview_every_s`` seconds, to draw curves as they fill.
+    """
+    t0 = time.perf_counter()
+    n, t = input_ids.shape
+    total = total or offset + n
+    dev = lm.device if lm.device is not None else torch.device("cpu")
+    rec = _Recorder(lm, n, cfg, dev)
+    if cfg.state_tokens > 0:
+        rec.all_pos = _state_positions(total, t, cfg.state_tokens, cfg.seed, cfg.sink_mode == "first")[offset:offset + n]
+        m = rec.all_pos.shape[1]
+        pin = dev.type == "cuda"
+        rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size, pin_memory=pin),
+                      "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size, pin_memory=pin)}
+        rec.state_sink = torch.zeros(n * m, dtype=torch.bool)
+    handles = _install(rec)
+    base = lm.adapter.base
+    done, last_ckpt, last_preview = 0, time.perf_counter(), None
+    if progress is not None:
+        tick = [time.perf_counter()]
+
+        def _within_batch(layer: int) -> None:
+            now = time.perf_counter()
+            if now - tick[0] < PROGRESS_EVERY_S or layer + 1 >= rec.L:
+                return
+            tick[0] = now
+            b = rec.rows.stop - rec.rows.start
+            progress((offset + rec.rows.start + b * (layer + 1) / rec.L) / total,
+                     f"analysed {offset + rec.rows.start}/{total} sequences · block {layer + 1}/{rec.L} "
+                     f"of the next {b}")
+
+        rec.on_layer = _within_batch
+    try:
+        with torch.inference_mode():
+            for s in range(0, n, cfg.batch_size):
+                if should_stop is not None and should_stop():
+                    break
+                e = min(n, s + cfg.batch_size)
+                rec.rows = slice(s, e)
+                if rec.states is not None:
+                    m = rec.all_pos.shape[1]
+                    rec.pos_idx = rec.all_pos[s:e].to(dev)
+                    rec.state_rows = slice(s * m, e * m)
+                    rec.batch_state_sink = torch.zeros((e - s) * m, dtype=torch.bool, device=dev)
+                base(input_ids=input_ids[s:e].to(dev), use_cache=False)
+                if rec.last is not None:
+                    rec.last_cos[s:e] = _pairwise_cos(rec.last[: e - s])
+                if rec.states is not None and rec.mode == "exclude":
+                    rec.state_sink[rec.state_rows] = rec.batch_state_sink.cpu()
+                done = e
+                if progress is not None:
+                    progress((offset + done) / total, f"analysed {offset + done}/{total} sequences")
+                if preview is not None and e < n and (last_preview is None
+                                                      or time.perf_counter() - last_preview > preview_every_s):
+                    preview(_collect(rec, done, time.perf_counter() - t0, n, with_states=False))
+                    last_preview = time.perf_counter()
+                if checkpoint is not None and e < n and time.perf_counter() - last_ckpt > checkpoint_every_s:
+                    checkpoint(_collect(rec, done, time.perf_counter() - t0, n))
+                    last_ckpt = time.perf_counter()
+    finally:
+        for h in handles:
+            h.remove()
+        rec.pre = rec.mid = rec.pre_norms = rec.mid_norms = rec.post_norms = None
+        rec.pre_keep = rec.mid_keep = rec.post_keep = None
+    return _collect(rec, done, time.perf_counter() - t0, n)
+
+
+def _collect(rec: _Recorder, done: int, seconds: float, n: int, with_states: bool = True) -> CaptureStats:
+    """Stats of the first ``done`` rows, moved to the CPU (the only host transfer of the pass)."""
+    if rec.dev.type == "cuda":
+        torch.cuda.synchronize(rec.dev)  # the asynchronous state copies must have landed
+    keep = slice(0, done)
+    cpu = lambda x: None if x is None else x[keep].cpu()  # noqa: E731
+    states = None
+    if rec.states is not None and with_states:
+        m = rec.all_pos.shape[1]
+        ok = ~rec.state_sink[: done * m]   # sampled tokens that are a sink anywhere leave the MI states
+        states = {k: v[: done * m][ok] if rec.mode == "exclude" else v[: done * m].clone()
+                  for k, v in rec.states.items()}
+    return CaptureStats(
+        num_layers=rec.L, n_done=done,
+        entropy={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy.items()},
+        cos_attn=cpu(rec.cos_attn), cos_mlp=cpu(rec.cos_mlp), cos_layer=cpu(rec.cos_layer),
+        last_cos=cpu(rec.last_cos),
+        norm_boundary=cpu(rec.norm_boundary), norm_mid=cpu(rec.norm_mid),
+        nonfinite={k: int(v) for k, v in rec.nonfinite.items()}, states=states,
+        seconds=seconds, completed=done == n, sinks={k: v.cpu() for k, v in rec.sink_counts.items()})
+
+
+def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
+    """Concatenate the statistics of consecutive row ranges (resume after an interruption)."""
+    cat = lambda x, y: None if x is None else torch.cat([x, y])  # noqa: E731
+    return CaptureStats(
+        num_layers=a.num_layers, n_done=a.n_done + b.n_done,
+        entropy={e: {k: torch.cat([v, b.entropy[e][k]]) for k, v in d.items()} for e, d in a.entropy.items()},
+        cos_attn=cat(a.cos_attn, b.cos_attn), cos_mlp=cat(a.cos_mlp, b.cos_mlp),
+        cos_layer=cat(a.cos_layer, b.cos_layer), last_cos=cat(a.last_cos, b.last_cos),
+        norm_boundary=cat(a.norm_boundary, b.norm_boundary), norm_mid=cat(a.norm_mid, b.norm_mid),
+        nonfinite={k: a.nonfinite[k] + b.nonfinite[k] for k in a.nonfinite},
+        states=None if a.states is None or b.states is None
+        else {k: torch.cat([v, b.states[k]]) for k, v in a.states.items()},
+        seconds=a.seconds + b.seconds, completed=b.completed,
+        sinks=None if a.sinks is None or b.sinks is None else {k: v + b.sinks[k] for k, v in a.sinks.items()})
+
+
+def _pairwise_cos(last: Tensor) -> Tensor:
+    """``[N, L+1, d]`` last-token states → ``[N, L+1, L+1]`` cosine between every pair of boundaries."""
+    u = last / last.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return (u @ u.transpose(1, 2)).clamp_(-1.0, 1.0)

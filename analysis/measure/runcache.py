@@ -1,0 +1,74 @@
+"""Results cache: capture statistics saved as the pass goes, so long analyses resume and never repeat.
+
+The key is everything the statistics depend on: model fingerprint, dtype, the exact token ids and the
+capture configuration. Files live under ``<cache root>/runs/<key>.pt`` (tensors only, loaded with
+``weights_only=True``: nothing is unpickled).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from analysis.measure.capture import CaptureConfig, CaptureStats, capture, merge_stats
+from analysis.models.loading import LoadedModel, cache_root, dtype_name
+
+
+def run_key(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": lm.fingerprint, "dtype": dtype_name(lm.dtype), "device": lm.device.type,
+                         "cfg": dataclasses.asdict(cfg), "shape": list(input_ids.shape), "v": 1},
+                        sort_keys=True).encode())
+    h.update(input_ids.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def cache_path(key: str) -> Path:
+    """``$ENTROSCOPE_RUNS`` or ``<cache root>/runs``."""
+    root = os.environ.get("ENTROSCOPE_RUNS")
+    return (Path(root) if root else cache_root() / "runs") / f"{key}.pt"
+
+
+def save_stats(path: Path, stats: CaptureStats) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(dataclasses.asdict(stats), tmp)
+    os.replace(tmp, path)
+
+
+def load_stats(path: Path) -> CaptureStats | None:
+    try:
+        d = torch.load(path, weights_only=True)
+        return CaptureStats(**d)
+    except Exception:  # noqa: BLE001 - a corrupt or foreign file is simply recomputed
+        return None
+
+
+def cached_capture(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig, progress=None,
+                   should_stop=None, checkpoint_every_s: float = 20.0, preview=None) -> CaptureStats:
+    """:func:`~analysis.measure.capture.capture` with resume: finished rows are loaded, the rest computed."""
+    path = cache_path(run_key(lm, input_ids, cfg))
+    n = input_ids.shape[0]
+    done = load_stats(path) if path.exists() else None
+    if done is not None and done.n_done >= n:
+        if progress:
+            progress(1.0, f"loaded finished run from the results cache ({n} sequences)")
+        return done
+    start = done.n_done if done is not None else 0
+
+    def ckpt(partial: CaptureStats) -> None:
+        save_stats(path, partial if done is None else merge_stats(done, partial))
+
+    def show(partial: CaptureStats) -> None:
+        preview(partial if done is None else merge_stats(done, partial))
+
+    rest = capture(lm, input_ids[start:], cfg, progress=progress, should_stop=should_stop, offset=start, total=n,
+                   checkpoint=ckpt, checkpoint_every_s=checkpoint_every_s, preview=show if preview else None)
+    stats = rest if done is None else merge_stats(done, rest)
+    stats.completed = stats.n_done >= n
+    save_stats(path, stats)
+    return stats

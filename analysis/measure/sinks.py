@@ -1,0 +1,218 @@
+"""Attention sinks / massive activations: detection per sequence and residual point, and masked statistics.
+
+Many LLMs put a few tokens (usually position 0, sometimes a delimiter) into a "massive activation"
+state from some block on: their residual norm jumps by one to two orders of magnitude (Sun et al.
+2024). One such token dominates per-dimension ranges (Bucket), nearest-neighbour radii (KNN) and mean
+cosines, so the entropy curve shows the artefact rather than the other tokens' geometry.
+
+**Rule** (documented, configurable): at every residual point (``resid_pre/mid/post``) and for every
+sequence separately, token ``t`` is a *sink* when
+
+    ‖x_t‖ > ratio × median_s ‖x_s‖            (default ratio = 8)
+
+and it is among the ``max(1, ⌊max_frac·T⌋)`` largest norms of that sequence (default ``max_frac`` = 0.05,
+so at most 5 % of the tokens are ever left out and KNN keeps enough neighbours).
+
+**Modes** (``--sinks``): ``exclude`` leaves sinks out of every statistic (entropies, cosines, norms, MI
+states); ``keep`` uses every token exactly as EntroDrop's reference code (sinks are still counted);
+``first`` leaves out position 0 only (the older ``--skip-first-token``).
+
+Everything here is batched: a boolean ``keep [B, T]`` mask (True = token used) rides along with the
+states ``x [B, T, d]``, so sequences with different numbers of sinks share one tensor; masked tokens are
+never neighbours, never set a range, and never enter a mean.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from analysis.errors import SelectionError
+from analysis.measure.estimators import _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
+
+SINK_MODES = ("exclude", "keep", "first")
+DEFAULT_RATIO = 8.0
+DEFAULT_MAX_FRAC = 0.05
+
+
+def check_mode(mode: str) -> None:
+    if mode not in SINK_MODES:
+        raise SelectionError(f"Unknown sinks mode {mode!r}", hint=f"use one of {', '.join(SINK_MODES)}")
+
+
+def max_sinks(t: int, max_frac: float = DEFAULT_MAX_FRAC) -> int:
+    """The most tokens of a ``t``-token sequence the rule may flag."""
+    return max(1, int(math.floor(max_frac * t)))
+
+
+def detect_sinks(norms: Tensor, ratio: float = DEFAULT_RATIO, max_frac: float = DEFAULT_MAX_FRAC) -> Tensor:
+    """``norms [B, T]`` token L2 norms → ``[B, T]`` bool, True where the token is a sink (see module doc)."""
+    b, t = norms.shape
+    med = norms.median(dim=1, keepdim=True).values                                      # [B, 1]
+    flag = norms > ratio * med
+    cap = max_sinks(t, max_frac)
+    if cap < t:
+        top = torch.topk(norms, cap, dim=1).indices                                     # [B, cap] largest norms
+        flag &= torch.zeros_like(flag).scatter_(1, top, True)
+    return flag
+
+
+# ---- masked estimators: (x [B, N, d], keep [B, N] bool, **params) -> [B] ------------------------------
+
+def _count(keep: Tensor) -> Tensor:
+    return keep.sum(dim=1).to(torch.float32)                                            # [B]
+
+
+def masked_mean_tokens(v: Tensor, keep: Tensor) -> Tensor:
+    """Per-sequence mean over kept tokens of ``v [B, N]``: ``[B]``."""
+    return (v * keep).sum(dim=1) / _count(keep).clamp_min(1)
+
+
+def _bucket_idx(x: Tensor, lo: Tensor, hi: Tensor, keep: Tensor, bins: int) -> Tensor:
+    """Flat histogram cell of every (sequence, token, dimension); masked tokens go to a spare cell."""
+    b, n, d = x.shape
+    scale = bins / (hi - lo).clamp_min_(torch.finfo(torch.float32).tiny)
+    idx = ((x - lo) * scale).nan_to_num_(0.0).clamp_(0, bins - 1).to(torch.int32)       # [B, N, d]
+    idx = torch.where(keep.unsqueeze(-1), idx, torch.full_like(idx, bins))
+    return idx + torch.arange(b * d, device=x.device, dtype=torch.int32).view(b, 1, d) * (bins + 1)
+
+
+def _bucket_from_idx(idx: Tensor, keep: Tensor, b: int, d: int, bins: int) -> Tensor:
+    cells = b * d * (bins + 1)
+    if idx.device.type == "cpu":
+        counts = torch.bincount(idx.flatten(), minlength=cells)
+    else:
+        counts = torch.zeros(cells, device=idx.device, dtype=torch.int32)
+        counts.scatter_add_(0, idx.flatten().long(), torch.ones_like(idx.flatten()))
+    counts = counts.view(b, d, bins + 1)[..., :bins].to(torch.float32)
+    p = (counts / _count(keep).clamp_min(1).view(b, 1, 1)).clamp_min_(1e-10)
+    return -(p * p.log()).sum(dim=(1, 2))
+
+
+def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = 80) -> Tensor:
+    """:func:`~analysis.measure.estimators.entropy_bucket` over the kept tokens only (ranges from kept tokens)."""
+    x = as_float32(x)
+    b, n, d = x.shape
+    km = keep.unsqueeze(-1)
+    lo = torch.where(km, x, torch.inf).amin(dim=1, keepdim=True)                        # [B, 1, d]
+    hi = torch.where(km, x, -torch.inf).amax(dim=1, keepdim=True)
+    lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
+    return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
+
+
+def _quantile_range(x: Tensor, keep: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """Per sequence and dimension, the ``clip`` and ``1 − clip`` quantiles (nearest rank) of the kept tokens."""
+    b, n, d = x.shape
+    srt = torch.where(keep.unsqueeze(-1), x, torch.inf).sort(dim=1).values              # kept first, ascending
+    cnt = keep.sum(dim=1)                                                               # [B]
+    last = (cnt - 1).clamp_min(0).to(torch.float32)
+    i_lo = torch.floor(clip * last).long().view(b, 1, 1).expand(b, 1, d)
+    i_hi = torch.ceil((1 - clip) * last).long().view(b, 1, 1).expand(b, 1, d)
+    return torch.gather(srt, 1, i_lo), torch.gather(srt, 1, i_hi)
+
+
+def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = 80, clip: float = 0.02) -> Tensor:
+    """Bucket with robust ranges: per dimension the bins span the ``clip`` … ``1 − clip`` quantiles of the
+    tokens (values beyond fall into the edge bins), so one outlier token cannot stretch the range."""
+    x = as_float32(x)
+    b, n, d = x.shape
+    lo, hi = _quantile_range(x, keep, clip)
+    lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
+    return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
+
+
+def entropy_bucket_robust(x: Tensor, bins: int = 80, clip: float = 0.02) -> Tensor:
+    return entropy_bucket_robust_masked(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), bins, clip)
+
+
+def _masked_centered(x: Tensor, keep: Tensor) -> Tensor:
+    """Centre on the kept tokens' mean and zero the masked rows (they never enter any sum)."""
+    km = keep.unsqueeze(-1).to(x.dtype)
+    mu = (x * km).sum(dim=1, keepdim=True) / _count(keep).clamp_min(1).view(-1, 1, 1)
+    return torch.where(keep.unsqueeze(-1), x - mu, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _masked_sq_dists(xc: Tensor) -> Tensor:
+    sq = xc.pow(2).sum(-1)
+    return torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), xc, xc.transpose(1, 2), alpha=-2.0)
+
+
+def knn_radii_masked(x: Tensor, keep: Tensor, k: int) -> Tensor:
+    """Distance from each token to its k-th nearest *kept* other token: ``[B, N]`` (rows of masked tokens
+    are meaningless and must be masked by the caller). The same code as the reference path
+    (:func:`~analysis.measure.estimators.knn_radii`): ranked on the fused matmul, the k-th distance recomputed from
+    the coordinate difference, so identical kept states are exactly 0 apart; a kept token with at most k
+    kept others gets NaN."""
+    # centre on the kept tokens first: a massive excluded token would otherwise shift the common offset and
+    # drown the fused ranking in cancellation error (identical kept states stay identical after centring)
+    return knn_radii(_masked_centered(as_float32(x), keep), k, exclude=~keep)
+
+
+def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = 25, normalize: bool = False,
+                       dedup: bool = False) -> Tensor:
+    """Kozachenko–Leonenko entropy over the kept tokens (``N`` = kept count of each sequence).
+    ``dedup``: as :func:`~analysis.measure.estimators.entropy_knn`, each exactly repeated state counts once."""
+    x = as_float32(x)
+    if dedup:
+        keep = keep & ~exact_duplicates(x)
+    b, n, d = x.shape
+    if normalize:
+        x = _masked_centered(x, keep)
+        x = x / x.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        ms = masked_mean_tokens(x.pow(2).sum(-1), keep)
+        x = x / ms.sqrt().clamp_min(1e-30).view(b, 1, 1)
+    r = knn_radii_masked(x, keep, k)
+    cnt = _count(keep).clamp_min(1)
+    logr = torch.where(keep, torch.log(r + 1e-10), torch.zeros((), device=x.device))
+    const = d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1) - math.log(k)
+    return d * logr.sum(dim=1) / cnt + const + torch.log(cnt)
+
+
+def entropy_renyi_masked(x: Tensor, keep: Tensor, alpha: float = 4.0) -> Tensor:
+    """:func:`~analysis.measure.estimators.entropy_renyi` over the kept tokens (z-scores, σ and means from them)."""
+    x = as_float32(x)
+    b, n = x.shape[:2]
+    if n < 2:
+        raise SelectionError(f"Rényi entropy needs at least 2 tokens per sequence, got {n}")
+    km = keep.unsqueeze(-1)
+    cnt = _count(keep).clamp_min(2).view(b, 1, 1)
+    xc = _masked_centered(x, keep)
+    std = (xc.pow(2).sum(dim=1, keepdim=True) / (cnt - 1)).sqrt()
+    z = torch.where(km, xc / (std + 1e-10), torch.zeros((), device=x.device))
+    d2 = _masked_sq_dists(z).clamp_min_(0)
+    pair = keep.unsqueeze(2) & keep.unsqueeze(1)                                        # [B, N, N]
+    sigma2 = torch.where(pair, d2, torch.nan).reshape(b, -1).nanmedian(dim=1).values
+    sigma2 = sigma2.clamp_min(1e-24).view(b, 1, 1)
+    kern = torch.exp(-d2 / (2 * sigma2)).clamp_min(1e-10)
+    if abs(alpha - 1.0) < 1e-9:
+        kern = kern * pair
+        p = kern / kern.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+        h = -(p * p.clamp_min(1e-30).log()).sum(dim=-1)
+        return masked_mean_tokens(h, keep)
+    return torch.log((kern.pow(alpha - 1) * pair).sum(dim=(1, 2)) / cnt.view(b).pow(2)) / (1 - alpha)
+
+
+#: estimator name -> masked form ``fn(x, keep, **params)``; the capture uses these in ``exclude`` mode
+MASKED = {
+    "bucket": entropy_bucket_masked,
+    "bucket-robust": entropy_bucket_robust_masked,
+    "knn": entropy_knn_masked,
+    "knn-norm": lambda x, keep, k=25, dedup=False: entropy_knn_masked(x, keep, k=k, normalize=True, dedup=dedup),
+    "renyi": entropy_renyi_masked,
+}
+
+
+def bind_masked(name: str, params: dict):
+    """The masked form of a registered estimator with its parameters fixed: ``(x, keep) -> [B]``."""
+    from analysis.measure.estimators import get_estimator
+
+    info = get_estimator(name)
+    if name not in MASKED:
+        raise SelectionError(f"Estimator {name!r} has no sink-masked form", hint="use --sinks keep or first")
+    kw = {k: params.get(k, v) for k, v in info.defaults.items()}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    fn = MASKED[name]
+    return lambda x, keep: fn(x, keep, **kw)
+
+

@@ -1,0 +1,1 @@
+"""Models: loading, architecture adapters, surgery views, checkpoints and their formats."""

@@ -1,0 +1,1 @@
+"""Scoring blocks: analysis result, criteria, selection, MI-PRUN, block search, ground truth."""

@@ -1,0 +1,200 @@
+"""Block-redundancy criteria, registered with their semantics (lm-evaluation-harness style).
+
+Each criterion declares which granularities it scores, which direction means *redundant*
+(``"low"``: lowest score dropped first; ``"high"``: highest first), whether it selects a contiguous
+window, and whether it is stochastic, so the CLI and the app render any criterion without special cases.
+Score functions read an :class:`~analysis.score.result.AnalysisResult` and return one score per block (0-based).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from analysis.errors import SelectionError
+from analysis.score.result import GRANULARITIES, AnalysisResult
+from analysis.score.selection import best_window, check_k, rank_blocks
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    title: str
+    description: str
+    score: Callable[..., np.ndarray]                  # (result, granularity, **params) -> [L]
+    redundant: str = "low"                            # "low" | "high": which end is dropped first
+    granularities: tuple[str, ...] = GRANULARITIES
+    per_seq: Callable[..., np.ndarray] | None = None  # (result, granularity, rows) -> [N, L]; mean == score
+    needs_window: bool = False                        # selects a contiguous run of k blocks
+    stochastic: bool = False
+    reference: str = ""
+    score_label: str = "score"
+    params: dict = field(default_factory=dict)        # tunable parameters and defaults
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(c: Criterion) -> Criterion:
+    CRITERIA[c.name] = c
+    return c
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise SelectionError(f"Unknown criterion {name!r}", hint=f"choose from {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+def _check_gran(c: Criterion, g: str) -> None:
+    if g not in c.granularities:
+        raise SelectionError(f"Criterion {c.name!r} does not score {g} blocks",
+                             hint=f"it supports: {', '.join(c.granularities)}")
+
+
+# ---- EntroDrop ----------------------------------------------------------------------------------
+def _entrodrop_seq(r: AnalysisResult, g: str, rows=None, estimator: str | None = None) -> np.ndarray:
+    return r.seq_delta_h(g, estimator, rows)
+
+
+register_criterion(Criterion(
+    "entrodrop", "EntroDrop ΔH", "Entropy increase of the residual stream across the block, "
+    "ΔH = H(Z^l) − H(Z^{l−1}); blocks that add the least entropy are dropped first.",
+    score=lambda r, g, estimator=None, **_: _entrodrop_seq(r, g, estimator=estimator).mean(0),
+    per_seq=_entrodrop_seq, redundant="low", reference="Yang et al. 2025, arXiv 2504.03794",
+    score_label="ΔH (nats)", params={"estimator": None}))
+
+
+# ---- cosine baselines ---------------------------------------------------------------------------
+def _cos_seq(r: AnalysisResult, g: str, rows=None, **_) -> np.ndarray:
+    c = r.seq_cos(g)
+    return c if rows is None else c[rows]
+
+
+register_criterion(Criterion(
+    "cosine", "LLM-Drop cosine", "Mean cosine similarity between a block's input X and output X + f(X); "
+    "the most similar (highest) blocks are dropped first.",
+    score=lambda r, g, **_: _cos_seq(r, g).mean(0), per_seq=_cos_seq, redundant="high",
+    reference="He et al. 2024, arXiv 2406.15786", score_label="cos(X, Y)"))
+
+register_criterion(Criterion(
+    "block-influence", "ShortGPT Block Influence", "BI = 1 − E[cos(X, Y)] between block input and "
+    "output; the lowest-influence blocks are dropped first.",
+    score=lambda r, g, **_: 1 - _cos_seq(r, g).mean(0),
+    per_seq=lambda r, g, rows=None, **_: 1 - _cos_seq(r, g, rows), redundant="low",
+    reference="Men et al. 2024, arXiv 2403.03853", score_label="BI"))
+
+
+def _angular(r: AnalysisResult, g: str, window: int = 1, **_) -> np.ndarray:
+    if r.angular is None:
+        raise SelectionError("This run has no angular statistics (run the analysis with cosine statistics on)")
+    d = np.array(r.angular, dtype=float)
+    L = r.num_layers
+    return np.array([d[s, s + window] if s + window <= L else np.nan for s in range(L)])
+
+
+register_criterion(Criterion(
+    "angular", "Angular distance (Gromov)", "arccos(cos(x_ℓ, x_{ℓ+n}))/π between the last token's "
+    "residual states before block ℓ and after block ℓ+n−1; drops the contiguous run of k blocks with "
+    "the smallest distance. Per-block scores use window n (default 1).",
+    score=_angular, redundant="low", granularities=("layer",), needs_window=True,
+    reference="Gromov et al. 2024, arXiv 2403.17887", score_label="angular distance", params={"window": 1}))
+
+
+def _random(r: AnalysisResult, g: str, seed: int = 0, **_) -> np.ndarray:
+    return np.random.default_rng(seed).random(r.num_layers)
+
+
+register_criterion(Criterion(
+    "random", "Random", "A seeded random order: the floor any criterion should beat.",
+    score=_random, redundant="low", stochastic=True, score_label="random key", params={"seed": 0}))
+
+register_criterion(Criterion(
+    "tail", "Tail (last blocks first)", "Drops the deepest unprotected blocks first (reverse order).",
+    score=lambda r, g, **_: -np.arange(r.num_layers, dtype=float), redundant="low",
+    reference="Lu et al. 2024, Reassessing Layer Pruning", score_label="−index"))
+
+
+# ---- selection ----------------------------------------------------------------------------------
+@dataclass
+class Selection:
+    criterion: str
+    granularity: str
+    k: int
+    blocks: list[int]          # chosen blocks (sorted)
+    order: list[int]           # full drop order of unprotected blocks, most droppable first
+    scores: list[float]        # per block
+    protected: list[int]
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def scores_for(r: AnalysisResult, name: str, granularity: str | None = None, **params) -> np.ndarray:
+    c = get_criterion(name)
+    g = granularity or r.granularity
+    _check_gran(c, g)
+    if name in r.extras.get("criteria_scores", {}) and g in r.extras["criteria_scores"][name]:
+        return np.asarray(r.extras["criteria_scores"][name][g], dtype=float)
+    return np.asarray(c.score(r, g, **params), dtype=float)
+
+
+def drop_order(r: AnalysisResult, name: str, granularity: str | None = None, protected=None,
+               **params) -> list[int]:
+    c = get_criterion(name)
+    prot = r.protected if protected is None else protected
+    return rank_blocks(scores_for(r, name, granularity, **params), c.redundant, prot)
+
+
+def select(r: AnalysisResult, name: str, k: int, granularity: str | None = None, protected=None,
+           **params) -> Selection:
+    """Choose k blocks to drop with a criterion, respecting protected blocks."""
+    c = get_criterion(name)
+    g = granularity or r.granularity
+    prot = list(r.protected if protected is None else protected)
+    scores = scores_for(r, name, g, **params)
+    order = rank_blocks(scores, c.redundant, prot)
+    check_k(k, order, r.num_layers, prot)
+    if c.needs_window and k > 0:
+        start, _ = best_window(np.array(r.angular, dtype=float), k, prot)
+        blocks = list(range(start, start + k))
+    else:
+        blocks = sorted(order[:k])
+    return Selection(name, g, k, blocks, order, [float(s) for s in scores], prot)
+
+
+def bootstrap(r: AnalysisResult, name: str, granularity: str | None = None, n_boot: int = 200, seed: int = 0,
+              k: int | None = None, **params) -> dict:
+    """Calibration bootstrap: resample sequences with replacement and recompute each block's score.
+
+    Returns mean, 5th/95th percentile per block and, when k is given, how often each block lands in
+    the top-k drop set (selection frequency). Needs a criterion with per-sequence scores.
+    """
+    c = get_criterion(name)
+    g = granularity or r.granularity
+    if c.per_seq is None:
+        raise SelectionError(f"Criterion {name!r} has no per-sequence scores to bootstrap")
+    seq = np.asarray(c.per_seq(r, g, None, **params), dtype=float)    # [N, L]
+    n = seq.shape[0]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boots = seq[idx].mean(axis=1)                                       # [n_boot, L]
+    out = {"mean": seq.mean(0), "lo": np.percentile(boots, 5, axis=0), "hi": np.percentile(boots, 95, axis=0),
+           "n_boot": n_boot, "n_sequences": n}
+    if k:
+        freq = np.zeros(r.num_layers)
+        for b in boots:
+            for i in rank_blocks(b, c.redundant, r.protected)[:k]:
+                freq[i] += 1
+        out["top_k_frequency"] = freq / n_boot
+    return out
+
+
+# ---- criteria defined in their own modules -------------------------------------------------------
+# Imported last, after everything above exists: these modules import this one (register_criterion) and
+# only numpy at module level, so importing either module first works too.
+from analysis.score import blockselect as _blockselect  # noqa: E402,F401  - "delta-ppl" (ground truth)
+from analysis.score import mi as _mi  # noqa: E402,F401  - "mi-prun"

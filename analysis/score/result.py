@@ -1,0 +1,181 @@
+"""The analysis result: per-layer curves, per-sequence statistics and the manifest, as JSON.
+
+Conventions: L blocks (decoder layers), 0-based. ``entropy[est]["resid_pre"][l]`` is the mean over
+sequences of H(resid_pre[l]); likewise ``resid_mid`` and ``resid_post``. Per-sequence values are kept
+(they are tiny: N × (2L+1) floats per estimator) so scores can be bootstrapped and split by domain.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+GRANULARITIES = ("attention", "mlp", "layer")
+POINTS = ("resid_pre", "resid_mid", "resid_post")
+
+
+def _clean(x):
+    """JSON-safe: numpy → lists, NaN/inf → None."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _arr(x) -> np.ndarray:
+    """Array from numpy or JSON lists (None → NaN)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(float, copy=False)
+    return np.array(_none_to_nan(x), dtype=float)
+
+
+def _none_to_nan(x):
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return np.nan if x is None else x
+
+
+@dataclass
+class AnalysisResult:
+    num_layers: int
+    estimator: str                      # primary estimator (drives delta_h and drop_order)
+    granularity: str                    # attention | mlp | layer
+    protect: str                        # fixed | auto | none
+    per_seq: dict                       # est -> {"boundary": [N][L+1], "mid": [N][L]}; cos_* -> [N][L]
+    angular: list | None                # [L+1][L+1] mean angular distance between boundary states (last token)
+    norms: dict                         # {"boundary": [L+1], "mid": [L]} mean RMS token norms
+    boundary: int                       # first block of the expansion stage
+    protected: list[int]
+    domains: list[str] = field(default_factory=list)   # per sequence
+    warnings: list[str] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)          # e.g. MI scores, added by extensions
+    baselines: dict = field(default_factory=dict)        # criterion -> {"scores", "drop_order", ...}
+    boundary_info: dict = field(default_factory=dict)    # rule, detected, bootstrap interval (analysis.measure.boundary)
+    sinks: dict = field(default_factory=dict)            # mode, rule, counts per point, excluded (analysis.measure.sinks)
+
+    # ---- derived views --------------------------------------------------------------------------
+    @property
+    def estimators(self) -> list[str]:
+        return [k for k in self.per_seq if not k.startswith("cos_")]
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.per_seq[self.estimator]["mid"])
+
+    def seq_entropy(self, est: str | None = None, rows=None) -> tuple[np.ndarray, np.ndarray]:
+        """(boundary [N, L+1], mid [N, L]) per-sequence entropies."""
+        name = est or self.estimator
+        if name not in self.per_seq or name.startswith("cos_"):
+            from analysis.errors import SelectionError
+
+            raise SelectionError(f"This run has no {name!r} entropies (it holds {', '.join(self.estimators)})",
+                                 hint=f"choose one of those, or re-run `python -m analysis analyze ... --also {name}`")
+        d = self.per_seq[name]
+        b, m = _arr(d["boundary"]), _arr(d["mid"])
+        if rows is not None:
+            b, m = b[rows], m[rows]
+        return b, m
+
+    def entropy(self, est: str | None = None, rows=None) -> dict[str, np.ndarray]:
+        """Mean curves ``{"resid_pre": [L], "resid_mid": [L], "resid_post": [L], "boundary": [L+1]}``."""
+        b, m = self.seq_entropy(est, rows)
+        bm, mm = b.mean(0), m.mean(0)
+        return {"resid_pre": bm[:-1], "resid_mid": mm, "resid_post": bm[1:], "boundary": bm}
+
+    def seq_delta_h(self, granularity: str | None = None, est: str | None = None, rows=None) -> np.ndarray:
+        """Per-sequence ΔH per block, ``[N, L]``: attention = H(mid)−H(pre), mlp = H(post)−H(mid),
+        layer = H(post)−H(pre)."""
+        g = granularity or self.granularity
+        b, m = self.seq_entropy(est, rows)
+        if g == "attention":
+            return m - b[:, :-1]
+        if g == "mlp":
+            return b[:, 1:] - m
+        if g == "layer":
+            return b[:, 1:] - b[:, :-1]
+        from analysis.errors import SelectionError
+
+        raise SelectionError(f"Unknown granularity {g!r}", hint=f"use one of {', '.join(GRANULARITIES)}")
+
+    def delta_h(self, granularity: str | None = None, est: str | None = None) -> np.ndarray:
+        """Raw mean ΔH per block (before any protection), length L."""
+        return self.seq_delta_h(granularity, est).mean(0)
+
+    def seq_cos(self, granularity: str) -> np.ndarray:
+        key = {"attention": "cos_attn", "mlp": "cos_mlp", "layer": "cos_layer"}[granularity]
+        if key not in self.per_seq:
+            from analysis.errors import SelectionError
+
+            raise SelectionError(f"This run has no cosine similarities ({key})",
+                                 hint="re-run `python -m analysis analyze` with this version to compute them")
+        return _arr(self.per_seq[key])
+
+    def sink_onset(self, share: float = 0.5) -> int | None:
+        """First boundary ``Z^i`` where at least ``share`` of the sequences carry a flagged sink (None: never)."""
+        c = (self.sinks or {}).get("counts", {}).get("boundary")
+        n = (self.sinks or {}).get("n_sequences") or self.n_sequences
+        if not c or not n:
+            return None
+        hit = [i for i, v in enumerate(c) if v >= share * n]
+        return hit[0] if hit else None
+
+    def stage_text(self) -> str:
+        """The two-stage story for captions (never "blocks 0…-1")."""
+        from analysis.measure.boundary import describe
+
+        info = self.boundary_info or {"boundary": self.boundary, "detected": self.boundary > 0}
+        return describe(info, self.num_layers)
+
+    @property
+    def drop_order(self) -> list[int]:
+        return self.baselines.get("entrodrop", {}).get("drop_order", [])
+
+    # ---- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        L = self.num_layers
+        # the headline fields promised by the CLI, first
+        head = {
+            "num_layers": L,
+            "estimator": self.estimator,
+            "granularity": self.granularity,
+            "index_base": 0,
+            "entropy": {est: {k: v for k, v in self.entropy(est).items() if k != "boundary"}
+                        for est in self.estimators},
+            "delta_h": self.delta_h(),
+            "delta_h_all": {g: {est: self.delta_h(g, est) for est in self.estimators} for g in GRANULARITIES},
+            "boundary": self.boundary,
+            "protected": self.protected,
+            "drop_order": self.drop_order,
+        }
+        head.update({k: v for k, v in d.items() if k not in head})
+        return _clean(head)
+
+    def save(self, path: str | Path) -> None:
+        from analysis.store.outdir import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AnalysisResult":
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AnalysisResult":
+        """Read a run JSON file, validated by :class:`analysis.store.schemas.RunModel` (DataError naming the field)."""
+        from analysis.store.schemas import RUN_HINT, read_json, validate_run
+
+        return cls.from_dict(validate_run(read_json(path, "run", RUN_HINT), str(path)))

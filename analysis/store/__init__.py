@@ -1,0 +1,1 @@
+"""Files we own: safe writes, JSON schemas, provenance checks."""
