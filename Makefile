@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model-cache run test test-fast browser bench clean-cache models
+.PHONY: setup model-cache run test test-fast lint browser bench clean-cache models
 
 setup: $(STAMP)
 	@$(MAKE) --no-print-directory model-cache
@@ -44,7 +44,11 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: chromium not installed; the browser test will be skipped"; }
 
-test: setup browser
+# The agreed lint rules live in pyproject.toml ([tool.ruff.lint]); `make test` runs them first.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup browser lint
 	$(VPY) -m pytest
 
 test-fast: setup

@@ -25,7 +25,6 @@ def home() -> None:
 
     # ---- one-click start ---------------------------------------------------------------------------
     with guarded("Home"):
-        has_run = state.current_run() is not None
         c1, c2 = st.columns([2, 3])
         with c1:
             if st.button("One-click demo: SmolLM2 on Wikipedia text", type="primary", key="home_demo",

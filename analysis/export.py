@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from analysis.errors import DataError, SelectionError
+from analysis.errors import SelectionError
 from analysis.models.plan import Plan
 from analysis.score.result import _clean
 

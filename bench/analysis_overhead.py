@@ -66,8 +66,12 @@ def main() -> None:
     bare_t = {name: [] for name in CONFIGS}
     for batch in batches:
         for name, est in CONFIGS.items():
-            t = time.perf_counter(); bare(batch); bare_t[name].append(time.perf_counter() - t)
-            t = time.perf_counter(); analysed(batch, est); times[name].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            bare(batch)
+            bare_t[name].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            analysed(batch, est)
+            times[name].append(time.perf_counter() - t)
     print(f"model={args.model} dtype={args.dtype} device={lm.device} tokens={args.samples}x{args.seq_len} "
           f"batch={args.batch_size} threads={torch.get_num_threads()}")
     for name in CONFIGS:

@@ -16,7 +16,6 @@ import time
 
 from common import calib_tokens, machine
 
-import numpy as np
 import torch
 
 ESTIMATORS = {"renyi": {}, "renyi-debias": {"debias": True}, "gaussian": {}, "ksg": {}, "cka": {}}
@@ -41,7 +40,7 @@ def main() -> None:
     for name in args.models.split(","):
         lm = load_model(name, device="cpu", dtype="fp32")
         tokens = calib_tokens(lm, args.samples, args.seq_len)
-        kept: dict = {}
+        kept = {}
         EXTENSIONS["_gap_keep"] = lambda stats, lm_, cfg: (kept.update(states=stats.states), {})[1]
         run = analyze(lm, tokens, AnalysisConfig(granularity="layer", state_tokens=args.matrix_tokens,
                                                  extensions=("_gap_keep",)))
@@ -69,7 +68,8 @@ def main() -> None:
                             f"**{100 * g['dft']['relative']:.1f} %** {dft.blocks} | {1000 * t_dft:.1f} ms, "
                             f"{dft.evaluations} run scores | {1000 * exh['seconds']:.0f} ms | {t_mat:.1f} s |")
             print(f"{name} {est}: matrix {t_mat:.1f} s", flush=True)
-        del lm, kept
+        kept.clear()
+        del lm
     print(f"\n{args.samples} × {args.seq_len} wiki tokens, matrix on {args.matrix_tokens} token states; gaps "
           "relative to |J(optimum)|\n")
     print("| model | estimator | n | J(optimum) [blocks] | FBS as reconstructed | + repartition | default "

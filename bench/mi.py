@@ -115,9 +115,7 @@ def main() -> None:
     EXTENSIONS["_bench_keep"] = lambda stats, lm_, cfg: (kept.update(states=stats.states), {})[1]
     cfg = AnalysisConfig(granularity="layer", state_tokens=args.state_tokens, extensions=("_bench_keep", "mi"))
     cfg.mi = MIConfig(n_tokens=args.n_tokens, matrix_tokens=args.matrix_tokens)
-    t0 = time.perf_counter()
     run = analyze(lm, tokens, cfg)
-    t_pass_mi = time.perf_counter() - t0
     mi = run.extras["mi"]
     t_capture = run.manifest["timings"]["capture_s"]
     t_blocks, t_matrix = mi["timings"]["block_scores_s"], mi["timings"]["matrix_s"]

@@ -201,7 +201,7 @@ def table(res: dict) -> tuple[str, dict]:
     rows = {}
     for r in res["eval"]["rows"]:
         rows.setdefault(r["criterion"], {})[r["k"]] = r
-    lines = [f"| criterion / sinks | k=4 blocks | ΔPPL k=4 | k=8 blocks | ΔPPL k=8 |", "|---|---|---|---|---|"]
+    lines = ["| criterion / sinks | k=4 blocks | ΔPPL k=4 | k=8 blocks | ΔPPL k=8 |", "|---|---|---|---|---|"]
     dppl = {}
     for crit, by_k in rows.items():
         cells = []

@@ -1,7 +1,6 @@
 """Healing on the Prune & compare and Export pages (Streamlit AppTest, tiny model)."""
 import json
 
-import pytest
 
 from test_app_pages import _env, _with_plan, frame_with, goto, ok, texts  # noqa: F401 - _env: autouse fixture
 

@@ -27,7 +27,7 @@ def _sidebar(page) -> str:
     return page.get_by_test_id("stSidebar").inner_text()
 
 
-def test_demo_reload_keeps_plans_k_bound_and_stop_during_mi(server):
+def test_demo_reload_keeps_plans_k_bound_and_stop_during_mi(server):  # noqa: F811 - the imported fixture
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=120_000)          # UI steps; model-bound steps pass LONG explicitly

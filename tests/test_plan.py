@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from analysis.score.criteria import Selection
 from analysis.errors import DataError, SelectionError

@@ -176,7 +176,6 @@ def test_degenerate_tokens_give_a_named_warning_and_one_token_is_refused():
 def test_checkpoint_with_mismatched_weights_is_refused_in_the_app(tmp_path):
     import shutil
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     from analysis.testing import tiny_model, tiny_tokenizer

@@ -15,7 +15,6 @@ import copy
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analysis.models.plan import Plan
