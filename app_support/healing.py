@@ -62,7 +62,7 @@ def heal_widgets(plan_names: list[str], data_spec: dict | None) -> None:
 def healed_model(lm, plan, ch: dict, progress=None):
     """The :class:`~analysis.heal.Healed` model for a plan and heal choice (cached in the session)."""
     from analysis.heal import heal
-    from analysis.heal.cli import heal_tokens
+    from analysis.heal.models import heal_tokens
 
     key = state.stable_hash({"fp": lm.fingerprint, "dtype": str(lm.dtype), "plan": plan.to_dict(),
                              "method": ch["method"], "options": ch.get("options"), "corpus": ch.get("corpus"),

@@ -1,8 +1,9 @@
 """Using a :class:`~analysis.heal.registry.Healed` model: as a LoadedModel, compared with the original,
-saved as a checkpoint."""
+saved as a checkpoint; the calibration tokens healing trains on."""
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 from pathlib import Path
@@ -70,3 +71,26 @@ def save_healed(lm, healed: Healed, out_dir: str | os.PathLike, overwrite: bool 
     files = {HEAL_FILE: json.dumps(record, indent=1, default=str), **(extra_files or {})}
     return save_pruned(healed.model, Plan(), out_dir, overwrite=overwrite, root=root, tokenizer=lm.tokenizer,
                        extra_files=files, expected=expected)
+
+def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256, seed: int = 2024):
+    """Calibration TokenSet for healing from a built-in domain or a mix like ``wiki:1,code:1``."""
+    from analysis.data import corpora
+
+    cfg = corpora.SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
+    if ":" in corpus or "," in corpus:
+        return corpora.sample_hybrid(corpora.parse_domain_weights(corpus), lm.tokenizer, cfg, split="calib")
+    return corpora.sample_windows(corpora.load_corpus(corpus), lm.tokenizer, cfg, split="calib")
+
+def recovered(nll_original: float, nll_pruned: float, nll_healed: float) -> float | None:
+    """Fraction of the log-perplexity gap recovered: (nll_pruned − nll_healed) / (nll_pruned − nll_original)."""
+    gap = nll_pruned - nll_original
+    if not gap or not all(math.isfinite(x) for x in (nll_original, nll_pruned, nll_healed)):
+        return None
+    return (nll_pruned - nll_healed) / gap
+
+def healed_summary(lm, healed, windows, cfg, nll_original: float, nll_pruned: float) -> dict:
+    """What ``eval --heal`` adds: the healed model's perplexity, KL and top-1 against the original."""
+    c = compare(lm, healed.model, windows, cfg)
+    return {"method": healed.method, "settings": healed.settings, "report": healed.report,
+            "perplexity": c["perplexity"], "nll": c["nll"], "kl": c["kl"], "top1": c["top1"],
+            "recovered_fraction": recovered(nll_original, nll_pruned, c["nll"])}

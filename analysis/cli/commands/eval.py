@@ -5,7 +5,7 @@ import json
 import time
 
 from analysis.cli.main import positive_int
-from analysis.heal.cli import add_heal_args
+from analysis.cli.healargs import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 from analysis.cli.commands.prune import add_plan_args, check_plan_provenance, plan_from_cli, quiet_transformers
 from analysis.cli.taskargs import add_task_args, prepare_tasks, run_tasks
@@ -96,7 +96,8 @@ def run(args) -> int:
            "plan": plan.to_dict() if plan else None, "plan_description": plan.describe() if plan else None,
            "params": param_report(lm, plan), **extra}
     if args.heal != "none" and plan is not None and not plan.is_empty:   # what-if healing, in memory
-        from analysis.heal.cli import heal_from_args, healed_summary
+        from analysis.cli.healargs import heal_from_args
+        from analysis.heal.models import healed_summary
 
         healed = heal_from_args(args, lm, plan, progress)
         out["healed"] = healed_summary(lm, healed, windows, cfg, agr["nll_original"], agr["nll_pruned"])

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from analysis.cli.main import int_list
-from analysis.heal.cli import add_heal_args
+from analysis.cli.healargs import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 
 
@@ -76,7 +76,7 @@ def run(args) -> int:
     from analysis.export import (LLAMA_CPP_NOTE, llama_cpp_command, llama_cpp_prune_layers, mergekit_for,
                           reproduction_manifest, to_json)
     from analysis.heal import save_healed
-    from analysis.heal.cli import heal_from_args
+    from analysis.cli.healargs import heal_from_args
     from analysis.store.outdir import check_out_file, write_text_atomic
     from analysis.models.surgery import check_out_dir, save_pruned
 

@@ -5,7 +5,7 @@ import json
 
 from analysis.cli.argtypes import seed_int
 from analysis.cli.main import int_list
-from analysis.heal.cli import add_heal_args
+from analysis.cli.healargs import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 from analysis.cli.commands.eval import add_eval_data_args, eval_config, eval_corpus
 from analysis.cli.commands.prune import quiet_transformers
@@ -66,7 +66,7 @@ def run(args) -> int:
                 reuse=not args.no_reuse, with_latency=args.latency, progress=progress, seed=args.seed)
     if args.heal != "none":                  # healed rows next to the unhealed ones (`heal` column)
         from analysis.evaluate.perplexity import prepare_eval
-        from analysis.heal.cli import heal_sweep_rows
+        from analysis.cli.healargs import heal_sweep_rows
 
         for row in res["rows"]:
             row["heal"] = "none"

@@ -1,9 +1,9 @@
 """``--heal`` options shared by the ``prune``, ``eval`` and ``sweep`` commands, and healed sweep rows."""
 from __future__ import annotations
 
-import math
 import sys
 
+from analysis.heal.models import heal_tokens, recovered
 from analysis.heal.registry import HEAL_METHODS, get_heal_method
 
 #: CLI option -> method parameter
@@ -49,14 +49,6 @@ def heal_options(args) -> dict:
     return opts
 
 
-def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256, seed: int = 2024):
-    """Calibration TokenSet for healing from a built-in domain or a mix like ``wiki:1,code:1``."""
-    from analysis.data import corpora
-
-    cfg = corpora.SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
-    if ":" in corpus or "," in corpus:
-        return corpora.sample_hybrid(corpora.parse_domain_weights(corpus), lm.tokenizer, cfg, split="calib")
-    return corpora.sample_windows(corpora.load_corpus(corpus), lm.tokenizer, cfg, split="calib")
 
 
 def heal_from_args(args, lm, plan, progress=None, tokens=None):
@@ -75,22 +67,8 @@ def heal_from_args(args, lm, plan, progress=None, tokens=None):
     return healed
 
 
-def recovered(nll_original: float, nll_pruned: float, nll_healed: float) -> float | None:
-    """Fraction of the log-perplexity gap recovered: (nll_pruned − nll_healed) / (nll_pruned − nll_original)."""
-    gap = nll_pruned - nll_original
-    if not gap or not all(math.isfinite(x) for x in (nll_original, nll_pruned, nll_healed)):
-        return None
-    return (nll_pruned - nll_healed) / gap
 
 
-def healed_summary(lm, healed, windows, cfg, nll_original: float, nll_pruned: float) -> dict:
-    """What ``eval --heal`` adds: the healed model's perplexity, KL and top-1 against the original."""
-    from analysis.heal.models import compare
-
-    c = compare(lm, healed.model, windows, cfg)
-    return {"method": healed.method, "settings": healed.settings, "report": healed.report,
-            "perplexity": c["perplexity"], "nll": c["nll"], "kl": c["kl"], "top1": c["top1"],
-            "recovered_fraction": recovered(nll_original, nll_pruned, c["nll"])}
 
 
 def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> tuple[list[dict], list[dict]]:
