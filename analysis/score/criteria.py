@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from analysis.errors import SelectionError
+from analysis.registry import Registry, lazy_callable
 from analysis.score.result import GRANULARITIES, AnalysisResult
 from analysis.score.selection import best_window, check_k, rank_blocks
 
@@ -22,7 +23,7 @@ class Criterion:
     name: str
     title: str
     description: str
-    score: Callable[..., np.ndarray]                  # (result, granularity, **params) -> [L]
+    score: Callable[..., np.ndarray] | str            # (result, granularity, **params) -> [L]; or lazy "module:attr"
     redundant: str = "low"                            # "low" | "high": which end is dropped first
     granularities: tuple[str, ...] = GRANULARITIES
     per_seq: Callable[..., np.ndarray] | None = None  # (result, granularity, rows) -> [N, L]; mean == score
@@ -32,18 +33,22 @@ class Criterion:
     score_label: str = "score"
     params: dict = field(default_factory=dict)        # tunable parameters and defaults
 
+    def __post_init__(self) -> None:
+        # a "module:attr" score (or per_seq) is imported on first call: the registry never imports its implementations
+        object.__setattr__(self, "score", lazy_callable(self.score))
+        object.__setattr__(self, "per_seq", lazy_callable(self.per_seq))
 
-CRITERIA: dict[str, Criterion] = {}
+
+CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
 def register_criterion(c: Criterion) -> Criterion:
-    CRITERIA[c.name] = c
-    return c
+    """Add ``c`` to :data:`CRITERIA` (a name already registered raises)."""
+    return CRITERIA.register(c)
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise SelectionError(f"Unknown criterion {name!r}", hint=f"choose from {', '.join(CRITERIA)}")
+    """The registered criterion ``name``; :class:`SelectionError` listing the choices if there is none."""
     return CRITERIA[name]
 
 

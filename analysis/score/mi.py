@@ -71,6 +71,7 @@ import numpy as np
 
 from analysis.score.criteria import Criterion, register_criterion
 from analysis.errors import DataError, ExtensionStopped, SelectionError
+from analysis.registry import Registry
 
 GRANULARITIES = ("attention", "mlp", "layer")
 TOKEN_NORMS = ("none", "rms")
@@ -303,17 +304,16 @@ class MIEstimator:
         return {**self.defaults, **overrides}
 
 
-MI_ESTIMATORS: dict[str, MIEstimator] = {}
+MI_ESTIMATORS: Registry[MIEstimator] = Registry("MI estimator")
 
 
 def register_mi_estimator(e: MIEstimator) -> MIEstimator:
-    MI_ESTIMATORS[e.name] = e
-    return e
+    """Add ``e`` to :data:`MI_ESTIMATORS` (a name already registered raises)."""
+    return MI_ESTIMATORS.register(e)
 
 
 def get_mi_estimator(name: str) -> MIEstimator:
-    if name not in MI_ESTIMATORS:
-        raise SelectionError(f"Unknown MI estimator {name!r}", hint=f"choose from {', '.join(MI_ESTIMATORS)}")
+    """The registered MI estimator ``name``; :class:`SelectionError` listing the choices if there is none."""
     return MI_ESTIMATORS[name]
 
 
