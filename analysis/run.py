@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from analysis.measure.capture import CaptureConfig, CaptureStats, Progress, capture
-from analysis.score.criteria import CRITERIA, drop_order, scores_for
+from analysis.score.baselines import compute_baselines
 from analysis.errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
 from analysis.measure.estimators import get_estimator
 from analysis.models.loading import LoadedModel
@@ -297,19 +297,3 @@ def sink_summary(stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> dict:
             ex = {k: [stats.n_done] * len(v) for k, v in out["counts"].items()}
         out["excluded"] = ex or {k: [0] * len(v) for k, v in out["counts"].items()}
     return out
-
-
-def compute_baselines(result: AnalysisResult) -> None:
-    """Scores and drop order of every registered criterion that this run can compute."""
-    out = {}
-    for name, c in CRITERIA.items():
-        g = result.granularity if result.granularity in c.granularities else c.granularities[0]
-        try:
-            scores = scores_for(result, name, g)
-            order = drop_order(result, name, g)
-        except SelectionError as exc:
-            out[name] = {"available": False, "reason": str(exc)}
-            continue
-        out[name] = {"granularity": g, "scores": scores, "drop_order": order, "redundant": c.redundant,
-                     "title": c.title}
-    result.baselines = out

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from analysis.score.criteria import Criterion, register_criterion
+from analysis.score.baselines import compute_baselines
 from analysis.errors import DataError, SelectionError
 
 RunScore = Callable[[int, int], float]
@@ -605,8 +605,6 @@ def store_ground_truth(result, granularity: str, scores, details: dict | None = 
     if details is not None:
         result.extras.setdefault("ground_truth", {})[granularity] = {k: v for k, v in details.items() if k != "scores"}
     try:
-        from analysis.run import compute_baselines
-
         compute_baselines(result)
     except Exception:  # noqa: BLE001 - baselines are a convenience view
         pass
@@ -733,16 +731,8 @@ def agreement_matrix(result, criteria: Sequence[str], granularity: str | None = 
 # ----------------------------------------------------------------------------------------------------
 
 
-def _delta_ppl_score(r, g: str, **_):
+def delta_ppl_score(r, g: str, **_):
+    """The ``"delta-ppl"`` criterion's score when the run holds none (stored scores are read first)."""
     raise SelectionError(f"This run has no drop-one ΔPPL ground truth for {g} blocks",
                          hint="compute it with `python -m analysis groundtruth --into RUN.json ...` or "
                               "analysis.score.blockselect.ground_truth_delta_ppl + store_ground_truth")
-
-
-register_criterion(Criterion(
-    "delta-ppl", "Drop-one ΔPPL (ground truth)",
-    "Calibration perplexity after removing only this block minus the full model's; the blocks whose removal "
-    "hurts least are dropped first. Needs forward passes, so it is computed on demand (groundtruth command), "
-    "not in the analysis pass.",
-    score=_delta_ppl_score, redundant="low", reference="drop-one ablation (as in SLEB / BlockPruner scoring)",
-    score_label="ΔPPL"))

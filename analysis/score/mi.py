@@ -69,7 +69,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from analysis.score.criteria import Criterion, register_criterion
 from analysis.errors import DataError, ExtensionStopped, SelectionError
 from analysis.registry import Registry
 
@@ -711,19 +710,10 @@ def run_mi_data(r) -> dict:
     return d
 
 
-def _mi_score(r, g: str, **_) -> np.ndarray:
+def mi_prun_score(r, g: str, **_) -> np.ndarray:
+    """The ``"mi-prun"`` criterion's score: the run's stored ``−MI(in_i, out_i)`` per ``g`` block."""
     d = run_mi_data(r)
     sc = (d.get("scores") or {}).get(g)
     if sc is None:
         raise SelectionError(f"This run has no MI-PRUN scores for {g} blocks", hint="run the analysis with --mi")
     return np.array([np.nan if v is None else v for v in sc], dtype=float)
-
-
-register_criterion(Criterion(
-    "mi-prun", "MI-PRUN −MI(in, out)",
-    "Minus the mutual information between a block's input and output residual states (tokens as samples; "
-    "matrix-based Rényi MI by default): blocks whose output mostly repeats their input (highest MI, lowest "
-    "score) are dropped first. Plain ranking here; `python -m analysis miprun` runs Fast-Block-Select with "
-    "the DPI-aware run scores.",
-    score=_mi_score, redundant="low", granularities=GRANULARITIES,
-    reference="Zhang et al. 2026, arXiv 2601.07212", score_label="−MI (nats)"))
