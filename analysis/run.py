@@ -21,15 +21,12 @@ from analysis.models.loading import LoadedModel
 from analysis.score.result import GRANULARITIES, AnalysisResult
 from analysis.measure.boundary import boundary_interval
 from analysis.score.selection import PROTECT_MODES, protected_blocks
+from analysis.measure.mi_states import mi_extension
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, check_mode, max_sinks
 
 #: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
-EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], dict]] = {}
-
-from analysis.score.mi import register_extension as _register_mi  # noqa: E402 - "mi" (MI-PRUN on the sampled states)
-
-_register_mi(EXTENSIONS)
+EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], dict]] = {"mi": mi_extension}
 
 
 @dataclass
@@ -51,7 +48,7 @@ class AnalysisConfig:
     sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
     state_tokens: int = 0              # keep this many sampled token states per point (for MI criteria)
     extensions: tuple[str, ...] = ()   # names in EXTENSIONS to run after the pass
-    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.score.mi.MIConfig fields), e.g. estimator
+    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.measure.mi_states.MIConfig fields), e.g. estimator
     seed: int = 2024
 
     def __post_init__(self) -> None:

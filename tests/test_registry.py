@@ -80,7 +80,7 @@ def test_every_project_registry_is_a_registry_with_named_entries():
     from analysis.heal import HEAL_METHODS
     from analysis.measure.estimators import ESTIMATORS
     from analysis.score.criteria import CRITERIA
-    from analysis.score.mi import MI_ESTIMATORS
+    from analysis.measure.mi import MI_ESTIMATORS
 
     for reg in (CRITERIA, ESTIMATORS, MI_ESTIMATORS, HEAL_METHODS):
         assert isinstance(reg, Registry) and len(reg) > 0

@@ -129,7 +129,7 @@ register_criterion(Criterion(
     "Calibration perplexity after removing only this block minus the full model's; the blocks whose removal "
     "hurts least are dropped first. Needs forward passes, so it is computed on demand (groundtruth command), "
     "not in the analysis pass.",
-    score="analysis.score.blockselect:delta_ppl_score", redundant="low",
+    score="analysis.evaluate.groundtruth:delta_ppl_score", redundant="low",
     reference="drop-one ablation (as in SLEB / BlockPruner scoring)", score_label="ΔPPL"))
 
 register_criterion(Criterion(
@@ -138,7 +138,7 @@ register_criterion(Criterion(
     "matrix-based Rényi MI by default): blocks whose output mostly repeats their input (highest MI, lowest "
     "score) are dropped first. Plain ranking here; `python -m analysis miprun` runs Fast-Block-Select with "
     "the DPI-aware run scores.",
-    score="analysis.score.mi:mi_prun_score", redundant="low",
+    score="analysis.score.miprun:mi_prun_score", redundant="low",
     reference="Zhang et al. 2026, arXiv 2601.07212", score_label="−MI (nats)"))
 
 

@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from analysis.score.blockselect import blockpruner_select, delta_ppl_details, sleb_select, store_ground_truth
+    from analysis.evaluate.groundtruth import blockpruner_select, delta_ppl_details, sleb_select, store_ground_truth
     from analysis.errors import SelectionError
     from analysis.score.result import _clean
 
