@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -21,6 +20,7 @@ from analysis.models.loading import LoadedModel
 from analysis.score.result import GRANULARITIES, AnalysisResult
 from analysis.measure.boundary import boundary_interval
 from analysis.score.selection import PROTECT_MODES, protected_blocks
+from analysis.store.jsonio import library_versions
 from analysis.measure.mi_states import mi_extension
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, check_mode, max_sinks
 
@@ -92,14 +92,6 @@ class AnalysisConfig:
             if name not in EXTENSIONS:
                 raise SelectionError(f"Unknown analysis extension {name!r}",
                                      hint=f"available: {', '.join(EXTENSIONS) or 'none'}")
-
-
-def library_versions() -> dict:
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__, "entroscope": __import__(
-                "analysis").__version__}
 
 
 def _check_tokens(lm: LoadedModel, ids: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 
 from analysis.errors import SelectionError
 from analysis.score.criteria import get_criterion, scores_for
-from analysis.score.result import _clean
+from analysis.store.jsonio import clean_json
 from analysis.score.selection import rank_blocks, rank_correlation, topk_overlap
 
 
@@ -41,5 +41,5 @@ def agreement_matrix(result, criteria: Sequence[str], granularity: str | None = 
             rc = rank_correlation(keys[names[a]][free], keys[names[b]][free])
             sp[a, b], kd[a, b] = rc["spearman"], rc["kendall"]
             ov[a, b] = topk_overlap(orders[names[a]], orders[names[b]], kk)
-    return _clean({"criteria": names, "granularity": g, "k": kk, "protected": prot, "spearman": sp,
+    return clean_json({"criteria": names, "granularity": g, "k": kk, "protected": prot, "spearman": sp,
                    "kendall": kd, "topk_overlap": ov, "orders": orders, "unavailable": unavailable})

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from analysis.errors import SelectionError
-from analysis.score.result import _clean
+from analysis.store.jsonio import clean_json
 
 RunScore = Callable[[int, int], float]
 
@@ -113,7 +113,7 @@ class FBSResult:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        return clean_json(asdict(self))
 
 
 def _window_candidates(length: int, allowed: set[int], s: np.ndarray, K: int | None,

@@ -22,7 +22,7 @@ import numpy as np
 from analysis.errors import SelectionError
 from analysis.measure.mi_states import mi_matrix
 from analysis.score.blocksearch import exhaustive_select, fast_block_select, maximal_runs, selection_gap
-from analysis.score.result import _clean
+from analysis.store.jsonio import clean_json
 
 
 def run_mi_data(r) -> dict:
@@ -103,4 +103,4 @@ def miprun_select(result, n: int, method: str = "fast", protect: Iterable[int] |
             source["gap"] = selection_gap(fbs.objective, exh["objective"])
             source["gap_same_partition"] = selection_gap(fbs.objective, same["objective"])
     source["seconds"] = time.perf_counter() - t0
-    return {"drop_attn": [], "drop_mlp": [], "drop_layers": sorted(int(b) for b in blocks), "source": _clean(source)}
+    return {"drop_attn": [], "drop_mlp": [], "drop_layers": sorted(int(b) for b in blocks), "source": clean_json(source)}
