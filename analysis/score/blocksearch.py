@@ -8,6 +8,7 @@
 * :func:`optimal_select` — the exact optimum of the objective by dynamic programming.
 * :func:`exhaustive_select` — the optimum of the same objective over all n-block subsets when
   ``C(L, n)`` is affordable, to measure Fast-Block-Select's gap.
+
 Ground truth (drop-one ΔPPL, SLEB, BlockPruner) is :mod:`analysis.evaluate.groundtruth`; agreement between
 criteria :mod:`analysis.score.agreement`; MI-PRUN selection from a run :func:`analysis.score.miprun.miprun_select`.
 
