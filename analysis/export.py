@@ -19,13 +19,13 @@ from typing import Sequence
 
 from analysis.errors import SelectionError
 from analysis.models.plan import Plan
-from analysis.score.result import _clean
+from analysis.store.jsonio import clean_json, library_versions
 
 
 # ---- JSON / CSV ---------------------------------------------------------------------------------------
 def to_json(obj, indent: int = 1) -> str:
     """JSON text with numpy values converted and NaN/inf written as null."""
-    return json.dumps(_clean(obj), indent=indent, default=str)
+    return json.dumps(clean_json(obj), indent=indent, default=str)
 
 
 def write_json(obj, path: str | Path) -> Path:
@@ -46,9 +46,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         if isinstance(v, dict):
             out.update(_flatten(v, f"{key}."))
         elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(_clean(list(v)))
+            out[key] = json.dumps(clean_json(list(v)))
         else:
-            out[key] = _clean(v)
+            out[key] = clean_json(v)
     return out
 
 
@@ -199,9 +199,7 @@ def cli_command(argv: Sequence[str] | None = None) -> str | None:
 def reproduction_manifest(lm=None, plan: Plan | None = None, data: dict | None = None,
                           argv: Sequence[str] | None = None, results: dict | None = None) -> dict:
     """Everything needed to redo a result: model fingerprint, data protocol, plan, versions, command."""
-    from analysis.run import library_versions
-
-    return _clean({
+    return clean_json({
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": lm.manifest() if lm is not None else None,
         "data": data,

@@ -202,7 +202,7 @@ def matrix_heatmap(mat, labels: Sequence[str] | None, title: str, vmin: float | 
 
 
 def _agreement(run) -> dict[str, Figure]:
-    from analysis.score.blockselect import agreement_matrix
+    from analysis.score.agreement import agreement_matrix
     from analysis.score.criteria import CRITERIA
 
     g = run.granularity

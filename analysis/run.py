@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -14,22 +13,20 @@ import numpy as np
 import torch
 
 from analysis.measure.capture import CaptureConfig, CaptureStats, Progress, capture
-from analysis.score.criteria import CRITERIA, drop_order, scores_for
+from analysis.score.baselines import compute_baselines
 from analysis.errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
 from analysis.measure.estimators import get_estimator
 from analysis.models.loading import LoadedModel
 from analysis.score.result import GRANULARITIES, AnalysisResult
 from analysis.measure.boundary import boundary_interval
 from analysis.score.selection import PROTECT_MODES, protected_blocks
+from analysis.store.jsonio import library_versions
+from analysis.measure.mi_states import mi_extension
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, check_mode, max_sinks
 
 #: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
-EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], dict]] = {}
-
-from analysis.score.mi import register_extension as _register_mi  # noqa: E402 - "mi" (MI-PRUN on the sampled states)
-
-_register_mi(EXTENSIONS)
+EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], dict]] = {"mi": mi_extension}
 
 
 @dataclass
@@ -51,7 +48,7 @@ class AnalysisConfig:
     sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
     state_tokens: int = 0              # keep this many sampled token states per point (for MI criteria)
     extensions: tuple[str, ...] = ()   # names in EXTENSIONS to run after the pass
-    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.score.mi.MIConfig fields), e.g. estimator
+    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.measure.mi_states.MIConfig fields), e.g. estimator
     seed: int = 2024
 
     def __post_init__(self) -> None:
@@ -95,14 +92,6 @@ class AnalysisConfig:
             if name not in EXTENSIONS:
                 raise SelectionError(f"Unknown analysis extension {name!r}",
                                      hint=f"available: {', '.join(EXTENSIONS) or 'none'}")
-
-
-def library_versions() -> dict:
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__, "entroscope": __import__(
-                "analysis").__version__}
 
 
 def _check_tokens(lm: LoadedModel, ids: torch.Tensor) -> None:
@@ -297,19 +286,3 @@ def sink_summary(stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> dict:
             ex = {k: [stats.n_done] * len(v) for k, v in out["counts"].items()}
         out["excluded"] = ex or {k: [0] * len(v) for k, v in out["counts"].items()}
     return out
-
-
-def compute_baselines(result: AnalysisResult) -> None:
-    """Scores and drop order of every registered criterion that this run can compute."""
-    out = {}
-    for name, c in CRITERIA.items():
-        g = result.granularity if result.granularity in c.granularities else c.granularities[0]
-        try:
-            scores = scores_for(result, name, g)
-            order = drop_order(result, name, g)
-        except SelectionError as exc:
-            out[name] = {"available": False, "reason": str(exc)}
-            continue
-        out[name] = {"granularity": g, "scores": scores, "drop_order": order, "redundant": c.redundant,
-                     "title": c.title}
-    result.baselines = out

@@ -147,7 +147,7 @@ def make_config(settings: dict):
         cfg.extensions = ("mi",)
         n_tok, n_mat = mi_token_counts(settings)
         cfg.state_tokens = n_tok                 # keep exactly what MI uses: nothing sampled in vain
-        cfg.mi = {"estimator": settings.get("mi_estimator", "renyi"),        # analysis.score.mi.MIConfig fields
+        cfg.mi = {"estimator": settings.get("mi_estimator", "renyi"),        # analysis.measure.mi_states.MIConfig fields
                   "token_norm": "none", "n_tokens": n_tok, "matrix_tokens": n_mat}
     return cfg
 

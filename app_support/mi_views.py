@@ -1,5 +1,5 @@
-"""Views of MI-PRUN (``result.extras["mi"]`` from :mod:`analysis.score.mi`) and of the ground truth and
-Fast-Block-Select (:mod:`analysis.score.blockselect`)."""
+"""Views of MI-PRUN (``result.extras["mi"]`` from :mod:`analysis.measure.mi_states`) and of the ground truth
+(:mod:`analysis.evaluate.groundtruth`) and Fast-Block-Select (:mod:`analysis.score.miprun`)."""
 from __future__ import annotations
 
 import math
@@ -62,7 +62,7 @@ def render_mi(result, protected) -> None:
 
 def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> None:
     """Select page: drop-one ΔPPL ground truth (on demand), agreement with MI-PRUN, Fast-Block-Select."""
-    from analysis.score import blockselect as bs
+    from analysis.evaluate.groundtruth import delta_ppl_details, store_ground_truth
     from analysis.score.criteria import scores_for
     from analysis.score.selection import rank_correlation
 
@@ -81,9 +81,9 @@ def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> No
     if st.button(f"Compute drop-one ΔPPL for {granularity} blocks", key="gt_go", disabled=tokens is None):
         bar = st.progress(0.0, text="Ground truth …")
         sub = tokens.subset(slice(0, int(n_win))) if hasattr(tokens, "subset") else tokens[: int(n_win)]
-        det = bs.delta_ppl_details(lm, sub, granularity, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
+        det = delta_ppl_details(lm, sub, granularity, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
         bar.empty()
-        bs.store_ground_truth(r, granularity, det["scores"], det)
+        store_ground_truth(r, granularity, det["scores"], det)
         state.flash("success", f"Ground truth computed in {det['seconds']:.1f} s on {det['windows'][0]} windows × "
                                f"{det['windows'][1]} tokens.")
         st.rerun()
@@ -142,7 +142,7 @@ def fbs_log_table(log: list[dict]) -> pd.DataFrame:
 
 def render_fbs(rec, adj, protected, k: int) -> dict | None:
     """Select page: MI-PRUN's Fast-Block-Select for k layers, with its log; returns the plan dict."""
-    from analysis.score import blockselect as bs
+    from analysis.score.miprun import miprun_select
 
     mi = adj.extras.get("mi") or {}
     if not mi.get("matrix"):
@@ -156,7 +156,7 @@ def render_fbs(rec, adj, protected, k: int) -> dict | None:
     if key not in store:
         n_free = adj.num_layers - len(protected)
         method = "both" if math.comb(n_free, k) <= 50_000 else "fast"
-        store[key] = bs.miprun_select(adj, int(k), method=method, protect=protected)
+        store[key] = miprun_select(adj, int(k), method=method, protect=protected)
     plan = store[key]
     src = plan["source"]
     fbs = src.get("fast_block_select") or {}

@@ -3,7 +3,7 @@
 For each model: one analysis pass keeping token states, then for every MI estimator the (L+1)×(L+1)
 boundary MI matrix on the same states; from it Fast-Block-Select as reconstructed (``refine=False``),
 with ``repartition=True``, and the default (``refine=True``: final exact step, a DP over run lengths)
-against :func:`analysis.score.blockselect.exhaustive_select` for n = 2..4 (protected: the run's). Prints a
+against :func:`analysis.score.blocksearch.exhaustive_select` for n = 2..4 (protected: the run's). Prints a
 markdown table of relative gaps and the search cost (seconds, distinct run scores); the default must be
 within 5 % of the optimum (it is exact by construction). The last line is ``ratio=<worst default gap>``.
 
@@ -30,8 +30,9 @@ def main() -> None:
     ap.add_argument("--estimators", default=",".join(ESTIMATORS))
     ap.add_argument("--n", type=int, nargs="+", default=[2, 3, 4])
     args = ap.parse_args()
-    from analysis.score.blockselect import exhaustive_select, fast_block_select, selection_gap
-    from analysis.score.mi import StateMI, matrix_block_scores, matrix_run_score
+    from analysis.score.blocksearch import exhaustive_select, fast_block_select, selection_gap
+    from analysis.measure.mi_states import StateMI
+    from analysis.score.miprun import matrix_block_scores, matrix_run_score
     from analysis.models.loading import load_model
     from analysis.run import EXTENSIONS, AnalysisConfig, analyze
 

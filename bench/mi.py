@@ -89,9 +89,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
 
-    from analysis.score.blockselect import (agreement_matrix, delta_ppl_details, exhaustive_select, fast_block_select,
-                                      maximal_runs, selection_gap, sleb_select, store_ground_truth)
-    from analysis.score.mi import MIConfig, StateMI, matrix_block_scores, matrix_run_score
+    from analysis.evaluate.groundtruth import delta_ppl_details, sleb_select, store_ground_truth
+    from analysis.measure.mi_states import MIConfig, StateMI
+    from analysis.score.agreement import agreement_matrix
+    from analysis.score.blocksearch import exhaustive_select, fast_block_select, maximal_runs, selection_gap
+    from analysis.score.miprun import matrix_block_scores, matrix_run_score
     from analysis.models.loading import load_model
     from analysis.run import EXTENSIONS, AnalysisConfig, analyze
     from analysis.score.selection import rank_correlation

@@ -43,7 +43,7 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int,
               resume: dict | None = None, only: list[str] | None = None) -> dict:
     import torch
 
-    from analysis.score.blockselect import delta_ppl_details
+    from analysis.evaluate.groundtruth import delta_ppl_details
     from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
     from analysis.score.criteria import drop_order
     from analysis.evaluate.perplexity import EvalConfig, sweep

@@ -73,7 +73,7 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                 help="Mutual information between each block's input and output (sampled token states per point, "
                      "set below; adds a MI tab and Fast-Block-Select)")
     if state.get("an.mi"):
-        from analysis.score.mi import MI_ESTIMATORS
+        from analysis.measure.mi import MI_ESTIMATORS
 
         m1, m2, _ = st.columns([2, 2, 2])
         m1.selectbox("MI estimator", list(MI_ESTIMATORS), format_func=lambda e: MI_ESTIMATORS[e].title,

@@ -224,7 +224,7 @@ with guarded("Plans"):
 
 # ---- agreement between criteria ---------------------------------------------------------------------------
 with guarded("Agreement"):
-    from analysis.score.blockselect import agreement_matrix
+    from analysis.score.agreement import agreement_matrix
 
     st.subheader("Do the criteria agree?")
     kk = max(1, min(int(k) or 1, prunable)) if prunable else 1

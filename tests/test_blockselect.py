@@ -1,14 +1,16 @@
-"""Fast-Block-Select, exhaustive search, ground-truth baselines and criterion agreement (analysis.score.blockselect)."""
+"""Fast-Block-Select and exhaustive search (analysis.score.blocksearch), MI-PRUN selection (analysis.score.miprun),
+ground-truth baselines (analysis.evaluate.groundtruth) and criterion agreement (analysis.score.agreement)."""
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from analysis.score.blockselect import (agreement_matrix, blockpruner_select, calibration_loss, delta_ppl_details,
-                                  exhaustive_select, fast_block_select, ground_truth_delta_ppl, maximal_runs,
-                                  miprun_select, plan_losses, run_objective, selection_gap, sleb_select,
-                                  store_ground_truth)
+from analysis.evaluate.groundtruth import (blockpruner_select, calibration_loss, delta_ppl_details, ground_truth_delta_ppl,
+                                          plan_losses, sleb_select, store_ground_truth)
+from analysis.score.agreement import agreement_matrix
+from analysis.score.blocksearch import exhaustive_select, fast_block_select, maximal_runs, run_objective, selection_gap
+from analysis.score.miprun import miprun_select
 from analysis.score.criteria import CRITERIA, scores_for, select
 from analysis.errors import SelectionError
 from analysis.testing import random_tokens, tiny_loaded
@@ -212,7 +214,7 @@ def test_blockpruner_removes_sub_blocks(lm, calib):
 
 def test_miprun_and_groundtruth_commands(lm, calib, tmp_path):
     from analysis.cli.main import main
-    from analysis.score.mi import MIConfig
+    from analysis.measure.mi_states import MIConfig
     from analysis.run import AnalysisConfig, analyze
 
     cfg = AnalysisConfig(state_tokens=64, extensions=("mi",), granularity="layer", protect="none")
@@ -248,7 +250,7 @@ def test_miprun_and_groundtruth_commands(lm, calib, tmp_path):
 
 
 def test_optimal_select_equals_exhaustive_and_fbs_refines_to_it():
-    from analysis.score.blockselect import optimal_select
+    from analysis.score.blocksearch import optimal_select
 
     for seed in range(10):
         L = 11 + seed % 3

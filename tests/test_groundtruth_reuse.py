@@ -1,10 +1,10 @@
-"""Ground truth with prefix reuse (analysis.score.blockselect.plan_losses on the sweep's trie walk): every loss is
+"""Ground truth with prefix reuse (analysis.evaluate.groundtruth.plan_losses on the sweep's trie walk): every loss is
 bit-identical to a separate evaluation of the plan, and the walk does less layer work."""
 import math
 
 import pytest
 
-from analysis.score.blockselect import _GKEY, _plan_for, delta_ppl_details, plan_cost, plan_losses, sleb_select
+from analysis.evaluate.groundtruth import _GKEY, _plan_for, delta_ppl_details, plan_cost, plan_losses, sleb_select
 from analysis.evaluate.perplexity import EvalConfig, perplexity
 from analysis.models.plan import Plan
 from analysis.testing import random_tokens, tiny_loaded

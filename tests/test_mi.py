@@ -1,4 +1,5 @@
-"""MI estimators (analysis.score.mi), the "mi" analysis extension and the "mi-prun" criterion."""
+"""MI estimators (analysis.measure.mi), state MI and the "mi" analysis extension (analysis.measure.mi_states) and the
+"mi-prun" criterion (analysis.score.miprun)."""
 import re
 import json
 import subprocess
@@ -9,8 +10,9 @@ import pytest
 
 from analysis.score.criteria import CRITERIA, scores_for, select
 from analysis.errors import DataError, SelectionError
-from analysis.score.mi import (MI_ESTIMATORS, MIConfig, StateMI, dpi_violations, get_mi_estimator, matrix_block_scores,
-                         matrix_run_score, mi_analysis, mi_estimate, renyi_entropy)
+from analysis.measure.mi import MI_ESTIMATORS, get_mi_estimator, mi_estimate, renyi_entropy
+from analysis.measure.mi_states import MIConfig, StateMI, dpi_violations, mi_analysis
+from analysis.score.miprun import matrix_block_scores, matrix_run_score
 from analysis.score.result import AnalysisResult
 from analysis.run import EXTENSIONS, AnalysisConfig, analyze
 from analysis.testing import random_tokens, tiny_loaded
@@ -96,7 +98,7 @@ def test_degenerate_inputs(method):
 
 def test_renyi_entropy_paths():
     x = _gauss(50, 3, 13)
-    from analysis.score.mi import gram_matrix
+    from analysis.measure.mi import gram_matrix
 
     a, sigma = gram_matrix(x)
     assert sigma > 0 and np.trace(a) == pytest.approx(1.0)
@@ -250,12 +252,15 @@ def test_select_cli_with_mi_prun(mi_run, tmp_path):
 
 
 def test_import_order_registers_everything():
-    """analysis.score.mi / analysis.score.blockselect imported before analysis.score.criteria (run-first is the in-process case)."""
+    """Any score / MI module imported before analysis.score.criteria (run-first is the in-process case): every
+    criterion is registered, and no analysis.score module (nor the MI estimators) imports torch."""
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
     check = "import analysis.score.criteria as c; assert 'mi-prun' in c.CRITERIA and 'delta-ppl' in c.CRITERIA"
-    subprocess.run([sys.executable, "-c", f"import analysis.score.blockselect, sys; {check}; assert 'torch' not in sys.modules"],
-                   check=True, cwd=root)
-    subprocess.run([sys.executable, "-c", f"import analysis.score.mi; {check}; import analysis.run as r; "
+    for mod in ("analysis.score.blocksearch", "analysis.score.miprun", "analysis.score.agreement",
+                "analysis.score.baselines", "analysis.measure.mi", "analysis.measure.mi_states"):
+        subprocess.run([sys.executable, "-c", f"import {mod}, sys; {check}; assert 'torch' not in sys.modules"],
+                       check=True, cwd=root)
+    subprocess.run([sys.executable, "-c", f"import analysis.measure.mi_states; {check}; import analysis.run as r; "
                                           "assert 'mi' in r.EXTENSIONS"], check=True, cwd=root)
 
 

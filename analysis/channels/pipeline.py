@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from analysis.models.adapters import adapter_for
 from analysis.errors import DataError, EntroscopeError, ModelLoadError, SelectionError
+from analysis.store.jsonio import clean_json, library_versions
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
@@ -622,15 +622,6 @@ def _param_counts(model: nn.Module) -> dict:
     return {"total": count_params(model), "non_embedding": count_params(model, non_embedding=True)}
 
 
-def _versions() -> dict:
-    import transformers
-
-    from analysis import __version__
-
-    return {"entroscope": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
-
-
 def iterative_channel_prune(lm, cfg: ChannelConfig | None = None, tokens=None, progress: Progress | None = None,
                             should_stop: ShouldStop | None = None, **overrides) -> ChannelPruneResult:
     """Reach ``cfg.ratio`` of removed MLP channels in ``cfg.steps`` steps on a deep copy of the model.
@@ -837,9 +828,9 @@ def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokeni
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / CHANNELS_FILE).write_text(json.dumps(to_jsonable(meta), indent=1))
+        (tmp / CHANNELS_FILE).write_text(json.dumps(clean_json(meta, fallback=str), indent=1))
         if report is not None:
-            (tmp / REPORT_FILE).write_text(json.dumps(to_jsonable(report), indent=1))
+            (tmp / REPORT_FILE).write_text(json.dumps(clean_json(report, fallback=str), indent=1))
     return out
 
 
@@ -1023,10 +1014,10 @@ def run_channels(lm, cfg: ChannelConfig | None = None, tokens=None, evaluate: bo
         "pruned_fingerprint": pruned.fingerprint,
         "domains": list(cfg.domains), "weights": dict(cfg.domains),
         "samples_per_domain": cal.get("domain_counts"), "tokens_per_domain": cal.get("token_counts"),
-        "calibration_sha256": cal.get("sha256"), "config": cfg.to_dict(), "versions": _versions(),
+        "calibration_sha256": cal.get("sha256"), "config": cfg.to_dict(), "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": time.perf_counter() - t0}
     say(1.0, f"done: {rep['final']['ratio_reached']:.1%} of MLP channels removed")
-    return ChannelRun(pruned, to_jsonable(rep))
+    return ChannelRun(pruned, clean_json(rep, fallback=str))
 
 
 def _speedups(dense: dict, pruned: dict) -> dict:
@@ -1084,26 +1075,5 @@ def run_ablation(lm, cfg: ChannelConfig | None = None, variants: Sequence[str] |
                      "mean_log_ppl": sum(math.log(x) for x in vals) / len(vals),
                      "samples_per_domain": res.report["calibration"].get("domain_counts")})
         del pruned, res
-    return to_jsonable({"rows": rows, "dense": {d: dense[d]["perplexity"] for d in doms}, "domains": doms,
-                        "config": cfg.to_dict(), "ratio": cfg.ratio})
-
-
-# ----------------------------------------------------------------------------------------------------
-# JSON
-
-
-def to_jsonable(obj):
-    """Plain JSON types only: tensors → lists, non-finite floats → None, tuples → lists."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Tensor):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item"):
-        return to_jsonable(obj.item())
-    return str(obj)
+    return clean_json({"rows": rows, "dense": {d: dense[d]["perplexity"] for d in doms}, "domains": doms,
+                        "config": cfg.to_dict(), "ratio": cfg.ratio}, fallback=str)

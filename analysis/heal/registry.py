@@ -15,6 +15,7 @@ from torch import nn
 
 from analysis.errors import EntroscopeError
 from analysis.models.plan import Plan
+from analysis.registry import Registry, lazy_callable
 
 Progress = Callable[[float, str], None]
 
@@ -30,11 +31,14 @@ class HealMethod:
     description: str
     needs: str                                   # what it reads (data, passes)
     changes: str                                 # what weights it rewrites
-    fn: Callable[..., "Healed"]                  # (lm, plan, tokens, progress=, stop=, **params) -> Healed
+    fn: Callable[..., "Healed"] | str            # (lm, plan, tokens, progress=, stop=, **params) -> Healed; or "module:attr"
     granularities: tuple[str, ...] = ("layer", "attention", "mlp")
     params: dict = field(default_factory=dict)   # options and their defaults
     reference: str = ""
     needs_data: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fn", lazy_callable(self.fn))   # a "module:attr" fn is imported on first call
 
 
 @dataclass
@@ -52,17 +56,16 @@ class Healed:
         return {"method": self.method, "settings": dict(self.settings), "report": dict(self.report)}
 
 
-HEAL_METHODS: dict[str, HealMethod] = {}
+HEAL_METHODS: Registry[HealMethod] = Registry("healing method", HealError)
 
 
 def register_heal(m: HealMethod) -> HealMethod:
-    HEAL_METHODS[m.name] = m
-    return m
+    """Add ``m`` to :data:`HEAL_METHODS` (a name already registered raises)."""
+    return HEAL_METHODS.register(m)
 
 
 def get_heal_method(name: str) -> HealMethod:
-    if name not in HEAL_METHODS:
-        raise HealError(f"Unknown healing method {name!r}", hint=f"choose from {', '.join(HEAL_METHODS)}")
+    """The registered healing method ``name``; :class:`HealError` listing the choices if there is none."""
     return HEAL_METHODS[name]
 
 

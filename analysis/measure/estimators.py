@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
+from analysis.registry import Registry, resolve
 
 
 def as_float32(x: Tensor) -> Tensor:
@@ -207,23 +208,18 @@ class EstimatorInfo:
     def function(self) -> Callable[..., Tensor]:
         """``fn``, importing a lazy ``"module:attr"`` entry (the registry never imports its implementations,
         so an estimator defined beside its sink-masked form in :mod:`analysis.measure.sinks` creates no import cycle)."""
-        if not isinstance(self.fn, str):
-            return self.fn
-        import importlib
-
-        module, _, attr = self.fn.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return resolve(self.fn) if isinstance(self.fn, str) else self.fn
 
     def params(self, **params) -> dict:
         return {k: params.get(k, v) if params.get(k) is not None else v for k, v in self.defaults.items()}
 
 
-ESTIMATORS: dict[str, EstimatorInfo] = {}
+ESTIMATORS: Registry[EstimatorInfo] = Registry("estimator")
 
 
 def register_estimator(info: EstimatorInfo) -> EstimatorInfo:
-    ESTIMATORS[info.name] = info
-    return info
+    """Add ``info`` to :data:`ESTIMATORS` (a name already registered raises)."""
+    return ESTIMATORS.register(info)
 
 
 register_estimator(EstimatorInfo(
@@ -260,8 +256,7 @@ register_estimator(EstimatorInfo(
 
 
 def get_estimator(name: str) -> EstimatorInfo:
-    if name not in ESTIMATORS:
-        raise SelectionError(f"Unknown estimator {name!r}", hint=f"choose from {', '.join(ESTIMATORS)}")
+    """The registered estimator ``name``; :class:`SelectionError` listing the choices if there is none."""
     return ESTIMATORS[name]
 
 

@@ -4,6 +4,8 @@ Each criterion declares which granularities it scores, which direction means *re
 (``"low"``: lowest score dropped first; ``"high"``: highest first), whether it selects a contiguous
 window, and whether it is stochastic, so the CLI and the app render any criterion without special cases.
 Score functions read an :class:`~analysis.score.result.AnalysisResult` and return one score per block (0-based).
+A criterion scored in another module names its score function as a lazy ``"module:attr"`` string, so this
+registry never imports its implementations (``mi-prun``, ``delta-ppl``).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from analysis.errors import SelectionError
+from analysis.registry import Registry, lazy_callable
 from analysis.score.result import GRANULARITIES, AnalysisResult
 from analysis.score.selection import best_window, check_k, rank_blocks
 
@@ -22,7 +25,7 @@ class Criterion:
     name: str
     title: str
     description: str
-    score: Callable[..., np.ndarray]                  # (result, granularity, **params) -> [L]
+    score: Callable[..., np.ndarray] | str            # (result, granularity, **params) -> [L]; or lazy "module:attr"
     redundant: str = "low"                            # "low" | "high": which end is dropped first
     granularities: tuple[str, ...] = GRANULARITIES
     per_seq: Callable[..., np.ndarray] | None = None  # (result, granularity, rows) -> [N, L]; mean == score
@@ -32,18 +35,22 @@ class Criterion:
     score_label: str = "score"
     params: dict = field(default_factory=dict)        # tunable parameters and defaults
 
+    def __post_init__(self) -> None:
+        # a "module:attr" score (or per_seq) is imported on first call: the registry never imports its implementations
+        object.__setattr__(self, "score", lazy_callable(self.score))
+        object.__setattr__(self, "per_seq", lazy_callable(self.per_seq))
 
-CRITERIA: dict[str, Criterion] = {}
+
+CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
 def register_criterion(c: Criterion) -> Criterion:
-    CRITERIA[c.name] = c
-    return c
+    """Add ``c`` to :data:`CRITERIA` (a name already registered raises)."""
+    return CRITERIA.register(c)
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise SelectionError(f"Unknown criterion {name!r}", hint=f"choose from {', '.join(CRITERIA)}")
+    """The registered criterion ``name``; :class:`SelectionError` listing the choices if there is none."""
     return CRITERIA[name]
 
 
@@ -114,6 +121,25 @@ register_criterion(Criterion(
     "tail", "Tail (last blocks first)", "Drops the deepest unprotected blocks first (reverse order).",
     score=lambda r, g, **_: -np.arange(r.num_layers, dtype=float), redundant="low",
     reference="Lu et al. 2024, Reassessing Layer Pruning", score_label="−index"))
+
+
+# ---- criteria scored in their own modules (lazy "module:attr": this registry never imports them) ----------
+register_criterion(Criterion(
+    "delta-ppl", "Drop-one ΔPPL (ground truth)",
+    "Calibration perplexity after removing only this block minus the full model's; the blocks whose removal "
+    "hurts least are dropped first. Needs forward passes, so it is computed on demand (groundtruth command), "
+    "not in the analysis pass.",
+    score="analysis.evaluate.groundtruth:delta_ppl_score", redundant="low",
+    reference="drop-one ablation (as in SLEB / BlockPruner scoring)", score_label="ΔPPL"))
+
+register_criterion(Criterion(
+    "mi-prun", "MI-PRUN −MI(in, out)",
+    "Minus the mutual information between a block's input and output residual states (tokens as samples; "
+    "matrix-based Rényi MI by default): blocks whose output mostly repeats their input (highest MI, lowest "
+    "score) are dropped first. Plain ranking here; `python -m analysis miprun` runs Fast-Block-Select with "
+    "the DPI-aware run scores.",
+    score="analysis.score.miprun:mi_prun_score", redundant="low",
+    reference="Zhang et al. 2026, arXiv 2601.07212", score_label="−MI (nats)"))
 
 
 # ---- selection ----------------------------------------------------------------------------------
@@ -191,10 +217,3 @@ def bootstrap(r: AnalysisResult, name: str, granularity: str | None = None, n_bo
                 freq[i] += 1
         out["top_k_frequency"] = freq / n_boot
     return out
-
-
-# ---- criteria defined in their own modules -------------------------------------------------------
-# Imported last, after everything above exists: these modules import this one (register_criterion) and
-# only numpy at module level, so importing either module first works too.
-from analysis.score import blockselect as _blockselect  # noqa: E402,F401  - "delta-ppl" (ground truth)
-from analysis.score import mi as _mi  # noqa: E402,F401  - "mi-prun"

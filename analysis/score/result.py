@@ -7,30 +7,15 @@ sequences of H(resid_pre[l]); likewise ``resid_mid`` and ``resid_post``. Per-seq
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from analysis.store.jsonio import clean_json
+
 GRANULARITIES = ("attention", "mlp", "layer")
 POINTS = ("resid_pre", "resid_mid", "resid_post")
-
-
-def _clean(x):
-    """JSON-safe: numpy → lists, NaN/inf → None."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 def _arr(x) -> np.ndarray:
@@ -161,7 +146,7 @@ class AnalysisResult:
             "drop_order": self.drop_order,
         }
         head.update({k: v for k, v in d.items() if k not in head})
-        return _clean(head)
+        return clean_json(head)
 
     def save(self, path: str | Path) -> None:
         from analysis.store.outdir import write_text_atomic

@@ -56,7 +56,7 @@ def register(sub) -> None:
 def config_from_args(args):
     """The :class:`~analysis.run.AnalysisConfig` an ``analyze`` command line asks for (the app's reproduce
     script is checked against this, field by field)."""
-    from analysis.run import EXTENSIONS, AnalysisConfig
+    from analysis.run import AnalysisConfig
 
     also = tuple(e for e in (s.strip() for s in args.also.split(",")) if e and e != args.estimator)
     cfg = AnalysisConfig(estimator=args.estimator, extra_estimators=also, k=args.k, bins=args.bins,
@@ -65,10 +65,6 @@ def config_from_args(args):
                          sinks="first" if args.skip_first_token else args.sinks, sink_ratio=args.sink_ratio,
                          clip=args.clip)
     if args.mi:
-        if "mi" not in EXTENSIONS:
-            import importlib
-
-            importlib.import_module("analysis.score.mi")  # registers the extension
         cfg.extensions = ("mi",)
         cfg.state_tokens = args.mi_tokens        # keep exactly what MI uses (as the app does)
         cfg.mi = {"estimator": args.mi_estimator, "token_norm": args.mi_token_norm, "n_tokens": args.mi_tokens,

@@ -67,7 +67,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from analysis.channels.pipeline import (REPORT_FILE, ChannelConfig, run_ablation, run_channels,
-                            save_channel_pruned, to_jsonable)
+                            save_channel_pruned)
+    from analysis.store.jsonio import clean_json
     from analysis.store.outdir import check_out_dir
     from analysis.cli.common import load_lm
 
@@ -92,5 +93,5 @@ def run(args) -> int:
                "loader": json.loads((path / "entroscope-channels.json").read_text())["loader"],
                "perplexity": {d: {"before": v["before"], "after": v["after"]}
                               for d, v in (report.get("evaluation") or {}).get("domains", {}).items()}}
-    print(json.dumps(to_jsonable(summary)), file=sys.stdout)
+    print(json.dumps(clean_json(summary, fallback=str)), file=sys.stdout)
     return 0

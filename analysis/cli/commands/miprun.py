@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from analysis.score.blockselect import miprun_select
+    from analysis.score.miprun import miprun_select
     from analysis.score.result import AnalysisResult
 
     from analysis.store.outdir import check_out_file, write_text_atomic

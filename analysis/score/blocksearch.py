@@ -1,17 +1,16 @@
-"""Block-set selection for MI-PRUN and its ground-truth baselines (papers.md §2.4–2.6, checklist 12–13, 17).
+"""Block-set search for MI-PRUN (papers.md §2.4–2.5, checklist 12–13).
 
 * :func:`fast_block_select` — Fast-Block-Select, reconstructed from the reviewer's outline (papers.md
   §2.5): a prune pool P and an alternative pool A, contiguous candidate windows of the lengths of P's
   runs, a coarse ranking by summed single-block scores, exact DPI-aware run scores for the top K, a
   conflict-free combination swapped into P, repeated until P stops changing. Works on any
   ``run_score(j, k)`` callable, so it is testable on synthetic tables.
+* :func:`optimal_select` — the exact optimum of the objective by dynamic programming.
 * :func:`exhaustive_select` — the optimum of the same objective over all n-block subsets when
   ``C(L, n)`` is affordable, to measure Fast-Block-Select's gap.
-* Ground truth on a calibration subset: drop-one ΔPPL (criterion ``"delta-ppl"``), SLEB-style iterative
-  greedy removal (:func:`sleb_select`) and BlockPruner-style removal over attention and MLP sub-blocks
-  (:func:`blockpruner_select`). These run forward passes (on :func:`analysis.models.surgery.pruned_view`
-  views, never modifying the model) and are computed on demand, not in the analysis pass.
-* :func:`agreement_matrix` — Spearman, Kendall and top-k overlap between criteria.
+
+Ground truth (drop-one ΔPPL, SLEB, BlockPruner) is :mod:`analysis.evaluate.groundtruth`; agreement between
+criteria :mod:`analysis.score.agreement`; MI-PRUN selection from a run :func:`analysis.score.miprun.miprun_select`.
 
 **Objective** (shared by Fast-Block-Select and exhaustive search): a set P of layers to drop is split
 into maximal contiguous runs ``[j..k]`` (0-based, inclusive) and scored
@@ -19,8 +18,7 @@ into maximal contiguous runs ``[j..k]`` (0-based, inclusive) and scored
 the input of layer j, ``H_{k+1}`` the output of layer k); lower = more redundant = better to drop.
 A single-layer run's score equals the block score ``s_j``.
 
-Only numpy is imported at module level (this module is imported by :mod:`analysis.score.criteria`); torch,
-the surgery and the plan modules are imported by the functions that run the model.
+Only numpy is imported at module level.
 """
 from __future__ import annotations
 
@@ -33,11 +31,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from analysis.score.criteria import Criterion, register_criterion
-from analysis.errors import DataError, SelectionError
+from analysis.errors import SelectionError
+from analysis.store.jsonio import clean_json
 
 RunScore = Callable[[int, int], float]
-Progress = Callable[[float, str], None]
+
 
 # ----------------------------------------------------------------------------------------------------
 # runs and the objective
@@ -116,9 +114,7 @@ class FBSResult:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        from analysis.score.result import _clean
-
-        return _clean(asdict(self))
+        return clean_json(asdict(self))
 
 
 def _window_candidates(length: int, allowed: set[int], s: np.ndarray, K: int | None,
@@ -408,341 +404,3 @@ def selection_gap(fbs_objective: float, exhaustive_objective: float) -> dict:
     if gap < -tol:     # the reference was not the optimum of the space the heuristic searched
         out["below_reference"] = True
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# MI-PRUN selection from a run's cached MI data
-# ----------------------------------------------------------------------------------------------------
-
-
-def miprun_select(result, n: int, method: str = "fast", protect: Iterable[int] | None = None, K: int | None = 5,
-                  alt_size: int | None = None, max_iter: int = 20, repartition: bool = False,
-                  max_combinations: int = 50_000, refine: bool = True) -> dict:
-    """Layers to drop with MI-PRUN from a run's ``extras["mi"]["matrix"]`` (no states, no forward passes).
-
-    Block and run scores both come from the boundary MI matrix (the same token subsample, so the DPI
-    comparison is consistent): ``s_i = −M[i][i+1]``, ``run_score(j, k) = −M[j][k+1]``. ``protect``
-    defaults to the run's protected blocks. ``method``: ``fast`` (Fast-Block-Select), ``exhaustive``, or
-    ``both`` (Fast-Block-Select, plus the exhaustive optimum and the gap). Returns a plan dict
-    (``drop_attn``, ``drop_mlp``, ``drop_layers``, ``source``).
-    """
-    from analysis.score.mi import matrix_block_scores, matrix_run_score, run_mi_data
-
-    d = run_mi_data(result)
-    if not d.get("matrix"):
-        raise SelectionError("This run's MI data has no boundary MI matrix (needed for run scores)",
-                             hint="re-run the analysis with --mi and the matrix enabled (matrix_tokens > 0)")
-    if method not in ("fast", "exhaustive", "both"):
-        raise SelectionError(f"Unknown method {method!r}", hint="use fast, exhaustive or both")
-    s = matrix_block_scores(d["matrix"])
-    rs = matrix_run_score(d["matrix"])
-    prot = list(result.protected if protect is None else protect)
-    source: dict = {"criterion": "mi-prun", "granularity": "layer", "n": n, "k": n, "index_base": 0,
-                    "protected": sorted(int(p) for p in prot), "estimator": d.get("estimator"),
-                    "estimator_params": d.get("params"), "matrix_tokens": d.get("matrix_tokens"),
-                    "block_scores": s.tolist(), "run_manifest": getattr(result, "manifest", {})}
-    t0 = time.perf_counter()
-    if method in ("fast", "both"):
-        fbs = fast_block_select(s, rs, n, K=K, alt_size=alt_size, max_iter=max_iter, protect=prot,
-                                repartition=repartition, refine=refine)
-        blocks = fbs.blocks
-        source.update(method="fast-block-select", objective=fbs.objective, fast_block_select=fbs.to_dict())
-    if method in ("exhaustive", "both"):
-        exh = exhaustive_select(rs, len(s), n, prot, max_combinations)
-        source["exhaustive"] = exh
-        if method == "exhaustive":
-            blocks = exh["blocks"]
-            source.update(method="exhaustive", objective=exh["objective"])
-        else:
-            # the run lengths of the returned pool (with repartition/refine they differ from the initial
-            # pool's, and an optimum over the initial partition is no bound for the result: negative gaps)
-            part = [k - j + 1 for j, k in maximal_runs(fbs.blocks)]
-            same = exhaustive_select(rs, len(s), n, prot, max_combinations, partition=part)
-            source["exhaustive_same_partition"] = same
-            source["gap"] = selection_gap(fbs.objective, exh["objective"])
-            source["gap_same_partition"] = selection_gap(fbs.objective, same["objective"])
-    source["seconds"] = time.perf_counter() - t0
-    from analysis.score.result import _clean
-
-    return {"drop_attn": [], "drop_mlp": [], "drop_layers": sorted(int(b) for b in blocks), "source": _clean(source)}
-
-
-# ----------------------------------------------------------------------------------------------------
-# ground truth: calibration loss with blocks skipped
-# ----------------------------------------------------------------------------------------------------
-
-
-def _ids_of(tokens):
-    import torch
-
-    ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
-    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
-        raise DataError(f"Calibration tokens must be a [N, T] array with T >= 2, got shape {tuple(ids.shape)}")
-    return ids.long()
-
-
-def _calib_windows(ids, batch_size: int):
-    """Calibration windows as :class:`analysis.evaluate.perplexity.EvalWindows`: every window scored whole (first
-    token is context only), no BOS added, ``batch_size`` windows per forward."""
-    from analysis.evaluate.perplexity import EvalWindows, _batch
-
-    meta = {"corpus": "tokens", "split": None, "window": int(ids.shape[1]), "stride": None,
-            "remainder": "none (windows given)", "tokens_used": int(ids.numel()), "bos": False}
-    return EvalWindows(_batch([(r, 1) for r in ids], batch_size), meta)
-
-
-def _as_plan(p, L: int):
-    from analysis.models.plan import Plan
-
-    p = p if isinstance(p, Plan) else Plan.from_dict(p) if isinstance(p, dict) else Plan()
-    return p.validate(L).normalized()
-
-
-def plan_losses(lm, tokens, plans: Sequence, batch_size: int = 8, progress: Progress | None = None) -> list[float]:
-    """Mean next-token NLL (nats) on the calibration windows for each plan (``None`` = original model).
-
-    Every window is scored whole (its first token is context only). Plans run on
-    :func:`analysis.models.surgery.pruned_view` views and are walked as a trie exactly like
-    :func:`analysis.evaluate.perplexity.sweep` (:func:`analysis.evaluate.perplexity._prefix_schedule`): each plan starts where it
-    first differs from the plan before it, fed the cached residual stream there, so a drop-one scan runs
-    the original once and each plan only from its dropped block on, and a SLEB step runs each candidate
-    only from the candidate layer on (on top of the layers already removed). The NLL is bit-identical to
-    :func:`analysis.evaluate.perplexity.perplexity` of each plan on the same windows (``EvalConfig(batch_size=
-    batch_size, bos=False)``), tested.
-    """
-    from analysis.evaluate.perplexity import EvalConfig, _plan_key, _sweep_nll
-
-    ids_all = _ids_of(tokens)
-    L = lm.num_layers
-    keyed = [(_plan_key(p), p) for p in (_as_plan(p, L) for p in plans)]
-    unique: dict = {}
-    for key, p in keyed:
-        unique.setdefault(key, p)
-    windows = _calib_windows(ids_all, batch_size)
-    cfg = EvalConfig(batch_size=batch_size, bos=False)
-    sub = None if progress is None else (lambda f, m: progress(f, f"calibration loss: {m}"))
-    sums = _sweep_nll(lm, list(unique.items()), windows, cfg, True, sub)
-    count = windows.tokens_scored
-    return [sums[key] / count for key, _ in keyed]
-
-
-def plan_cost(lm, plans: Sequence, reuse: bool = True) -> dict:
-    """Work of evaluating ``plans`` (``None`` = original) on one batch, counted from the schedule:
-    decoder-layer forwards, LM-head calls, and ``passes`` = layer forwards / L (one full forward = 1).
-    ``reuse=False`` counts one separate evaluation per plan (what :func:`analysis.evaluate.perplexity.perplexity`
-    runs)."""
-    from analysis.evaluate.perplexity import _plan_key, _prefix_schedule
-
-    L = lm.num_layers
-    unique: dict = {}
-    for p in plans:
-        p = _as_plan(p, L)
-        unique.setdefault(_plan_key(p), p)
-    if not reuse:
-        layers = sum(len(p.kept_layers(L)) for p in unique.values())
-        return {"layer_forwards": layers, "heads": len(unique), "passes": layers / L, "plans": len(unique)}
-    steps = _prefix_schedule(lm, list(unique.items()))
-    layers = sum(len(st.layer_ids) for st in steps if st.view is not None)
-    return {"layer_forwards": layers, "heads": len(unique), "passes": layers / L, "plans": len(unique)}
-
-
-def calibration_loss(lm, tokens, plan=None, batch_size: int = 8) -> float:
-    """Mean next-token NLL of the model with ``plan`` (a Plan / plan dict / None) skipped."""
-    return plan_losses(lm, tokens, [plan], batch_size)[0]
-
-
-_GKEY = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}
-
-
-def _plan_for(kind_blocks: dict[str, Iterable[int]]):
-    from analysis.models.plan import Plan
-
-    return Plan(**{k: sorted(int(i) for i in v) for k, v in kind_blocks.items()})
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf
-
-
-def delta_ppl_details(lm, tokens, granularity: str = "layer", blocks: Iterable[int] | None = None,
-                      batch_size: int = 8, progress: Progress | None = None) -> dict:
-    """Drop-one ground truth: ``ΔPPL_i = PPL(model without block i) − PPL(model)`` on the calibration
-    windows, for every block (or only ``blocks``; the others are NaN). Lower = more redundant."""
-    if granularity not in _GKEY:
-        raise SelectionError(f"Unknown granularity {granularity!r}", hint="use attention, mlp or layer")
-    L = lm.num_layers
-    todo = list(range(L)) if blocks is None else sorted(set(int(b) for b in blocks))
-    if granularity == "layer" and L < 2:
-        raise SelectionError("a model with one layer has no layer to drop")
-    t0 = time.perf_counter()
-    plans = [None] + [_plan_for({_GKEY[granularity]: [i]}) for i in todo]
-    losses = plan_losses(lm, tokens, plans, batch_size, progress)
-    base = losses[0]
-    ppl = np.full(L, np.nan)
-    loss = np.full(L, np.nan)
-    for i, lo in zip(todo, losses[1:]):
-        loss[i], ppl[i] = lo, _ppl(lo)
-    ids = _ids_of(tokens)
-    return {"granularity": granularity, "scores": (ppl - _ppl(base)).tolist(), "ppl": ppl.tolist(),
-            "loss": loss.tolist(), "base_ppl": _ppl(base), "base_loss": base,
-            "tokens": int(ids.shape[0] * (ids.shape[1] - 1)), "windows": list(ids.shape),
-            "evaluations": len(plans), "cost_passes": plan_cost(lm, plans)["passes"],
-            "seconds": time.perf_counter() - t0,
-            "definition": "PPL(without block i) − PPL(full), token perplexity on the calibration windows"}
-
-
-def ground_truth_delta_ppl(lm, tokens, granularity: str = "layer", batch_size: int = 8,
-                           progress: Progress | None = None) -> np.ndarray:
-    """Drop-one ΔPPL per block (``[L]``, lower = more redundant); see :func:`delta_ppl_details`."""
-    return np.asarray(delta_ppl_details(lm, tokens, granularity, batch_size=batch_size, progress=progress)["scores"])
-
-
-def store_ground_truth(result, granularity: str, scores, details: dict | None = None) -> None:
-    """Put drop-one ΔPPL into ``result.extras["criteria_scores"]["delta-ppl"][granularity]`` (and the
-    details under ``extras["ground_truth"]``) so the criterion registry finds it; refreshes baselines."""
-    result.extras.setdefault("criteria_scores", {}).setdefault("delta-ppl", {})[granularity] = \
-        [None if not np.isfinite(v) else float(v) for v in np.asarray(scores, dtype=float)]
-    if details is not None:
-        result.extras.setdefault("ground_truth", {})[granularity] = {k: v for k, v in details.items() if k != "scores"}
-    try:
-        from analysis.run import compute_baselines
-
-        compute_baselines(result)
-    except Exception:  # noqa: BLE001 - baselines are a convenience view
-        pass
-
-
-def _greedy_removal(lm, tokens, n: int, units: list[tuple[str, int]], batch_size: int,
-                    progress: Progress | None, what: str) -> dict:
-    """Iterative greedy removal: at each step drop the unit whose removal (on top of the ones already
-    removed) gives the lowest calibration loss; re-evaluate all remaining units after every removal."""
-    if n < 0 or n > len(units):
-        raise SelectionError(f"n={n} but only {len(units)} {what} can be removed", hint=f"choose n <= {len(units)}")
-    t0 = time.perf_counter()
-    removed: list[tuple[str, int]] = []
-    base = None
-    steps, evals, passes = [], 1, 0.0
-    if n == 0:
-        base = plan_losses(lm, tokens, [None], batch_size)[0]
-        passes += plan_cost(lm, [None])["passes"]
-    for step in range(n):
-        cands = [u for u in units if u not in removed]
-        plans = []
-        for u in cands:
-            parts: dict[str, list[int]] = {"drop_attn": [], "drop_mlp": [], "drop_layers": []}
-            for kind, i in removed + [u]:
-                parts[_GKEY[kind]].append(i)
-            plans.append(_plan_for(parts))
-        sub = None if progress is None else (lambda f, m, s=step: progress((s + f) / n, f"{what} step {s + 1}/{n}: {m}"))
-        if base is None:                      # the first step also scores the full model (one shared walk)
-            losses = plan_losses(lm, tokens, [None] + plans, batch_size, sub)
-            passes += plan_cost(lm, [None] + plans)["passes"]
-            base, losses = losses[0], losses[1:]
-        else:
-            losses = plan_losses(lm, tokens, plans, batch_size, sub)
-            passes += plan_cost(lm, plans)["passes"]
-        evals += len(plans)
-        best = min(range(len(cands)), key=lambda c: (losses[c], c))
-        removed.append(cands[best])
-        steps.append({"step": step + 1, "removed": list(cands[best]), "loss": losses[best], "ppl": _ppl(losses[best]),
-                      "candidates": [{"unit": list(u), "ppl": _ppl(lo)} for u, lo in zip(cands, losses)]})
-    return {"removed": removed, "steps": steps, "base_loss": base, "base_ppl": _ppl(base), "evaluations": evals,
-            "cost_passes": passes, "seconds": time.perf_counter() - t0}
-
-
-def sleb_select(lm, tokens, n: int, protect: Iterable[int] = (), batch_size: int = 8,
-                progress: Progress | None = None) -> dict:
-    """SLEB-style selection (Song et al. 2024, arXiv 2402.09025): remove ``n`` whole layers one at a time,
-    each time the one whose removal gives the lowest calibration perplexity, re-scoring all remaining
-    layers after every removal. Returns ``blocks`` (sorted), ``order`` (removal order), per-step
-    candidate perplexities, ``evaluations`` (calibration passes) and ``seconds``."""
-    L = lm.num_layers
-    prot = set(int(p) for p in protect)
-    units = [("layer", i) for i in range(L) if i not in prot]
-    if n >= L:
-        raise SelectionError(f"SLEB cannot remove n={n} of {L} layers; keep at least one", hint=f"choose n < {L}")
-    out = _greedy_removal(lm, tokens, n, units, batch_size, progress, "SLEB")
-    order = [i for _, i in out.pop("removed")]
-    return {"method": "sleb", "granularity": "layer", "blocks": sorted(order), "order": order, **out,
-            "plan": {"drop_attn": [], "drop_mlp": [], "drop_layers": sorted(order)}}
-
-
-def blockpruner_select(lm, tokens, n: int, protect: Iterable[int] = (), batch_size: int = 8,
-                       progress: Progress | None = None) -> dict:
-    """BlockPruner-style selection (Zhong et al. 2024, arXiv 2406.10594): like SLEB, but the units are the
-    2L attention and MLP sub-blocks (a layer with both removed is a removed layer). ``protect`` lists
-    layers whose sub-blocks are kept. Returns ``drop_attn``, ``drop_mlp``, the removal ``order`` as
-    ``[kind, layer]`` pairs, per-step perplexities, ``evaluations`` and ``seconds``."""
-    L = lm.num_layers
-    prot = set(int(p) for p in protect)
-    units = [(kind, i) for i in range(L) if i not in prot for kind in ("attention", "mlp")]
-    out = _greedy_removal(lm, tokens, n, units, batch_size, progress, "BlockPruner")
-    removed = out.pop("removed")
-    attn = sorted(i for k, i in removed if k == "attention")
-    mlp = sorted(i for k, i in removed if k == "mlp")
-    return {"method": "blockpruner", "drop_attn": attn, "drop_mlp": mlp, "order": [list(u) for u in removed], **out,
-            "plan": {"drop_attn": attn, "drop_mlp": mlp, "drop_layers": []}}
-
-
-# ----------------------------------------------------------------------------------------------------
-# agreement between criteria
-# ----------------------------------------------------------------------------------------------------
-
-
-def agreement_matrix(result, criteria: Sequence[str], granularity: str | None = None, k: int | None = None,
-                     protected: Iterable[int] | None = None) -> dict:
-    """Pairwise agreement of criteria on one run: Spearman and Kendall rank correlation of their
-    *droppability* (score for ``redundant="low"`` criteria, −score for ``"high"``, so +1 means the same
-    drop order) over the unprotected blocks, and top-k overlap of their drop orders (``k`` defaults to
-    a quarter of the blocks). Criteria the run cannot score are listed in ``unavailable`` with the reason.
-    """
-    from analysis.score.criteria import get_criterion, scores_for
-    from analysis.score.selection import rank_blocks, rank_correlation, topk_overlap
-
-    g = granularity or result.granularity
-    prot = list(result.protected if protected is None else protected)
-    keys, orders, unavailable = {}, {}, {}
-    for name in criteria:
-        try:
-            c = get_criterion(name)
-            s = scores_for(result, name, g)
-        except SelectionError as exc:
-            unavailable[name] = str(exc)
-            continue
-        keys[name] = s if c.redundant == "low" else -s
-        orders[name] = rank_blocks(s, c.redundant, prot)
-    names = list(keys)
-    L = result.num_layers
-    free = [i for i in range(L) if i not in set(prot)]
-    kk = max(1, L // 4) if k is None else int(k)
-    m = len(names)
-    sp, kd, ov = (np.full((m, m), np.nan) for _ in range(3))
-    for a in range(m):
-        for b in range(m):
-            rc = rank_correlation(keys[names[a]][free], keys[names[b]][free])
-            sp[a, b], kd[a, b] = rc["spearman"], rc["kendall"]
-            ov[a, b] = topk_overlap(orders[names[a]], orders[names[b]], kk)
-    from analysis.score.result import _clean
-
-    return _clean({"criteria": names, "granularity": g, "k": kk, "protected": prot, "spearman": sp,
-                   "kendall": kd, "topk_overlap": ov, "orders": orders, "unavailable": unavailable})
-
-
-# ----------------------------------------------------------------------------------------------------
-# the "delta-ppl" criterion (ground truth, computed on demand)
-# ----------------------------------------------------------------------------------------------------
-
-
-def _delta_ppl_score(r, g: str, **_):
-    raise SelectionError(f"This run has no drop-one ΔPPL ground truth for {g} blocks",
-                         hint="compute it with `python -m analysis groundtruth --into RUN.json ...` or "
-                              "analysis.score.blockselect.ground_truth_delta_ppl + store_ground_truth")
-
-
-register_criterion(Criterion(
-    "delta-ppl", "Drop-one ΔPPL (ground truth)",
-    "Calibration perplexity after removing only this block minus the full model's; the blocks whose removal "
-    "hurts least are dropped first. Needs forward passes, so it is computed on demand (groundtruth command), "
-    "not in the analysis pass.",
-    score=_delta_ppl_score, redundant="low", reference="drop-one ablation (as in SLEB / BlockPruner scoring)",
-    score_label="ΔPPL"))
