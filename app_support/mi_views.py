@@ -67,7 +67,6 @@ def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> No
     from analysis.score.selection import rank_correlation
 
     r = rec.result
-    s = st.session_state
     st.subheader("Compare with ground truth")
     gt = (r.extras.get("criteria_scores") or {}).get("delta-ppl", {}).get(granularity)
     c1, c2 = st.columns([2, 3])
