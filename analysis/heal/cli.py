@@ -51,12 +51,13 @@ def heal_options(args) -> dict:
 
 def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256, seed: int = 2024):
     """Calibration TokenSet for healing from a built-in domain or a mix like ``wiki:1,code:1``."""
-    from analysis.data import corpora
+    from analysis.data.domains import load_corpus, parse_domain_weights
+    from analysis.data.windows import SampleConfig, sample_hybrid, sample_windows
 
-    cfg = corpora.SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
+    cfg = SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
     if ":" in corpus or "," in corpus:
-        return corpora.sample_hybrid(corpora.parse_domain_weights(corpus), lm.tokenizer, cfg, split="calib")
-    return corpora.sample_windows(corpora.load_corpus(corpus), lm.tokenizer, cfg, split="calib")
+        return sample_hybrid(parse_domain_weights(corpus), lm.tokenizer, cfg, split="calib")
+    return sample_windows(load_corpus(corpus), lm.tokenizer, cfg, split="calib")
 
 
 def heal_from_args(args, lm, plan, progress=None, tokens=None):
