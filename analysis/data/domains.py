@@ -73,9 +73,11 @@ DOMAINS: dict[str, DomainInfo] = {
     )
 }
 
+
 def list_domains() -> list[DomainInfo]:
     """The built-in domains, in registry order."""
     return list(DOMAINS.values())
+
 
 # --- loaders for the built-in domains (each returns (key, document) pairs) ---------------------------
 

@@ -239,4 +239,3 @@ def load_token_file(path, vocab_size: int | None = None, seq_len: int | None = N
     source = {"kind": "token_file", "file": p.name, "path": str(p), "n_samples": int(ids.shape[0]),
               "seq_len": int(ids.shape[1]), "vocab_size_checked": vocab_size}
     return TokenSet(ids.contiguous(), [p.name] * int(ids.shape[0]), source)
-

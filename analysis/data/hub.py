@@ -97,4 +97,3 @@ class _Str:
     """Stand-in feature for a string value seen in a streamed row."""
 
     dtype = "string"
-

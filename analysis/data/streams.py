@@ -157,4 +157,3 @@ def token_stream(docs: list[str], tokenizer, max_tokens: int | None = None,
     if bos:
         stream = with_bos(stream, tokenizer.bos_token_id)
     return stream
-
