@@ -112,7 +112,7 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
             preview: Callable[[CaptureStats], None] | None = None) -> AnalysisResult:
     """Run the streaming analysis pass and compute every registered per-block criterion.
 
-    ``tokens`` is a :class:`~analysis.data.corpora.TokenSet` (or a raw ``[N, T]`` LongTensor). If
+    ``tokens`` is a :class:`~analysis.data.tokens.TokenSet` (or a raw ``[N, T]`` LongTensor). If
     ``should_stop`` ends the pass early, the result covers the sequences finished so far and says so
     in ``warnings`` and ``manifest["completed"]``. With ``cache=True`` the accumulators are written to
     the results cache as the pass goes (:mod:`analysis.measure.runcache`): an interrupted run resumes where it

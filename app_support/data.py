@@ -38,30 +38,30 @@ def upload_bytes(sha: str) -> tuple[str, bytes]:
 
 
 def sample_config(spec: dict):
-    from analysis.data.corpora import SampleConfig
+    from analysis.data import SampleConfig
 
     return SampleConfig(n_samples=int(spec.get("n_samples", 32)), seq_len=int(spec.get("seq_len", 256)),
                         seed=int(spec.get("seed", 2024)), mode=spec.get("mode", "random"))
 
 
 def _corpus_for(spec: dict, data: bytes | None):
-    from analysis.data import corpora
+    from analysis.data import load_hub_dataset, load_text_bytes
 
     src = spec["source"]
     if src == "upload":
-        return corpora.load_text_bytes(data, spec["filename"], text_field=spec.get("text_field") or None)
+        return load_text_bytes(data, spec["filename"], text_field=spec.get("text_field") or None)
     if src == "hub":
         name = (spec.get("name") or "").strip()
         if not name:
             raise DataError("No hub dataset name given", hint="e.g. wikitext with config wikitext-2-raw-v1")
-        return corpora.load_hub_dataset(name, (spec.get("config") or "").strip() or None,
-                                        text_field=spec.get("text_field") or None)
+        return load_hub_dataset(name, (spec.get("config") or "").strip() or None,
+                                text_field=spec.get("text_field") or None)
     raise DataError(f"unknown data source {src!r}")
 
 
 @st.cache_data(show_spinner=False, max_entries=24)
 def _build_tokens(model_fingerprint: str, spec: dict, _tokenizer, _vocab_size: int, _data: bytes | None):
-    from analysis.data import corpora
+    from analysis.data import load_corpus, load_token_file, sample_hybrid, sample_windows
 
     src = spec.get("source", "builtin")
     if src == "builtin":
@@ -70,9 +70,9 @@ def _build_tokens(model_fingerprint: str, spec: dict, _tokenizer, _vocab_size: i
             raise DataError("Choose at least one built-in domain with a weight above 0")
         cfg = sample_config(spec)
         if len(weights) == 1:
-            return corpora.sample_windows(corpora.load_corpus(next(iter(weights))), _tokenizer, cfg,
-                                          split=spec.get("split", "calib"))
-        return corpora.sample_hybrid(weights, _tokenizer, cfg, split=spec.get("split", "calib"))
+            return sample_windows(load_corpus(next(iter(weights))), _tokenizer, cfg,
+                                  split=spec.get("split", "calib"))
+        return sample_hybrid(weights, _tokenizer, cfg, split=spec.get("split", "calib"))
     if src == "tokens":
         if _data is None:
             raise DataError("No token file uploaded")
@@ -81,13 +81,13 @@ def _build_tokens(model_fingerprint: str, spec: dict, _tokenizer, _vocab_size: i
             path = os.path.join(tmp, "tokens" + suffix)
             with open(path, "wb") as f:
                 f.write(_data)
-            ts = corpora.load_token_file(path, vocab_size=_vocab_size)
+            ts = load_token_file(path, vocab_size=_vocab_size)
         ts.source["file"] = spec.get("filename", ts.source.get("file"))
         ts.source.pop("path", None)
         ts.domains = [spec.get("filename", "tokens")] * len(ts)
         return ts
     corpus = _corpus_for(spec, _data)
-    return corpora.sample_windows(corpus, _tokenizer, sample_config(spec), split=spec.get("split", "calib"))
+    return sample_windows(corpus, _tokenizer, sample_config(spec), split=spec.get("split", "calib"))
 
 
 def build_tokens(lm, spec: dict):
@@ -122,16 +122,16 @@ def data_label(spec: dict | None) -> str:
 def eval_texts(spec: dict, split: str = "eval") -> list[str]:
     """Held-out documents matching a calibration spec (for perplexity): the ``eval`` split of the same
     corpus (the first domain of a mix)."""
-    from analysis.data import corpora
+    from analysis.data import load_corpus
 
     src = spec.get("source", "builtin")
     if src == "builtin":
         w = [k for k, v in (spec.get("weights") or {"wiki": 1}).items() if float(v) > 0] or ["wiki"]
-        return corpora.load_corpus(w[0]).split(split)
+        return load_corpus(w[0]).split(split)
     if src in ("upload", "hub"):
         data = upload_bytes(spec["sha256"])[1] if src == "upload" else None
         return _corpus_for(spec, data).split(split)
-    return corpora.load_corpus("wiki").split(split)
+    return load_corpus("wiki").split(split)
 
 
 def data_spec() -> dict:

@@ -22,7 +22,7 @@ def calib_tokens(lm, n: int, t: int, seed: int = 0):
     import torch
 
     try:
-        from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
+        from analysis.data import SampleConfig, load_corpus, sample_windows
 
         return sample_windows(load_corpus("wiki"), lm.tokenizer, SampleConfig(n_samples=n, seq_len=t, seed=seed)).input_ids
     except Exception:  # noqa: BLE001 - benchmarks still run on random tokens

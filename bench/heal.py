@@ -24,7 +24,7 @@ import time
 
 from common import machine
 
-from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
+from analysis.data import SampleConfig, load_corpus, sample_windows
 from analysis.score.criteria import select
 from analysis.evaluate.perplexity import EvalConfig, perplexity, prepare_eval
 from analysis.heal import heal, healed_lm

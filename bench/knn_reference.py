@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from analysis.data.corpora import SampleConfig, load_corpus, sample_windows  # noqa: E402
+from analysis.data import SampleConfig, load_corpus, sample_windows  # noqa: E402
 from analysis.measure.estimators import ESTIMATORS, EstimatorInfo, _sq_dists, entropy_knn, register_estimator  # noqa: E402
 from analysis.models.loading import load_model  # noqa: E402
 from analysis.run import AnalysisConfig, analyze  # noqa: E402

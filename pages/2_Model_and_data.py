@@ -104,7 +104,7 @@ with left:
 with right:
     st.subheader("Calibration data")
     with guarded("Calibration data"):
-        from analysis.data.corpora import list_domains
+        from analysis.data import list_domains
 
         dsrc = st.radio("Source", list(DATA_SOURCES), format_func=DATA_SOURCES.get, horizontal=True,
                         key=state.wkey("data.source", "builtin"))
@@ -191,7 +191,7 @@ if tokens is None:
     link("entropy", "Go to Entropy dynamics")
 else:
     with guarded("Preview"):
-        from analysis.data.corpora import preview
+        from analysis.data import preview
 
         from app_support.models import loaded_model
 

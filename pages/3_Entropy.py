@@ -20,7 +20,7 @@ s = st.session_state
 
 # ---- callbacks (run before the script, so they may change widget values) --------------------------
 def _use_mix() -> None:
-    from analysis.data.corpora import DOMAINS
+    from analysis.data import DOMAINS
 
     state.set_value("data.source", "builtin")
     state.set_value("data.domains", list(DOMAINS))

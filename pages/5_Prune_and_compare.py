@@ -19,7 +19,7 @@ page_setup("Prune & compare", ":material/compare_arrows:", "Each plan runs as a 
 s = st.session_state
 need(state.current_run() is not None, "Run the analysis and keep a plan first.", "entropy", "Go to Entropy dynamics")
 
-from analysis.data.corpora import DOMAINS  # noqa: E402
+from analysis.data import DOMAINS  # noqa: E402
 from analysis.evaluate import perplexity as ev  # noqa: E402
 
 from app_support.models import get_model  # noqa: E402

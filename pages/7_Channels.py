@@ -82,7 +82,7 @@ with guarded("Model"):
 need(lm is not None, "The model could not be loaded.", "data", "Go to Model & data")
 
 from analysis.channels import pipeline as CH  # noqa: E402
-from analysis.data.corpora import DOMAINS  # noqa: E402
+from analysis.data import DOMAINS  # noqa: E402
 
 widths0 = CH.mlp_widths(lm.model)
 groups0 = CH.kv_groups(lm.model)

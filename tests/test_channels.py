@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis.channels import pipeline as CH
-from analysis.data.corpora import TokenSet, apportion
+from analysis.data import TokenSet, apportion
 from analysis.errors import EntroscopeError, SelectionError
 from analysis.models.loading import count_params, weights_hash
 from analysis.testing import random_tokens, tiny_loaded, tiny_model, tiny_tokenizer

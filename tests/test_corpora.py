@@ -1,4 +1,4 @@
-"""Tests for analysis.data.corpora: built-in domains, user files, hub fallback, token files and window sampling."""
+"""Tests for analysis.data (corpus, domains, files, hub, tokens, streams, windows): built-in domains, user files, hub fallback, token files and window sampling."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.data import corpora as C
+from analysis import data as C
+from analysis.data import domains, hub, streams, windows
 from analysis.errors import DataError
 from analysis.testing import tiny_tokenizer
 
@@ -70,7 +71,7 @@ def test_builtin_domain_loads_with_disjoint_stable_split(name):
 @pytest.mark.parametrize("name", ["docs", "math"])
 def test_builtin_split_is_rebuilt_identically(name):
     before = C.load_corpus(name)
-    C._load_builtin.cache_clear()
+    domains._load_builtin.cache_clear()
     after = C.load_corpus(name)
     assert (after.calib, after.eval) == (before.calib, before.eval)
 
@@ -123,11 +124,11 @@ def test_random_windows_are_slices_of_long_docs(tok):
 
 def test_random_windows_from_very_long_doc_use_chunks(tok):
     doc = "".join(f"line {i} of a long document\n" for i in range(1500))  # > chunk cap
-    assert len(doc) > C._chunk_cap(32)
+    assert len(doc) > streams.chunk_cap(32)
     ts = C.sample_windows([doc], tok, C.SampleConfig(n_samples=16, seq_len=32))
     texts = [tok.decode(r.tolist()) for r in ts.input_ids]
     assert all(t in doc for t in texts)
-    assert max(doc.index(t) for t in texts) > C._chunk_cap(32)  # not only the start of the doc
+    assert max(doc.index(t) for t in texts) > streams.chunk_cap(32)  # not only the start of the doc
 
 
 def test_eval_split_windows_come_from_eval_docs(tok):
@@ -153,7 +154,7 @@ def test_consecutive_windows_are_contiguous_slices_of_the_stream(tok):
     docs = ascii_docs(8)
     cfg = C.SampleConfig(n_samples=5, seq_len=40, mode="consecutive", seed=3)
     ts = C.sample_windows(docs, tok, cfg)
-    ordered = [docs[i] for i in C._doc_order(len(docs), 3)]
+    ordered = [docs[i] for i in windows._doc_order(len(docs), 3)]
     stream = C.token_stream(ordered, tok, add_bos=False)
     assert torch.equal(ts.input_ids.flatten(), stream[: 5 * 40])
     with_bos = C.sample_windows(docs, tok, C.SampleConfig(n_samples=5, seq_len=40, mode="consecutive", seed=3,
@@ -410,14 +411,14 @@ def test_hub_dataset_offline_is_a_quick_data_error(monkeypatch):
 def test_hub_dataset_unreachable(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(C, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(DataError, match="not reachable"):
         C.load_hub_dataset("c4", "en")
 
 
 def test_wikitext_rows_group_into_articles():
     rows = ["", " = Alpha = \n", "", " Alpha text . \n", " = = Section = = \n", " more . \n", " = Beta = \n", " b . \n"]
-    assert C._wikitext_articles(rows) == ["= Alpha =\nAlpha text .\n= = Section = =\nmore .", "= Beta =\nb ."]
+    assert hub._wikitext_articles(rows) == ["= Alpha =\nAlpha text .\n= = Section = =\nmore .", "= Beta =\nb ."]
 
 
 # --- token files ----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from analysis.cli.main import main
-from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
+from analysis.data import SampleConfig, load_corpus, sample_windows
 from analysis.run import AnalysisConfig, analyze
 
 pytestmark = pytest.mark.slow

@@ -150,7 +150,7 @@ def test_real_model_knn_delta_h_matches_float64_reference(smollm2, monkeypatch):
     """SmolLM2, wiki windows in which some token repeats more than k = 25 times (layer 0's input then has
     zero radii): KNN attention ΔH per layer agrees with the float64 reference within 1 % on every layer.
     The full 128 × 256 check is ``bench/knn_reference.py`` (figures in docs/benchmarks.md)."""
-    from analysis.data.corpora import SampleConfig, load_corpus, sample_windows
+    from analysis.data import SampleConfig, load_corpus, sample_windows
     from analysis.run import AnalysisConfig, analyze
 
     monkeypatch.setitem(ESTIMATORS, "knn-ref64", EstimatorInfo("knn-ref64", "float64 cdist", _knn_ref64_estimator,

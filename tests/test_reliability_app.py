@@ -61,14 +61,14 @@ def test_bad_local_models_keep_the_loaded_one(tmp_path, kind, message):
 
 
 def test_one_token_and_oversized_uploads(monkeypatch):
-    import analysis.data.corpora as corpora
+    from analysis.data import files
 
     at = _loaded_with_data()
     at.radio(key="w:data.source").set_value("upload").run()
     at.file_uploader(key="data_upload_widget").set_value(("one.txt", b"hi", "text/plain")).run()
     at.button(key="sample_data").click().run()
     assert not at.exception and "too little text" in errors(at), errors(at)
-    monkeypatch.setattr(corpora, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(files, "MAX_UPLOAD_BYTES", 1000)
     at.file_uploader(key="data_upload_widget").set_value(("big.txt", b"word " * 1000, "text/plain")).run()
     at.button(key="sample_data").click().run()
     assert not at.exception and "the upload limit is" in errors(at), errors(at)

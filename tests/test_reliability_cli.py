@@ -223,7 +223,7 @@ def test_no_network_attempted_offline(monkeypatch, tmp_path):
     """With offline mode set, loading a hub id or a hub dataset fails fast without opening a socket."""
     import socket
 
-    from analysis.data.corpora import load_hub_dataset
+    from analysis.data import load_hub_dataset
     from analysis.errors import DataError, ModelLoadError
     from analysis.models.loading import load_model
 

@@ -114,7 +114,7 @@ def test_limit_and_seed_make_runs_reproducible(lm, tiny_task):
 
 
 def test_cloze_items_come_from_held_out_paragraphs():
-    from analysis.data.corpora import load_corpus
+    from analysis.data import load_corpus
 
     corpus = load_corpus("docs")
     items = task_data.read_rows(task_data.task_files("cloze-docs")["test"])
@@ -126,7 +126,7 @@ def test_cloze_items_come_from_held_out_paragraphs():
 
 
 def test_math_task_is_the_held_out_split_of_the_math_domain():
-    from analysis.data.corpora import load_corpus
+    from analysis.data import load_corpus
 
     files = task_data.task_files("math-champ")
     test, train = task_data.read_rows(files["test"]), task_data.read_rows(files["train"])

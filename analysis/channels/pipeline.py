@@ -111,15 +111,15 @@ class ChannelConfig:
 
     def validated(self) -> "ChannelConfig":
         """A checked copy (domain weights parsed from ``"wiki:1,code:1"`` strings); raises EntroscopeError."""
-        from analysis.data.corpora import _check_weights, parse_domain_weights
+        from analysis.data.domains import check_weights, parse_domain_weights
 
         cfg = replace(self)
         if isinstance(cfg.domains, str):
             cfg.domains = parse_domain_weights(cfg.domains)
         elif isinstance(cfg.domains, (list, tuple)):
             cfg.domains = {str(d): 1.0 for d in cfg.domains}
-        cfg.domains = _check_weights(dict(cfg.domains))
-        from analysis.data.corpora import DOMAINS
+        cfg.domains = check_weights(dict(cfg.domains))
+        from analysis.data.domains import DOMAINS
 
         unknown = [d for d in cfg.domains if d not in DOMAINS]
         if unknown:
@@ -177,25 +177,26 @@ def _resolve_config(cfg: ChannelConfig | None, overrides: dict) -> ChannelConfig
 
 def build_hybrid_calibration(tokenizer, domains: dict | str | None = None, n_samples: int = 64, seq_len: int = 256,
                              seed: int = 2024, mode: str = "random", split: str = "calib", corpora=None):
-    """A :class:`~analysis.data.corpora.TokenSet` mixed from several domains with exact per-domain counts.
+    """A :class:`~analysis.data.tokens.TokenSet` mixed from several domains with exact per-domain counts.
 
     ``domains``: ``{"wiki": 1, "code": 1}`` or ``"wiki:1,code:1"`` (default wiki, code, news equally).
     Counts are proportional to the weights by largest remainder and sum to ``n_samples`` exactly; each
     domain is sampled with its own seed derived from ``seed``; rows are shuffled. ``to_manifest()``
     records per-domain sample and token counts.
     """
-    from analysis.data import corpora as C
+    from analysis.data.domains import parse_domain_weights
+    from analysis.data.windows import SampleConfig, sample_hybrid
 
     if domains is None:
         domains = ChannelConfig().domains
-    weights = C.parse_domain_weights(domains) if isinstance(domains, str) else dict(domains)
-    cfg = C.SampleConfig(n_samples=int(n_samples), seq_len=int(seq_len), seed=int(seed), mode=mode)
-    return C.sample_hybrid(weights, tokenizer, cfg, split=split, corpora=corpora)
+    weights = parse_domain_weights(domains) if isinstance(domains, str) else dict(domains)
+    cfg = SampleConfig(n_samples=int(n_samples), seq_len=int(seq_len), seed=int(seed), mode=mode)
+    return sample_hybrid(weights, tokenizer, cfg, split=split, corpora=corpora)
 
 
 def _as_tokens(tokens):
     """A TokenSet from a TokenSet or an ``[N, T]`` tensor (one domain called "tokens")."""
-    from analysis.data.corpora import TokenSet
+    from analysis.data.tokens import TokenSet
 
     if isinstance(tokens, TokenSet):
         return tokens

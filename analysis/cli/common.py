@@ -54,27 +54,31 @@ def load_lm(args, progress=None):
 
 def corpus_from_args(args):
     """The Corpus named by --corpus / --text (single source), or None for a mix or token file."""
-    from analysis.data import corpora
+    from analysis.data.domains import load_corpus
+    from analysis.data.files import load_text_file
+    from analysis.data.hub import load_hub_dataset
 
     if getattr(args, "text", None):
-        return corpora.load_text_file(args.text, text_field=args.text_field)
+        return load_text_file(args.text, text_field=args.text_field)
     spec = getattr(args, "corpus", None)
     if spec and spec.startswith("hub:"):
         name, _, config = spec[4:].partition("/")
-        return corpora.load_hub_dataset(name, config or None, text_field=args.text_field)
+        return load_hub_dataset(name, config or None, text_field=args.text_field)
     if spec and ":" not in spec and "," not in spec:
-        return corpora.load_corpus(spec)
+        return load_corpus(spec)
     return None
 
 
 def tokens_from_args(args, lm):
     """Calibration TokenSet from --corpus / --text / --tokens."""
-    from analysis.data import corpora
+    from analysis.data.domains import parse_domain_weights
+    from analysis.data.files import load_token_file
+    from analysis.data.windows import SampleConfig, sample_hybrid, sample_windows
     from analysis.errors import DataError
 
     if getattr(args, "tokens", None):
         vocab = lm.model.get_input_embeddings().num_embeddings
-        ts = corpora.load_token_file(args.tokens, vocab_size=vocab, seq_len=args.seq_len)
+        ts = load_token_file(args.tokens, vocab_size=vocab, seq_len=args.seq_len)
         if args.samples is not None:                 # honoured for token files too: the first N rows
             if args.samples > len(ts):
                 raise DataError(f"{args.tokens} holds {len(ts)} windows but --samples {args.samples} asks for more",
@@ -82,12 +86,12 @@ def tokens_from_args(args, lm):
             if args.samples < len(ts):
                 ts = ts.subset(slice(0, args.samples))
         return ts
-    cfg = corpora.SampleConfig(n_samples=args.samples or getattr(args, "default_samples", 128),
-                               seq_len=args.seq_len or 256, seed=args.seed, mode=args.sampling)
+    cfg = SampleConfig(n_samples=args.samples or getattr(args, "default_samples", 128),
+                       seq_len=args.seq_len or 256, seed=args.seed, mode=args.sampling)
     corpus = corpus_from_args(args)
     if corpus is not None:
-        return corpora.sample_windows(corpus, lm.tokenizer, cfg, split=args.split)
-    return corpora.sample_hybrid(corpora.parse_domain_weights(args.corpus), lm.tokenizer, cfg, split=args.split)
+        return sample_windows(corpus, lm.tokenizer, cfg, split=args.split)
+    return sample_hybrid(parse_domain_weights(args.corpus), lm.tokenizer, cfg, split=args.split)
 
 
 def stderr_progress(quiet: bool = False):

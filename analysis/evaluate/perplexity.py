@@ -155,15 +155,17 @@ def _resolve_window(lm: LoadedModel, cfg: EvalConfig) -> int:
 
 def _stream_of(lm: LoadedModel, data, split: str, max_tokens: int | None) -> tuple[Tensor, dict]:
     """1-D token stream and its description from a corpus name, Corpus, list of texts or tensor."""
-    from analysis.data import corpora
+    from analysis.data.corpus import Corpus
+    from analysis.data.domains import load_corpus
+    from analysis.data.streams import token_stream
 
     if isinstance(data, Tensor) and data.ndim == 1:
         stream = data.to(torch.long)
         return (stream if max_tokens is None else stream[:max_tokens]), {"corpus": "tokens", "split": None}
     if data is None or isinstance(data, str):
-        corpus = corpora.load_corpus(data or DEFAULT_CORPUS)
+        corpus = load_corpus(data or DEFAULT_CORPUS)
         name, docs = corpus.name, corpus.split(split)
-    elif isinstance(data, corpora.Corpus):
+    elif isinstance(data, Corpus):
         name, docs = data.name, data.split(split)
     elif isinstance(data, (list, tuple)) and all(isinstance(d, str) for d in data):
         name, docs = "text", list(data)
@@ -172,7 +174,7 @@ def _stream_of(lm: LoadedModel, data, split: str, max_tokens: int | None) -> tup
                         "a list of texts, a 1-D token stream or [N, T] windows")
     if lm.tokenizer is None:
         raise DataError("this model has no tokenizer; pass token ids instead of text")
-    stream = corpora.token_stream(docs, lm.tokenizer, max_tokens=max_tokens, add_bos=False)
+    stream = token_stream(docs, lm.tokenizer, max_tokens=max_tokens, add_bos=False)
     return stream, {"corpus": name, "split": split}
 
 

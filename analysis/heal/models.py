@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from analysis.data.domains import load_corpus, parse_domain_weights
+from analysis.data.windows import SampleConfig, sample_hybrid, sample_windows
 from analysis.models.adapters import adapter_for
 from analysis.models.plan import Plan
 from analysis.models.surgery import save_pruned
@@ -74,12 +76,11 @@ def save_healed(lm, healed: Healed, out_dir: str | os.PathLike, overwrite: bool 
 
 def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256, seed: int = 2024):
     """Calibration TokenSet for healing from a built-in domain or a mix like ``wiki:1,code:1``."""
-    from analysis.data import corpora
-
-    cfg = corpora.SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
+    cfg = SampleConfig(n_samples=samples, seq_len=seq_len, seed=seed)
     if ":" in corpus or "," in corpus:
-        return corpora.sample_hybrid(corpora.parse_domain_weights(corpus), lm.tokenizer, cfg, split="calib")
-    return corpora.sample_windows(corpora.load_corpus(corpus), lm.tokenizer, cfg, split="calib")
+        return sample_hybrid(parse_domain_weights(corpus), lm.tokenizer, cfg, split="calib")
+    return sample_windows(load_corpus(corpus), lm.tokenizer, cfg, split="calib")
+
 
 def recovered(nll_original: float, nll_pruned: float, nll_healed: float) -> float | None:
     """Fraction of the log-perplexity gap recovered: (nll_pruned − nll_healed) / (nll_pruned − nll_original)."""

@@ -3,7 +3,7 @@
 Every task example comes from a **held-out** part of its source, never from a calibration split:
 
 * ``cloze-<domain>``: LAMBADA-style last-word prediction. Each paragraph of the domain's ``eval`` documents
-  (see :mod:`analysis.data.corpora`) is cut into consecutive spans of at most :data:`CLOZE_MAX_WORDS` words;
+  (see :mod:`analysis.data.domains`) is cut into consecutive spans of at most :data:`CLOZE_MAX_WORDS` words;
   the last alphabetic word (3+ letters, not a function word, preceded by a single space) after at least
   :data:`CLOZE_MIN_CONTEXT` words of a span is the target, the text before it the context. Items whose
   context also occurs in a calibration document (text repeated across documents) are dropped.
@@ -82,7 +82,7 @@ def _doc_cloze(doc: str, d: int) -> list[dict]:
 
 
 def _build_cloze(domain: str) -> dict[str, list[dict]]:
-    from analysis.data.corpora import load_corpus
+    from analysis.data.domains import load_corpus
 
     corpus = load_corpus(domain)
     items = cloze_items(corpus.eval, max_items=10 ** 9)
@@ -116,7 +116,7 @@ def short_answer(answer: str) -> str:
 def _build_math() -> dict[str, list[dict]]:
     from importlib.resources import files
 
-    from analysis.data import corpora
+    from analysis.data.corpus import DEFAULT_EVAL_FRACTION, hash_split
 
     try:
         raw = files("champ_dataset").joinpath("dataset_files", "v0.json").read_text(encoding="utf-8")
@@ -124,7 +124,7 @@ def _build_math() -> dict[str, list[dict]]:
         raise DataError(f"the math task needs champ-dataset: {exc}", hint="pip install champ-dataset==1.0.0") from exc
     problems = json.loads(raw)["problems"]
     # the very split of the `math` calibration domain (sha256 of the problem id), so eval never meets calib
-    calib, eval_ = corpora._hash_split([(pid, pid) for pid in problems], corpora.DEFAULT_EVAL_FRACTION)
+    calib, eval_ = hash_split([(pid, pid) for pid in problems], DEFAULT_EVAL_FRACTION)
 
     def item(pid: str) -> dict:
         p = problems[pid]

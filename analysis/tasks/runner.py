@@ -90,11 +90,11 @@ def _extra_local(cfg: TaskConfig) -> set[str]:
 
 def hub_offline_reason() -> str | None:
     """Why the dataset hub can't be used right now, or None when it is reachable."""
-    from analysis.data.corpora import _hub_offline_env, _hub_reachable
+    from analysis.data.hub import hub_offline_env, hub_reachable
 
-    if _hub_offline_env():
+    if hub_offline_env():
         return "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set"
-    if not _hub_reachable():
+    if not hub_reachable():
         return "huggingface.co is not reachable"
     return None
 

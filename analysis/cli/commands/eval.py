@@ -27,12 +27,12 @@ def add_eval_data_args(p) -> None:
 
 def eval_corpus(args):
     """The Corpus for --corpus / --text (default wiki)."""
-    from analysis.data import corpora
+    from analysis.data.domains import load_corpus
     from analysis.errors import DataError
     from analysis.cli.common import corpus_from_args
 
     if not args.text and not args.corpus:
-        return corpora.load_corpus("wiki")
+        return load_corpus("wiki")
     corpus = corpus_from_args(args)
     if corpus is None:
         raise DataError(f"--corpus {args.corpus!r}: evaluation needs a single corpus, not a mix")
