@@ -25,7 +25,7 @@ _LAZY = {
     "load_corpus": "data.corpora", "sample_windows": "data.corpora", "sample_hybrid": "data.corpora", "SampleConfig": "data.corpora",
     "TokenSet": "data.corpora", "DOMAINS": "data.corpora",
     "Plan": "models.plan", "pruned_view": "models.surgery", "what_if": "models.surgery", "prune_copy": "models.surgery",
-    "save_pruned": "models.surgery", "load_pruned": "models.surgery",
+    "save_pruned": "models.surgery", "load_pruned": "models.loading",
     "perplexity": "evaluate.perplexity", "agreement": "evaluate.perplexity", "latency": "evaluate.perplexity", "sweep": "evaluate.perplexity",
     "generate_pair": "evaluate.perplexity", "EvalConfig": "evaluate.perplexity",
 }

@@ -39,14 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analysis.models.adapters import adapter_for
+from analysis.models.channel_checkpoint import CHANNELS_FILE, FORMAT, read_channels_meta
+from analysis.models.loading import load_model
 from analysis.errors import DataError, EntroscopeError, ModelLoadError, SelectionError
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
 
-CHANNELS_FILE = "entroscope-channels.json"
 REPORT_FILE = "channels-report.json"
-FORMAT = "entroscope-channels-v1"
 
 #: Channel-importance methods (all provisional; the paper's formula is unknown).
 METHODS: dict[str, str] = {
@@ -843,69 +843,14 @@ def save_channel_pruned(model_or_lm, out_dir, report: dict | None = None, tokeni
     return out
 
 
-def _empty_linear(in_f: int, out_f: int, bias: bool, dtype) -> nn.Linear:
-    return nn.Linear(in_f, out_f, bias=bias, dtype=dtype)
-
-
 def load_channel_pruned(path, device: str = "auto", dtype: str | torch.dtype = "fp32"):
-    """Load a directory written by :func:`save_channel_pruned` as a LoadedModel (any layout)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from analysis.models.loading import LoadedModel, dir_fingerprint, load_model, resolve_device, resolve_dtype
-    from analysis.models.surgery import load_weights_into
-
+    """Load a directory written by :func:`save_channel_pruned` as a LoadedModel (any layout); its
+    ``entroscope-channels.json`` is in ``info["channels"]``."""
     p = Path(path).expanduser()
-    meta_f = p / CHANNELS_FILE
-    meta = json.loads(meta_f.read_text()) if meta_f.is_file() else None
-    if meta is None or meta.get("loader") == "standard":
-        lm = load_model(str(p), device=device, dtype=dtype, offline=True)
-        if meta is not None:
-            lm.info["channels"] = meta
-        return lm
-    if meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{CHANNELS_FILE} in {p} has an unknown format {meta.get('format')!r}")
-    dt, dev = resolve_dtype(dtype), resolve_device(device)
-    t0 = time.perf_counter()
-    try:
-        config = AutoConfig.from_pretrained(str(p), local_files_only=True)
-        try:
-            from transformers.initialization import no_init_weights
-        except ImportError:  # pragma: no cover - older transformers
-            import contextlib
-            no_init_weights = contextlib.nullcontext
-        with no_init_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=dt)
-            adapter = adapter_for(model)
-            spec = adapter.spec
-            widths, biases = meta["intermediate_sizes"], meta["mlp_bias"]
-            if len(widths) != adapter.num_layers:
-                raise ModelLoadError(f"{CHANNELS_FILE} lists {len(widths)} layers, config.json has "
-                                     f"{adapter.num_layers}")
-            hidden = int(config.hidden_size)
-            for i, (w, (bg, bu, bd)) in enumerate(zip(widths, biases)):
-                mlp = adapter.mlp(i)
-                setattr(mlp, spec.gate_proj, _empty_linear(hidden, w, bg, dt))
-                setattr(mlp, spec.up_proj, _empty_linear(hidden, w, bu, dt))
-                setattr(mlp, spec.down_proj, _empty_linear(w, hidden, bd, dt))
-                if hasattr(mlp, "intermediate_size"):
-                    mlp.intermediate_size = int(w)
-        load_weights_into(model, p, CHANNELS_FILE)
-        tok = None
-        if any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-            if tok.pad_token_id is None and tok.eos_token_id is not None:
-                tok.pad_token = tok.eos_token
-    except EntroscopeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one clear line
-        raise ModelLoadError(f"Could not load channel-pruned checkpoint {p}: {str(exc).splitlines()[0][:300]}") \
-            from exc
-    model.to(dev)
-    model.eval()
-    model.requires_grad_(False)
-    lm = LoadedModel(model=model, tokenizer=tok, adapter=adapter_for(model), name=str(path), source="local",
-                     fingerprint=dir_fingerprint(p), device=dev, dtype=dt, load_seconds=time.perf_counter() - t0)
-    lm.info["channels"] = meta
+    lm = load_model(str(p), device=device, dtype=dtype, offline=True)
+    meta = read_channels_meta(p)
+    if meta is not None:
+        lm.info["channels"] = meta
     return lm
 
 

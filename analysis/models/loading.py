@@ -21,7 +21,9 @@ import torch
 
 from analysis.models.adapters import Adapter, adapter_for
 from analysis.errors import DataError, ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
+from analysis.models.channel_checkpoint import build_channel_pruned, needs_channel_loader, read_channels_meta
 from analysis.models.integrity import cache_entry_problem, check_loading_info, discard_cache_entry
+from analysis.models.surgery import load_subblock_checkpoint, saved_plan
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -523,11 +525,9 @@ def load_model(
             raise ModelLoadError(f"{spec} has no config.json, so it is not a transformers checkpoint directory")
         fingerprint = dir_fingerprint(load_dir)
         local_only = True
-        channels_meta = load_dir / "entroscope-channels.json"   # width-pruned with per-layer widths
-        if channels_meta.is_file() and json.loads(channels_meta.read_text()).get("loader") != "standard":
-            from analysis.channels.pipeline import load_channel_pruned
-
-            return load_channel_pruned(load_dir, device=device, dtype=dtype)
+        channels = read_channels_meta(load_dir)       # width-pruned with per-layer widths
+        if needs_channel_loader(channels):
+            return _load_channel_pruned(load_dir, channels, device, dtype)
     else:
         load_dir = spec
         fingerprint = f"hub:{spec}"
@@ -550,8 +550,7 @@ def load_model(
                     kwargs["device_map"] = _budget_device_map(config, max_memory, dt, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(str(load_dir), trust_remote_code=trust_remote_code,
                                             local_files_only=local_only)
-        from analysis.models.surgery import load_subblock_checkpoint  # dirs saved with sub-block drops (entroscope-plan.json)
-
+        # dirs saved with sub-block drops (entroscope-plan.json)
         model = load_subblock_checkpoint(load_dir, dt) if kind == "local" else None
         if model is None and kind == "hub":
             model = AutoModelForCausalLM.from_pretrained(str(load_dir), **kwargs)
@@ -580,6 +579,32 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tok, adapter=adapter, name=spec, source=kind,
                        fingerprint=fingerprint, device=dev, dtype=dt,
                        load_seconds=time.perf_counter() - t0, from_cache=from_cache)
+
+
+def _load_channel_pruned(load_dir: Path, meta: dict, device: str, dtype: str | torch.dtype) -> LoadedModel:
+    """A LoadedModel around :func:`~analysis.models.channel_checkpoint.build_channel_pruned`."""
+    dt, dev = resolve_dtype(dtype), resolve_device(device)
+    t0 = time.perf_counter()
+    model, tok = build_channel_pruned(load_dir, meta, dt)
+    if tok is not None and tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    lm = LoadedModel(model=model, tokenizer=tok, adapter=adapter_for(model), name=str(load_dir), source="local",
+                     fingerprint=dir_fingerprint(load_dir), device=dev, dtype=dt,
+                     load_seconds=time.perf_counter() - t0)
+    lm.info["channels"] = meta
+    return lm
+
+
+def load_pruned(path: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "fp32") -> LoadedModel:
+    """Load a directory written by :func:`~analysis.models.surgery.save_pruned` (sub-block plans restored)."""
+    lm = load_model(str(path), device=device, dtype=dtype, offline=True)
+    plan = saved_plan(path)
+    if plan is not None:
+        lm.info["plan"] = plan.to_dict()
+    return lm
 
 
 def _load_error(spec: str, kind: str, exc: Exception, offline: bool) -> ModelLoadError:
