@@ -26,8 +26,8 @@ _LAZY = {
     "TokenSet": "data.corpora", "DOMAINS": "data.corpora",
     "Plan": "models.plan", "pruned_view": "models.surgery", "what_if": "models.surgery", "prune_copy": "models.surgery",
     "save_pruned": "models.surgery", "load_pruned": "models.loading",
-    "perplexity": "evaluate.perplexity", "agreement": "evaluate.perplexity", "latency": "evaluate.perplexity", "sweep": "evaluate.perplexity",
-    "generate_pair": "evaluate.perplexity", "EvalConfig": "evaluate.perplexity",
+    "perplexity": "evaluate.quality", "agreement": "evaluate.quality", "latency": "evaluate.cost", "sweep": "evaluate.sweeps",
+    "generate_pair": "evaluate.quality", "EvalConfig": "evaluate.windows",
 }
 
 

@@ -7,14 +7,16 @@ from torch import nn
 
 from analysis.channels.config import Progress
 from analysis.channels.prune import head_dim
-from analysis.evaluate.perplexity import EvalConfig, latency, model_context, perplexity
+from analysis.evaluate.cost import latency
+from analysis.evaluate.quality import perplexity
+from analysis.evaluate.windows import EvalConfig, model_context
 from analysis.models.adapters import adapter_for
 
 
 def evaluate_domains(lm, domains: Sequence[str], eval_tokens: int = 4096, eval_window: int = 512,
                      batch_size: int = 1, progress: Progress | None = None) -> dict:
     """Held-out perplexity per domain (the domain's eval split, first ``eval_tokens`` tokens, disjoint
-    windows of ``eval_window`` tokens; :func:`analysis.evaluate.perplexity.perplexity`)."""
+    windows of ``eval_window`` tokens; :func:`analysis.evaluate.quality.perplexity`)."""
     ctx = model_context(lm.model) or eval_window
     ecfg = EvalConfig(window=max(2, min(int(eval_window), int(eval_tokens), int(ctx))),
                       max_tokens=int(eval_tokens), batch_size=batch_size)
@@ -44,7 +46,7 @@ def flops_per_token(model: nn.Module, context: int = 128) -> dict:
 
 
 def channel_latency(lm, kwargs: dict | None) -> dict:
-    """Median prefill/decode throughput of one prompt length (:func:`analysis.evaluate.perplexity.latency`)
+    """Median prefill/decode throughput of one prompt length (:func:`analysis.evaluate.cost.latency`)
     with the FLOPs per token at that context."""
     kw = {"prompt_len": 128, "new_tokens": 32, "repeats": 3, "warmup": 1, **(kwargs or {})}
     res = latency(lm, None, **kw)

@@ -14,6 +14,7 @@ from analysis.channels.config import DOMAIN_AGGS, METHODS, Progress, ShouldStop
 from analysis.channels.prune import group_size, head_dim, mlp_linears
 from analysis.errors import DataError, SelectionError
 from analysis.models.adapters import adapter_for
+from analysis.models.forward import softcap_logits
 
 
 class _Collector:
@@ -62,10 +63,7 @@ def _lm_loss(model: nn.Module, adapter, ids: Tensor) -> Tensor:
     """Mean next-token NLL, with grads flowing to the activations only (embeddings are the grad leaf)."""
     emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     hidden = adapter.base(inputs_embeds=emb, use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[:, :-1]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = softcap_logits(model.get_output_embeddings()(hidden[:, :-1]).float(), model.config)  # [B, T-1, vocab]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 

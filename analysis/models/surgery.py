@@ -19,8 +19,9 @@ no KV cache: the config's per-layer ``kv_sharing_modes`` marks them ``"reuse"``,
 transformers' caches put a ``DummyLayer`` (stores nothing) in their slot, and sequence length and
 masks are then read from the first real attention layer. Every plan saves as a standard checkpoint that
 plain ``from_pretrained`` reloads exactly: dropped sub-blocks are stored with zeroed output projections
-(:mod:`analysis.models.checkpoint`) and listed in ``entroscope-plan.json``, from which :func:`analysis.models.loading.load_pruned`
-and :func:`~analysis.models.loading.load_model` remove them physically again.
+(:mod:`analysis.models.checkpoint`) and listed in ``entroscope-plan.json``, from which
+:func:`~analysis.models.loading.load_pruned` and :func:`~analysis.models.loading.load_model` remove them
+physically again.
 """
 from __future__ import annotations
 
@@ -257,8 +258,9 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
     Every plan gives a standard checkpoint that plain ``from_pretrained`` reloads with exactly the pruned
     model's outputs: whole layers are removed; a dropped attention/MLP sub-block is stored with its output
     projection zeroed (see :mod:`analysis.models.checkpoint`) and recorded in ``config.json``'s
-    ``per_layer_config`` and in ``entroscope-plan.json``, from which :func:`~analysis.models.loading.load_pruned` / ``load_model``
-    remove it physically. Sub-blocks the model had already lost are kept dropped. The tokenizer
+    ``per_layer_config`` and in ``entroscope-plan.json``, from which
+    :func:`~analysis.models.loading.load_pruned` / ``load_model`` remove it physically. Sub-blocks the model
+    had already lost are kept dropped. The tokenizer
     (``tokenizer`` or the LoadedModel's) is written too. The directory appears atomically (written under a
     temporary name, then renamed, under a lock; see :mod:`analysis.store.outdir`). ``extra_files`` ({name: text},
     e.g. the reproduction manifest) are written inside the same temporary folder; ``expected`` is what

@@ -19,7 +19,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from analysis.evaluate.perplexity import kv_cache_report, param_report
+    from analysis.evaluate.cost import kv_cache_report, param_report
     from analysis.errors import ModelLoadError
     from analysis.models.plan import Plan
     from analysis.models.loading import load_pruned
