@@ -19,7 +19,7 @@ Quick start::
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "models.loading", "LoadedModel": "models.loading", "EMBEDDED": "models.loading", "DEFAULT_MODEL": "models.loading",
+    "load_model": "models.loading", "LoadedModel": "models.loading", "EMBEDDED": "models.embedded", "DEFAULT_MODEL": "models.embedded",
     "analyze": "run", "AnalysisConfig": "run", "AnalysisResult": "score.result",
     "CRITERIA": "score.criteria", "select": "score.criteria", "ESTIMATORS": "measure.estimators",
     "load_corpus": "data.corpora", "sample_windows": "data.corpora", "sample_hybrid": "data.corpora", "SampleConfig": "data.corpora",

@@ -31,7 +31,7 @@ def test_disk_offloaded_layers_give_identical_analysis(tiny_dir, tmp_path, monke
 
 def test_parse_max_memory():
     from analysis.errors import DataError
-    from analysis.models.loading import parse_max_memory
+    from analysis.models.device import parse_max_memory
 
     assert parse_max_memory("0=10GiB, cuda:1=8GB,cpu=2.5GiB") == {0: "10GiB", 1: "8GB", "cpu": "2.5GiB"}
     assert parse_max_memory("cpu=123456") == {"cpu": 123456}

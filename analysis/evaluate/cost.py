@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from analysis.errors import DataError
 from analysis.models.adapters import get_path, spec_for
 from analysis.models.forward import oom_guard
-from analysis.models.loading import LoadedModel, count_params, dtype_name
+from analysis.models.device import dtype_name
+from analysis.models.loading import LoadedModel, count_params
 from analysis.models.plan import Plan
 from analysis.models.surgery import kept_attention_layers, prune_copy, pruned_view
 

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from analysis.errors import DataError
 from analysis.evaluate.windows import EvalConfig, EvalWindows, Progress, prepare_eval
 from analysis.models.forward import compare_sums, final_hidden, nll_sum, oom_guard, ppl_result
-from analysis.models.loading import LoadedModel, dtype_name
+from analysis.models.device import dtype_name
+from analysis.models.loading import LoadedModel
 from analysis.models.plan import Plan
 from analysis.models.prefix import prefix_batch, prefix_schedule
 from analysis.models.surgery import pruned_view
