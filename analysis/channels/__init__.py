@@ -3,25 +3,29 @@
 ``config`` (ChannelConfig, option tables)  <  ``calibrate`` (hybrid calibration set)  <  ``prune`` (slicing,
 allocation)  <  ``stats`` (hook statistics, channel scores)  <  ``io`` (save / load)  <  ``evaluation``
 (perplexity per domain, FLOPs, latency)  <  ``pipeline`` (iterative loop, run, ablation).
-"""
-from analysis.channels.calibrate import as_tokens, build_hybrid_calibration
-from analysis.channels.config import (ALLOCATIONS, DOMAIN_AGGS, GLOBAL_NORMS, METHODS, ChannelConfig, Progress,
-                                      ShouldStop, resolve_config)
-from analysis.channels.evaluation import channel_latency, evaluate_domains, flops_per_token, speedups
-from analysis.channels.io import (CHANNELS_FILE, FORMAT, REPORT_FILE, channel_layout, load_channel_pruned,
-                                  save_channel_pruned, to_jsonable)
-from analysis.channels.pipeline import (ChannelPruneResult, ChannelRun, iterative_channel_prune, param_counts,
-                                        run_ablation, run_channels)
-from analysis.channels.prune import (global_targets, kv_groups, mlp_widths, prune_channels, prune_kv_groups,
-                                     round_width, sync_config, top_positions, uniform_targets)
-from analysis.channels.stats import channel_scores, collect_stats, scores_from_stats
 
-__all__ = [
-    "ALLOCATIONS", "CHANNELS_FILE", "DOMAIN_AGGS", "FORMAT", "GLOBAL_NORMS", "METHODS", "REPORT_FILE",
-    "ChannelConfig", "ChannelPruneResult", "ChannelRun", "Progress", "ShouldStop",
-    "as_tokens", "build_hybrid_calibration", "channel_latency", "channel_layout", "channel_scores", "collect_stats",
-    "evaluate_domains", "flops_per_token", "global_targets", "iterative_channel_prune", "kv_groups",
-    "load_channel_pruned", "mlp_widths", "param_counts", "prune_channels", "prune_kv_groups", "resolve_config",
-    "round_width", "run_ablation", "run_channels", "save_channel_pruned", "scores_from_stats", "speedups",
-    "sync_config", "to_jsonable", "top_positions", "uniform_targets",
-]
+The face below is lazy: importing one module of the package does not import the others.
+"""
+
+_LAZY = {
+    "as_tokens": "calibrate", "build_hybrid_calibration": "calibrate", "ALLOCATIONS": "config",
+    "ChannelConfig": "config", "DOMAIN_AGGS": "config", "GLOBAL_NORMS": "config", "METHODS": "config",
+    "Progress": "config", "ShouldStop": "config", "resolve_config": "config", "channel_latency": "evaluation",
+    "evaluate_domains": "evaluation", "flops_per_token": "evaluation", "speedups": "evaluation",
+    "CHANNELS_FILE": "io", "FORMAT": "io", "REPORT_FILE": "io", "channel_layout": "io", "load_channel_pruned": "io",
+    "save_channel_pruned": "io", "to_jsonable": "io", "ChannelPruneResult": "pipeline", "ChannelRun": "pipeline",
+    "iterative_channel_prune": "pipeline", "param_counts": "pipeline", "run_ablation": "pipeline",
+    "run_channels": "pipeline", "global_targets": "prune", "kv_groups": "prune", "mlp_widths": "prune",
+    "prune_channels": "prune", "prune_kv_groups": "prune", "round_width": "prune", "sync_config": "prune",
+    "top_positions": "prune", "uniform_targets": "prune", "channel_scores": "stats", "collect_stats": "stats",
+    "scores_from_stats": "stats",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(name)

@@ -3,16 +3,24 @@
 ``windows`` (EvalConfig, prepare_eval)  <  ``quality`` (perplexity, agreement, generations)  <  ``cost``
 (parameters, KV cache, latency)  <  ``sweeps`` (every criterion × k plan, prefix reuse). The shared forward
 numerics live in :mod:`analysis.models.forward` and :mod:`analysis.models.prefix`.
-"""
-from analysis.evaluate.cost import kv_cache_report, latency, machine_load, overlapping, param_report
-from analysis.evaluate.quality import agreement, eval_protocol, generate_pair, greedy_continuation, perplexity
-from analysis.evaluate.sweeps import SweepRow, sweep, sweep_nll
-from analysis.evaluate.windows import (DEFAULT_CORPUS, EvalConfig, EvalWindows, Progress, batch_windows, make_windows,
-                                       model_context, prepare_eval)
 
-__all__ = [
-    "DEFAULT_CORPUS", "EvalConfig", "EvalWindows", "Progress", "SweepRow",
-    "agreement", "batch_windows", "eval_protocol", "generate_pair", "greedy_continuation", "kv_cache_report",
-    "latency", "machine_load", "make_windows", "model_context", "overlapping", "param_report", "perplexity",
-    "prepare_eval", "sweep", "sweep_nll",
-]
+The face below is lazy: importing one module of the package does not import the others.
+"""
+
+_LAZY = {
+    "kv_cache_report": "cost", "latency": "cost", "machine_load": "cost", "overlapping": "cost",
+    "param_report": "cost", "agreement": "quality", "eval_protocol": "quality", "generate_pair": "quality",
+    "greedy_continuation": "quality", "perplexity": "quality", "SweepRow": "sweeps", "sweep": "sweeps",
+    "sweep_nll": "sweeps", "DEFAULT_CORPUS": "windows", "EvalConfig": "windows", "EvalWindows": "windows",
+    "Progress": "windows", "batch_windows": "windows", "make_windows": "windows", "model_context": "windows",
+    "prepare_eval": "windows",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(name)
