@@ -60,6 +60,7 @@ class ChannelPruneResult:
 
 
 def param_counts(model: nn.Module) -> dict:
+    """Parameters in total and without embeddings / LM head."""
     return {"total": count_params(model), "non_embedding": count_params(model, non_embedding=True)}
 
 

@@ -130,6 +130,7 @@ def _method_scores(slot: dict, count: Tensor, w_col_norm: Tensor, method: str) -
 
 
 def pool(slot: dict) -> dict:
+    """Per-domain sums ``[D, m]`` pooled into one domain ``[1, m]``."""
     return {k: (None if v is None else v.sum(0, keepdim=True)) for k, v in slot.items()}
 
 
