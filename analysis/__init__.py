@@ -19,15 +19,15 @@ Quick start::
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "models.loading", "LoadedModel": "models.loading", "EMBEDDED": "models.loading", "DEFAULT_MODEL": "models.loading",
+    "load_model": "models.loading", "LoadedModel": "models.loading", "EMBEDDED": "models.embedded", "DEFAULT_MODEL": "models.embedded",
     "analyze": "run", "AnalysisConfig": "run", "AnalysisResult": "score.result",
     "CRITERIA": "score.criteria", "select": "score.criteria", "ESTIMATORS": "measure.estimators",
     "load_corpus": "data.domains", "sample_windows": "data.windows", "sample_hybrid": "data.windows", "SampleConfig": "data.windows",
     "TokenSet": "data.tokens", "DOMAINS": "data.domains",
     "Plan": "models.plan", "pruned_view": "models.surgery", "what_if": "models.surgery", "prune_copy": "models.surgery",
-    "save_pruned": "models.surgery", "load_pruned": "models.surgery",
-    "perplexity": "evaluate.perplexity", "agreement": "evaluate.perplexity", "latency": "evaluate.perplexity", "sweep": "evaluate.perplexity",
-    "generate_pair": "evaluate.perplexity", "EvalConfig": "evaluate.perplexity",
+    "save_pruned": "models.surgery", "load_pruned": "models.loading",
+    "perplexity": "evaluate.quality", "agreement": "evaluate.quality", "latency": "evaluate.cost", "sweep": "evaluate.sweeps",
+    "generate_pair": "evaluate.quality", "EvalConfig": "evaluate.windows",
 }
 
 

@@ -107,7 +107,7 @@ def model_source(lm) -> tuple[str, str]:
     """``(source, how)`` for tools that read the model's weights: the local checkpoint directory that was
     loaded (for an embedded or ``.gguf`` model, Entroscope's cached fp32 safetensors copy of it), or the hub
     id. A model that only exists in memory has none (:class:`SelectionError`)."""
-    from analysis.models.loading import EMBEDDED, gguf_cache_dir
+    from analysis.models.embedded import EMBEDDED, gguf_cache_dir
 
     kind, name = getattr(lm, "source", None), getattr(lm, "name", "")
     if kind == "local":
@@ -171,7 +171,7 @@ def llama_cpp_command(plan: Plan, lm=None, out: str = "pruned.gguf") -> str:
     ids = llama_cpp_prune_layers(plan)
     kind = getattr(lm, "source", None)
     if kind in ("embedded", "gguf"):
-        from analysis.models.loading import EMBEDDED
+        from analysis.models.embedded import EMBEDDED
 
         gguf = EMBEDDED[lm.name].gguf_path() if kind == "embedded" else Path(lm.name).expanduser().resolve()
         return shlex.join(["llama-quantize", "--prune-layers", ids, str(gguf), out, "COPY"])

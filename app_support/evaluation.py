@@ -1,4 +1,4 @@
-"""Comparisons for the Prune & compare page, on top of :mod:`analysis.evaluate.perplexity`.
+"""Comparisons for the Prune & compare page, on top of :mod:`analysis.evaluate`.
 
 Every plan is evaluated on a view / copy of the cached model (the cached model is never modified).
 Results are kept in ``st.session_state["es.evals"]`` keyed by everything they depend on (model
@@ -24,7 +24,7 @@ def plan_key(plan) -> list:
 
 
 def eval_data(name: str | None, spec: dict | None):
-    """What :func:`analysis.evaluate.perplexity.prepare_eval` gets: a built-in domain name, or the held-out texts of
+    """What :func:`analysis.evaluate.prepare_eval` gets: a built-in domain name, or the held-out texts of
     the calibration upload / hub dataset."""
     if name and name != "(calibration source)":
         return name
@@ -37,7 +37,7 @@ def eval_data(name: str | None, spec: dict | None):
 
 
 def eval_cfg(settings: dict):
-    from analysis.evaluate.perplexity import EvalConfig
+    from analysis.evaluate import EvalConfig
 
     return EvalConfig(window=int(settings["window"]), max_tokens=int(settings["max_tokens"]), batch_size=4)
 
@@ -46,7 +46,7 @@ def evaluate_plan(lm, plan, settings: dict, data, with_latency: bool = True, pro
     """Quality (perplexity, KL, top-1 vs the original), parameters, KV bytes and latency for one plan
     (``plan=None``: the original model). Cached in session state. ``progress(frac, text)`` is told the
     windows done."""
-    from analysis.evaluate import perplexity as ev
+    import analysis.evaluate as ev
 
     key = state.stable_hash({"fp": lm.fingerprint, "dtype": str(lm.dtype), "plan": plan_key(plan) if plan else None,
                              "settings": settings, "data": data if isinstance(data, str) else
@@ -89,7 +89,7 @@ def _dec_or_pre(res: dict | None) -> dict:
 
 def _speed_flag(mine: dict, base: dict, name: str) -> str:
     """"faster" / "slower" only when the p10–p90 ranges are apart; else "within noise"."""
-    from analysis.evaluate.perplexity import overlapping
+    from analysis.evaluate import overlapping
 
     if name == "original" or not mine or not base or "p10" not in mine:
         return "—"

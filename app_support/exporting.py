@@ -92,7 +92,7 @@ def export_root() -> Path:
     ``<cache>/exports``)."""
     import os
 
-    from analysis.models.loading import cache_root
+    from analysis.models.embedded import cache_root
 
     return Path(os.environ.get(EXPORT_ROOT_ENV) or cache_root() / "exports").expanduser()
 

@@ -80,7 +80,7 @@ def healed_model(lm, plan, ch: dict, progress=None):
 
 def evaluate_healed(lm, healed, settings: dict, data, with_latency: bool = True) -> dict:
     """What :func:`app_support.evaluation.evaluate_plan` returns, for a healed model."""
-    from analysis.evaluate import perplexity as ev
+    import analysis.evaluate as ev
     from analysis.heal import compare, healed_lm
 
     from .evaluation import eval_cfg
@@ -104,11 +104,11 @@ def evaluate_healed(lm, healed, settings: dict, data, with_latency: bool = True)
 
 def generate(lm, healed, prompt: str, max_new_tokens: int) -> str:
     """Greedy continuation of ``prompt`` by the healed model (same protocol as the pruned one)."""
-    from analysis.evaluate.perplexity import _greedy
+    from analysis.evaluate import greedy_continuation
 
     enc = lm.tokenizer(prompt, return_tensors="pt")
-    ids = _greedy(healed.model, lm.tokenizer, enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device),
-                  max_new_tokens)
+    ids = greedy_continuation(healed.model, lm.tokenizer, enc["input_ids"].to(lm.device),
+                              enc["attention_mask"].to(lm.device), max_new_tokens)
     return lm.tokenizer.decode(ids, skip_special_tokens=True)
 
 

@@ -31,9 +31,7 @@ def is_tiny(spec: str) -> bool:
 
 def embedded_choices() -> dict[str, str]:
     """``{short name: title}`` of the embedded models (plus the tiny test models when allowed)."""
-    from analysis.models.loading import EMBEDDED
-
-    from analysis.models.loading import is_installed
+    from analysis.models.embedded import EMBEDDED, is_installed
 
     out = {k: v.title + ("" if is_installed(k) else " — not installed") for k, v in EMBEDDED.items()}
     if tiny_allowed():
@@ -43,7 +41,7 @@ def embedded_choices() -> dict[str, str]:
 
 def install_note(name: str) -> str | None:
     """How to install an embedded model that is missing (None when it is installed or not embedded)."""
-    from analysis.models.loading import EMBEDDED, is_installed
+    from analysis.models.embedded import EMBEDDED, is_installed
 
     if name not in EMBEDDED or is_installed(name):
         return None

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from analysis.channels import pipeline as CH  # noqa: E402
+import analysis.channels as CH  # noqa: E402
 from analysis.models.loading import load_model, wrap_model  # noqa: E402
 
 SECTION = "## Channel pruning (bench/channels.py)"
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ctx_pre = (args.prompt_len + 1) // 2
     ctx_dec = args.prompt_len + args.new_tokens // 2
     f_dense = (CH.flops_per_token(lm.model, ctx_pre)["total"], CH.flops_per_token(lm.model, ctx_dec)["total"])
-    p_dense = CH._param_counts(lm.model)
+    p_dense = CH.param_counts(lm.model)
     rows = []
     for r in [float(x) for x in args.ratios.split(",")]:
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Ground-truth cost: drop-one ΔPPL over L layers with prefix reuse ÷ L separate evaluations (target ≤ 0.6).
 
-Separate evaluations: one :func:`analysis.evaluate.perplexity.perplexity` call per plan (the pruned model run from the
+Separate evaluations: one :func:`analysis.evaluate.quality.perplexity` call per plan (the pruned model run from the
 embeddings) on the same calibration windows; drop-one: :func:`analysis.evaluate.groundtruth.delta_ppl_details`
 (the sweep's trie walk: the original once, each plan from its dropped block on, fed the original's residual
 stream there). Losses must be bit-identical. Also prints the work of a SLEB search at n = 4 in passes
@@ -21,7 +21,7 @@ from common import calib_tokens, machine
 
 import torch
 from analysis.evaluate.groundtruth import delta_ppl_details, plan_cost
-from analysis.evaluate.perplexity import EvalConfig, perplexity
+from analysis.evaluate import EvalConfig, perplexity
 from analysis.models.loading import load_model
 from analysis.models.plan import Plan
 

@@ -26,7 +26,7 @@ from common import machine
 
 from analysis.data import SampleConfig, load_corpus, sample_windows
 from analysis.score.criteria import select
-from analysis.evaluate.perplexity import EvalConfig, perplexity, prepare_eval
+from analysis.evaluate import EvalConfig, perplexity, prepare_eval
 from analysis.heal import heal, healed_lm
 from analysis.models.loading import load_model
 from analysis.models.plan import Plan

@@ -46,7 +46,7 @@ def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int,
     from analysis.evaluate.groundtruth import delta_ppl_details
     from analysis.data import SampleConfig, load_corpus, sample_windows
     from analysis.score.criteria import drop_order
-    from analysis.evaluate.perplexity import EvalConfig, sweep
+    from analysis.evaluate import EvalConfig, sweep
     from analysis.models.loading import load_model
     from analysis.run import AnalysisConfig, analyze
     from analysis.score.selection import protected_blocks, rank_blocks

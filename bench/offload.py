@@ -18,7 +18,7 @@ from common import calib_tokens, machine
 
 import torch
 from analysis.measure.capture import CaptureConfig, capture
-from analysis.evaluate.perplexity import EvalConfig, perplexity
+from analysis.evaluate import EvalConfig, perplexity
 from analysis.models.loading import load_model
 
 

@@ -15,7 +15,7 @@ import statistics
 from common import calib_tokens, machine
 
 import torch
-from analysis.evaluate.perplexity import latency
+from analysis.evaluate import latency
 from analysis.models.loading import count_params, load_model
 from analysis.models.plan import Plan
 from analysis.run import AnalysisConfig, analyze

@@ -20,7 +20,7 @@ s = st.session_state
 need(state.current_run() is not None, "Run the analysis and keep a plan first.", "entropy", "Go to Entropy dynamics")
 
 from analysis.data import DOMAINS  # noqa: E402
-from analysis.evaluate import perplexity as ev  # noqa: E402
+import analysis.evaluate as ev  # noqa: E402
 
 from app_support.models import get_model  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Channel pruning: iterative structured pruning of MLP channels with a hybrid multi-domain calibration set.
 
-A thin view over :mod:`analysis.channels.pipeline`. The cached (shared) model is never modified: the library
+A thin view over :mod:`analysis.channels`. The cached (shared) model is never modified: the library
 prunes a deep copy, which this session keeps for saving.
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ with guarded("Model"):
     lm = loaded_model()
 need(lm is not None, "The model could not be loaded.", "data", "Go to Model & data")
 
-from analysis.channels import pipeline as CH  # noqa: E402
+import analysis.channels as CH  # noqa: E402
 from analysis.data import DOMAINS  # noqa: E402
 
 widths0 = CH.mlp_widths(lm.model)
@@ -248,7 +248,7 @@ if res is not None:
         if res.get("saved"):
             meta = json.loads((Path(res["saved"]) / CH.CHANNELS_FILE).read_text())
             how = ("plain `AutoModelForCausalLM.from_pretrained(dir)`" if meta["loader"] == "standard"
-                   else "`analysis.channels.pipeline.load_channel_pruned(dir)` (per-layer shapes)")
+                   else "`analysis.channels.load_channel_pruned(dir)` (per-layer shapes)")
             shown = res["saved"] if server_paths_allowed() else Path(res["saved"]).name
             st.success(f"Saved to `{shown}` — reload with {how}.")
             st.download_button(f"{Path(res['saved']).name}.zip", data=lambda p=res["saved"]: zip_bytes(p),

@@ -158,7 +158,7 @@ def calib():
 
 
 def test_plan_losses_match_evaluate_perplexity(lm, calib):
-    from analysis.evaluate.perplexity import EvalConfig, perplexity
+    from analysis.evaluate import EvalConfig, perplexity
     from analysis.models.plan import Plan
 
     plans = [None, Plan(drop_layers=[2]), Plan(drop_attn=[1], drop_mlp=[3]), Plan(drop_layers=[1, 2, 3])]

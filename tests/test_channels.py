@@ -1,4 +1,4 @@
-"""Tests for analysis.channels.pipeline: iterative structured (MLP channel / KV-group) pruning with hybrid calibration."""
+"""Tests for analysis.channels: iterative structured (MLP channel / KV-group) pruning with hybrid calibration."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from analysis.channels import pipeline as CH
+import analysis.channels as CH
+from analysis.channels import pipeline
 from analysis.data import TokenSet, apportion
 from analysis.errors import EntroscopeError, SelectionError
 from analysis.models.loading import count_params, weights_hash
@@ -96,7 +97,7 @@ def test_one_step_equals_one_shot(llama):
     res = CH.iterative_channel_prune(llama, tokens=ts, ratio=0.25, steps=1, multiple_of=8)
     scores = CH.channel_scores(llama.model, ts)
     k = CH.round_width(128 - round(0.25 * 128), 128, 8)
-    keep = [CH._top(s, k) for s in scores]
+    keep = [CH.top_positions(s, k) for s in scores]
     manual = CH.prune_channels(copy.deepcopy(llama.model), keep)
     sd1, sd2 = res.model.state_dict(), manual.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[n], sd2[n]) for n in sd1)
@@ -111,11 +112,11 @@ def test_iterative_rescoring_runs_on_the_pruned_model(llama):
         seen.append(CH.mlp_widths(model))
         return orig(model, *a, **kw)
 
-    CH.collect_stats = spy
+    pipeline.collect_stats = spy                                         # where iterative_channel_prune looks it up
     try:
         res = CH.iterative_channel_prune(llama, tokens=toks(), ratio=0.5, steps=4, multiple_of=8)
     finally:
-        CH.collect_stats = orig
+        pipeline.collect_stats = orig
     assert seen == [[128] * 3, [112] * 3, [96] * 3, [80] * 3]       # cumulative round(t*r/T*128), mult of 8
     assert [s["widths"][0] for s in res.report["steps"]] == [112, 96, 80, 64]
     removed = [set(c) for s in res.report["steps"] for c in s["removed_channels"][:1]]

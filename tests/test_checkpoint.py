@@ -13,9 +13,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from analysis.cli.main import main
 from analysis.errors import SaveError, SelectionError
 from analysis.export import kept_ranges, llama_cpp_command, mergekit_for, mergekit_yaml, model_source
-from analysis.models.loading import count_params, load_model, wrap_model
+from analysis.models.loading import count_params, load_model, load_pruned, wrap_model
 from analysis.models.plan import Plan
-from analysis.models.surgery import DroppedBlock, layer_status, load_pruned, pruned_view, save_pruned
+from analysis.models.surgery import DroppedBlock, layer_status, pruned_view, save_pruned
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from analysis.errors import DataError, SelectionError
-from analysis.evaluate.perplexity import (EvalConfig, agreement, generate_pair, kv_cache_report, latency, make_windows,
+from analysis.evaluate import (EvalConfig, agreement, generate_pair, kv_cache_report, latency, make_windows,
                                param_report, perplexity, prepare_eval, sweep)
 from analysis.export import (kept_ranges, llama_cpp_prune_layers, mergekit_yaml, reproduction_manifest,
                              rows_to_csv)
@@ -179,7 +179,7 @@ def test_latency_and_generation_smoke(lm):
 
 
 def test_latency_reports_its_spread_and_adds_repeats_until_tight_or_capped(lm, monkeypatch):
-    import analysis.evaluate.perplexity as ev
+    import analysis.evaluate.cost as ev
 
     res = latency(lm, None, prompt_len=8, new_tokens=2, repeats=3, warmup=0)     # fixed repeats
     row = res["rows"][0]
@@ -204,7 +204,7 @@ def test_latency_reports_its_spread_and_adds_repeats_until_tight_or_capped(lm, m
 
 
 def test_overlapping_spreads_are_within_noise():
-    from analysis.evaluate.perplexity import overlapping
+    from analysis.evaluate import overlapping
 
     a = {"p10": 90.0, "p90": 110.0}
     assert overlapping(a, {"p10": 105.0, "p90": 130.0}) and not overlapping(a, {"p10": 111.0, "p90": 120.0})
@@ -248,12 +248,13 @@ def test_sweep_trie_reuse_on_mixed_random_plans_is_exact(lm):
                               drop_mlp=rng.sample(rest, rng.randint(0, 2)))
     plans["late"] = Plan(drop_layers=[3, 4, 5])
     plans["late2"] = Plan(drop_layers=[4, 5], drop_attn=[3])
-    from analysis.evaluate.perplexity import _prefix_schedule, _sweep_nll, prepare_eval
+    from analysis.evaluate import sweep_nll
+    from analysis.models.prefix import prefix_schedule
 
     windows = prepare_eval(lm, stream, cfg)
     items = [((name,), p) for name, p in plans.items()]
-    fast = _sweep_nll(lm, items, windows, cfg, reuse=True, progress=None)
+    fast = sweep_nll(lm, items, windows, cfg, reuse=True, progress=None)
     for (name,), p in items:
         assert fast[(name,)] == perplexity(lm, stream, p, cfg)["nll_sum"], name
-    steps = _prefix_schedule(lm, items)
+    steps = prefix_schedule(lm, items)
     assert sum(len(s.layer_ids) for s in steps[1:]) < 6 * len(items)  # work was actually shared

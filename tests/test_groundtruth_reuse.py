@@ -5,7 +5,7 @@ import math
 import pytest
 
 from analysis.evaluate.groundtruth import _GKEY, _plan_for, delta_ppl_details, plan_cost, plan_losses, sleb_select
-from analysis.evaluate.perplexity import EvalConfig, perplexity
+from analysis.evaluate import EvalConfig, perplexity
 from analysis.models.plan import Plan
 from analysis.testing import random_tokens, tiny_loaded
 

@@ -168,7 +168,7 @@ def test_healed_checkpoint_roundtrip(tmp_path):
 
 
 def test_subblock_healed_checkpoint_loads(tmp_path):
-    from analysis.models.surgery import load_pruned
+    from analysis.models.loading import load_pruned
 
     lm = tiny_loaded(layers=5)
     h = heal(lm, Plan(drop_mlp=[2]), "linear", random_tokens(8, 32))

@@ -6,7 +6,8 @@ import torch
 
 from analysis.models.adapters import adapter_for
 from analysis.errors import ModelLoadError, UnsupportedArchitectureError
-from analysis.models.loading import count_params, describe, load_model, resolve_device, weights_hash
+from analysis.models.device import resolve_device
+from analysis.models.loading import count_params, describe, load_model, weights_hash
 from analysis.testing import tiny_model, tiny_tokenizer
 
 
@@ -107,7 +108,7 @@ def test_real_smollm2_loads_from_cache_fast(smollm2):
 
 
 def test_auto_dtype_on_cpu_follows_the_instruction_set_not_a_timing():
-    from analysis.models.loading import cpu_has_native_bf16
+    from analysis.models.device import cpu_has_native_bf16
 
     assert cpu_has_native_bf16("processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
     assert cpu_has_native_bf16("flags : fpu amx_bf16 amx_tile\n")

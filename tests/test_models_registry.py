@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.models import loading as models
+from analysis.models import embedded as models
 from analysis.errors import ModelLoadError
-from analysis.models.loading import EMBEDDED, _PARTS, is_installed, load_model
+from analysis.models.embedded import EMBEDDED, _PARTS, is_installed
+from analysis.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

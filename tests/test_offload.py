@@ -31,7 +31,7 @@ def test_disk_offloaded_layers_give_identical_analysis(tiny_dir, tmp_path, monke
 
 def test_parse_max_memory():
     from analysis.errors import DataError
-    from analysis.models.loading import parse_max_memory
+    from analysis.models.device import parse_max_memory
 
     assert parse_max_memory("0=10GiB, cuda:1=8GB,cpu=2.5GiB") == {0: "10GiB", 1: "8GB", "cpu": "2.5GiB"}
     assert parse_max_memory("cpu=123456") == {"cpu": 123456}
@@ -55,7 +55,7 @@ def test_max_memory_forces_disk_offload_and_the_analysis_is_unchanged(tiny_dir, 
         load_model(str(tiny_dir), max_memory="cpu=1KB", offload_folder=str(tmp_path / "off2"))
     got = analyze(lm, ids, AnalysisConfig(estimator="bucket"))
     np.testing.assert_allclose(got.delta_h(), ref.delta_h(), rtol=1e-5, atol=1e-4)
-    from analysis.evaluate.perplexity import perplexity
+    from analysis.evaluate import perplexity
 
     p_ref = perplexity(load_model(str(tiny_dir), device="cpu"), ids)["perplexity"]
     assert perplexity(lm, ids)["perplexity"] == pytest.approx(p_ref, rel=1e-5)

@@ -248,7 +248,7 @@ def test_four_concurrent_sessions_prune_different_plans(tiny_dir):
     each gets exactly its sequential result, and the shared model's weights are unchanged."""
     import threading
 
-    from analysis.evaluate.perplexity import EvalConfig, agreement, perplexity
+    from analysis.evaluate import EvalConfig, agreement, perplexity
     from analysis.models.loading import load_model, weights_hash
     from analysis.models.plan import Plan
 

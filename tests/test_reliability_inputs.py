@@ -295,6 +295,7 @@ def test_checkpoint_config_and_weights_disagree(capsys, tmp_path, tiny_dir, ids_
 def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch, tiny_dir):
     import shutil
 
+    import analysis.models.embedded as embedded
     import analysis.models.integrity as integrity
     import analysis.models.loading as models
     from analysis.errors import ModelLoadError
@@ -309,7 +310,7 @@ def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch, tiny_dir):
         shutil.copytree(tiny_dir, out_dir)
         (out_dir / "entroscope-source.json").write_text("{}")
 
-    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(embedded, "convert_gguf", fake_convert)
     lm = models.load_model(str(gguf), device="cpu")
     entry = conversions[0]
     assert lm.num_layers == 4 and len(conversions) == 1

@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from analysis.models.loading import count_params, load_model, weights_hash, wrap_model
+from analysis.models.loading import count_params, load_model, load_pruned, weights_hash, wrap_model
 from analysis.models.plan import Plan
-from analysis.models.surgery import (DroppedBlock, SaveError, apply_plan, layer_status, load_pruned, prune_copy,
-                              pruned_view, save_pruned, what_if)
+from analysis.models.surgery import (DroppedBlock, SaveError, apply_plan, layer_status, prune_copy, pruned_view,
+                                     save_pruned, what_if)
 from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
 
 

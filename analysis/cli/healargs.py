@@ -74,7 +74,7 @@ def heal_from_args(args, lm, plan, progress=None, tokens=None):
 def heal_sweep_rows(lm, rows: list[dict], args, windows, cfg, progress=None) -> tuple[list[dict], list[dict]]:
     """One healed row next to every sweep row that drops something (``heal`` column), same protocol; and the
     rows healing does not apply to, with the reason (as the sweep's ``skipped``)."""
-    from analysis.evaluate.perplexity import perplexity
+    from analysis.evaluate.quality import perplexity
     from analysis.models.plan import Plan
     from analysis.heal.models import healed_lm
 

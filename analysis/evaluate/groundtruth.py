@@ -5,13 +5,12 @@ greedy removal (:func:`sleb_select`) and BlockPruner-style removal over attentio
 (:func:`blockpruner_select`). These run forward passes (on :func:`analysis.models.surgery.pruned_view`
 views, never modifying the model) and are computed on demand, not in the analysis pass.
 
-:func:`plan_losses` walks the plans as a trie like :func:`analysis.evaluate.perplexity.sweep`, so a drop-one scan
+:func:`plan_losses` walks the plans as a trie like :func:`analysis.evaluate.sweeps.sweep`, so a drop-one scan
 runs the original model once and each plan only from its dropped block on. :func:`store_ground_truth` puts the
 drop-one scores into a run, where the ``"delta-ppl"`` criterion (:data:`analysis.score.criteria.CRITERIA`) reads them.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -19,7 +18,10 @@ import numpy as np
 import torch
 
 from analysis.errors import DataError, SelectionError
-from analysis.evaluate.perplexity import EvalConfig, EvalWindows, _batch, _plan_key, _prefix_schedule, _sweep_nll
+from analysis.evaluate.sweeps import sweep_nll
+from analysis.evaluate.windows import EvalConfig, EvalWindows, batch_windows
+from analysis.models.forward import ppl_from_nll
+from analysis.models.prefix import plan_key, prefix_schedule
 from analysis.models.plan import Plan
 from analysis.score.baselines import compute_baselines
 
@@ -34,11 +36,11 @@ def _ids_of(tokens):
 
 
 def _calib_windows(ids, batch_size: int):
-    """Calibration windows as :class:`analysis.evaluate.perplexity.EvalWindows`: every window scored whole (first
+    """Calibration windows as :class:`analysis.evaluate.windows.EvalWindows`: every window scored whole (first
     token is context only), no BOS added, ``batch_size`` windows per forward."""
     meta = {"corpus": "tokens", "split": None, "window": int(ids.shape[1]), "stride": None,
             "remainder": "none (windows given)", "tokens_used": int(ids.numel()), "bos": False}
-    return EvalWindows(_batch([(r, 1) for r in ids], batch_size), meta)
+    return EvalWindows(batch_windows([(r, 1) for r in ids], batch_size), meta)
 
 
 def _as_plan(p, L: int):
@@ -51,23 +53,23 @@ def plan_losses(lm, tokens, plans: Sequence, batch_size: int = 8, progress: Prog
 
     Every window is scored whole (its first token is context only). Plans run on
     :func:`analysis.models.surgery.pruned_view` views and are walked as a trie exactly like
-    :func:`analysis.evaluate.perplexity.sweep` (:func:`analysis.evaluate.perplexity._prefix_schedule`): each plan starts where it
+    :func:`analysis.evaluate.sweeps.sweep` (:func:`analysis.models.prefix.prefix_schedule`): each plan starts where it
     first differs from the plan before it, fed the cached residual stream there, so a drop-one scan runs
     the original once and each plan only from its dropped block on, and a SLEB step runs each candidate
     only from the candidate layer on (on top of the layers already removed). The NLL is bit-identical to
-    :func:`analysis.evaluate.perplexity.perplexity` of each plan on the same windows (``EvalConfig(batch_size=
+    :func:`analysis.evaluate.quality.perplexity` of each plan on the same windows (``EvalConfig(batch_size=
     batch_size, bos=False)``), tested.
     """
     ids_all = _ids_of(tokens)
     L = lm.num_layers
-    keyed = [(_plan_key(p), p) for p in (_as_plan(p, L) for p in plans)]
+    keyed = [(plan_key(p), p) for p in (_as_plan(p, L) for p in plans)]
     unique: dict = {}
     for key, p in keyed:
         unique.setdefault(key, p)
     windows = _calib_windows(ids_all, batch_size)
     cfg = EvalConfig(batch_size=batch_size, bos=False)
     sub = None if progress is None else (lambda f, m: progress(f, f"calibration loss: {m}"))
-    sums = _sweep_nll(lm, list(unique.items()), windows, cfg, True, sub)
+    sums = sweep_nll(lm, list(unique.items()), windows, cfg, True, sub)
     count = windows.tokens_scored
     return [sums[key] / count for key, _ in keyed]
 
@@ -75,17 +77,17 @@ def plan_losses(lm, tokens, plans: Sequence, batch_size: int = 8, progress: Prog
 def plan_cost(lm, plans: Sequence, reuse: bool = True) -> dict:
     """Work of evaluating ``plans`` (``None`` = original) on one batch, counted from the schedule:
     decoder-layer forwards, LM-head calls, and ``passes`` = layer forwards / L (one full forward = 1).
-    ``reuse=False`` counts one separate evaluation per plan (what :func:`analysis.evaluate.perplexity.perplexity`
+    ``reuse=False`` counts one separate evaluation per plan (what :func:`analysis.evaluate.quality.perplexity`
     runs)."""
     L = lm.num_layers
     unique: dict = {}
     for p in plans:
         p = _as_plan(p, L)
-        unique.setdefault(_plan_key(p), p)
+        unique.setdefault(plan_key(p), p)
     if not reuse:
         layers = sum(len(p.kept_layers(L)) for p in unique.values())
         return {"layer_forwards": layers, "heads": len(unique), "passes": layers / L, "plans": len(unique)}
-    steps = _prefix_schedule(lm, list(unique.items()))
+    steps = prefix_schedule(lm, list(unique.items()))
     layers = sum(len(st.layer_ids) for st in steps if st.view is not None)
     return {"layer_forwards": layers, "heads": len(unique), "passes": layers / L, "plans": len(unique)}
 
@@ -103,7 +105,7 @@ def _plan_for(kind_blocks: dict[str, Iterable[int]]):
 
 
 def _ppl(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf
+    return ppl_from_nll(loss)
 
 
 def delta_ppl_details(lm, tokens, granularity: str = "layer", blocks: Iterable[int] | None = None,

@@ -9,14 +9,16 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from analysis.data.domains import load_corpus, parse_domain_weights
 from analysis.data.windows import SampleConfig, sample_hybrid, sample_windows
+from analysis.evaluate.quality import eval_protocol
+from analysis.evaluate.windows import EvalConfig, prepare_eval
+from analysis.heal.registry import Healed
 from analysis.models.adapters import adapter_for
+from analysis.models.forward import compare_sums, final_hidden, ppl_result
 from analysis.models.plan import Plan
 from analysis.models.surgery import save_pruned
-from analysis.heal.registry import Healed
 
 HEAL_FILE = "entroscope-heal.json"
 
@@ -37,29 +39,22 @@ def healed_lm(lm, healed: Healed):
 
 def compare(lm, model, windows, cfg=None) -> dict:
     """Perplexity of ``model`` and of the original, KL(original ‖ model) and top-1 agreement on the same
-    windows (anything :func:`~analysis.evaluate.perplexity.prepare_eval` accepts), as :func:`~analysis.evaluate.perplexity.agreement`."""
-    from analysis.evaluate.perplexity import EvalConfig, _chunks, _final_hidden, _head, _ppl_result, _protocol, prepare_eval
-
+    windows (anything :func:`~analysis.evaluate.windows.prepare_eval` accepts), as
+    :func:`~analysis.evaluate.quality.agreement`."""
     cfg = cfg or EvalConfig()
     windows = prepare_eval(lm, windows, cfg)
     kl = agree = nll_o = nll_h = 0.0
     with torch.inference_mode():
         for ids, first in windows.batches:
             ids = ids.to(lm.device)
-            h_o, h_h = _final_hidden(lm.model, ids), _final_hidden(model, ids)
-            for s, e in _chunks(first, ids.shape[1], cfg.logits_chunk):
-                zo, zh = _head(lm.model, h_o[:, s:e]).float(), _head(model, h_h[:, s:e]).float()
-                tgt = ids[:, s + 1:e + 1].reshape(-1)
-                nll_o += float(F.cross_entropy(zo.reshape(-1, zo.shape[-1]), tgt, reduction="sum"))
-                nll_h += float(F.cross_entropy(zh.reshape(-1, zh.shape[-1]), tgt, reduction="sum"))
-                lo, lh = torch.log_softmax(zo, -1), torch.log_softmax(zh, -1)
-                kl += float((lo.exp() * (lo - lh)).sum())
-                agree += float((zo.argmax(-1) == zh.argmax(-1)).sum())
+            h_o, h_h = final_hidden(lm.model, ids), final_hidden(model, ids)
+            sums = compare_sums(lm.model, h_o, model, h_h, ids, first, cfg.logits_chunk)
+            nll_o, nll_h, kl, agree = (t + x for t, x in zip((nll_o, nll_h, kl, agree), sums))
     n = windows.tokens_scored
-    o, h = _ppl_result(nll_o, n), _ppl_result(nll_h, n)
+    o, h = ppl_result(nll_o, n), ppl_result(nll_h, n)
     return {"kl": kl / n, "top1": agree / n, "tokens": n, "perplexity_original": o["perplexity"],
             "perplexity": h["perplexity"], "nll_original": o["nll"], "nll": h["nll"],
-            "protocol": _protocol(lm, windows)}
+            "protocol": eval_protocol(lm, windows)}
 
 
 def save_healed(lm, healed: Healed, out_dir: str | os.PathLike, overwrite: bool = False,

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from analysis.measure.capture import CaptureConfig, CaptureStats, capture, merge_stats
-from analysis.models.loading import LoadedModel, cache_root, dtype_name
+from analysis.models.device import dtype_name
+from analysis.models.embedded import cache_root
+from analysis.models.loading import LoadedModel
 
 
 def run_key(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig) -> str:

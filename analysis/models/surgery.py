@@ -19,8 +19,9 @@ no KV cache: the config's per-layer ``kv_sharing_modes`` marks them ``"reuse"``,
 transformers' caches put a ``DummyLayer`` (stores nothing) in their slot, and sequence length and
 masks are then read from the first real attention layer. Every plan saves as a standard checkpoint that
 plain ``from_pretrained`` reloads exactly: dropped sub-blocks are stored with zeroed output projections
-(:mod:`analysis.models.checkpoint`) and listed in ``entroscope-plan.json``, from which :func:`load_pruned` and
-:func:`analysis.models.loading.load_model` remove them physically again.
+(:mod:`analysis.models.checkpoint`) and listed in ``entroscope-plan.json``, from which
+:func:`~analysis.models.loading.load_pruned` and :func:`~analysis.models.loading.load_model` remove them
+physically again.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from analysis.models.adapters import ArchSpec, get_path, spec_for
+from analysis.models.adapters import ArchSpec, adapter_for, get_path, spec_for
+from analysis.models.checkpoint import (ZEROED_FORMAT, combined_plan, per_layer_config, set_per_layer_config,
+                                       subblock_drops, verified_residual, zeroed_state_dict)
 from analysis.models.blocks import DroppedBlock, is_dropped, layer_status, model_of as _model_of  # noqa: F401 - re-exported
 from analysis.errors import ModelLoadError, SaveError  # noqa: F401 - SaveError re-exported
 from analysis.models.integrity import is_tied as _is_tied
@@ -223,8 +226,6 @@ def prune_copy(model_or_lm, plan: Plan | None):
     pruned = copy.deepcopy(pruned_view(model, plan))
     if model_or_lm is model:
         return pruned
-    from analysis.models.adapters import adapter_for
-
     lm = model_or_lm
     return type(lm)(model=pruned, tokenizer=lm.tokenizer, adapter=adapter_for(pruned), name=lm.name,
                     source=lm.source, fingerprint=lm.fingerprint, device=lm.device, dtype=lm.dtype,
@@ -257,16 +258,14 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
     Every plan gives a standard checkpoint that plain ``from_pretrained`` reloads with exactly the pruned
     model's outputs: whole layers are removed; a dropped attention/MLP sub-block is stored with its output
     projection zeroed (see :mod:`analysis.models.checkpoint`) and recorded in ``config.json``'s
-    ``per_layer_config`` and in ``entroscope-plan.json``, from which :func:`load_pruned` / ``load_model``
-    remove it physically. Sub-blocks the model had already lost are kept dropped. The tokenizer
+    ``per_layer_config`` and in ``entroscope-plan.json``, from which
+    :func:`~analysis.models.loading.load_pruned` / ``load_model`` remove it physically. Sub-blocks the model
+    had already lost are kept dropped. The tokenizer
     (``tokenizer`` or the LoadedModel's) is written too. The directory appears atomically (written under a
     temporary name, then renamed, under a lock; see :mod:`analysis.store.outdir`). ``extra_files`` ({name: text},
     e.g. the reproduction manifest) are written inside the same temporary folder; ``expected`` is what
     :func:`check_out_dir` returned at the start.
     """
-    from analysis.models.checkpoint import (ZEROED_FORMAT, combined_plan, per_layer_config, set_per_layer_config,
-                             subblock_drops, zeroed_state_dict)
-
     model = _model_of(model_or_lm)
     spec = spec_for(model)
     n = len(get_path(model, spec.layers))
@@ -357,8 +356,6 @@ def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from analysis.models.checkpoint import ZEROED_FORMAT, set_per_layer_config, verified_residual
-
     path = Path(path).expanduser()
     plan = saved_plan(path)
     if plan is None or not (plan.drop_attn or plan.drop_mlp):
@@ -380,14 +377,3 @@ def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch
     set_per_layer_config(model.config, None)       # the drops are physical now (and in entroscope_plan)
     model.entroscope_plan = plan
     return model
-
-
-def load_pruned(path: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "fp32"):
-    """Load a directory written by :func:`save_pruned` (sub-block plans restored) as a LoadedModel."""
-    from analysis.models.loading import load_model
-
-    lm = load_model(str(path), device=device, dtype=dtype, offline=True)
-    plan = saved_plan(path)
-    if plan is not None:
-        lm.info["plan"] = plan.to_dict()
-    return lm

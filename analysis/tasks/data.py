@@ -40,7 +40,7 @@ _STOP = frozenset("the and for are but not you all any can had her was one our o
 
 
 def data_root() -> Path:
-    from analysis.models.loading import cache_root
+    from analysis.models.embedded import cache_root
 
     return cache_root() / "tasks" / f"v{DATA_VERSION}"
 

@@ -1,5 +1,5 @@
 """``python -m analysis channels``: iterative structured (MLP channel) pruning with a hybrid multi-domain
-calibration set (:mod:`analysis.channels.pipeline`). Writes the pruned model and ``channels-report.json`` to --out."""
+calibration set (:mod:`analysis.channels`). Writes the pruned model and ``channels-report.json`` to --out."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,7 @@ def _ratio(text: str) -> float:
 
 
 def register(sub) -> None:
-    from analysis.channels.pipeline import ALLOCATIONS, DOMAIN_AGGS, GLOBAL_NORMS, METHODS
+    from analysis.channels.config import ALLOCATIONS, DOMAIN_AGGS, GLOBAL_NORMS, METHODS
 
     p = sub.add_parser(
         "channels", help="iterative structured pruning of MLP channels with a hybrid multi-domain calibration set",
@@ -66,8 +66,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from analysis.channels.pipeline import (REPORT_FILE, ChannelConfig, run_ablation, run_channels,
-                            save_channel_pruned)
+    from analysis.channels.config import ChannelConfig
+    from analysis.channels.io import REPORT_FILE, save_channel_pruned
+    from analysis.channels.pipeline import run_ablation, run_channels
     from analysis.store.jsonio import clean_json
     from analysis.store.outdir import check_out_dir
     from analysis.cli.common import load_lm

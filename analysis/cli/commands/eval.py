@@ -40,7 +40,7 @@ def eval_corpus(args):
 
 
 def eval_config(args):
-    from analysis.evaluate.perplexity import EvalConfig
+    from analysis.evaluate.windows import EvalConfig
 
     return EvalConfig(window=args.window, stride=args.stride, max_tokens=args.max_tokens, batch_size=args.batch_size)
 
@@ -67,7 +67,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from analysis.evaluate.perplexity import agreement, generate_pair, latency, param_report, perplexity, prepare_eval
+    from analysis.evaluate.cost import latency, param_report
+    from analysis.evaluate.quality import agreement, generate_pair, perplexity
+    from analysis.evaluate.windows import prepare_eval
     from analysis.export import evaluation_rows, reproduction_manifest, rows_to_csv, write_json
 
     from analysis.store.outdir import check_out_file

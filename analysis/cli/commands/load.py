@@ -19,10 +19,11 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from analysis.evaluate.perplexity import kv_cache_report, param_report
+    from analysis.evaluate.cost import kv_cache_report, param_report
     from analysis.errors import ModelLoadError
     from analysis.models.plan import Plan
-    from analysis.models.surgery import layer_status, load_pruned
+    from analysis.models.loading import load_pruned
+    from analysis.models.surgery import layer_status
 
     lm = load_pruned(args.dir, device=args.device, dtype=args.dtype)
     status = layer_status(lm)

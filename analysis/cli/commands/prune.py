@@ -72,7 +72,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from analysis.models.checkpoint import subblock_drops
     from analysis.errors import SelectionError
-    from analysis.evaluate.perplexity import param_report
+    from analysis.evaluate.cost import param_report
     from analysis.export import (LLAMA_CPP_NOTE, llama_cpp_command, llama_cpp_prune_layers, mergekit_for,
                           reproduction_manifest, to_json)
     from analysis.heal import save_healed

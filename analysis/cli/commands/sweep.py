@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from analysis.errors import SelectionError
-    from analysis.evaluate.perplexity import sweep
+    from analysis.evaluate.sweeps import sweep
     from analysis.export import reproduction_manifest, rows_to_csv, write_json
     from analysis.score.result import AnalysisResult
 
@@ -65,7 +65,7 @@ def run(args) -> int:
     res = sweep(lm, r, criteria, args.k, eval_corpus(args), args.granularity, eval_config(args), args.split,
                 reuse=not args.no_reuse, with_latency=args.latency, progress=progress, seed=args.seed)
     if args.heal != "none":                  # healed rows next to the unhealed ones (`heal` column)
-        from analysis.evaluate.perplexity import prepare_eval
+        from analysis.evaluate.windows import prepare_eval
         from analysis.cli.healargs import heal_sweep_rows
 
         for row in res["rows"]:
