@@ -30,13 +30,13 @@ from torch import Tensor, nn
 
 from analysis.models.adapters import get_path, spec_for
 from analysis.errors import DataError, SelectionError, is_oom, oom_error
+from analysis.indices import GRANULARITY_KEY
 from analysis.models.loading import LoadedModel, count_params, dtype_name
 from analysis.models.plan import Plan
 from analysis.models.surgery import kept_attention_layers, prune_copy, pruned_view
 
 Progress = Callable[[float, str], None]
 DEFAULT_CORPUS = "wiki"
-_GRANULARITY_KEY = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}
 
 
 @dataclass
@@ -566,7 +566,7 @@ def _plans_for(run_or_orders, criteria: Sequence[str], ks: Iterable[int], granul
                         raise SelectionError(f"k={k} but the {name} order has only {len(order)} blocks")
                     plan = Plan(source={"criterion": name, "k": k, "granularity": g, "order": order,
                                         "index_base": 0})
-                    setattr(plan, _GRANULARITY_KEY[g], sorted(order[:k]))
+                    setattr(plan, GRANULARITY_KEY[g], sorted(order[:k]))
                 else:
                     from analysis.score.criteria import get_criterion, select
 
@@ -608,7 +608,7 @@ def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop"
     for name, k, g, plan in plans:
         res = _ppl_result(sums[_plan_key(plan)], windows.tokens_scored)
         params = param_report(lm.model, plan)["total"]
-        blocks = plan.to_dict()[_GRANULARITY_KEY[g]]
+        blocks = plan.to_dict()[GRANULARITY_KEY[g]]
         row = SweepRow(name, k, g, blocks, plan.to_dict(), res["perplexity"], res["nll"], res["tokens"], params,
                        (base - params) / base if base else 0.0)
         if with_latency:

@@ -16,6 +16,8 @@ from torch import Tensor
 
 from analysis.errors import SelectionError
 
+KNN_K = 25          # KNN neighbours: EntroDrop's Llama path (the default of every KNN estimator and setting)
+
 
 def as_float32(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float32 else x.float()
@@ -125,7 +127,7 @@ def knn_radii(x: Tensor, k: int, exclude: Tensor | None = None) -> Tensor:
     return r
 
 
-def entropy_knn(x: Tensor, k: int = 25, normalize: bool = False, dedup: bool = False) -> Tensor:
+def entropy_knn(x: Tensor, k: int = KNN_K, normalize: bool = False, dedup: bool = False) -> Tensor:
     """Kozachenko–Leonenko entropy as in EntroDrop's ``estimate_entropy_knn_pytorch``.
 
     ``H = d·mean_i log(r_i + 1e-10) + (d/2)·log π − lgamma(d/2 + 1) + log N − log k`` with ``r_i`` the
@@ -232,15 +234,15 @@ register_estimator(EstimatorInfo(
     notes="Per-dimension min–max bins; sum of marginal entropies (an upper bound on the joint entropy). "
           "EntroDrop's Mistral path, 80 bins."))
 register_estimator(EstimatorInfo(
-    "knn", "KNN (Kozachenko–Leonenko)", entropy_knn, {"k": 25, "dedup": False}, scale_invariant=False,
+    "knn", "KNN (Kozachenko–Leonenko)", entropy_knn, {"k": KNN_K, "dedup": False}, scale_invariant=False,
     formula=r"H=d\,\overline{\log r_k}+\tfrac d2\log\pi-\log\Gamma(\tfrac d2+1)+\log N-\log k",
     notes="EntroDrop's Llama path (k=25). Moves by d·log c when states are scaled by c, so part of a rise "
           "can be norm growth; compare with knn-norm. A state repeated more than k times (a repeated token at "
           "layer 0) has radius exactly 0 and adds d·log(1e-10), as in the reference; dedup=True (--knn-dedup) "
           "estimates on distinct states instead."))
 register_estimator(EstimatorInfo(
-    "knn-norm", "KNN, scale-normalised", lambda x, k=25, dedup=False: entropy_knn(x, k=k, normalize=True, dedup=dedup),
-    {"k": 25, "dedup": False},
+    "knn-norm", "KNN, scale-normalised", lambda x, k=KNN_K, dedup=False: entropy_knn(x, k=k, normalize=True, dedup=dedup),
+    {"k": KNN_K, "dedup": False},
     scale_invariant=True,
     formula=r"H_{\text{norm}}(x)=H_{\text{KNN}}\!\left(x/\sqrt{\overline{\|x_t-\bar x\|^2}}\right)",
     notes="KNN after dividing each sequence by its RMS token norm: ignores pure norm growth."))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
-from analysis.measure.estimators import _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
+from analysis.measure.estimators import KNN_K, _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
 
 SINK_MODES = ("exclude", "keep", "first")
 DEFAULT_RATIO = 8.0
@@ -149,7 +149,7 @@ def knn_radii_masked(x: Tensor, keep: Tensor, k: int) -> Tensor:
     return knn_radii(_masked_centered(as_float32(x), keep), k, exclude=~keep)
 
 
-def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = 25, normalize: bool = False,
+def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = KNN_K, normalize: bool = False,
                        dedup: bool = False) -> Tensor:
     """Kozachenko–Leonenko entropy over the kept tokens (``N`` = kept count of each sequence).
     ``dedup``: as :func:`~analysis.measure.estimators.entropy_knn`, each exactly repeated state counts once."""
@@ -198,7 +198,7 @@ MASKED = {
     "bucket": entropy_bucket_masked,
     "bucket-robust": entropy_bucket_robust_masked,
     "knn": entropy_knn_masked,
-    "knn-norm": lambda x, keep, k=25, dedup=False: entropy_knn_masked(x, keep, k=k, normalize=True, dedup=dedup),
+    "knn-norm": lambda x, keep, k=KNN_K, dedup=False: entropy_knn_masked(x, keep, k=k, normalize=True, dedup=dedup),
     "renyi": entropy_renyi_masked,
 }
 

@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from analysis.errors import SelectionError
-from analysis.score.result import GRANULARITIES, AnalysisResult
+from analysis.indices import GRANULARITIES
+from analysis.score.result import AnalysisResult
 from analysis.score.selection import best_window, check_k, rank_blocks
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-GRANULARITIES = ("attention", "mlp", "layer")
+from analysis.indices import GRANULARITIES
+
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 
 

@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 
-from analysis.cli.argtypes import finite_float, seed_int
-from analysis.cli.main import positive_int
+from analysis.settings import finite_float, positive_int, seed_int
 from analysis.cli.common import add_model_args, stderr_progress
 
 

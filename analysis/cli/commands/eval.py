@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from analysis.cli.main import positive_int
+from analysis.settings import positive_int
 from analysis.heal.cli import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 from analysis.cli.commands.prune import add_plan_args, check_plan_provenance, plan_from_cli, quiet_transformers

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.argtypes import block_window, seed_int
+from analysis.cli.argtypes import block_window
+from analysis.settings import seed_int
 from analysis.cli.main import int_list
 
 

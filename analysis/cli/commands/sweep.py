@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.argtypes import seed_int
+from analysis.settings import seed_int
 from analysis.cli.main import int_list
 from analysis.heal.cli import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
