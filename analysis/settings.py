@@ -14,6 +14,9 @@ Metadata keys (all optional except ``help``):
   names), so choices follow the registries instead of hard-coded lists;
 * ``min`` / ``max`` (``min_open`` / ``max_open``) and ``what``: the CLI refuses values outside, with a
   one-line message (or ``type``: an explicit parser of the CLI text);
+* ``kind``: ``"int"``, ``"float"``, ``"str"`` or ``"tuple"`` where the default (``None``: automatic) does not say;
+  ``"text"``: a value the CLI passes on as text for the library to parse, written by ``to_text(value)``
+  (e.g. domain weights ``{"wiki": 1.0}`` ↔ ``wiki:1``);
 * ``cli`` / ``app``: shown on the command line / in the app (default True);
 * ``sep``: a tuple field is written as one ``sep``-joined value (``--also knn,renyi``);
 * ``clean(value, settings)``: normalises a value given the other settings (e.g. drop the primary estimator
@@ -85,17 +88,30 @@ def bounded_int(lo: int, hi: int | None = None, what: str = "an integer"):
     return parse
 
 
+def unchecked_float(what: str = "a number"):
+    """A float type that leaves the range (NaN included) to the library's own check, whose message names
+    the setting (``ratio must be in [0, 1), got nan``)."""
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    return parse
+
+
 #: --seed: numpy and torch generators take 0..2**32-1
 seed_int = bounded_int(0, SEED_MAX, "a seed (a whole number)")
 
 
 # ---- declaring settings --------------------------------------------------------------------------------
 
-def setting(default: Any = dataclasses.MISSING, *, help: str, **meta) -> Any:  # noqa: A002 - argparse's name
-    """A dataclass field carrying its description; ``default`` may be a factory (``dict``, ``list``)."""
+def setting(default: Any = dataclasses.MISSING, *, help: str, factory: Callable | None = None,  # noqa: A002
+            **meta) -> Any:
+    """A dataclass field carrying its description; ``default`` may be a type (``dict``), or give ``factory``."""
     meta["help"] = help
-    if callable(default) and isinstance(default, type):
-        return dataclasses.field(default_factory=default, metadata=meta)
+    if factory is not None or (callable(default) and isinstance(default, type)):
+        return dataclasses.field(default_factory=factory or default, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -161,6 +177,8 @@ def _field_default(f: dataclasses.Field) -> Any:
 def _kind(default: Any, meta: dict) -> str:
     if "nested" in meta:
         return "switch"
+    if "kind" in meta:                               # a default of None ("automatic") does not say the type
+        return meta["kind"]
     for kind in (bool, int, float, str, tuple):      # bool before int: True is an int
         if isinstance(default, kind):
             return kind.__name__
@@ -205,12 +223,16 @@ def defaults(cls, *, cli: bool | None = None, app: bool | None = None) -> dict:
 
 
 def _coerce(s: Spec, v: Any) -> Any:
+    if v is None and s.default is None:              # "automatic" stays automatic
+        return None
     if s.kind == "tuple":
         if isinstance(v, str):
             v = v.split(s.meta.get("sep", ","))
         return tuple(dict.fromkeys(str(e).strip() for e in v if str(e).strip()))     # order kept, no repeats
     if s.kind in ("bool", "switch"):
         return bool(v)
+    if s.kind == "text":
+        return v                                     # parsed by the library (its text form: _text)
     return {"int": int, "float": float, "str": str}[s.kind](v)
 
 
@@ -268,6 +290,11 @@ def to_settings(cfg, *, cli: bool | None = None, app: bool | None = None) -> dic
 
 # ---- command line --------------------------------------------------------------------------------------
 
+def _text(s: Spec, v: Any) -> Any:
+    """A "text" setting's command-line form (other settings unchanged)."""
+    return v if s.kind != "text" or isinstance(v, str) or v is None else s.meta["to_text"](v)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, tuple):
         return ",".join(map(str, v)) or "none"
@@ -288,11 +315,12 @@ def add_arguments(parser, cls, *, only: tuple[str, ...] | None = None, exclude: 
         if s.kind in ("bool", "switch"):
             parser.add_argument(s.flag, action="store_true", help=help_.replace("%", "%%"))
             continue
-        default = over.get(s.key, s.default)
+        default = _text(s, over.get(s.key, s.default))
         if "default" not in help_ and default is not None:
             help_ += f" (default {_fmt(default)})"
-        kw: dict = {"default": ",".join(default) if s.kind == "tuple" else default, "help": help_.replace("%", "%%")}
-        if s.kind != "tuple":
+        kw: dict = {"default": ",".join(default) if s.kind == "tuple" and default is not None else default,
+                    "help": help_.replace("%", "%%")}
+        if s.kind not in ("tuple", "text"):
             kw["type"] = s.arg_type()
             if s.choices() is not None:
                 kw["choices"] = s.choices()
@@ -319,13 +347,13 @@ def to_argv(*cfgs) -> list[str]:
     for cfg in cfgs:
         flat = to_settings(cfg, cli=True)
         for s in specs(type(cfg), cli=True):
-            v = _coerce(s, flat[s.key])
+            v = _text(s, _coerce(s, flat[s.key]))
             if s.flag in seen:
                 if seen[s.flag] != v:
                     raise ValueError(f"{s.flag} cannot be both {_fmt(seen[s.flag])} and {_fmt(v)}")
                 continue
             seen[s.flag] = v
-            if s.nested and not flat[s.nested] or v == _coerce(s, s.default):
+            if s.nested and not flat[s.nested] or v == _text(s, _coerce(s, s.default)):
                 continue
             if s.kind in ("bool", "switch"):
                 argv.append(s.flag)

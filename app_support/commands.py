@@ -93,12 +93,20 @@ def select_argv(plan_rec, protected: list[int], run_file: str = "run.json", out:
     return argv + ["--out", out]
 
 
+def _eval_flags(settings: dict) -> list[str]:
+    """The perplexity protocol flags: :func:`analysis.settings.to_argv` of the EvalConfig the app evaluates with."""
+    from analysis.settings import to_argv
+
+    from .evaluation import eval_cfg
+
+    return to_argv(eval_cfg({"window": 256, "max_tokens": 4096, **settings}))
+
+
 def eval_argv(model: dict, plan_file: str, data: str, settings: dict, out: str = "eval.json") -> list[str]:
     """``eval`` of a plan with the Prune & compare page's protocol (perplexity, KL/top-1, latency)."""
     argv = ["eval", *model_args(model), "--plan", plan_file]
     argv += ["--corpus", data] if data else []
-    argv += ["--window", str(settings.get("window", 256)), "--max-tokens", str(settings.get("max_tokens", 4096)),
-             "--latency", "--prompt-len", str(settings.get("prompt_len", 64)),
+    argv += [*_eval_flags(settings), "--latency", "--prompt-len", str(settings.get("prompt_len", 64)),
              "--new-tokens", str(settings.get("new_tokens", 16)), "--repeats", str(settings.get("repeats", 3))]
     return argv + ["--out", out]
 
@@ -112,8 +120,7 @@ def sweep_argv(model: dict, criteria: list[str], kmax: int, granularity: str, da
     argv = ["sweep", *model_args(model), "--run", run_file, "--criteria", ",".join(criteria), "--k", f"0-{kmax}",
             "--granularity", granularity]
     argv += ["--corpus", data] if data else []
-    return argv + ["--window", str(settings.get("window", 256)), "--max-tokens", str(settings.get("max_tokens", 4096)),
-                   "--out", out]
+    return argv + [*_eval_flags(settings), "--out", out]
 
 
 def session_script(rec, plan_rec=None, protected: list[int] | None = None, eval_data: str | None = None,

@@ -200,3 +200,50 @@ def test_add_arguments_and_from_args_on_a_plain_parser():
     assert ns.samples is None                                   # left to the command …
     assert from_args(SampleConfig, ns) == SampleConfig(seq_len=64, mode="consecutive")   # … = the dataclass default
     assert "(default 2024)" in p.format_help() and "(default 256; with --tokens" in p.format_help()
+
+
+def test_exported_eval_and_sweep_commands_rebuild_the_app_eval_config():
+    from analysis.cli.commands.eval import eval_config
+    from analysis.evaluate.perplexity import EvalConfig
+    from app_support.evaluation import eval_cfg
+
+    settings = {"window": 128, "max_tokens": 2048, "prompt_len": 64, "new_tokens": 16, "repeats": 3}
+    for argv in (commands.eval_argv(_Rec.model, "plan.json", "wiki", settings),
+                 commands.sweep_argv(_Rec.model, ["entrodrop"], 4, "layer", "wiki", settings)):
+        assert commands.accepts(argv)
+        assert eval_config(build_parser().parse_args(argv)) == eval_cfg(settings)     # batch size included
+    assert eval_config(build_parser().parse_args(["eval", "--out", "e.json"])) == EvalConfig()
+
+
+#: ``channels`` and ``eval`` flags before they were generated: flag → default
+OLD_CHANNELS_FLAGS = {
+    "--domains": "wiki:1,code:1,news:1", "--samples": 64, "--seq-len": 256, "--seed": 2024, "--sampling": "random",
+    "--batch-size": 8, "--skip-first-token": False, "--ratio": 0.25, "--steps": 4, "--method": "act_weight",
+    "--agg": "pooled", "--allocation": "uniform", "--min-keep-frac": 0.1, "--global-norm": "none",
+    "--multiple-of": 64, "--bias-compensation": False, "--head-ratio": 0.0, "--eval-tokens": 4096,
+    "--eval-window": 512, "--eval-domains": None,
+}
+OLD_EVAL_FLAGS = {"--max-tokens": None, "--window": None, "--stride": None, "--batch-size": 1}
+
+
+@pytest.mark.parametrize("command,old", [("channels", OLD_CHANNELS_FLAGS), ("eval", OLD_EVAL_FLAGS)])
+def test_generated_channels_and_eval_flags_keep_their_names_and_defaults(command, old):
+    sub = next(a for a in build_parser()._actions if isinstance(getattr(a, "choices", None), dict))  # noqa: SLF001
+    actions = {o: a for a in sub.choices[command]._actions for o in a.option_strings}  # noqa: SLF001
+    for flag, default in old.items():
+        assert actions[flag].default == default, flag
+
+
+def test_every_channel_setting_round_trips_through_the_cli():
+    from analysis.channels.pipeline import ChannelConfig
+
+    assert {f.name for f in dataclasses.fields(ChannelConfig)} == {s.name for s in specs(ChannelConfig, cli=True)}
+    flat = {s.key: _other(s, s.default) for s in specs(ChannelConfig) if s.kind not in ("text", "tuple")}
+    flat.update(domains={"wiki": 2.0, "math": 1.0}, eval_domains=("code", "news"), ratio=0.5, head_ratio=0.25,
+                min_keep_frac=0.2)
+    cfg = build(ChannelConfig, flat).validated()
+    argv = ["channels", "--out", "c", *to_argv(cfg)]
+    assert "--domains" in argv and argv[argv.index("--domains") + 1] == "wiki:2,math:1"
+    assert from_args(ChannelConfig, build_parser().parse_args(argv)).validated() == cfg
+    assert from_args(ChannelConfig, build_parser().parse_args(["channels", "--out", "c"])).validated() == \
+        ChannelConfig().validated()
