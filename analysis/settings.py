@@ -10,8 +10,9 @@ A field opts in with :func:`setting` (a ``dataclasses.field`` whose metadata des
 Metadata keys (all optional except ``help``):
 
 * ``help``; ``flag``: the CLI flag without ``--`` (default: the field name with ``-`` for ``_``);
-* ``choices``: a callable or a lazy ``"module:attr"`` naming a registry (anything whose ``list()`` gives the
-  names), so choices follow the registries instead of hard-coded lists;
+* ``choices``: a registry (anything whose ``list()`` gives the names, read when the flags are built), a
+  callable returning the names, or a lazy ``"module:attr"`` naming one, so choices follow the registries
+  instead of hard-coded lists;
 * ``min`` / ``max`` (``min_open`` / ``max_open``) and ``what``: the CLI refuses values outside, with a
   one-line message (or ``type``: an explicit parser of the CLI text);
 * ``kind``: ``"int"``, ``"float"``, ``"str"`` or ``"tuple"`` where the default (``None``: automatic) does not say;
@@ -26,8 +27,9 @@ Metadata keys (all optional except ``help``):
 * ``nested``: ``"module:Class"`` of a dict field holding some of another config's fields. Its flag is a
   switch (``--mi``: on = the dict is filled, off = empty) and the nested fields get ``--<flag>-<their flag>``.
 
+The module also holds the CLI value parsers the fields use (:func:`positive_int`, :data:`seed_int`, ...).
 Settings are addressed by flat keys: ``"k"``, ``"mi"`` (the switch) and ``"mi.estimator"`` (nested).
-Fields without metadata are internal. No argparse import at module level is needed by the dataclasses.
+Fields without ``help`` are internal (neither on the command line nor in the app).
 """
 from __future__ import annotations
 
@@ -129,8 +131,7 @@ class Spec:
 
     key: str
     name: str                  # the field's name in its own dataclass
-    owner: type                # that dataclass
-    kind: str                  # bool | int | float | str | tuple | switch
+    kind: str                  # bool | int | float | str | tuple | text | switch
     default: Any
     flag: str                  # "--k"
     meta: dict
@@ -202,7 +203,7 @@ def specs(cls, *, cli: bool | None = None, app: bool | None = None) -> list[Spec
         flag = "--" + meta.get("flag", f.name.replace("_", "-"))
         default = _field_default(f)
         kind = _kind(default, meta)
-        out.append(Spec(f.name, f.name, cls, kind, False if kind == "switch" else default, flag, meta))
+        out.append(Spec(f.name, f.name, kind, False if kind == "switch" else default, flag, meta))
         if kind == "switch":
             sub_cls = resolve(meta["nested"])
             for s in specs(sub_cls, cli=cli, app=app):
@@ -210,15 +211,8 @@ def specs(cls, *, cli: bool | None = None, app: bool | None = None) -> list[Spec
     return out
 
 
-def _spec(cls, key: str) -> Spec:
-    for s in specs(cls):
-        if s.key == key:
-            return s
-    raise KeyError(f"{cls.__name__} has no setting {key!r}")
-
-
 def defaults(cls, *, cli: bool | None = None, app: bool | None = None) -> dict:
-    """``{flat key: default}`` of the shown settings (tuples as lists are equal to them after :func:`build`)."""
+    """``{flat key: default}`` of the shown settings (``cli=True`` / ``app=True``: only those shown there)."""
     return {s.key: s.default for s in specs(cls, cli=cli, app=app)}
 
 
