@@ -16,7 +16,7 @@ import torch
 from analysis.measure.capture import CaptureConfig, CaptureStats, Progress, capture
 from analysis.score.criteria import CRITERIA, drop_order, scores_for
 from analysis.errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
-from analysis.measure.estimators import ESTIMATORS, KNN_K, get_estimator
+from analysis.measure.estimators import BUCKET_BINS, ESTIMATORS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, get_estimator
 from analysis.models.loading import LoadedModel
 from analysis.indices import GRANULARITIES
 from analysis.score.result import AnalysisResult
@@ -40,9 +40,9 @@ class AnalysisConfig:
     extra_estimators: tuple[str, ...] = setting((), flag="also", sep=",", choices=ESTIMATORS,  # computed in the same pass
         help="extra estimators computed in the same pass, e.g. knn,renyi", clean=lambda v, s: tuple(e for e in v if e != s["estimator"]))
     k: int = setting(KNN_K, min=1, help="KNN neighbours")  # EntroDrop Llama path
-    bins: int = setting(80, min=2, max=100_000, what="a bin count", help="Bucket bins")  # EntroDrop Mistral path
-    clip: float = setting(0.02, app=False, help="bucket-robust: quantile clipped on each side")  # bins span the clip … 1−clip quantiles per dimension
-    alpha: float = setting(4.0, min=0, min_open=True, max=1000, what="a Rényi order α > 0", help="Rényi order α > 0")
+    bins: int = setting(BUCKET_BINS, min=2, max=100_000, what="a bin count", help="Bucket bins")  # EntroDrop Mistral path
+    clip: float = setting(ROBUST_CLIP, app=False, help="bucket-robust: quantile clipped on each side")  # bins span the clip … 1−clip quantiles per dimension
+    alpha: float = setting(RENYI_ALPHA, min=0, min_open=True, max=1000, what="a Rényi order α > 0", help="Rényi order α > 0")
     dedup: bool = setting(False, flag="knn-dedup", app=False,  # KNN: estimate on distinct token states (False = reference, see entropy_knn)
         help="KNN: count each exactly repeated token state once (default: the reference, where a state repeated more than "
              "k times has radius 0 and log(1e-10) dominates; see README)")
