@@ -45,7 +45,6 @@ def sample_config(spec: dict):
     from analysis.data.corpora import SampleConfig
     from analysis.settings import build, specs
 
-
     keys = {s.key for s in specs(SampleConfig, app=True)}
     return build(SampleConfig, {"n_samples": DEFAULT_DATA["n_samples"], **{k: v for k, v in spec.items() if k in keys}})
 

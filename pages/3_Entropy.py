@@ -33,7 +33,8 @@ def _use_mix() -> None:
 def _use_all_estimators() -> None:
     from analysis.measure.estimators import ESTIMATORS
 
-    state.set_value("an.extra_estimators", [e for e in ESTIMATORS if e != state.get("an.estimator", state.default_analysis()["estimator"])])
+    primary = state.get("an.estimator", state.default_analysis()["estimator"])
+    state.set_value("an.extra_estimators", [e for e in ESTIMATORS if e != primary])
     s["es.autorun"] = True
 
 
