@@ -277,7 +277,7 @@ def _mi(run) -> dict[str, Figure]:
 
 def run_figures(run) -> dict[str, Figure]:
     """Every chart that a run JSON alone determines, by name."""
-    from analysis.score.result import GRANULARITIES
+    from analysis.indices import GRANULARITIES
 
     figs: dict[str, Figure] = {"entropy_curves": entropy_curves(run)}
     for g in GRANULARITIES:

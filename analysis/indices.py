@@ -1,4 +1,5 @@
-"""Parsing 0-based index lists such as ``3,5,7`` or ``3-5,9`` (CLI ``--drop-layers``, ``--protect``,
+"""What a 0-based block index refers to (:data:`GRANULARITIES`, and the plan key holding each granularity's
+indices), and parsing 0-based index lists such as ``3,5,7`` or ``3-5,9`` (CLI ``--drop-layers``, ``--protect``,
 ``sweep --k``), refusing anything ambiguous before a single block is touched.
 
 Grammar: items separated by commas; an item is ``N`` or an inclusive range ``A-B`` with ``A <= B``;
@@ -10,6 +11,10 @@ from __future__ import annotations
 
 import re
 
+#: what a "block" is: an attention sub-block, an MLP sub-block or a whole decoder layer
+GRANULARITIES = ("attention", "mlp", "layer")
+#: granularity -> the plan JSON key listing the dropped blocks of that granularity
+GRANULARITY_KEY = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}
 MAX_INDICES = 4096            # far beyond any model depth; stops absurd ranges before anything is allocated
 _ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 

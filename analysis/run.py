@@ -15,14 +15,16 @@ import torch
 from analysis.measure.capture import CaptureConfig, CaptureStats, Progress, capture
 from analysis.score.baselines import compute_baselines
 from analysis.errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
-from analysis.measure.estimators import get_estimator
+from analysis.measure.estimators import BUCKET_BINS, ESTIMATORS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, get_estimator
 from analysis.models.loading import LoadedModel
-from analysis.score.result import GRANULARITIES, AnalysisResult
+from analysis.indices import GRANULARITIES
+from analysis.score.result import AnalysisResult
 from analysis.measure.boundary import boundary_interval
 from analysis.score.selection import PROTECT_MODES, protected_blocks
 from analysis.store.jsonio import library_versions
 from analysis.measure.mi_states import mi_extension
-from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, check_mode, max_sinks
+from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, SINK_MODES, check_mode, max_sinks
+from analysis.settings import seed_int, setting
 
 #: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
@@ -31,25 +33,37 @@ EXTENSIONS: dict[str, Callable[[CaptureStats, LoadedModel, "AnalysisConfig"], di
 
 @dataclass
 class AnalysisConfig:
-    estimator: str = "bucket"          # primary estimator: bucket | bucket-robust | knn | knn-norm | renyi
-    extra_estimators: tuple[str, ...] = ()  # computed in the same pass for side-by-side comparison
-    k: int = 25                        # KNN neighbours (EntroDrop Llama path)
-    bins: int = 80                     # Bucket bins (EntroDrop Mistral path)
-    clip: float = 0.02                 # bucket-robust: bins span the clip … 1−clip quantiles per dimension
-    alpha: float = 4.0                 # Rényi order
-    dedup: bool = False                # KNN: estimate on distinct token states (False = reference, see entropy_knn)
-    granularity: str = "attention"     # attention | mlp | layer (EntroDrop v1 headline: attention)
-    protect: str = "fixed"             # fixed {0,1,L-1} (reference code) | auto (detected) | none
+    estimator: str = setting("bucket", choices=ESTIMATORS, help="entropy estimator of the ranking")  # primary estimator
+    extra_estimators: tuple[str, ...] = setting((), flag="also", sep=",", choices=ESTIMATORS,  # computed in the same pass
+        help="extra estimators computed in the same pass, e.g. knn,renyi", clean=lambda v, s: tuple(e for e in v if e != s["estimator"]))
+    k: int = setting(KNN_K, min=1, help="KNN neighbours")  # EntroDrop Llama path
+    bins: int = setting(BUCKET_BINS, min=2, max=100_000, what="a bin count", help="Bucket bins")  # EntroDrop Mistral path
+    clip: float = setting(ROBUST_CLIP, app=False, help="bucket-robust: quantile clipped on each side")  # bins span the clip … 1−clip quantiles per dimension
+    alpha: float = setting(RENYI_ALPHA, min=0, min_open=True, max=1000, what="a Rényi order α > 0", help="Rényi order α > 0")
+    dedup: bool = setting(False, flag="knn-dedup", app=False,  # KNN: estimate on distinct token states (False = reference, see entropy_knn)
+        help="KNN: count each exactly repeated token state once (default: the reference, where a state repeated more than "
+             "k times has radius 0 and log(1e-10) dominates; see README)")
+    granularity: str = setting("attention", choices=GRANULARITIES,  # EntroDrop v1 headline: attention
+        help="what a 'block' is for ΔH and the drop order (EntroDrop's headline: attention)")
+    protect: str = setting("fixed", choices=PROTECT_MODES,
+        help="fixed = {0, 1, L-1} as EntroDrop's code; auto = detected compression stage + last")
     protect_extra: tuple[int, ...] = ()  # more blocks never to drop
-    batch_size: int = 8                # sequences per forward pass
-    skip_first_token: bool = False     # legacy: same as sinks="first"
-    sinks: str = "exclude"             # exclude (detected sinks, analysis.measure.sinks) | keep (reference) | first (pos 0)
-    sink_ratio: float = DEFAULT_RATIO  # sink rule: token norm > ratio × the sequence's median token norm
+    batch_size: int = setting(8, min=1, help="sequences per forward pass")
+    skip_first_token: bool = setting(False, app=False, help="same as --sinks first (kept for old scripts)")  # legacy
+    sinks: str = setting("exclude", choices=SINK_MODES,  # detected sinks (analysis.measure.sinks)
+        help="massive-activation (attention-sink) tokens: exclude = leave the tokens the sink rule flags out of every "
+             "statistic (default); keep = every token, exactly as EntroDrop's reference code; first = leave out position 0 only")
+    sink_ratio: float = setting(DEFAULT_RATIO, app=False,  # sink rule: token norm > ratio × the sequence's median token norm
+        help="sink rule: a token whose norm exceeds this many times its sequence's median token norm (default 8; at most "
+             "5% of a sequence's tokens are flagged)")
     sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
-    state_tokens: int = 0              # keep this many sampled token states per point (for MI criteria)
-    extensions: tuple[str, ...] = ()   # names in EXTENSIONS to run after the pass
-    mi: dict = field(default_factory=dict)  # MI-PRUN settings (analysis.measure.mi_states.MIConfig fields), e.g. estimator
-    seed: int = 2024
+    state_tokens: int = field(default=0, metadata={  # keep this many sampled token states per point (for MI criteria)
+        "derive": lambda c: int(c.mi.get("n_tokens", 0)) if c.mi else 0})      # settings: exactly what MI uses
+    extensions: tuple[str, ...] = field(default=(), metadata={  # names in EXTENSIONS to run after the pass
+        "derive": lambda c: ("mi",) if c.mi else ()})
+    mi: dict = setting(dict, nested="analysis.measure.mi_states:MIConfig",  # MI-PRUN settings (MIConfig fields)
+        help="also keep sampled states and compute MI-PRUN scores")
+    seed: int = setting(2024, type=seed_int, app=False, help="seed (windows and the MI state subsample)")  # app: Model & data page
 
     def __post_init__(self) -> None:
         if self.skip_first_token and self.sinks != "first":

@@ -43,6 +43,8 @@ def model_args(model: dict) -> list[str]:
 
 
 def data_args(data: dict) -> list[str]:
+    """The data source flags of a data spec (``--corpus``/``--text``/``--tokens``, ``--text-field``,
+    ``--split``); the sampling flags come from :func:`sample_config`."""
     src = data.get("source", "builtin")
     if src == "tokens":
         return ["--tokens", data.get("filename", "tokens.npy")]
@@ -56,31 +58,24 @@ def data_args(data: dict) -> list[str]:
         out = ["--text", data.get("filename", "upload.txt")]
     if data.get("text_field"):
         out += ["--text-field", data["text_field"]]
-    out += ["--samples", str(data.get("n_samples", 32)), "--seq-len", str(data.get("seq_len", 256)),
-            "--seed", str(data.get("seed", 2024)), "--sampling", data.get("mode", "random")]
     if data.get("split", "calib") != "calib":
         out += ["--split", data["split"]]
     return out
 
 
 def analyze_argv(rec, out: str = "run.json") -> list[str]:
-    """``analyze`` for a RunRecord: same model, data, estimator(s) and settings."""
-    cfg = rec.config
-    argv = ["analyze", *model_args(rec.model), *data_args(rec.data), "--estimator", cfg["estimator"]]
-    extra = [e for e in cfg.get("extra_estimators", []) if e != cfg["estimator"]]
-    if extra:
-        argv += ["--also", ",".join(extra)]
-    argv += ["--k", str(cfg.get("k", 25)), "--bins", str(cfg.get("bins", 80)), "--alpha", str(cfg.get("alpha", 4.0)),
-             "--granularity", cfg.get("granularity", "attention"), "--protect", cfg.get("protect", "fixed"),
-             "--batch-size", str(cfg.get("batch_size", 8))]
-    if cfg.get("skip_first_token"):
-        argv.append("--skip-first-token")
-    elif cfg.get("sinks"):
-        argv += ["--sinks", cfg["sinks"]]
-    if cfg.get("mi"):                       # every MI setting the page has (they were dropped before)
-        argv += ["--mi", "--mi-estimator", cfg.get("mi_estimator", "renyi"),
-                 "--mi-tokens", str(int(cfg.get("mi_tokens", 256)))]
-    return argv + ["--out", out]
+    """``analyze`` for a RunRecord: same model, data and every analysis setting. The setting flags are
+    :func:`analysis.settings.to_argv` of the very configs the app ran (the SampleConfig of its windows and the
+    AnalysisConfig, seed included), so nothing can be dropped on the way (tests/test_settings.py)."""
+    from analysis.settings import to_argv
+
+    from .data import sample_config
+    from .jobs import make_config
+
+    configs = [make_config({**rec.config, **({"seed": int(rec.data["seed"])} if "seed" in rec.data else {})})]
+    if rec.data.get("source", "builtin") != "tokens":         # a token file is used as-is: no sampling flags
+        configs.insert(0, sample_config(rec.data))
+    return ["analyze", *model_args(rec.model), *data_args(rec.data), *to_argv(*configs), "--out", out]
 
 
 def select_argv(plan_rec, protected: list[int], run_file: str = "run.json", out: str = "plan.json") -> list[str]:
@@ -98,12 +93,20 @@ def select_argv(plan_rec, protected: list[int], run_file: str = "run.json", out:
     return argv + ["--out", out]
 
 
+def _eval_flags(settings: dict) -> list[str]:
+    """The perplexity protocol flags: :func:`analysis.settings.to_argv` of the EvalConfig the app evaluates with."""
+    from analysis.settings import to_argv
+
+    from .evaluation import eval_cfg
+
+    return to_argv(eval_cfg({"window": 256, "max_tokens": 4096, **settings}))
+
+
 def eval_argv(model: dict, plan_file: str, data: str, settings: dict, out: str = "eval.json") -> list[str]:
     """``eval`` of a plan with the Prune & compare page's protocol (perplexity, KL/top-1, latency)."""
     argv = ["eval", *model_args(model), "--plan", plan_file]
     argv += ["--corpus", data] if data else []
-    argv += ["--window", str(settings.get("window", 256)), "--max-tokens", str(settings.get("max_tokens", 4096)),
-             "--latency", "--prompt-len", str(settings.get("prompt_len", 64)),
+    argv += [*_eval_flags(settings), "--latency", "--prompt-len", str(settings.get("prompt_len", 64)),
              "--new-tokens", str(settings.get("new_tokens", 16)), "--repeats", str(settings.get("repeats", 3))]
     return argv + ["--out", out]
 
@@ -117,8 +120,7 @@ def sweep_argv(model: dict, criteria: list[str], kmax: int, granularity: str, da
     argv = ["sweep", *model_args(model), "--run", run_file, "--criteria", ",".join(criteria), "--k", f"0-{kmax}",
             "--granularity", granularity]
     argv += ["--corpus", data] if data else []
-    return argv + ["--window", str(settings.get("window", 256)), "--max-tokens", str(settings.get("max_tokens", 4096)),
-                   "--out", out]
+    return argv + [*_eval_flags(settings), "--out", out]
 
 
 def session_script(rec, plan_rec=None, protected: list[int] | None = None, eval_data: str | None = None,

@@ -21,6 +21,8 @@ import streamlit as st
 
 from analysis.errors import DataError
 
+from .state import DEFAULT_DATA
+
 UPLOADS = "es.uploads"   # session_state: {sha256: (filename, bytes)}
 
 
@@ -38,10 +40,13 @@ def upload_bytes(sha: str) -> tuple[str, bytes]:
 
 
 def sample_config(spec: dict):
+    """The SampleConfig of a data spec: its ``n_samples``/``seq_len``/``seed``/``mode`` (SampleConfig's own
+    field names), the dataclass defaults for the rest, except the app's smaller default window count."""
     from analysis.data import SampleConfig
+    from analysis.settings import build, specs
 
-    return SampleConfig(n_samples=int(spec.get("n_samples", 32)), seq_len=int(spec.get("seq_len", 256)),
-                        seed=int(spec.get("seed", 2024)), mode=spec.get("mode", "random"))
+    keys = {s.key for s in specs(SampleConfig, app=True)}
+    return build(SampleConfig, {"n_samples": DEFAULT_DATA["n_samples"], **{k: v for k, v in spec.items() if k in keys}})
 
 
 def _corpus_for(spec: dict, data: bytes | None):

@@ -125,31 +125,22 @@ class AnalysisJob:
 
 
 def mi_token_counts(settings: dict) -> tuple[int, int]:
-    """``(token states kept and used for block MI, token states for the boundary matrix)`` from the page's
-    one setting, so the help, the slider and the captions quote what is computed. They are equal: block
-    scores and matrix share one subsample (MI-PRUN's default, ≈ 2 analysis passes end to end)."""
-    n = int(settings.get("mi_tokens", 256))
-    return n, n
+    """``(token states kept and used for block MI, token states for the boundary matrix)`` that the config
+    built from the Entropy page's settings uses, so the help, the slider and the captions quote what is
+    computed. They are equal: block scores and matrix share one subsample (MI-PRUN's default, ≈ 2 analysis
+    passes end to end)."""
+    mi = make_config({**settings, "mi": True}).mi
+    return int(mi["n_tokens"]), int(mi["matrix_tokens"])
 
 
 def make_config(settings: dict):
-    """AnalysisConfig from the Entropy page's settings dict (``state.DEFAULT_ANALYSIS`` shape)."""
+    """AnalysisConfig from the Entropy page's settings: flat :mod:`analysis.settings` keys (``"k"``,
+    ``"mi"``, ``"mi.estimator"``, ``"seed"``), missing ones at the dataclass defaults. The CLI builds its
+    config from the same fields (``analysis.cli.commands.analyze.config_from_args``), so they cannot drift."""
     from analysis.run import AnalysisConfig
+    from analysis.settings import build
 
-    extra = tuple(e for e in settings.get("extra_estimators", ()) if e != settings["estimator"])
-    cfg = AnalysisConfig(estimator=settings["estimator"], extra_estimators=extra, k=int(settings.get("k", 25)),
-                         bins=int(settings.get("bins", 80)), alpha=float(settings.get("alpha", 4.0)),
-                         granularity=settings.get("granularity", "attention"),
-                         protect=settings.get("protect", "fixed"), batch_size=int(settings.get("batch_size", 8)),
-                         skip_first_token=bool(settings.get("skip_first_token", False)),
-                         sinks=settings.get("sinks", "exclude"), seed=int(settings.get("seed", 2024)))
-    if settings.get("mi"):
-        cfg.extensions = ("mi",)
-        n_tok, n_mat = mi_token_counts(settings)
-        cfg.state_tokens = n_tok                 # keep exactly what MI uses: nothing sampled in vain
-        cfg.mi = {"estimator": settings.get("mi_estimator", "renyi"),        # analysis.measure.mi_states.MIConfig fields
-                  "token_norm": "none", "n_tokens": n_tok, "matrix_tokens": n_mat}
-    return cfg
+    return build(AnalysisConfig, settings)
 
 
 def run_id_for(lm, tokens, cfg) -> str:

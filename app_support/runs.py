@@ -12,19 +12,9 @@ from .jobs import AnalysisJob, make_config, result_cache, run_id_for
 
 
 def analysis_settings() -> dict:
-    """The Entropy page's analysis settings (persisted widgets), ``state.DEFAULT_ANALYSIS`` shaped."""
-    d = state.DEFAULT_ANALYSIS
-    return {
-        "estimator": state.get("an.estimator", d["estimator"]),
-        "extra_estimators": list(state.get("an.extra", d["extra_estimators"]) or []),
-        "granularity": state.get("an.granularity", d["granularity"]),
-        "protect": state.get("an.protect", d["protect"]),
-        "k": int(state.get("an.k", d["k"])), "bins": int(state.get("an.bins", d["bins"])),
-        "alpha": float(state.get("an.alpha", d["alpha"])), "batch_size": int(state.get("an.batch", d["batch_size"])),
-        "skip_first_token": False, "sinks": state.get("an.sinks", d.get("sinks", "exclude")),
-        "mi": bool(state.get("an.mi", False)),
-        "mi_estimator": state.get("an.mi_est", "renyi"), "mi_tokens": int(state.get("an.mi_tokens", 256)),
-    }
+    """The Entropy page's analysis settings: the persisted widget ``an.<key>`` of every key of
+    :func:`state.default_analysis` (flat :mod:`analysis.settings` keys), at its default until changed."""
+    return {k: state.get(f"an.{k}", d) for k, d in state.default_analysis().items()}
 
 
 def start_run(settings: dict | None = None) -> str:
@@ -38,13 +28,14 @@ def start_run(settings: dict | None = None) -> str:
 
     s = st.session_state
     settings = settings or analysis_settings()
-    cfg = make_config(settings)
+    make_config(settings)                      # a setting the config refuses: before the model loads
     msettings = s.get("es.model") or model_settings()
     lm = get_model(msettings) if s.get("es.model") else load_into_session(msettings)
     tokens = ensure_tokens(lm)
     seed = (s.get("es.data") or {}).get("seed")
     if seed is not None:                       # the data seed also seeds the MI state subsample, as the CLI's --seed
-        cfg = make_config({**settings, "seed": int(seed)})
+        settings = {**settings, "seed": int(seed)}
+    cfg = make_config(settings)
     cfg.validate(tokens.seq_len)
     rid = run_id_for(lm, tokens, cfg)
     meta = {"model": dict(s["es.model"]), "data": dict(s.get("es.data") or {}), "config": dict(settings)}

@@ -29,9 +29,18 @@ import streamlit as st
 DEFAULT_MODEL = {"spec": "smollm2", "device": "auto", "dtype": "fp32", "trust_remote_code": False}
 DEFAULT_DATA = {"source": "builtin", "weights": {"wiki": 1.0}, "n_samples": 32, "seq_len": 256, "seed": 2024,
                 "mode": "random", "split": "calib"}
-DEFAULT_ANALYSIS = {"estimator": "bucket", "extra_estimators": ["knn"], "granularity": "attention", "protect": "fixed",
-                    "k": 25, "bins": 80, "alpha": 4.0, "batch_size": 8, "skip_first_token": False, "mi": False,
-                    "sinks": "exclude"}
+#: the Entropy page's defaults where they differ from AnalysisConfig's (KNN is computed alongside by default
+#: because EntroDrop ranks with it); every other default is the dataclass's, see :func:`default_analysis`
+ANALYSIS_APP_DEFAULTS = {"extra_estimators": ("knn",)}
+
+
+def default_analysis() -> dict:
+    """The Entropy page's settings and their defaults: AnalysisConfig's app-shown settings, flat
+    :mod:`analysis.settings` keys (``"k"``, ``"mi"``, ``"mi.estimator"``), plus :data:`ANALYSIS_APP_DEFAULTS`."""
+    from analysis.run import AnalysisConfig
+    from analysis.settings import defaults
+
+    return {**defaults(AnalysisConfig, app=True), **ANALYSIS_APP_DEFAULTS}
 
 
 def ss():
@@ -123,7 +132,7 @@ class RunRecord:
     result: Any                    # analysis.score.result.AnalysisResult
     model: dict                    # es.model settings used
     data: dict                     # data spec used
-    config: dict                   # DEFAULT_ANALYSIS-shaped settings used
+    config: dict                   # the analysis settings used (flat analysis.settings keys, seed included)
     label: str = ""
     created: float = field(default_factory=time.time)
     tokens: Any = None             # the calibration TokenSet (for ground truth on the same windows)

@@ -1,7 +1,7 @@
 """Sweep cost: time for a k-plan sweep ÷ k single evaluations, measured in one run (target ≤ 0.6, k ≥ 8).
 
 Plans are EntroDrop's k = 1..K attention drops on SmolLM2 (the sweep a user runs on the Prune page).
-The single evaluations call :func:`analysis.evaluate.perplexity` once per plan; the sweep calls
+The single evaluations call :func:`analysis.evaluate.quality.perplexity` once per plan; the sweep calls
 :func:`analysis.evaluate.sweep` (prefix reuse). Both must give identical perplexities.
 
     .venv/bin/python bench/sweep.py [--k 12] [--max-tokens 2048] [--granularity attention]

@@ -33,7 +33,8 @@ def _use_mix() -> None:
 def _use_all_estimators() -> None:
     from analysis.measure.estimators import ESTIMATORS
 
-    state.set_value("an.extra", [e for e in ESTIMATORS if e != state.get("an.estimator", "bucket")])
+    primary = state.get("an.estimator", state.default_analysis()["estimator"])
+    state.set_value("an.extra_estimators", [e for e in ESTIMATORS if e != primary])
     s["es.autorun"] = True
 
 
@@ -45,53 +46,68 @@ def _reset_boundary(rid: str, detected: int, mode: str) -> None:
     s[f"w:extra.{rid}"] = []
 
 
-# ---- settings --------------------------------------------------------------------------------------
+# ---- settings ----------------------------------------------------------------------------------------
+# Every widget is an AnalysisConfig setting (analysis.settings): its default, choices and the key it is
+# persisted under (``an.<key>``) come from the dataclass, so the page, the CLI and the export cannot drift.
+from analysis.indices import GRANULARITIES  # noqa: E402
 from analysis.measure.estimators import ESTIMATORS  # noqa: E402
+from analysis.run import AnalysisConfig  # noqa: E402
+from analysis.settings import specs  # noqa: E402
+
+DEFAULTS = state.default_analysis()
+SPECS = {sp.key: sp for sp in specs(AnalysisConfig, app=True)}
+
+
+def _wk(key: str) -> str:
+    """The persisted widget key of a setting, at its default until changed."""
+    d = DEFAULTS[key]
+    return state.wkey(f"an.{key}", list(d) if isinstance(d, tuple) else d)
+
 
 with st.expander("Analysis settings", expanded=state.current_run() is None, icon=":material/tune:"):
     c1, c2, c3, c4 = st.columns(4)
-    c1.selectbox("Estimator", list(ESTIMATORS), format_func=lambda e: ESTIMATORS[e].title,
-                 key=state.wkey("an.estimator", "bucket"),
+    c1.selectbox("Estimator", SPECS["estimator"].choices(), format_func=lambda e: ESTIMATORS[e].title,
+                 key=_wk("estimator"),
                  help="Bucket (default, scale-invariant) as EntroDrop's Mistral path; KNN as its Llama path")
-    c2.multiselect("Also compute (same pass)", list(ESTIMATORS), format_func=lambda e: ESTIMATORS[e].title,
-                   key=state.wkey("an.extra", list(state.DEFAULT_ANALYSIS["extra_estimators"])),
+    c2.multiselect("Also compute (same pass)", SPECS["extra_estimators"].choices(),
+                   format_func=lambda e: ESTIMATORS[e].title, key=_wk("extra_estimators"),
                    help="For the side-by-side estimator comparison; KNN is on by default because EntroDrop ranks "
                         "with it (see the note below)")
-    c3.radio("Granularity", ["attention", "mlp", "layer"], horizontal=True, key=state.wkey("an.granularity", "attention"),
-             help="What a 'block' is for ΔH and the drop order (EntroDrop's headline: attention)")
-    c4.radio("Protected blocks", ["fixed", "auto", "none"], horizontal=True, key=state.wkey("an.protect", "fixed"),
+    c3.radio("Granularity", SPECS["granularity"].choices(), horizontal=True, key=_wk("granularity"),
+             help=SPECS["granularity"].help)
+    c4.radio("Protected blocks", SPECS["protect"].choices(), horizontal=True, key=_wk("protect"),
              help="fixed = {0, 1, L−1} (EntroDrop's code); auto = the detected compression stage + the last block")
     d1, d2, d3, d4, d5, d6 = st.columns(6)
-    d1.number_input("KNN k", min_value=1, max_value=200, key=state.wkey("an.k", 25))
-    d2.number_input("Bucket bins", min_value=2, max_value=1000, key=state.wkey("an.bins", 80))
-    d3.number_input("Rényi α", min_value=0.5, max_value=10.0, step=0.5, key=state.wkey("an.alpha", 4.0))
-    d4.number_input("Batch size", min_value=1, max_value=256, key=state.wkey("an.batch", 8))
-    d5.selectbox("Sinks", ["exclude", "keep", "first"], key=state.wkey("an.sinks", "exclude"),
+    d1.number_input("KNN k", min_value=1, max_value=200, key=_wk("k"), help=SPECS["k"].help)
+    d2.number_input("Bucket bins", min_value=2, max_value=1000, key=_wk("bins"), help=SPECS["bins"].help)
+    d3.number_input("Rényi α", min_value=0.5, max_value=10.0, step=0.5, key=_wk("alpha"), help=SPECS["alpha"].help)
+    d4.number_input("Batch size", min_value=1, max_value=256, key=_wk("batch_size"), help=SPECS["batch_size"].help)
+    d5.selectbox("Sinks", SPECS["sinks"].choices(), key=_wk("sinks"),
                  help="exclude = leave massive-activation tokens out of every statistic (default); keep = every "
                       "token, as EntroDrop's reference code; first = leave out position 0 only")
-    d6.checkbox("MI-PRUN", key=state.wkey("an.mi", False),
+    d6.checkbox("MI-PRUN", key=_wk("mi"),
                 help="Mutual information between each block's input and output (sampled token states per point, "
                      "set below; adds a MI tab and Fast-Block-Select)")
     if state.get("an.mi"):
         from analysis.measure.mi import MI_ESTIMATORS
 
         m1, m2, _ = st.columns([2, 2, 2])
-        m1.selectbox("MI estimator", list(MI_ESTIMATORS), format_func=lambda e: MI_ESTIMATORS[e].title,
-                     key=state.wkey("an.mi_est", "renyi"))
-        if state.get("an.mi_tokens", 256) not in (128, 256, 512, 1024):
-            state.set_value("an.mi_tokens", 256)
-        m2.select_slider("Token states per residual point", [128, 256, 512, 1024], key=state.wkey("an.mi_tokens", 256),
+        m1.selectbox("MI estimator", SPECS["mi.estimator"].choices(), format_func=lambda e: MI_ESTIMATORS[e].title,
+                     key=_wk("mi.estimator"))
+        token_steps = [128, 256, 512, 1024]                 # the slider's steps (any positive count in the CLI)
+        if state.get("an.mi.n_tokens", DEFAULTS["mi.n_tokens"]) not in token_steps:
+            state.set_value("an.mi.n_tokens", DEFAULTS["mi.n_tokens"])
+        m2.select_slider("Token states per residual point", token_steps, key=_wk("mi.n_tokens"),
                          help="MI cost grows with the cube of this for the Rényi estimator; 256 keeps MI-PRUN at about "
                               "two analysis passes")
         from app_support.jobs import mi_token_counts
 
-        n_tok, n_mat = mi_token_counts({"mi_tokens": state.get("an.mi_tokens", 256)})
+        n_tok, n_mat = mi_token_counts({"mi.n_tokens": state.get("an.mi.n_tokens", DEFAULTS["mi.n_tokens"])})
         st.caption(f"MI-PRUN keeps {n_tok:,} sampled token states per residual point (seeded) and estimates, on "
                    f"those same {n_mat:,}, the MI between every block's input and output and the boundary-to-"
                    "boundary matrix for Fast-Block-Select; after the token pass the progress bar counts MI pairs and "
                    "Stop works there too (the token pass is kept).")
-    state.sync("an.estimator", "an.extra", "an.granularity", "an.protect", "an.k", "an.bins", "an.alpha", "an.batch",
-               "an.sinks", "an.mi", "an.mi_est", "an.mi_tokens")
+    state.sync(*(f"an.{key}" for key in DEFAULTS))
     from app_support.story import RANKING_WHY, SINKS_SENTENCE
 
     st.caption(":material/bolt: " + SINKS_SENTENCE)
@@ -259,8 +275,8 @@ with T["Entropy curves"], guarded("Entropy curves"):
 
 with T["ΔH per block"], guarded("ΔH"):
     g1, g2, g3 = st.columns([3, 2, 2])
-    gran = g1.radio("Block granularity", ["attention", "mlp", "layer"], horizontal=True, key="dh_gran",
-                    index=["attention", "mlp", "layer"].index(r.granularity))
+    gran = g1.radio("Block granularity", list(GRANULARITIES), horizontal=True, key="dh_gran",
+                    index=GRANULARITIES.index(r.granularity))
     est_dh = g2.selectbox("Estimator ", r.estimators, key="dh_est")
     with g3:
         explainer_popover(estimators=[est_dh], criteria=["entrodrop", "cosine"])
@@ -275,7 +291,7 @@ with T["ΔH per block"], guarded("ΔH"):
           "(right axis; LLM-Drop drops the highest first). Grey 🔒 = protected. Blocks 0-based.",
           name="delta_h", key="dh_chart")
     dh_df = pd.DataFrame({"block (0-based)": range(L),
-                          **{f"ΔH {g} ({est_dh})": np.round(r.delta_h(g, est_dh), 5) for g in ("attention", "mlp", "layer")},
+                          **{f"ΔH {g} ({est_dh})": np.round(r.delta_h(g, est_dh), 5) for g in GRANULARITIES},
                           "protected": [b in protected for b in range(L)]})
     with st.expander("ΔH table"):
         table(dh_df, f"Mean ΔH in nats over {r.n_sequences} sequences, estimator {est_dh}.", name="delta_h_table")

@@ -20,6 +20,7 @@ s = st.session_state
 need(state.current_run() is not None, "Run the analysis and keep a plan first.", "entropy", "Go to Entropy dynamics")
 
 from analysis.data import DOMAINS  # noqa: E402
+from analysis.indices import GRANULARITIES  # noqa: E402
 import analysis.evaluate as ev  # noqa: E402
 
 from app_support.models import get_model  # noqa: E402
@@ -190,7 +191,7 @@ with guarded("Sweep"):
     r = rec.result
     adj = adjusted_result(rec)
     w1, w2, w3, w4 = st.columns([3, 2, 1, 1])
-    gran = w2.radio("Granularity", ["attention", "mlp", "layer"], horizontal=True, key=state.wkey("sw.gran",
+    gran = w2.radio("Granularity", list(GRANULARITIES), horizontal=True, key=state.wkey("sw.gran",
                                                                                                   r.granularity))
     options = [n for n, c in CRITERIA.items() if gran in c.granularities
                and (r.baselines.get(n) or {}).get("available", True)]

@@ -58,7 +58,7 @@ class _Rec:
     data = {"source": "builtin", "weights": {"wiki": 1.0, "code": 2.0}, "n_samples": 32, "seq_len": 256,
             "seed": 2024, "mode": "random"}
     config = {"estimator": "bucket", "extra_estimators": ["knn"], "granularity": "attention", "protect": "auto",
-              "k": 25, "bins": 80, "alpha": 4.0, "batch_size": 8, "skip_first_token": True, "mi": True}
+              "k": 25, "bins": 80, "alpha": 4.0, "batch_size": 8, "skip_first_token": True, "mi": True}   # settings keys
 
 
 def test_cli_commands_are_accepted_by_the_real_parser():
@@ -97,8 +97,8 @@ def test_exported_analyze_command_reproduces_the_app_config_field_by_field(mi):
 
     class Rec(_Rec):
         data = {**_Rec.data, "seed": 7}
-        config = {**_Rec.config, "skip_first_token": False, "sinks": "exclude", "mi": mi, "mi_estimator": "ksg",
-                  "mi_tokens": 256, "extra_estimators": ["knn"], "protect": "auto"}
+        config = {**_Rec.config, "skip_first_token": False, "sinks": "exclude", "mi": mi, "mi.estimator": "ksg",
+                  "mi.n_tokens": 256, "extra_estimators": ["knn"], "protect": "auto"}
 
     app_cfg = make_config({**Rec.config, "seed": Rec.data["seed"]})
     cli_cfg = config_from_args(build_parser().parse_args(commands.analyze_argv(Rec())))

@@ -330,7 +330,7 @@ def test_knn_under_sampling_warning_and_too_short_error():
 
 def test_hybrid_run_domain_heatmap_and_estimator_comparison():
     at = analysed(**{"data.domains": ["wiki", "code"], "data.w.wiki": 1.0, "data.w.code": 1.0,
-                     "an.extra": ["knn-norm"], "data.T": 40})
+                     "an.extra_estimators": ["knn-norm"], "data.T": 40})
     ok(at)
     df = frame_with(at, "detected boundary (block, 0-based)")
     assert sorted(df["domain"]) == ["code", "wiki"] and list(df["windows"]) == [4, 4]
@@ -404,7 +404,7 @@ def test_select_agreement_and_ground_truth():
 
 
 def test_mi_prun_tab_fast_block_select_and_plan():
-    at = analysed(**{"an.mi": True, "an.mi_est": "gaussian"})
+    at = analysed(**{"an.mi": True, "an.mi.estimator": "gaussian"})
     keys = [c.key for c in at.get("plotly_chart")]
     assert "mi_bar" in keys and "mi_matrix" in keys
     assert "Data-processing-inequality violations" in metrics(at)

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from analysis.evaluate.groundtruth import _GKEY, _plan_for, delta_ppl_details, plan_cost, plan_losses, sleb_select
+from analysis.indices import GRANULARITY_KEY
+from analysis.evaluate.groundtruth import _plan_for, delta_ppl_details, plan_cost, plan_losses, sleb_select
 from analysis.evaluate import EvalConfig, perplexity
 from analysis.models.plan import Plan
 from analysis.testing import random_tokens, tiny_loaded
@@ -24,7 +25,7 @@ def test_drop_one_bit_identical_to_separate_evaluations(arch, granularity):
     d = delta_ppl_details(lm, ids, granularity, batch_size=2)
     assert _separate(lm, ids, None, 2) == d["base_loss"]
     for i in range(5):
-        plan = _plan_for({_GKEY[granularity]: [i]})
+        plan = _plan_for({GRANULARITY_KEY[granularity]: [i]})
         assert _separate(lm, ids, plan, 2) == d["loss"][i]          # exact, not approx
     assert d["cost_passes"] < 5 + 1                               # less than 1 + L separate passes
 

@@ -2,11 +2,13 @@
 the option tables the CLI and the app render (scoring methods, domain aggregations, allocations)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
 from analysis.data.domains import DOMAINS, check_weights, parse_domain_weights
+from analysis.data.windows import MODES
 from analysis.errors import DataError, SelectionError
+from analysis.settings import seed_int, setting, unchecked_float
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
@@ -46,31 +48,43 @@ class ChannelConfig:
     """Every choice of the provisional recipe, named (defaults in the comments; see docs/channels.md)."""
 
     # --- hybrid calibration set (paper: a multi-domain mix; its domains and proportions are unknown) ------
-    domains: dict = field(default_factory=lambda: {"wiki": 1.0, "code": 1.0, "news": 1.0})  # name -> weight
-    n_samples: int = 64            # windows in total, split over domains in proportion to the weights (exact)
-    seq_len: int = 256             # tokens per window
-    seed: int = 2024               # sampling seed (per-domain seeds derive from it)
-    sampling: str = "random"       # corpora sampling mode: random windows of random docs | consecutive
-    batch_size: int = 8            # windows per calibration forward pass
-    skip_first_token: bool = False  # leave position 0 (BOS / attention sink) out of the statistics
+    domains: dict = setting(factory=lambda: {"wiki": 1.0, "code": 1.0, "news": 1.0}, kind="text",  # name -> weight
+        to_text=lambda w: ",".join(f"{d}:{x:g}" for d, x in w.items()),
+        help="domain weights, e.g. wiki:1,code:1,news:1 (built-in: wiki news code docs dialogue math)")
+    n_samples: int = setting(64, flag="samples", min=1,  # split over domains in proportion to the weights (exact)
+        help="calibration windows in total")
+    seq_len: int = setting(256, min=1, help="tokens per window")
+    seed: int = setting(2024, type=seed_int, help="sampling seed (per-domain seeds derive from it)")
+    sampling: str = setting("random", choices=MODES,  # corpora sampling mode
+        help="random windows of random documents or consecutive windows")
+    batch_size: int = setting(8, min=1, help="windows per calibration forward")
+    skip_first_token: bool = setting(False, help="leave position 0 out of the statistics")  # BOS / attention sink
     # --- channel score -----------------------------------------------------------------------------------------
-    method: str = "act_weight"     # act_weight | fluctuation | taylor (see METHODS)
-    domain_agg: str = "pooled"     # pooled | mean | min | max | rank_mean (see DOMAIN_AGGS)
+    method: str = setting("act_weight", choices=METHODS, help="channel score (see docs/channels.md)")
+    domain_agg: str = setting("pooled", flag="agg", choices=DOMAIN_AGGS, help="how per-domain scores combine")
     # --- schedule ------------------------------------------------------------------------------------------------
-    ratio: float = 0.25            # fraction r of the ORIGINAL MLP channels removed in the end
-    steps: int = 4                 # T: cumulative removal after step t is round(t * r / T * original)
-    allocation: str = "uniform"    # uniform (per layer) | global (see ALLOCATIONS)
-    min_keep_frac: float = 0.1     # global allocation: every layer keeps at least this fraction of its channels
-    global_norm: str = "none"      # global allocation: how scores are compared across layers (GLOBAL_NORMS)
-    multiple_of: int = 64          # kept widths rounded to a multiple (efficient kernels); 1 = no rounding
+    ratio: float = setting(0.25, type=unchecked_float("a number in [0, 1)"),  # of the ORIGINAL MLP channels, in the end
+        help="fraction of the original MLP channels removed")
+    steps: int = setting(4, min=1,  # T: cumulative removal after step t is round(t * r / T * original)
+        help="T: calibrate/score/prune rounds (1 = one-shot)")
+    allocation: str = setting("uniform", choices=ALLOCATIONS, help="uniform (per layer) or global")
+    min_keep_frac: float = setting(0.1, min=0, max=1,  # every layer keeps at least this fraction of its channels
+        help="global allocation: per-layer floor")
+    global_norm: str = setting("none", choices=GLOBAL_NORMS,  # how scores are compared across layers
+        help="global allocation: how scores are compared across layers")
+    multiple_of: int = setting(64, min=1,  # kept widths rounded to a multiple (efficient kernels)
+        help="round kept widths (1 = no rounding)")
     # --- compensation --------------------------------------------------------------------------------------------
-    bias_compensation: bool = False  # FLAP: add W_down[:, pruned] @ E[a_pruned] as a down_proj bias
+    bias_compensation: bool = setting(False,  # FLAP: add W_down[:, pruned] @ E[a_pruned] as a down_proj bias
+        help="FLAP-style down_proj bias for pruned channels")
     # --- attention heads (off by default) ------------------------------------------------------------------------
-    head_ratio: float = 0.0        # fraction of KV groups (each with its query heads) removed per layer
+    head_ratio: float = setting(0.0, type=unchecked_float("a number in [0, 1)"),  # removed per layer
+        help="also remove this fraction of KV groups (with their query heads) per layer; 0 = off")
     # --- evaluation -----------------------------------------------------------------------------------------------
-    eval_domains: tuple | None = None  # held-out perplexity on these domains; None = the calibration domains
-    eval_tokens: int = 4096        # token budget per domain (eval split)
-    eval_window: int = 512         # tokens per disjoint perplexity window
+    eval_domains: tuple | None = setting(None, kind="tuple",  # held-out perplexity on these domains
+        help="comma-separated (default: the calibration domains)")
+    eval_tokens: int = setting(4096, min=1, help="held-out tokens per domain")  # token budget per domain (eval split)
+    eval_window: int = setting(512, min=1, help="tokens per perplexity window")  # disjoint windows
 
     def validated(self) -> "ChannelConfig":
         """A checked copy (domain weights parsed from ``"wiki:1,code:1"`` strings); raises EntroscopeError."""

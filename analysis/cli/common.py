@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.cli.argtypes import seed_int
-from analysis.cli.main import positive_int
+from analysis.data.windows import SampleConfig
+from analysis.settings import add_arguments, from_args
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -34,14 +34,10 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     src.add_argument("--text", help="text file: .txt, .jsonl, .csv or .parquet")
     src.add_argument("--tokens", help="token-id file (.npy or .pt, integer [N, T]) used as-is")
     g.add_argument("--text-field", default=None, help="column holding the text (jsonl/csv/parquet)")
-    g.add_argument("--samples", type=positive_int, default=None,
-                   help="N windows (default 128; with --tokens: the first N rows of the file, default all)")
-    g.add_argument("--seq-len", type=positive_int, default=None,
-                   help="T tokens per window (default 256; with --tokens it must equal the file's T)")
-    g.add_argument("--sampling", choices=["random", "consecutive"], default="random",
-                   help="random windows from documents longer than T (EntroDrop) or consecutive windows")
+    # --samples / --seq-len default to None: "the SampleConfig default" (128 / 256; all rows of a token file)
+    add_arguments(g, SampleConfig, only=("n_samples", "seq_len", "mode"), defaults={"n_samples": None, "seq_len": None})
     g.add_argument("--split", choices=["calib", "eval", "all"], default="calib")
-    g.add_argument("--seed", type=seed_int, default=2024)
+    add_arguments(g, SampleConfig, only=("seed",))
 
 
 def load_lm(args, progress=None):
@@ -86,8 +82,8 @@ def tokens_from_args(args, lm):
             if args.samples < len(ts):
                 ts = ts.subset(slice(0, args.samples))
         return ts
-    cfg = SampleConfig(n_samples=args.samples or getattr(args, "default_samples", 128),
-                       seq_len=args.seq_len or 256, seed=args.seed, mode=args.sampling)
+    n = args.samples or getattr(args, "default_samples", None)      # a command's own default (groundtruth: 8)
+    cfg = from_args(SampleConfig, args, **({"n_samples": n} if n else {}))
     corpus = corpus_from_args(args)
     if corpus is not None:
         return sample_windows(corpus, lm.tokenizer, cfg, split=args.split)

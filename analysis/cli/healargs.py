@@ -12,7 +12,7 @@ _OPTIONS = {"heal_ridge": "ridge", "heal_steps": "steps", "heal_rank": "rank", "
 
 
 def add_heal_args(p) -> None:
-    from analysis.cli.main import positive_int
+    from analysis.settings import positive_int
 
     g = p.add_argument_group("healing (repair the pruned model; the base model is never modified)")
     g.add_argument("--heal", default="none", choices=list(HEAL_METHODS),

@@ -81,16 +81,6 @@ def _silence_stdout() -> None:
         pass
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def int_list(text: str) -> list[int]:
     """``"20,21"`` or ``"3-5,9"`` → [20, 21] / [3, 4, 5, 9] (0-based indices); see :mod:`analysis.indices`."""
     from analysis.indices import IndexListError, parse_indices

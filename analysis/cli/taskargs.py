@@ -1,7 +1,7 @@
 """``--tasks`` options shared by ``eval`` and ``sweep``: lm-eval task accuracy (see :mod:`analysis.tasks`)."""
 from __future__ import annotations
 
-from analysis.cli.main import positive_int
+from analysis.settings import positive_int
 
 
 def add_task_args(p) -> None:

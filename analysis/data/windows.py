@@ -28,6 +28,7 @@ from analysis.data.streams import (
 )
 from analysis.data.tokens import TokenSet
 from analysis.errors import DataError
+from analysis.settings import seed_int, setting
 
 MODES = ("random", "consecutive")
 
@@ -36,10 +37,12 @@ MODES = ("random", "consecutive")
 class SampleConfig:
     """How windows are cut from text (defaults: the EntroDrop calibration protocol)."""
 
-    n_samples: int = 128  # N windows
-    seq_len: int = 256  # T tokens per window
-    seed: int = 2024  # EntroDrop's seed; same seed => identical windows
-    mode: str = "random"  # "random": random window of a random doc longer than T (EntroDrop);
+    n_samples: int = setting(128, flag="samples", min=1,  # N windows
+        help="N windows (default 128; with --tokens: the first N rows of the file, default all)")
+    seq_len: int = setting(256, min=1, help="T tokens per window (default 256; with --tokens it must equal the file's T)")
+    seed: int = setting(2024, type=seed_int, help="seed of the windows (analyze: and of the MI state subsample)")  # EntroDrop's; same seed => identical windows
+    mode: str = setting("random", flag="sampling", choices=MODES,  # "random": random window of a random doc longer than T (EntroDrop);
+        help="random windows from documents longer than T (EntroDrop) or consecutive windows")
     # "consecutive": docs (order shuffled with the seed) joined with EOS, cut into consecutive windows
     add_bos: bool | None = None  # None: True when the tokenizer adds a BOS by default (Gemma).
     # When True every window is BOS + T-1 text tokens.

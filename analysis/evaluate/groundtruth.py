@@ -22,6 +22,7 @@ from analysis.evaluate.sweeps import sweep_nll
 from analysis.evaluate.windows import EvalConfig, EvalWindows, batch_windows
 from analysis.models.forward import ppl_from_nll
 from analysis.models.prefix import plan_key, prefix_schedule
+from analysis.indices import GRANULARITY_KEY
 from analysis.models.plan import Plan
 from analysis.score.baselines import compute_baselines
 
@@ -97,9 +98,6 @@ def calibration_loss(lm, tokens, plan=None, batch_size: int = 8) -> float:
     return plan_losses(lm, tokens, [plan], batch_size)[0]
 
 
-_GKEY = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}
-
-
 def _plan_for(kind_blocks: dict[str, Iterable[int]]):
     return Plan(**{k: sorted(int(i) for i in v) for k, v in kind_blocks.items()})
 
@@ -112,14 +110,14 @@ def delta_ppl_details(lm, tokens, granularity: str = "layer", blocks: Iterable[i
                       batch_size: int = 8, progress: Progress | None = None) -> dict:
     """Drop-one ground truth: ``ΔPPL_i = PPL(model without block i) − PPL(model)`` on the calibration
     windows, for every block (or only ``blocks``; the others are NaN). Lower = more redundant."""
-    if granularity not in _GKEY:
+    if granularity not in GRANULARITY_KEY:
         raise SelectionError(f"Unknown granularity {granularity!r}", hint="use attention, mlp or layer")
     L = lm.num_layers
     todo = list(range(L)) if blocks is None else sorted(set(int(b) for b in blocks))
     if granularity == "layer" and L < 2:
         raise SelectionError("a model with one layer has no layer to drop")
     t0 = time.perf_counter()
-    plans = [None] + [_plan_for({_GKEY[granularity]: [i]}) for i in todo]
+    plans = [None] + [_plan_for({GRANULARITY_KEY[granularity]: [i]}) for i in todo]
     losses = plan_losses(lm, tokens, plans, batch_size, progress)
     base = losses[0]
     ppl = np.full(L, np.nan)
@@ -173,7 +171,7 @@ def _greedy_removal(lm, tokens, n: int, units: list[tuple[str, int]], batch_size
         for u in cands:
             parts: dict[str, list[int]] = {"drop_attn": [], "drop_mlp": [], "drop_layers": []}
             for kind, i in removed + [u]:
-                parts[_GKEY[kind]].append(i)
+                parts[GRANULARITY_KEY[kind]].append(i)
             plans.append(_plan_for(parts))
         sub = None if progress is None else (lambda f, m, s=step: progress((s + f) / n, f"{what} step {s + 1}/{n}: {m}"))
         if base is None:                      # the first step also scores the full model (one shared walk)

@@ -14,6 +14,7 @@ from analysis.data.domains import load_corpus
 from analysis.data.streams import token_stream
 from analysis.errors import DataError
 from analysis.models.loading import LoadedModel
+from analysis.settings import setting
 
 Progress = Callable[[float, str], None]
 DEFAULT_CORPUS = "wiki"
@@ -23,10 +24,13 @@ DEFAULT_CORPUS = "wiki"
 class EvalConfig:
     """How perplexity is measured (defaults: disjoint 2048-token windows, remainder dropped)."""
 
-    window: int | None = None      # tokens per window incl. BOS; None → min(2048, model context)
-    stride: int | None = None      # None (or >= window): disjoint windows; < window: HF sliding window
-    max_tokens: int | None = None  # budget of stream tokens read from the split (None: all of it)
-    batch_size: int = 1            # windows per forward pass
+    window: int | None = setting(None, kind="int", min=1,  # tokens per window incl. BOS; None → min(2048, model context)
+        help="tokens per window (default min(2048, context))")
+    stride: int | None = setting(None, kind="int", min=1,  # None (or >= window): disjoint windows; < window: HF sliding window
+        help="sliding-window stride < window (default: disjoint windows, remainder dropped)")
+    max_tokens: int | None = setting(None, kind="int", min=1,  # budget of stream tokens read from the split (None: all of it)
+        help="token budget (default: the whole split)")
+    batch_size: int = setting(1, min=1, help="windows per forward pass")
     logits_chunk: int = 512        # positions per LM-head call: bounds logits memory to [B, chunk, vocab]
     bos: bool | None = None        # prepend BOS to every window; None → the architecture's needs_bos
 

@@ -17,12 +17,18 @@ from torch import Tensor
 from analysis.errors import SelectionError
 from analysis.registry import Registry, resolve
 
+# Estimator parameter defaults, the one place each is written (estimator functions, registry, AnalysisConfig)
+KNN_K = 25          # KNN neighbours: EntroDrop's Llama path
+BUCKET_BINS = 80    # Bucket bins: EntroDrop's Mistral path
+RENYI_ALPHA = 4.0   # Rényi order α
+ROBUST_CLIP = 0.02  # bucket-robust: quantile clipped on each side
+
 
 def as_float32(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
-def entropy_bucket(x: Tensor, bins: int = 80) -> Tensor:
+def entropy_bucket(x: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     """Sum over dimensions of per-dimension histogram entropy ("marginal binning").
 
     For each sequence and dimension j: ``bins`` equal-width bins on ``[min_j, max_j]`` over the tokens,
@@ -126,7 +132,7 @@ def knn_radii(x: Tensor, k: int, exclude: Tensor | None = None) -> Tensor:
     return r
 
 
-def entropy_knn(x: Tensor, k: int = 25, normalize: bool = False, dedup: bool = False) -> Tensor:
+def entropy_knn(x: Tensor, k: int = KNN_K, normalize: bool = False, dedup: bool = False) -> Tensor:
     """Kozachenko–Leonenko entropy as in EntroDrop's ``estimate_entropy_knn_pytorch``.
 
     ``H = d·mean_i log(r_i + 1e-10) + (d/2)·log π − lgamma(d/2 + 1) + log N − log k`` with ``r_i`` the
@@ -163,7 +169,7 @@ def entropy_knn(x: Tensor, k: int = 25, normalize: bool = False, dedup: bool = F
     return h.masked_fill(m <= k, float("nan"))
 
 
-def entropy_renyi(x: Tensor, alpha: float = 4.0) -> Tensor:
+def entropy_renyi(x: Tensor, alpha: float = RENYI_ALPHA) -> Tensor:
     """EntroDrop's kernel ("information potential") Rényi entropy, α = 4 by default.
 
     Standardise each dimension over the tokens, ``σ = median`` of all pairwise distances (zero diagonal
@@ -223,32 +229,32 @@ def register_estimator(info: EstimatorInfo) -> EstimatorInfo:
 
 
 register_estimator(EstimatorInfo(
-    "bucket", "Bucket (marginal histogram)", entropy_bucket, {"bins": 80}, scale_invariant=True,
+    "bucket", "Bucket (marginal histogram)", entropy_bucket, {"bins": BUCKET_BINS}, scale_invariant=True,
     formula=r"H=-\sum_{j=1}^{d}\sum_{b=1}^{B} p_{jb}\log p_{jb},\; p_{jb}=\frac{\#\{t: x_{tj}\in\text{bin}_b\}}{N}",
     notes="Per-dimension min–max bins; sum of marginal entropies (an upper bound on the joint entropy). "
           "EntroDrop's Mistral path, 80 bins."))
 register_estimator(EstimatorInfo(
-    "knn", "KNN (Kozachenko–Leonenko)", entropy_knn, {"k": 25, "dedup": False}, scale_invariant=False,
+    "knn", "KNN (Kozachenko–Leonenko)", entropy_knn, {"k": KNN_K, "dedup": False}, scale_invariant=False,
     formula=r"H=d\,\overline{\log r_k}+\tfrac d2\log\pi-\log\Gamma(\tfrac d2+1)+\log N-\log k",
     notes="EntroDrop's Llama path (k=25). Moves by d·log c when states are scaled by c, so part of a rise "
           "can be norm growth; compare with knn-norm. A state repeated more than k times (a repeated token at "
           "layer 0) has radius exactly 0 and adds d·log(1e-10), as in the reference; dedup=True (--knn-dedup) "
           "estimates on distinct states instead."))
 register_estimator(EstimatorInfo(
-    "knn-norm", "KNN, scale-normalised", lambda x, k=25, dedup=False: entropy_knn(x, k=k, normalize=True, dedup=dedup),
-    {"k": 25, "dedup": False},
+    "knn-norm", "KNN, scale-normalised", lambda x, k=KNN_K, dedup=False: entropy_knn(x, k=k, normalize=True, dedup=dedup),
+    {"k": KNN_K, "dedup": False},
     scale_invariant=True,
     formula=r"H_{\text{norm}}(x)=H_{\text{KNN}}\!\left(x/\sqrt{\overline{\|x_t-\bar x\|^2}}\right)",
     notes="KNN after dividing each sequence by its RMS token norm: ignores pure norm growth."))
 register_estimator(EstimatorInfo(
-    "renyi", "Rényi (kernel, α=4)", entropy_renyi, {"alpha": 4.0}, scale_invariant=True,
+    "renyi", "Rényi (kernel, α=4)", entropy_renyi, {"alpha": RENYI_ALPHA}, scale_invariant=True,
     formula=r"H_\alpha=\frac{1}{1-\alpha}\log\frac{1}{N^2}\sum_{s,t}K_{st}^{\alpha-1},\;K=e^{-D^2/2\sigma^2}",
     notes="EntroDrop's information-potential estimator after z-scoring; reported weaker than Bucket/KNN."))
 
 
 register_estimator(EstimatorInfo(
     "bucket-robust", "Bucket, robust ranges (2–98 % quantiles)", "analysis.measure.sinks:entropy_bucket_robust",
-    {"bins": 80, "clip": 0.02}, scale_invariant=True,
+    {"bins": BUCKET_BINS, "clip": ROBUST_CLIP}, scale_invariant=True,
     formula=r"H=-\sum_j\sum_b p_{jb}\log p_{jb},\;\text{bins on }[q_{0.02,j},\,q_{0.98,j}]",
     notes="Bucket whose per-dimension bins span the 2–98 % quantiles of the tokens instead of min–max; "
           "values outside fall into the edge bins, so one massive-activation token cannot stretch the "

@@ -26,9 +26,10 @@ from typing import Any, Callable
 import numpy as np
 
 from analysis.errors import DataError, ExtensionStopped, SelectionError
-from analysis.measure.mi import get_mi_estimator, subsample_rows
+from analysis.indices import GRANULARITIES
+from analysis.measure.mi import MI_ESTIMATORS, get_mi_estimator, subsample_rows
+from analysis.settings import setting
 
-GRANULARITIES = ("attention", "mlp", "layer")
 TOKEN_NORMS = ("none", "rms")
 
 
@@ -235,11 +236,14 @@ class MIConfig:
     ``params`` go to the estimator. Set ``AnalysisConfig.mi = MIConfig(...)`` (attribute) or pass a dict to override.
     """
 
-    estimator: str = "renyi"
-    n_tokens: int = 256
-    matrix_tokens: int = 256
+    estimator: str = setting("renyi", choices=MI_ESTIMATORS,
+        help="MI estimator (default: matrix-based Rényi; see docs/mi-prun.md for how they compare)")
+    n_tokens: int = setting(256, flag="tokens", min=1, help="sampled token states kept per residual point; block MI and "
+                            "the boundary matrix share them (default 256, see docs/mi-prun.md)")
+    matrix_tokens: int = field(default=256, metadata={"derive": lambda m: m.n_tokens})  # settings: = n_tokens
     params: dict = field(default_factory=dict)
-    token_norm: str = "none"         # "rms": divide each token state by its RMS first (see StateMI)
+    token_norm: str = setting("none", choices=TOKEN_NORMS, app=False,  # "rms": see StateMI
+        help="divide each token state by its RMS before estimating MI")
     sub_blocks: bool = True
     seed: int | None = None          # None: AnalysisConfig.seed
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
-from analysis.measure.estimators import _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
+from analysis.measure.estimators import BUCKET_BINS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
 
 SINK_MODES = ("exclude", "keep", "first")
 DEFAULT_RATIO = 8.0
@@ -90,7 +90,7 @@ def _bucket_from_idx(idx: Tensor, keep: Tensor, b: int, d: int, bins: int) -> Te
     return -(p * p.log()).sum(dim=(1, 2))
 
 
-def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = 80) -> Tensor:
+def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     """:func:`~analysis.measure.estimators.entropy_bucket` over the kept tokens only (ranges from kept tokens)."""
     x = as_float32(x)
     b, n, d = x.shape
@@ -112,7 +112,7 @@ def _quantile_range(x: Tensor, keep: Tensor, clip: float) -> tuple[Tensor, Tenso
     return torch.gather(srt, 1, i_lo), torch.gather(srt, 1, i_hi)
 
 
-def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = 80, clip: float = 0.02) -> Tensor:
+def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS, clip: float = ROBUST_CLIP) -> Tensor:
     """Bucket with robust ranges: per dimension the bins span the ``clip`` … ``1 − clip`` quantiles of the
     tokens (values beyond fall into the edge bins), so one outlier token cannot stretch the range."""
     x = as_float32(x)
@@ -122,7 +122,7 @@ def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = 80, clip: 
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
 
 
-def entropy_bucket_robust(x: Tensor, bins: int = 80, clip: float = 0.02) -> Tensor:
+def entropy_bucket_robust(x: Tensor, bins: int = BUCKET_BINS, clip: float = ROBUST_CLIP) -> Tensor:
     return entropy_bucket_robust_masked(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), bins, clip)
 
 
@@ -149,7 +149,7 @@ def knn_radii_masked(x: Tensor, keep: Tensor, k: int) -> Tensor:
     return knn_radii(_masked_centered(as_float32(x), keep), k, exclude=~keep)
 
 
-def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = 25, normalize: bool = False,
+def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = KNN_K, normalize: bool = False,
                        dedup: bool = False) -> Tensor:
     """Kozachenko–Leonenko entropy over the kept tokens (``N`` = kept count of each sequence).
     ``dedup``: as :func:`~analysis.measure.estimators.entropy_knn`, each exactly repeated state counts once."""
@@ -169,7 +169,7 @@ def entropy_knn_masked(x: Tensor, keep: Tensor, k: int = 25, normalize: bool = F
     return d * logr.sum(dim=1) / cnt + const + torch.log(cnt)
 
 
-def entropy_renyi_masked(x: Tensor, keep: Tensor, alpha: float = 4.0) -> Tensor:
+def entropy_renyi_masked(x: Tensor, keep: Tensor, alpha: float = RENYI_ALPHA) -> Tensor:
     """:func:`~analysis.measure.estimators.entropy_renyi` over the kept tokens (z-scores, σ and means from them)."""
     x = as_float32(x)
     b, n = x.shape[:2]
@@ -198,7 +198,7 @@ MASKED = {
     "bucket": entropy_bucket_masked,
     "bucket-robust": entropy_bucket_robust_masked,
     "knn": entropy_knn_masked,
-    "knn-norm": lambda x, keep, k=25, dedup=False: entropy_knn_masked(x, keep, k=k, normalize=True, dedup=dedup),
+    "knn-norm": lambda x, keep, k=KNN_K, dedup=False: entropy_knn_masked(x, keep, k=k, normalize=True, dedup=dedup),
     "renyi": entropy_renyi_masked,
 }
 

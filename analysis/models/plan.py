@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.errors import DataError, SelectionError  # noqa: F401 - DataError: raised via schemas
+from analysis.indices import GRANULARITY_KEY
 
 PLAN_KEYS = ("drop_attn", "drop_mlp", "drop_layers")
 _LABELS = {"drop_layers": "layer", "drop_attn": "attention sub-block", "drop_mlp": "MLP sub-block"}
-_GRANULARITY_KEY = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}
 
 
 @dataclass
@@ -36,12 +36,12 @@ class Plan:
     @classmethod
     def from_selection(cls, sel, run=None) -> "Plan":
         """The plan for a :class:`~analysis.score.criteria.Selection` (``run``: its AnalysisResult, for provenance)."""
-        if sel.granularity not in _GRANULARITY_KEY:
+        if sel.granularity not in GRANULARITY_KEY:
             raise SelectionError(f"Unknown granularity {sel.granularity!r}", hint="use attention, mlp or layer")
         plan = cls(source={"criterion": sel.criterion, "k": sel.k, "granularity": sel.granularity,
                            "order": list(sel.order), "protected": list(sel.protected), "index_base": 0,
                            "run_manifest": dict(getattr(run, "manifest", None) or {})})
-        setattr(plan, _GRANULARITY_KEY[sel.granularity], sorted(int(b) for b in sel.blocks))
+        setattr(plan, GRANULARITY_KEY[sel.granularity], sorted(int(b) for b in sel.blocks))
         return plan
 
     @classmethod

@@ -15,8 +15,9 @@ from typing import Callable
 import numpy as np
 
 from analysis.errors import SelectionError
+from analysis.indices import GRANULARITIES
 from analysis.registry import Registry, lazy_callable
-from analysis.score.result import GRANULARITIES, AnalysisResult
+from analysis.score.result import AnalysisResult
 from analysis.score.selection import best_window, check_k, rank_blocks
 
 

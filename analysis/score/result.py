@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.indices import GRANULARITIES
 from analysis.store.jsonio import clean_json
 
-GRANULARITIES = ("attention", "mlp", "layer")
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 
 

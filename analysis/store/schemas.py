@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from analysis.errors import DataError
+from analysis.indices import GRANULARITIES
 
 MAX_LAYERS = 4096
 PLAN_KEYS = ("drop_attn", "drop_mlp", "drop_layers")
@@ -32,7 +33,7 @@ class RunModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
     num_layers: StrictInt = Field(ge=1, le=MAX_LAYERS)
     estimator: str
-    granularity: Literal["attention", "mlp", "layer"]
+    granularity: Literal[GRANULARITIES]
     protect: str
     per_seq: dict[str, Union[PerSeqEntropy, list[list[Num]]]]
     angular: Optional[list[list[Num]]] = None

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import time
 
-from analysis.cli.main import positive_int
+from analysis.settings import positive_int
 from analysis.cli.healargs import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 from analysis.cli.commands.prune import add_plan_args, check_plan_provenance, plan_from_cli, quiet_transformers
 from analysis.cli.taskargs import add_task_args, prepare_tasks, run_tasks
+from analysis.evaluate.windows import EvalConfig
+from analysis.settings import add_arguments, from_args
 
 
 def add_eval_data_args(p) -> None:
@@ -18,11 +20,7 @@ def add_eval_data_args(p) -> None:
     src.add_argument("--text", default=None, help="text file: .txt, .jsonl, .csv or .parquet")
     g.add_argument("--text-field", default=None, help="column holding the text (jsonl/csv/parquet)")
     g.add_argument("--split", choices=["eval", "calib", "all"], default="eval")
-    g.add_argument("--max-tokens", type=positive_int, default=None, help="token budget (default: the whole split)")
-    g.add_argument("--window", type=positive_int, default=None, help="tokens per window (default min(2048, context))")
-    g.add_argument("--stride", type=positive_int, default=None,
-                   help="sliding-window stride < window (default: disjoint windows, remainder dropped)")
-    g.add_argument("--batch-size", type=positive_int, default=1)
+    add_arguments(g, EvalConfig, only=("max_tokens", "window", "stride", "batch_size"))
 
 
 def eval_corpus(args):
@@ -40,9 +38,7 @@ def eval_corpus(args):
 
 
 def eval_config(args):
-    from analysis.evaluate.windows import EvalConfig
-
-    return EvalConfig(window=args.window, stride=args.stride, max_tokens=args.max_tokens, batch_size=args.batch_size)
+    return from_args(EvalConfig, args)
 
 
 def register(sub) -> None:

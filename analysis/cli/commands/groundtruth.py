@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import sys
 
-from analysis.cli.main import int_list, positive_int
+from analysis.cli.main import int_list
+from analysis.settings import positive_int
 from analysis.cli.common import add_data_args, add_model_args, load_lm, stderr_progress, tokens_from_args
+from analysis.indices import GRANULARITIES
 
 METHODS = ("delta-ppl", "sleb", "blockpruner")
 
@@ -22,7 +24,7 @@ def register(sub) -> None:
     for a in p._actions:
         if a.dest == "samples":
             a.help = "N windows (default 8)"
-    p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default="layer",
+    p.add_argument("--granularity", choices=GRANULARITIES, default="layer",
                    help="blocks scored by delta-ppl (sleb: layers; blockpruner: sub-blocks)")
     p.add_argument("--methods", default="delta-ppl",
                    help=f"comma-separated subset of {', '.join(METHODS)} (default delta-ppl)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.main import positive_int
+from analysis.settings import positive_int
 
 
 def register(sub) -> None:

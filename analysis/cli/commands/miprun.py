@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.argtypes import bounded_int
-from analysis.cli.main import int_list, positive_int
+from analysis.cli.main import int_list
+from analysis.settings import bounded_int, positive_int
 
 
 def register(sub) -> None:

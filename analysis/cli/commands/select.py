@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.argtypes import block_window, seed_int
+from analysis.cli.argtypes import block_window
+from analysis.settings import seed_int
 from analysis.cli.main import int_list
+from analysis.indices import GRANULARITIES
 
 
 def register(sub) -> None:
@@ -16,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="run JSON from `analyze`")
     p.add_argument("--criterion", default="entrodrop")
     p.add_argument("--k", type=int, required=True, help="number of blocks to drop")
-    p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default=None,
+    p.add_argument("--granularity", choices=GRANULARITIES, default=None,
                    help="default: the run's granularity")
     p.add_argument("--protect", type=int_list, default=None,
                    help="override the protected blocks, e.g. 0,1,29 (default: the run's)")

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.argtypes import seed_int
+from analysis.settings import seed_int
 from analysis.cli.main import int_list
 from analysis.cli.healargs import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 from analysis.cli.commands.eval import add_eval_data_args, eval_config, eval_corpus
 from analysis.cli.commands.prune import quiet_transformers
 from analysis.cli.taskargs import add_task_args, prepare_tasks
+from analysis.indices import GRANULARITIES
 
 
 def register(sub) -> None:
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="run JSON from `analyze` (default model: the run's)")
     p.add_argument("--criteria", default="entrodrop", help="comma list, e.g. entrodrop,cosine,random")
     p.add_argument("--k", type=int_list, default=list(range(13)), help="ks to evaluate, e.g. 0-12 or 0,2,4")
-    p.add_argument("--granularity", choices=["attention", "mlp", "layer"], default=None,
+    p.add_argument("--granularity", choices=GRANULARITIES, default=None,
                    help="default: the run's granularity")
     p.add_argument("--seed", type=seed_int, default=0, help="random criterion seed")
     p.add_argument("--no-reuse", action="store_true", help="run every plan from the embeddings (slower; same result)")
