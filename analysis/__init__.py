@@ -16,6 +16,8 @@ Quick start::
 
 ``analysis`` never imports Streamlit.
 """
+from analysis.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -30,10 +32,4 @@ _LAZY = {
     "generate_pair": "evaluate.quality", "EvalConfig": "evaluate.windows",
 }
 
-
-def __getattr__(name):  # lazy: `import analysis` stays cheap (no torch/transformers until needed)
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)

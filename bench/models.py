@@ -349,9 +349,9 @@ These are small samples (8 windows, ≤ 1,024 held-out tokens): treat single ΔP
 the pattern across models as the finding. On a quiet machine use `--n 32 --t 256 --eval-tokens 4096`.
 Blocks are 0-based;
 `Z^0` is the embedding output and `Z^(l+1)` the output of block `l`. **Sinks**: the rule in
-`analysis/sinks.py` (token norm > 8 × its window's median token norm, at most 5 % of a window's tokens,
+`analysis/measure/sinks.py` (token norm > 8 × its window's median token norm, at most 5 % of a window's tokens,
 per window and residual point); *excluded* leaves them out of every statistic, *kept* is EntroDrop's
-reference (every token). **Boundary**: `analysis/boundary.py` (median-3 smoothed curve, a real fall then
+reference (every token). **Boundary**: `analysis/measure/boundary.py` (median-3 smoothed curve, a real fall then
 a rise for good; "none" = no compression stage) with a 90 % percentile bootstrap over windows (200
 resamples). **Pruning**: attention sub-blocks only, EntroDrop's fixed protection {0, 1, L−1} for every
 criterion; drop-one ΔPPL is measured on the calibration windows (a ground-truth-flavoured baseline that

@@ -14,7 +14,7 @@ PKG = ROOT / "analysis"
 
 #: Layers, lowest first. A module may import its own layer and the layers below, never one above.
 LAYERS = [
-    {"errors", "registry", "indices"},
+    {"errors", "registry", "indices", "lazy"},
     {"settings", "store"},
     {"models"},
     {"data"},

@@ -6,6 +6,7 @@ allocation)  <  ``stats`` (hook statistics, channel scores)  <  ``io`` (save / l
 
 The face below is lazy: importing one module of the package does not import the others.
 """
+from analysis.lazy import lazy_exports
 
 _LAZY = {
     "as_tokens": "calibrate", "build_hybrid_calibration": "calibrate", "ALLOCATIONS": "config",
@@ -22,10 +23,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)

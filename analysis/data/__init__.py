@@ -25,17 +25,16 @@ Modules, lower first (a module imports only those before it): corpus, tokens, st
 This face is for callers outside ``analysis``; inside, import from the defining module (and monkeypatch
 it there: e.g. ``analysis.data.files.MAX_UPLOAD_BYTES``).
 """
-from analysis.data.corpus import DEFAULT_EVAL_FRACTION, SPLITS, Corpus
-from analysis.data.domains import DOMAINS, DomainInfo, apportion, list_domains, load_corpus, parse_domain_weights
-from analysis.data.files import load_text_bytes, load_text_file, load_token_file
-from analysis.data.hub import hub_offline_env, hub_reachable, load_hub_dataset
-from analysis.data.streams import token_stream, tokenizer_adds_bos
-from analysis.data.tokens import TokenSet, preview
-from analysis.data.windows import MODES, SampleConfig, sample_hybrid, sample_windows
+from analysis.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_EVAL_FRACTION", "DOMAINS", "MODES", "SPLITS", "Corpus", "DomainInfo", "SampleConfig", "TokenSet",
-    "apportion", "hub_offline_env", "hub_reachable", "list_domains", "load_corpus", "load_hub_dataset",
-    "load_text_bytes", "load_text_file", "load_token_file", "parse_domain_weights", "preview", "sample_hybrid",
-    "sample_windows", "token_stream", "tokenizer_adds_bos",
-]
+_LAZY = {
+    "Corpus": "corpus", "DEFAULT_EVAL_FRACTION": "corpus", "SPLITS": "corpus", "DOMAINS": "domains",
+    "DomainInfo": "domains", "apportion": "domains", "list_domains": "domains", "load_corpus": "domains",
+    "parse_domain_weights": "domains", "load_text_bytes": "files", "load_text_file": "files",
+    "load_token_file": "files", "hub_offline_env": "hub", "hub_reachable": "hub", "load_hub_dataset": "hub",
+    "token_stream": "streams", "tokenizer_adds_bos": "streams", "TokenSet": "tokens", "preview": "tokens",
+    "MODES": "windows", "SampleConfig": "windows", "sample_hybrid": "windows", "sample_windows": "windows",
+}
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_exports(__name__, _LAZY)

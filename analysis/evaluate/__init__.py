@@ -6,6 +6,7 @@ numerics live in :mod:`analysis.models.forward` and :mod:`analysis.models.prefix
 
 The face below is lazy: importing one module of the package does not import the others.
 """
+from analysis.lazy import lazy_exports
 
 _LAZY = {
     "kv_cache_report": "cost", "latency": "cost", "machine_load": "cost", "overlapping": "cost",
@@ -17,10 +18,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)

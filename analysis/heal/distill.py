@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from analysis.models.plan import Plan
 from analysis.models.surgery import prune_copy
-from analysis.heal.registry import Healed, HealError, HealMethod, register_heal, should_stop
+from analysis.heal.registry import Healed, HealError, should_stop
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -121,15 +121,3 @@ def heal_distill(lm, plan: Plan, tokens: Tensor, progress=None, stop=None, steps
               "losses": [round(x, 5) for x in losses], "lora_targets": targets,
               "trainable_params": sum(p.numel() for p in trainable)}
     return Healed("distill", plan, merged, settings, report)
-
-
-register_heal(HealMethod(
-    "distill", "KL distillation (LoRA)",
-    "A short distillation from the original (teacher) to the pruned model (student): LoRA adapters on the "
-    "attention and MLP projections minimise KL(teacher ‖ student) on calibration windows, then are merged "
-    "back into the weights (plain checkpoint, same architecture).",
-    needs="calibration tokens; `steps` forward+backward passes of the student and forwards of the teacher",
-    changes="every kept attention and MLP projection (low-rank update merged into the weights)",
-    fn=heal_distill, params={"steps": 50, "rank": 8, "lr": 5e-4, "batch_size": 2, "temperature": 1.0,
-                             "init": "none", "seed": 0},
-    reference="LoRA (Hu et al. 2021) + logit distillation as in LLM-Streamline / Minitron"))

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from analysis.models.adapters import get_path, spec_for
 from analysis.models.plan import Plan
 from analysis.models.surgery import _shallow, pruned_view
-from analysis.heal.registry import Healed, HealError, HealMethod, register_heal, should_stop
+from analysis.heal.registry import Healed, HealError, should_stop
 
 O_PROJ = "o_proj"
 
@@ -254,14 +254,3 @@ def heal_linear(lm, plan: Plan, tokens: Tensor, progress=None, stop=None, ridge:
               "not_applied": skipped, "stopped": used < tokens.shape[0],
               "accumulator_bytes": sum(e.nbytes for e in eqs.values())}
     return Healed("linear", plan, view, settings, report)
-
-
-register_heal(HealMethod(
-    "linear", "Linear replacement (ReplaceMe)",
-    "Each run of removed blocks is replaced by one linear map, fitted by least squares (ridge towards the "
-    "identity) on the original model's calibration activations and folded into the projection before "
-    "the gap: no new parameters, training-free.",
-    needs="calibration tokens; one forward pass of the original model up to the deepest gap",
-    changes="down_proj of the layer before each removed run (o_proj of the same layer for an MLP-only drop)",
-    fn=heal_linear, params={"ridge": 1e-4, "batch_size": 4, "skip_first_token": False},
-    reference="Shopkhoev et al. 2025, ReplaceMe, arXiv 2505.02819"))

@@ -114,3 +114,22 @@ def _none(lm, plan, tokens, progress=None, stop=None, **_) -> Healed:
 register_heal(HealMethod(
     "none", "No healing", "The pruned model as it is.", needs="nothing", changes="nothing", fn=_none,
     needs_data=False))
+register_heal(HealMethod(
+    "linear", "Linear replacement (ReplaceMe)",
+    "Each run of removed blocks is replaced by one linear map, fitted by least squares (ridge towards the "
+    "identity) on the original model's calibration activations and folded into the projection before "
+    "the gap: no new parameters, training-free.",
+    needs="calibration tokens; one forward pass of the original model up to the deepest gap",
+    changes="down_proj of the layer before each removed run (o_proj of the same layer for an MLP-only drop)",
+    fn="analysis.heal.linear:heal_linear", params={"ridge": 1e-4, "batch_size": 4, "skip_first_token": False},
+    reference="Shopkhoev et al. 2025, ReplaceMe, arXiv 2505.02819"))
+register_heal(HealMethod(
+    "distill", "KL distillation (LoRA)",
+    "A short distillation from the original (teacher) to the pruned model (student): LoRA adapters on the "
+    "attention and MLP projections minimise KL(teacher ‖ student) on calibration windows, then are merged "
+    "back into the weights (plain checkpoint, same architecture).",
+    needs="calibration tokens; `steps` forward+backward passes of the student and forwards of the teacher",
+    changes="every kept attention and MLP projection (low-rank update merged into the weights)",
+    fn="analysis.heal.distill:heal_distill", params={"steps": 50, "rank": 8, "lr": 5e-4, "batch_size": 2, "temperature": 1.0,
+                             "init": "none", "seed": 0},
+    reference="LoRA (Hu et al. 2021) + logit distillation as in LLM-Streamline / Minitron"))

@@ -8,6 +8,7 @@ Layers inside the package (a module imports only modules to its left)::
 The face below is lazy (``from analysis.models import load_model`` imports only what it needs), so importing
 a light module such as :mod:`analysis.models.plan` never pulls in torch through this package.
 """
+from analysis.lazy import lazy_exports
 
 _LAZY = {
     "LoadedModel": "loading", "load_model": "loading", "load_pruned": "loading", "wrap_model": "loading",
@@ -23,10 +24,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -9,6 +9,7 @@ is :mod:`analysis.evaluate.groundtruth`. Nothing here imports torch.
 The names below are re-exported lazily (imported on first access), so ``import analysis.score.criteria``
 does not load the whole package; inside ``analysis/`` import from the defining module.
 """
+from analysis.lazy import lazy_exports
 
 _LAZY = {
     "AnalysisResult": "result", "GRANULARITIES": "result",
@@ -23,10 +24,4 @@ _LAZY = {
     "agreement_matrix": "agreement",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,1 +1,16 @@
-"""Files we own: safe writes, JSON schemas, provenance checks."""
+"""Files we own: safe writes (:mod:`.outdir`: ownership markers, temporary folder then rename, under a file
+lock), the run and plan JSON schemas (:mod:`.schemas`, pydantic), provenance checks (:mod:`.provenance`:
+a plan or run made for another model is refused), and JSON cleaning / version info (:mod:`.jsonio`).
+The face is lazy (see :mod:`analysis.lazy`); inside ``analysis/`` import from the defining module.
+"""
+from analysis.lazy import lazy_exports
+
+_LAZY = {
+    "check_out_dir": "outdir", "check_out_file": "outdir", "atomic_dir": "outdir", "write_text_atomic": "outdir",
+    "validate_run": "schemas", "validate_plan": "schemas", "read_json": "schemas",
+    "check_recorded_model": "provenance", "recorded_model": "provenance",
+    "clean_json": "jsonio", "library_versions": "jsonio",
+}
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_exports(__name__, _LAZY)

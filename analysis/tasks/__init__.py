@@ -7,6 +7,11 @@
 * :mod:`.scoring` — per-example scoring of the generative tasks (exact match; sandboxed pass@1).
 * ``configs/`` — the lm-eval task YAML files (``TaskManager(include_path=...)``).
 """
-from analysis.tasks.runner import (CODE_TASKS, CODE_WARNING, CONFIG_DIR, LOCAL_TASKS, TaskConfig, check_tasks,  # noqa: F401
-                     evaluate_checkpoint_hf, evaluate_tasks, flat_columns, hub_offline_reason, parse_tasks,
-                     task_manager)
+from analysis.lazy import lazy_exports
+
+_LAZY = {name: "runner" for name in (
+    "CODE_TASKS", "CODE_WARNING", "CONFIG_DIR", "LOCAL_TASKS", "TaskConfig", "check_tasks", "evaluate_checkpoint_hf",
+    "evaluate_tasks", "flat_columns", "hub_offline_reason", "parse_tasks", "task_manager")}
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_exports(__name__, _LAZY)
