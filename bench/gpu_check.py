@@ -182,7 +182,7 @@ def main() -> None:
 
     # 5. the test suite on this machine
     if not args.no_tests:
-        tests = ["tests/test_plan.py"] if dry else ["-m", "not browser and not slow"]
+        tests = ["tests/models/test_plan.py"] if dry else ["-m", "not browser and not slow"]
         rc, out = run_step("tests", [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
                            max(budget.left() - 5, 0), budget)
         last = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]

@@ -5,13 +5,14 @@ import argparse
 import sys
 
 from analysis.data.windows import SampleConfig
+from analysis.models.embedded import EMBEDDED
 from analysis.settings import add_arguments, from_args
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="smollm2",
-                   help="embedded name (smollm2, gemma3-270m, qwen2.5-coder-0.5b), hub id, directory or .gguf")
+                   help=f"embedded name ({', '.join(EMBEDDED)}), hub id, directory or .gguf")
     g.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto = bf16 where the hardware runs it natively (GPU, AVX512-BF16/AMX CPU), else fp32")

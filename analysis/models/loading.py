@@ -54,6 +54,7 @@ class LoadedModel:
             "model_type": cfg.model_type, "architecture": (getattr(cfg, "architectures", None) or [None])[0],
             "num_layers": self.num_layers, "hidden_size": int(cfg.hidden_size),
             "params": count_params(self.model), "device": str(self.device), "dtype": dtype_name(self.dtype),
+            **({"device_map": self.info["device_map"]} if "device_map" in self.info else {}),
         }
 
 
@@ -220,9 +221,17 @@ def load_model(
         tok.pad_token = tok.eos_token
     if progress:
         progress(1.0, f"Loaded {spec}")
-    return LoadedModel(model=model, tokenizer=tok, adapter=adapter, name=spec, source=kind,
-                       fingerprint=fingerprint, device=dev, dtype=dt,
-                       load_seconds=time.perf_counter() - t0, from_cache=from_cache)
+    lm = LoadedModel(model=model, tokenizer=tok, adapter=adapter, name=spec, source=kind,
+                     fingerprint=fingerprint, device=dev, dtype=dt,
+                     load_seconds=time.perf_counter() - t0, from_cache=from_cache)
+    if device_map is not None:      # recorded in every run manifest: where the modules went
+        placed = getattr(model, "hf_device_map", None) or {}
+        lm.info["device_map"] = {
+            "requested": device_map if isinstance(device_map, str) else "custom",
+            "max_memory": {str(k): v for k, v in (max_memory or {}).items()} or None,   # bytes or "10GiB"
+            "modules_per_device": {str(d): sum(1 for v in placed.values() if str(v) == str(d))
+                                   for d in dict.fromkeys(str(v) for v in placed.values())}}
+    return lm
 
 
 def _load_channel_pruned(load_dir: Path, meta: dict, device: str, dtype: str | torch.dtype) -> LoadedModel:

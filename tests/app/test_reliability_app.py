@@ -200,7 +200,7 @@ def test_app_serves_on_localhost_unless_shared_explicitly():
     import tomllib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1"
     make = (root / "Makefile").read_text()

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "pages" / "7_Channels.py")
 TINY = {"spec": "tiny-llama", "device": "cpu", "dtype": "fp32", "trust_remote_code": False}
 

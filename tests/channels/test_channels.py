@@ -162,7 +162,7 @@ def test_save_reload_non_uniform_needs_the_library_loader(tmp_path):
     assert len(set(res.report["final"]["widths"])) > 1
     out = CH.save_channel_pruned(res.model, tmp_path / "m", report=res.report, tokenizer=lm.tokenizer)
     assert json.loads((out / CH.CHANNELS_FILE).read_text())["loader"] == "entroscope"
-    with pytest.raises(Exception):                           # fails loudly, never loads wrong shapes silently
+    with pytest.raises(RuntimeError, match="mismatched"):    # fails loudly, never loads wrong shapes silently
         AutoModelForCausalLM.from_pretrained(out)
     lm2 = CH.load_channel_pruned(out, device="cpu")
     assert CH.mlp_widths(lm2.model) == res.report["final"]["widths"]

@@ -55,6 +55,10 @@ def test_max_memory_forces_disk_offload_and_the_analysis_is_unchanged(tiny_dir, 
         load_model(str(tiny_dir), max_memory="cpu=1KB", offload_folder=str(tmp_path / "off2"))
     got = analyze(lm, ids, AnalysisConfig(estimator="bucket"))
     np.testing.assert_allclose(got.delta_h(), ref.delta_h(), rtol=1e-5, atol=1e-4)
+    placed = got.manifest["model"]["device_map"]          # the run records where the modules went
+    assert placed["requested"] == "auto" and placed["max_memory"] == {"cpu": 300_000}
+    assert placed["modules_per_device"]["disk"] == sum(v == "disk" for v in dm.values())
+    assert "device_map" not in ref.manifest["model"]
     from analysis.evaluate import perplexity
 
     p_ref = perplexity(load_model(str(tiny_dir), device="cpu"), ids)["perplexity"]

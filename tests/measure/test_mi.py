@@ -254,7 +254,7 @@ def test_select_cli_with_mi_prun(mi_run, tmp_path):
 def test_import_order_registers_everything():
     """Any score / MI module imported before analysis.score.criteria (run-first is the in-process case): every
     criterion is registered, and no analysis.score module (nor the MI estimators) imports torch."""
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
     check = "import analysis.score.criteria as c; assert 'mi-prun' in c.CRITERIA and 'delta-ppl' in c.CRITERIA"
     for mod in ("analysis.score.blocksearch", "analysis.score.miprun", "analysis.score.agreement",
                 "analysis.score.baselines", "analysis.measure.mi", "analysis.measure.mi_states"):

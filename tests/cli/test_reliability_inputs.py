@@ -250,7 +250,7 @@ def test_broken_pipe_ends_quietly(tmp_path, run_json):
 
     cmd = f"{sys.executable} -m analysis select --run {run_json} --k 1 | head -c 3"
     p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
-                       cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+                       cwd=str(__import__("pathlib").Path(__file__).parents[2]))
     assert p.stdout == "{\n " and p.stderr == "", p.stderr
     assert p.returncode in (0, 141)
 

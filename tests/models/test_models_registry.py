@@ -10,7 +10,7 @@ from analysis.errors import ModelLoadError
 from analysis.models.embedded import EMBEDDED, _PARTS, is_installed
 from analysis.models.loading import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_four_models_with_pinned_sha256_and_layers():
