@@ -51,10 +51,7 @@ def heal_distill(lm, plan: Plan, tokens: Tensor, progress=None, stop=None, steps
                  lr: float = 5e-4, batch_size: int = 2, temperature: float = 1.0, init: str = "none",
                  seed: int = 0) -> Healed:
     """LoRA KL distillation of the pruned model towards the original; adapters merged at the end."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:  # pragma: no cover - pinned dependency
-        raise HealError("distillation needs the `peft` package", hint="pip install peft") from None
+    from peft import LoraConfig, get_peft_model
     for name, v, lo in (("steps", steps, 1), ("rank", rank, 1), ("batch_size", batch_size, 1)):
         if not isinstance(v, int) or v < lo:
             raise HealError(f"distill {name} must be an integer >= {lo}, got {v!r}")

