@@ -124,15 +124,20 @@ def test_log_is_json_safe_and_complete():
     assert {"window", "coarse", "exact", "incumbent"} <= set(cand)
 
 
-def test_miprun_select_from_matrix():
-    L = 8
-    rng = np.random.default_rng(0)
+def _mi_run(L: int, seed: int, noise: float, protected: list[int]) -> SimpleNamespace:
+    """A run stand-in whose boundary MI matrix decays with distance (DPI-like) plus noise."""
+    rng = np.random.default_rng(seed)
     m = np.full((L + 1, L + 1), np.nan)
     for i in range(L + 1):
         for j in range(i + 1, L + 1):
-            m[i, j] = m[j, i] = 2.0 / (1 + (j - i)) + 0.1 * rng.random()
-    r = SimpleNamespace(extras={"mi": {"matrix": m.tolist(), "estimator": "renyi", "params": {}}},
-                        protected=[0, 1, L - 1], manifest={}, num_layers=L)
+            m[i, j] = m[j, i] = 2.0 / (1 + (j - i)) + noise * rng.random()
+    return SimpleNamespace(extras={"mi": {"matrix": m.tolist(), "estimator": "renyi", "params": {}}},
+                           protected=protected, manifest={}, num_layers=L)
+
+
+def test_miprun_select_from_matrix():
+    L = 8
+    r = _mi_run(L, seed=0, noise=0.1, protected=[0, 1, L - 1])
     plan = miprun_select(r, 3, method="both")
     json.dumps(plan)
     assert len(plan["drop_layers"]) == 3 and not {0, 1, 7} & set(plan["drop_layers"])
@@ -290,13 +295,7 @@ def test_gap_report_never_negative_with_optimal_true():
     g = selection_gap(-5.0, -4.0)
     assert g["absolute"] < 0 and not g["optimal"] and g["below_reference"]
     L = 9
-    rng = np.random.default_rng(5)
-    m = np.full((L + 1, L + 1), np.nan)
-    for i in range(L + 1):
-        for j in range(i + 1, L + 1):
-            m[i, j] = m[j, i] = 2.0 / (1 + (j - i)) + 0.3 * rng.random()
-    r = SimpleNamespace(extras={"mi": {"matrix": m.tolist(), "estimator": "renyi", "params": {}}},
-                        protected=[0, L - 1], manifest={}, num_layers=L)
+    r = _mi_run(L, seed=5, noise=0.3, protected=[0, L - 1])
     for rep in (False, True):
         for refine in (False, True):
             src = miprun_select(r, 4, method="both", repartition=rep, refine=refine)["source"]
