@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from analysis.registry import is_lazy_ref
+from analysis.registry import resolve as resolve_ref
 
 SEED_MAX = 2**32 - 1          # numpy's SeedSequence / legacy seeding range; torch accepts it too
 
@@ -119,10 +121,7 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, factory: Callable 
 
 def resolve(ref):
     """A lazy ``"module:attr"`` reference → the object (anything else is returned as is)."""
-    if isinstance(ref, str) and ":" in ref:
-        mod, _, attr = ref.partition(":")
-        return getattr(importlib.import_module(mod), attr)
-    return ref
+    return resolve_ref(ref) if is_lazy_ref(ref) else ref
 
 
 @dataclass(frozen=True)
