@@ -15,7 +15,7 @@ PKG = ROOT / "analysis"
 #: Layers, lowest first. A module may import its own layer and the layers below, never one above.
 LAYERS = [
     {"errors", "registry", "indices", "lazy"},
-    {"settings", "store"},          # settings reads lazy references through registry
+    {"settings", "store"},
     {"models"},
     {"data"},
     {"measure"},
