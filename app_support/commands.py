@@ -111,6 +111,14 @@ def eval_argv(model: dict, plan_file: str, data: str, settings: dict, out: str =
     return argv + ["--out", out]
 
 
+def channels_argv(model: dict, cfg, latency: bool = False, out_dir: str = "channel-pruned") -> list[str]:
+    """``channels`` for the Channels page: the recipe flags are :func:`analysis.settings.to_argv` of the very
+    ChannelConfig the page ran."""
+    from analysis.settings import to_argv
+
+    return ["channels", *model_args(model), *to_argv(cfg), *(["--latency"] if latency else []), "--out", out_dir]
+
+
 def prune_argv(model: dict, plan_file: str, out_dir: str) -> list[str]:
     return ["prune", *model_args(model), "--plan", plan_file, "--out", out_dir]
 

@@ -83,6 +83,11 @@ need(lm is not None, "The model could not be loaded.", "data", "Go to Model & da
 
 import analysis.channels as CH  # noqa: E402
 from analysis.data import DOMAINS  # noqa: E402
+from analysis.settings import defaults  # noqa: E402
+from app_support.commands import channels_argv, shell  # noqa: E402
+
+D = defaults(CH.ChannelConfig)     # the recipe's defaults, the same as the CLI's
+EVAL_TOKENS = 2048                 # the page's smaller held-out budget (the CLI's default is D["eval_tokens"])
 
 widths0 = CH.mlp_widths(lm.model)
 groups0 = CH.kv_groups(lm.model)
@@ -91,7 +96,7 @@ st.caption(f"Model **{lm.name}**: {lm.num_layers} layers, MLP width {min(widths0
 
 with guarded("Settings"):
     st.subheader("Hybrid calibration set")
-    doms = st.multiselect("Domains", list(DOMAINS), key=state.wkey("ch.domains", ["wiki", "code", "news"]),
+    doms = st.multiselect("Domains", list(DOMAINS), key=state.wkey("ch.domains", list(D["domains"])),
                           format_func=lambda d: f"{d} — {DOMAINS[d].title}",
                           help="Built-in offline domains; windows are split across them in proportion to the weights "
                                "(exact counts).")
@@ -100,35 +105,35 @@ with guarded("Settings"):
         wc = st.columns(len(doms))
         for col, d in zip(wc, doms):
             weights[d] = col.number_input(f"weight {d}", min_value=0.0, max_value=100.0, step=0.5,
-                                          key=state.wkey(f"ch.w.{d}", 1.0))
+                                          key=state.wkey(f"ch.w.{d}", float(D["domains"].get(d, 1.0))))
     c1, c2, c3 = st.columns(3)
-    n_samples = c1.number_input("Calibration windows (total)", 1, 4096, step=8, key=state.wkey("ch.samples", 64))
-    seq_len = c2.number_input("Tokens per window", 8, 4096, step=32, key=state.wkey("ch.seq_len", 256))
-    seed = c3.number_input("Seed", 0, 2**31 - 1, key=state.wkey("ch.seed", 2024))
+    n_samples = c1.number_input("Calibration windows (total)", 1, 4096, step=8, key=state.wkey("ch.samples", D["n_samples"]))
+    seq_len = c2.number_input("Tokens per window", 8, 4096, step=32, key=state.wkey("ch.seq_len", D["seq_len"]))
+    seed = c3.number_input("Seed", 0, 2**31 - 1, key=state.wkey("ch.seed", D["seed"]))
 
     st.subheader("Pruning")
     p1, p2, p3, p4 = st.columns(4)
-    ratio = p1.slider("Ratio r (MLP channels removed)", 0.0, 0.9, step=0.05, key=state.wkey("ch.ratio", 0.25))
-    steps = p2.number_input("Steps T (1 = one-shot)", 1, 32, key=state.wkey("ch.steps", 4),
+    ratio = p1.slider("Ratio r (MLP channels removed)", 0.0, 0.9, step=0.05, key=state.wkey("ch.ratio", D["ratio"]))
+    steps = p2.number_input("Steps T (1 = one-shot)", 1, 32, key=state.wkey("ch.steps", D["steps"]),
                             help="Cumulative removal after step t: round(t·r/T · original); re-calibrated each step.")
-    method = p3.selectbox("Score", list(CH.METHODS), key=state.wkey("ch.method", "act_weight"),
+    method = p3.selectbox("Score", list(CH.METHODS), key=state.wkey("ch.method", D["method"]),
                           help="; ".join(f"{k}: {v}" for k, v in CH.METHODS.items()))
-    agg = p4.selectbox("Domain aggregation", list(CH.DOMAIN_AGGS), key=state.wkey("ch.agg", "pooled"),
+    agg = p4.selectbox("Domain aggregation", list(CH.DOMAIN_AGGS), key=state.wkey("ch.agg", D["domain_agg"]),
                        help="; ".join(f"{k}: {v}" for k, v in CH.DOMAIN_AGGS.items()))
     q1, q2, q3, q4 = st.columns(4)
     allocation = q1.radio("Allocation", list(CH.ALLOCATIONS), horizontal=True,
-                          key=state.wkey("ch.allocation", "uniform"),
+                          key=state.wkey("ch.allocation", D["allocation"]),
                           help="; ".join(f"{k}: {v}" for k, v in CH.ALLOCATIONS.items()))
-    min_keep = q2.slider("Per-layer floor (global)", 0.0, 1.0, step=0.05, key=state.wkey("ch.floor", 0.1),
+    min_keep = q2.slider("Per-layer floor (global)", 0.0, 1.0, step=0.05, key=state.wkey("ch.floor", D["min_keep_frac"]),
                          disabled=allocation != "global")
     mult_opts = [1, 8, 16, 32, 64, 128, 256]
-    multiple_of = q3.selectbox("Round widths to a multiple of", mult_opts, key=state.wkey("ch.multiple", 64),
+    multiple_of = q3.selectbox("Round widths to a multiple of", mult_opts, key=state.wkey("ch.multiple", D["multiple_of"]),
                                help="Efficient kernels; kept widths are at least this multiple.")
-    bias = q4.checkbox("Bias compensation (FLAP)", key=state.wkey("ch.bias", False),
+    bias = q4.checkbox("Bias compensation (FLAP)", key=state.wkey("ch.bias", D["bias_compensation"]),
                        help="Adds W_down[:, pruned] · E[a_pruned] as a down_proj bias.")
     if min(groups0) > 1:
         head_ratio = st.slider("Also remove this fraction of KV groups per layer (0 = off)", 0.0, 0.9, step=0.05,
-                               key=state.wkey("ch.head_ratio", 0.0),
+                               key=state.wkey("ch.head_ratio", D["head_ratio"]),
                                help="Whole KV groups with their query heads; same number in every layer.")
     else:
         head_ratio = 0.0
@@ -137,8 +142,8 @@ with guarded("Settings"):
     with st.expander("Evaluation"):
         e1, e2, e3 = st.columns(3)
         eval_tokens = e1.number_input("Held-out tokens per domain", 16, 1_000_000, step=256,
-                                      key=state.wkey("ch.eval_tokens", 2048))
-        eval_window = e2.number_input("Perplexity window", 8, 8192, step=64, key=state.wkey("ch.eval_window", 512))
+                                      key=state.wkey("ch.eval_tokens", EVAL_TOKENS))
+        eval_window = e2.number_input("Perplexity window", 8, 8192, step=64, key=state.wkey("ch.eval_window", D["eval_window"]))
         do_latency = e3.checkbox("Measure latency (prefill / decode)", key=state.wkey("ch.latency", False))
     state.sync("ch.domains", *[f"ch.w.{d}" for d in doms], "ch.samples", "ch.seq_len", "ch.seed", "ch.ratio",
                "ch.steps", "ch.method", "ch.agg", "ch.allocation", "ch.floor", "ch.multiple", "ch.bias",
@@ -158,7 +163,8 @@ if st.button("Run channel pruning", icon=":material/content_cut:", type="primary
             bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
 
         run = CH.run_channels(lm, cfg, latency=bool(do_latency), progress=_progress)
-        s[RESULT_KEY] = {"report": run.report, "pruned": run.pruned, "model_fp": lm.fingerprint, "saved": None}
+        s[RESULT_KEY] = {"report": run.report, "pruned": run.pruned, "model_fp": lm.fingerprint, "saved": None,
+                         "command": shell(channels_argv(s["es.model"], cfg, latency=bool(do_latency)))}
     except Exception as exc:  # noqa: BLE001 - one line, no traceback
         show_error(exc, "Channel pruning failed")
 
@@ -179,6 +185,9 @@ if res is not None:
         m3.metric("Non-embedding parameters", _fmt_m(fin["params"]["non_embedding"]),
                   f"-{fin['non_embedding_removed_fraction']:.1%}", delta_color="off")
         m4.metric("Steps done", f"{rep['steps_done']}/{rep['config']['steps']}")
+        if res.get("command"):
+            st.caption("The same recipe on the command line:")
+            st.code(res["command"], language="bash")
         if not rep.get("completed", True):
             st.warning("Stopped early: the result holds the last completed step.")
         chart(kept_figure(rep), "Kept MLP channels per layer (blue) against the original width (grey); "

@@ -60,6 +60,17 @@ def test_run_show_results_and_save(app, tmp_path, monkeypatch):
     rep = res["report"]
     assert rep["final"]["widths"] == [64] * 8 and rep["manifest"]["samples_per_domain"] == {"wiki": 2, "code": 2}
     assert [m.label for m in at.metric][:1] == ["MLP channels removed"]
+    # the page's reproduce command is the CLI for the very config it ran
+    import shlex
+
+    import analysis.channels as CH
+    from analysis.cli.main import build_parser
+    from analysis.settings import from_args
+
+    argv = shlex.split(res["command"])[3:]                        # after "python -m analysis"
+    assert argv[0] == "channels" and any(c.value == res["command"] for c in at.code)
+    assert from_args(CH.ChannelConfig, build_parser().parse_args(argv)).validated() == \
+        CH.ChannelConfig(**{**rep["config"], "domains": {"wiki": 1.0, "code": 1.0}}).validated()
     frames = [df.value for df in at.dataframe]
     ppl = next(f for f in frames if "domain" in f.columns)
     assert list(ppl["domain"]) == ["wiki", "code"] and (ppl["after"] > 1).all()
