@@ -77,3 +77,10 @@ def tiny_loaded(arch: str = "llama", layers: int = 4, hidden: int = 64, seed: in
 def random_tokens(n: int = 4, t: int = 32, seed: int = 0) -> torch.LongTensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, t), generator=g)
+
+
+def save_tiny_checkpoint(path, arch: str = "llama", layers: int = 4):
+    """A tiny random model and its tokenizer saved as a local checkpoint directory (``path``, returned)."""
+    tiny_model(arch, layers=layers).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

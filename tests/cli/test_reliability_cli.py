@@ -7,15 +7,12 @@ import pytest
 import torch
 
 from analysis.cli.main import main
-from analysis.testing import tiny_model, tiny_tokenizer
+from analysis.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-rel")
-    tiny_model("llama", layers=4).save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return str(d)
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-rel"), layers=4))
 
 
 @pytest.fixture(scope="module")

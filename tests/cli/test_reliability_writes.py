@@ -14,16 +14,13 @@ from analysis.errors import SaveError
 from analysis.store.outdir import OWNER_MARKER, atomic_dir, check_out_dir, check_out_file
 from analysis.models.plan import Plan
 from analysis.models.surgery import save_pruned
-from analysis.testing import tiny_model, tiny_tokenizer
+from analysis.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
 from test_reliability_cli import expect, run_cli
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-w")
-    tiny_model("llama", layers=4).save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return str(d)
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-w"), layers=4))
 
 
 def _race(out: Path, overwrite: bool, n: int = 2):

@@ -8,15 +8,12 @@ from analysis.models.adapters import adapter_for
 from analysis.errors import ModelLoadError, UnsupportedArchitectureError
 from analysis.models.device import resolve_device
 from analysis.models.loading import count_params, describe, load_model, weights_hash
-from analysis.testing import tiny_model, tiny_tokenizer
+from analysis.testing import save_tiny_checkpoint, tiny_model
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    tiny_model("llama", layers=2).save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), layers=2)
 
 
 def test_load_local_directory(tiny_dir):

@@ -4,15 +4,12 @@ import pytest
 
 from analysis.models.loading import load_model
 from analysis.run import AnalysisConfig, analyze
-from analysis.testing import random_tokens, tiny_model, tiny_tokenizer
+from analysis.testing import random_tokens, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-offload")
-    tiny_model("llama", layers=4).save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-offload"), layers=4)
 
 
 def test_disk_offloaded_layers_give_identical_analysis(tiny_dir, tmp_path, monkeypatch):
