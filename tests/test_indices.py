@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.cli.main import int_list
+from analysis.cli.argtypes import int_list
 from analysis.indices import MAX_INDICES, IndexListError, parse_indices
 
 small_sets = st.lists(st.integers(0, 2000), min_size=1, max_size=60, unique=True)

@@ -80,12 +80,3 @@ def _silence_stdout() -> None:
     except (OSError, ValueError, AttributeError):
         pass
 
-
-def int_list(text: str) -> list[int]:
-    """``"20,21"`` or ``"3-5,9"`` → [20, 21] / [3, 4, 5, 9] (0-based indices); see :mod:`analysis.indices`."""
-    from analysis.indices import IndexListError, parse_indices
-
-    try:
-        return parse_indices(text)
-    except IndexListError as exc:
-        raise argparse.ArgumentTypeError(f"{exc} (expected 0-based indices like 3,5,7 or 3-5)") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from analysis.cli.main import int_list
+from analysis.cli.argtypes import int_list
 from analysis.settings import positive_int
 from analysis.cli.common import add_data_args, add_model_args, load_lm, stderr_progress, tokens_from_args
 from analysis.indices import GRANULARITIES

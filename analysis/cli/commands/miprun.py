@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.main import int_list
+from analysis.cli.argtypes import int_list
 from analysis.settings import bounded_int, positive_int
 
 

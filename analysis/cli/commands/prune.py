@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from analysis.cli.main import int_list
+from analysis.cli.argtypes import int_list
 from analysis.cli.healargs import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 

@@ -6,7 +6,7 @@ import json
 
 from analysis.cli.argtypes import block_window
 from analysis.settings import seed_int
-from analysis.cli.main import int_list
+from analysis.cli.argtypes import int_list
 from analysis.indices import GRANULARITIES
 
 

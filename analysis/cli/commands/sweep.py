@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from analysis.settings import seed_int
-from analysis.cli.main import int_list
+from analysis.cli.argtypes import int_list
 from analysis.cli.healargs import add_heal_args
 from analysis.cli.common import add_model_args, load_lm, stderr_progress
 from analysis.cli.commands.eval import add_eval_data_args, eval_config, eval_corpus
