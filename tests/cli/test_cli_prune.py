@@ -44,7 +44,7 @@ def test_prune_layers_gives_standard_checkpoint(ckpt, tmp_path, capsys):
     assert main(["prune", "--model", str(ckpt / "model"), "--drop-layers", "2,3", "--out", str(out), "--quiet",
                  "--dtype", "fp32", "--mergekit", str(tmp_path / "m.yaml")]) == 0   # exact: fp32 on any CPU
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["layers"] == 4 and summary["llama_cpp_prune_layers"] == "2,3"
+    assert summary["layers"] == 4 and summary["size"]["params_entroscope_loader"] == summary["params"]
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     base = load_model(str(ckpt / "model"), device="cpu")
     assert torch.equal(_logits(reloaded), _logits(pruned_view(base.model, Plan(drop_layers=[2, 3]))))
@@ -115,8 +115,6 @@ def _one_error_line(capsys) -> str:
     (["prune", "--model", "{m}", "--plan", "{tmp}/missing.json", "--out", "{tmp}/o"], "Plan file not found"),
     (["prune", "--model", "{m}", "--plan", "{tmp}/p.json", "--drop-layers", "1", "--out", "{tmp}/o"],
      "either a plan file"),
-    (["prune", "--model", "{m}", "--drop-attn", "1", "--mergekit", "{tmp}/m.yaml", "--out", "{tmp}/o"],
-     "whole layers"),
     (["eval", "--model", "{m}", "--drop-layers", "0-5", "--out", "{tmp}/e.json"], "drops all 6 layers"),
     (["eval", "--model", "{m}", "--text", "{tmp}/missing.txt", "--out", "{tmp}/e.json"], "file not found"),
     (["eval", "--model", "{m}", "--window", "64", "--stride", "100", "--text", "{doc}", "--out", "{tmp}/e.json"],

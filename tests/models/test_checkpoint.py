@@ -174,11 +174,10 @@ def test_mergekit_yaml_names_the_real_source_and_dtype(local_lm, tmp_path):
 
 
 def test_llama_cpp_command(local_lm):
-    cmd = llama_cpp_command(Plan(drop_layers=[4, 2]), local_lm)
-    assert "convert_hf_to_gguf.py" in cmd and "llama-quantize --prune-layers 2,4 model-f32.gguf pruned.gguf COPY" in cmd
-    assert model_source(local_lm)[0] in cmd
-    with pytest.raises(SelectionError, match="whole layers"):
-        llama_cpp_command(Plan(drop_mlp=[1]), local_lm)
+    cmd = llama_cpp_command(Plan(drop_layers=[4, 2]), local_lm)   # a safetensors model: convert the checkpoint
+    assert "'<your-llama.cpp>/convert_hf_to_gguf.py' '<pruned-checkpoint>' --outtype f32" in cmd
+    assert model_source(local_lm)[0] not in cmd                     # no local paths in printed commands
+    assert "convert_hf_to_gguf.py" in llama_cpp_command(Plan(drop_mlp=[1]), local_lm)   # zeroed: exact in GGUF too
 
 
 def test_cli_prune_records_drops_and_writes_runnable_exports(local_lm, tmp_path, capsys):
@@ -186,7 +185,8 @@ def test_cli_prune_records_drops_and_writes_runnable_exports(local_lm, tmp_path,
     out = tmp_path / "sub"
     assert main(["prune", "--model", src, "--drop-attn", "1", "--drop-mlp", "4", "--out", str(out), "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["zeroed_subblocks"] == {"1": ["attn"], "4": ["mlp"]} and "llama_cpp_command" not in summary
+    assert summary["zeroed_subblocks"] == {"1": ["attn"], "4": ["mlp"]} and "command" not in summary["llama_cpp"]
+    assert str(out) in summary["llama_cpp"]["convert"]
     manifest = json.loads((out / "entroscope-manifest.json").read_text())
     assert manifest["results"]["checkpoint"]["zeroed_subblocks"] == {"1": ["attn"], "4": ["mlp"]}
     plain_load(out)
@@ -194,9 +194,11 @@ def test_cli_prune_records_drops_and_writes_runnable_exports(local_lm, tmp_path,
     assert main(["prune", "--model", src, "--drop-layers", "2,3", "--out", str(tmp_path / "w"), "--quiet", "--dtype", "fp32",
                  "--mergekit", str(yml)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["llama_cpp_prune_layers"] == "2,3" and "--prune-layers 2,3" in summary["llama_cpp_command"]
+    assert "prune_layers" not in summary["llama_cpp"] and "convert_hf_to_gguf.py" in summary["llama_cpp"]["convert"]
     doc = check_passthrough_schema(yml.read_text(), 6, [2, 3])
-    assert doc["slices"][0]["sources"][0]["model"] == model_source(local_lm)[0] and doc["dtype"] == "float32"
+    folder = tmp_path / "m-mergekit-source"        # qwen2 has layer_types: mergekit reads the pruned config
+    assert doc["slices"][0]["sources"][0]["model"] == str(folder.resolve()) and doc["dtype"] == "float32"
+    assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 4
 
 
 # ---- the real embedded model ------------------------------------------------------------------------------------
@@ -226,5 +228,4 @@ def test_smollm2_exports_point_at_the_cached_checkpoint(smollm2):
     assert (src / "config.json").is_file() and (src / "model.safetensors").is_file()
     assert doc["dtype"] == {torch.float32: "float32", torch.bfloat16: "bfloat16"}[smollm2.dtype]
     cmd = llama_cpp_command(Plan(drop_layers=[20, 21]), smollm2)
-    assert cmd.startswith("llama-quantize --prune-layers 20,21 ") and cmd.endswith(" pruned.gguf COPY")
-    assert ".gguf" in cmd.split()[3]
+    assert cmd == "llama-quantize --prune-layers 20,21 SmolLM2-135M-Instruct.Q4_1.gguf pruned.gguf COPY"

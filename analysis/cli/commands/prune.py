@@ -63,21 +63,77 @@ def register(sub) -> None:
     p.add_argument("--root", default=None,
                    help="refuse to write anywhere outside this folder (e.g. a shared output root)")
     p.add_argument("--mergekit", default=None, metavar="FILE",
-                   help="also write a mergekit passthrough YAML (whole-layer plans only)")
+                   help="also write a mergekit passthrough YAML (whole-layer plans; for models with per-layer config "
+                        "fields such as layer_types also the FILE-stem-mergekit-source/ folder it reads). Skipped, "
+                        "with one line saying why, when the plan cannot be expressed that way")
     p.add_argument("--quiet", action="store_true")
     add_heal_args(p)
     p.set_defaults(func=run)
 
 
+def _optional_exports(args, lm, plan, healed) -> tuple[dict, list[str]]:
+    """mergekit YAML and llama.cpp routes: what can be written is written; what cannot is one line each (an
+    optional export never aborts the prune)."""
+    from analysis.errors import SelectionError
+    from analysis.export import llama_cpp_routes, write_mergekit
+
+    norm, out, skipped = plan.normalized(), {}, []
+    if args.mergekit:
+        if healed is not None:
+            skipped.append(f"mergekit: not written — it rebuilds the model from the original weights, so it cannot "
+                           f"carry --heal {args.heal}; share the healed checkpoint instead")
+        elif norm.drop_attn or norm.drop_mlp:
+            skipped.append(f"mergekit: not written — passthrough slices whole layers and this plan drops sub-blocks "
+                           f"({norm.describe()}); the checkpoint is the export")
+        else:
+            try:
+                out["mergekit"] = write_mergekit(lm, plan, args.mergekit, args.overwrite, args.root)
+            except SelectionError as exc:   # e.g. a model built in memory: no source for mergekit to read
+                skipped.append(f"mergekit: not written — {exc}")
+    routes = llama_cpp_routes(plan, lm, args.out)
+    if healed is not None:
+        routes.update(prune_layers=None, command=None, note="--prune-layers rebuilds the model from the original "
+                      "weights, so it cannot carry the healing; convert this healed checkpoint (the convert command)")
+    if routes["refused"]:
+        skipped.append(f"llama.cpp: no command — {routes['refused']}")
+    out["llama_cpp"] = {k: v for k, v in routes.items() if v is not None}
+    return out, skipped
+
+
+def _sizes(lm, plan, out_dir) -> dict:
+    """What the checkpoint saves, honestly: file bytes and parameters as stored, what plain transformers runs
+    (zeroed sub-blocks included) and what Entroscope's loader runs (zeroed sub-blocks removed)."""
+    from analysis.evaluate.cost import param_report
+    from analysis.models.plan import Plan
+
+    norm = plan.normalized()
+    ours = param_report(lm, norm)
+    plain = param_report(lm, Plan(drop_layers=norm.drop_layers)) if (norm.drop_attn or norm.drop_mlp) else ours
+    files = sorted(Path(out_dir).glob("*.safetensors"))
+    res = {"file_bytes": sum(f.stat().st_size for f in files),
+           "params_in_files_and_plain_transformers": plain["total"], "params_entroscope_loader": ours["total"],
+           "original_params": ours["original_total"],
+           "flops_per_token_plain_transformers": 2 * plain["non_embedding"],
+           "flops_per_token_entroscope_loader": 2 * ours["non_embedding"],
+           "flops_per_token_original": 2 * ours["original_non_embedding"],
+           "flops_note": "≈ 2 × non-embedding parameters run per token (matrix products; attention scores excluded)"}
+    if norm.drop_attn or norm.drop_mlp:
+        res["note"] = ("dropped sub-blocks are stored zeroed: the files and plain transformers keep their size and "
+                       "compute; `python -m analysis load` skips them (fewer parameters, FLOPs, no KV cache for a "
+                       "dropped attention)")
+    return res
+
+
 def run(args) -> int:
+    import sys
+
     from analysis.models.checkpoint import subblock_drops
     from analysis.errors import SelectionError
     from analysis.evaluate.cost import param_report
-    from analysis.export import (LLAMA_CPP_NOTE, llama_cpp_command, llama_cpp_prune_layers, mergekit_for,
-                          reproduction_manifest, to_json)
+    from analysis.export import reproduction_manifest, to_json
     from analysis.heal import save_healed
     from analysis.cli.healargs import heal_from_args
-    from analysis.store.outdir import check_out_file, write_text_atomic
+    from analysis.store.outdir import check_out_file
     from analysis.models.surgery import check_out_dir, save_pruned
 
     quiet_transformers(args.quiet)
@@ -85,41 +141,34 @@ def run(args) -> int:
     if plan.is_empty:                       # an "unpruned pruned copy" is never what was meant
         raise SelectionError("The plan drops nothing, so the checkpoint would be the original model",
                              hint="give at least one block to drop (0-based), e.g. --drop-layers 20")
-    if args.mergekit and args.heal != "none":
-        raise SelectionError("--mergekit rebuilds the model from the original weights, so it cannot carry "
-                             f"--heal {args.heal}", hint="share the healed checkpoint directory instead")
     out = Path(args.out).expanduser()
     state = check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
     check_out_file(args.mergekit, "--mergekit file")
     lm = load_lm(args, stderr_progress(args.quiet))
     check_plan_provenance(args, plan, lm)
     plan.validate(lm.num_layers)
-    if args.mergekit:
-        write_text_atomic(args.mergekit, mergekit_for(lm, plan))
     params = param_report(lm, plan)
     healed = heal_from_args(args, lm, plan, stderr_progress(args.quiet))
+    exports, skipped = _optional_exports(args, lm, plan, healed)
     norm = plan.normalized()
     zeroed = {str(j): kinds for j, kinds in subblock_drops(norm, lm.num_layers).items()}
     checkpoint = {"format": "standard checkpoint (plain from_pretrained loads it exactly)",
                   "zeroed_subblocks": zeroed,      # saved layer index -> ["attn"/"mlp"], output projection = 0
                   "note": "dropped sub-blocks are stored with zeroed output projections and listed in config.json "
                           "per_layer_config; `python -m analysis load` removes them physically" if zeroed else None}
-    if healed is not None:
-        checkpoint["llama_cpp_note"] = ("llama-quantize --prune-layers rebuilds the model from the original weights, "
-                                        "so it cannot carry the healing; convert this healed checkpoint to GGUF")
-    elif not (norm.drop_attn or norm.drop_mlp):
-        checkpoint.update(llama_cpp_prune_layers=llama_cpp_prune_layers(plan),
-                          llama_cpp_command=llama_cpp_command(plan, lm), llama_cpp_note=LLAMA_CPP_NOTE)
-    results = {"params": params, "checkpoint": checkpoint, **({"healing": healed.describe()} if healed else {})}
+    results = {"params": params, "checkpoint": checkpoint, **exports,
+               **({"healing": healed.describe()} if healed else {}), **({"skipped_exports": skipped} if skipped else {})}
     manifest = reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results=results)
     files = {"entroscope-manifest.json": to_json(manifest)}
     if healed is None:
         save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files)
     else:
         save_healed(lm, healed, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files)
+    for line in skipped:
+        print(line, file=sys.stderr)
     summary = {"out": str(out), "plan": plan.describe(), "layers": params["layers"],
                "params": params["total"], "params_removed_fraction": round(params["removed_fraction"], 6),
-               **{k: v for k, v in checkpoint.items() if v is not None}}
+               "size": _sizes(lm, plan, out), **{k: v for k, v in checkpoint.items() if v is not None}, **exports}
     if healed is not None:
         summary["healing"] = {"method": healed.method, "seconds": round(healed.report.get("seconds", 0), 2)}
     print(json.dumps(summary))
