@@ -59,15 +59,16 @@ def compare(lm, model, windows, cfg=None) -> dict:
 
 def save_healed(lm, healed: Healed, out_dir: str | os.PathLike, overwrite: bool = False,
                 root: str | os.PathLike | None = None, extra_files: dict | None = None,
-                expected: str | None = None) -> Path:
+                expected: str | None = None, card: dict | None = None) -> Path:
     """Save the healed pruned model like :func:`~analysis.models.surgery.save_pruned` (same safe write, same
     format): whole layers removed; sub-blocks the healed copy has lost stored with zeroed output projections,
     so plain ``from_pretrained`` gives exactly the healed model's outputs. ``entroscope-heal.json`` records
     the healing, with the plan in the original model's 0-based indices."""
     record = {**healed.describe(), "plan_in_original_indices": healed.plan.to_dict()}
     files = {HEAL_FILE: json.dumps(record, indent=1, default=str), **(extra_files or {})}
+    card = {"model_name": getattr(lm, "name", None), "source_kind": getattr(lm, "source", None), **(card or {})}
     return save_pruned(healed.model, Plan(), out_dir, overwrite=overwrite, root=root, tokenizer=lm.tokenizer,
-                       extra_files=files, expected=expected)
+                       extra_files=files, expected=expected, card=card)
 
 def heal_tokens(lm, corpus: str = "wiki", samples: int = 32, seq_len: int = 256, seed: int = 2024):
     """Calibration TokenSet for healing from a built-in domain or a mix like ``wiki:1,code:1``."""

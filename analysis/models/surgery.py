@@ -252,7 +252,7 @@ def _checkpoint_plan(plan: Plan, model: nn.Module, name: str | None, fmt: str = 
 
 def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, overwrite: bool = False,
                 root: str | os.PathLike | None = None, tokenizer=None, extra_files: dict | None = None,
-                expected: str | None = None) -> Path:
+                expected: str | None = None, card: dict | None = None) -> Path:
     """Save the model with ``plan`` applied to ``out_dir`` (the model passed in is not modified).
 
     Every plan gives a standard checkpoint that plain ``from_pretrained`` reloads with exactly the pruned
@@ -264,7 +264,8 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
     (``tokenizer`` or the LoadedModel's) is written too. The directory appears atomically (written under a
     temporary name, then renamed, under a lock; see :mod:`analysis.store.outdir`). ``extra_files`` ({name: text},
     e.g. the reproduction manifest) are written inside the same temporary folder; ``expected`` is what
-    :func:`check_out_dir` returned at the start.
+    :func:`check_out_dir` returned at the start. A Hugging Face model card (``README.md``,
+    :mod:`analysis.models.card`) is written unless ``extra_files`` has one; ``card`` adds its evaluation/sizes.
     """
     model = _model_of(model_or_lm)
     spec = spec_for(model)
@@ -290,6 +291,11 @@ def save_pruned(model_or_lm, plan: Plan | None, out_dir: str | os.PathLike, over
         stored.save(tmp / PLAN_FILE)
         for name, text in (extra_files or {}).items():
             (tmp / Path(name).name).write_text(text)
+        if "README.md" not in (extra_files or {}):
+            from analysis.models.card import checkpoint_card
+
+            zeroed = {str(j): kinds for j, kinds in drops.items()} or None
+            (tmp / "README.md").write_text(checkpoint_card(model_or_lm, stored, zeroed, tmp, extra_files, card))
     return out
 
 

@@ -66,6 +66,9 @@ def register(sub) -> None:
                    help="also write a mergekit passthrough YAML (whole-layer plans; for models with per-layer config "
                         "fields such as layer_types also the FILE-stem-mergekit-source/ folder it reads). Skipped, "
                         "with one line saying why, when the plan cannot be expressed that way")
+    p.add_argument("--eval", default=None, metavar="FILE",
+                   help="an `eval` result JSON for this plan (perplexity, --tasks accuracy): its numbers and protocol "
+                        "go into the checkpoint's model card (README.md)")
     p.add_argument("--quiet", action="store_true")
     add_heal_args(p)
     p.set_defaults(func=run)
@@ -100,7 +103,26 @@ def _optional_exports(args, lm, plan, healed) -> tuple[dict, list[str]]:
     return out, skipped
 
 
-def _sizes(lm, plan, out_dir) -> dict:
+def read_eval(path, plan) -> dict:
+    """The ``eval`` result JSON for the model card; refused (one line) when it was measured for another plan."""
+    from analysis.errors import DataError, SelectionError
+    from analysis.models.plan import Plan
+    from analysis.store.schemas import read_json
+
+    hint = "write it with `python -m analysis eval --model M --plan plan.json --out eval.json`"
+    data = read_json(path, "evaluation", hint)
+    if not isinstance(data, dict) or ("perplexity" not in data and "tasks" not in data):
+        raise DataError(f"{path} is not an `eval` result (no perplexity or tasks)", hint=hint)
+    theirs = Plan.from_dict(data["plan"], str(path)).normalized() if data.get("plan") else None
+    mine = plan.normalized()
+    if theirs is not None and (theirs.drop_attn, theirs.drop_mlp, theirs.drop_layers) != (
+            mine.drop_attn, mine.drop_mlp, mine.drop_layers):
+        raise SelectionError(f"{path} evaluated another plan ({theirs.describe()}) than this one ({mine.describe()})",
+                             hint="evaluate this plan, or drop --eval")
+    return data
+
+
+def _sizes(lm, plan, out_dir=None) -> dict:
     """What the checkpoint saves, honestly: file bytes and parameters as stored, what plain transformers runs
     (zeroed sub-blocks included) and what Entroscope's loader runs (zeroed sub-blocks removed)."""
     from analysis.evaluate.cost import param_report
@@ -109,7 +131,7 @@ def _sizes(lm, plan, out_dir) -> dict:
     norm = plan.normalized()
     ours = param_report(lm, norm)
     plain = param_report(lm, Plan(drop_layers=norm.drop_layers)) if (norm.drop_attn or norm.drop_mlp) else ours
-    files = sorted(Path(out_dir).glob("*.safetensors"))
+    files = sorted(Path(out_dir).glob("*.safetensors")) if out_dir is not None else []
     res = {"file_bytes": sum(f.stat().st_size for f in files),
            "params_in_files_and_plain_transformers": plain["total"], "params_entroscope_loader": ours["total"],
            "original_params": ours["original_total"],
@@ -144,6 +166,7 @@ def run(args) -> int:
     out = Path(args.out).expanduser()
     state = check_out_dir(out, args.overwrite, args.root)       # fail before the (slow) model load
     check_out_file(args.mergekit, "--mergekit file")
+    evaluation = read_eval(args.eval, plan) if args.eval else None
     lm = load_lm(args, stderr_progress(args.quiet))
     check_plan_provenance(args, plan, lm)
     plan.validate(lm.num_layers)
@@ -160,10 +183,13 @@ def run(args) -> int:
                **({"healing": healed.describe()} if healed else {}), **({"skipped_exports": skipped} if skipped else {})}
     manifest = reproduction_manifest(lm, plan, argv=getattr(args, "argv", None), results=results)
     files = {"entroscope-manifest.json": to_json(manifest)}
+    card = {"evaluation": evaluation, "sizes": _sizes(lm, plan)}
     if healed is None:
-        save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files)
+        save_pruned(lm, plan, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files,
+                    card=card)
     else:
-        save_healed(lm, healed, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files)
+        save_healed(lm, healed, out, overwrite=args.overwrite, root=args.root, expected=state, extra_files=files,
+                    card=card)
     for line in skipped:
         print(line, file=sys.stderr)
     summary = {"out": str(out), "plan": plan.describe(), "layers": params["layers"],
