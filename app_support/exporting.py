@@ -54,6 +54,13 @@ def llama_cpp_list(plan) -> str:
     return llama_cpp_prune_layers(plan)
 
 
+def llama_cpp_routes(plan, lm) -> dict:
+    """llama.cpp routes with exact commands (placeholders, no server paths), or the reason it is refused."""
+    from analysis.export import llama_cpp_routes as routes
+
+    return routes(plan, lm)
+
+
 def llama_cpp_cmd(plan, lm) -> str:
     """The exact ``llama-quantize --prune-layers …`` command line (whole layers only)."""
     from analysis.export import llama_cpp_command

@@ -8,7 +8,8 @@ import streamlit as st
 
 from app_support import healing, state
 from app_support.commands import analyze_argv, session_script
-from app_support.exporting import (FIGURE_FORMATS, dir_listing, fig_html, figures_zip, llama_cpp_cmd, mergekit_yaml,
+from analysis.errors import EntroscopeError
+from app_support.exporting import (FIGURE_FORMATS, dir_listing, fig_html, figures_zip, llama_cpp_routes, mergekit_yaml,
                                    png_export_works, save_checkpoint, server_paths_allowed, session_folder,
                                    zip_bytes)
 from app_support.runs import adjusted_result, effective_protected
@@ -93,19 +94,24 @@ with guarded("Plans"):
                                            for k in ("drop_layers", "drop_attn", "drop_mlp") for b in getattr(p.plan, k))
             cols[1].download_button("blocks.csv", data=csv, file_name=f"{name}.blocks.csv", mime="text/csv",
                                     key=f"dl_plancsv_{name}", on_click="ignore", icon=":material/download:")
+            plm = get_model(prun.model if prun else rec.model)
             try:
-                from analysis.export import LLAMA_CPP_NOTE
-
-                plm = get_model(prun.model if prun else rec.model)
                 y = mergekit_yaml(p.plan, plm)
                 cols[2].download_button("mergekit.yaml", data=y, file_name=f"{name}.mergekit.yaml",
                                         mime="text/yaml", key=f"dl_mk_{name}", on_click="ignore", icon=":material/download:")
-                cols[3].code(llama_cpp_cmd(p.plan, plm), language="bash")
-                cols[3].caption("mergekit passthrough keeps the other layers (the YAML names the model's real source "
-                                "and dtype). " + LLAMA_CPP_NOTE)
-            except Exception as exc:  # noqa: BLE001 - sub-block plans have no whole-layer form
-                cols[2].caption("mergekit / llama.cpp: n/a")
-                cols[3].caption(f"{exc}")
+                if "WARNING" in y:
+                    cols[2].caption("This model's config has per-layer fields mergekit 0.1.5 cannot slice: write "
+                                    "the YAML with `python -m analysis prune … --mergekit FILE`, which adds the "
+                                    "config folder mergekit reads (see the YAML header).")
+            except EntroscopeError as exc:      # sub-block plans: passthrough slices whole layers
+                cols[2].caption(f"mergekit: not available — {exc}")
+            routes = llama_cpp_routes(p.plan, plm)
+            if routes["refused"]:
+                cols[3].warning(f"llama.cpp: {routes['refused']}. {routes['hint']}.")
+            else:
+                cols[3].code("\n".join(c for c in (routes["command"], routes["convert"]) if c), language="bash")
+                cols[3].caption(routes.get("note", "") + " `<your-llama.cpp>` is your llama.cpp checkout; "
+                                "`<pruned-checkpoint>` the folder saved below.")
 
 # ---- pruned checkpoint ---------------------------------------------------------------------------------------
 with guarded("Checkpoint"):
@@ -150,7 +156,16 @@ with guarded("Checkpoint"):
                                on_click="ignore", icon=":material/folder_zip:")
             st.caption("Every plan reloads exactly with plain `AutoModelForCausalLM.from_pretrained`: dropped attention/"
                        "MLP sub-blocks are stored with zeroed output projections (listed in config.json "
-                       "`per_layer_config`); `python -m analysis load` removes them physically (entroscope-plan.json).")
+                       "`per_layer_config`), so the files keep the dense size and plain transformers still runs them; "
+                       "`python -m analysis load` removes them physically (entroscope-plan.json).")
+            card = os.path.join(last, "README.md")
+            if os.path.isfile(card):
+                with st.expander("Model card (README.md: Hugging Face front matter, plan, source model, licence)"):
+                    with open(card, encoding="utf-8") as f:
+                        st.code(f.read(), language="markdown")
+                    st.caption("Add perplexity and task accuracy to it from the command line: "
+                               "`python -m analysis eval --plan plan.json … --out eval.json`, then "
+                               "`python -m analysis prune --plan plan.json --eval eval.json …`.")
     else:
         st.caption("Keep a plan first.")
 
