@@ -341,6 +341,24 @@ LLAMA_CPP_NOTE = ("llama-quantize --prune-layers removes whole decoder layers on
                   "derives each layer's type from its position).")
 
 
+# ---- lm-eval's own CLI -------------------------------------------------------------------------------------
+def lm_eval_command(checkpoint: str | Path, tasks: str = "cloze-wiki", limit: int | None = None,
+                    device: str = "cpu") -> str:
+    """lm-eval's own ``lm_eval`` command on a saved checkpoint with Entroscope's local tasks.
+
+    ``--include_path`` is this installation's task folder (``analysis/tasks/configs``); its ``utils.py``
+    imports ``analysis``, so outside the checkout ``PYTHONPATH`` must name the folder holding ``analysis/``
+    (the command sets it)."""
+    from analysis.tasks.runner import CONFIG_DIR
+
+    configs = CONFIG_DIR.resolve()
+    argv = ["lm_eval", "--include_path", str(configs), "--model", "hf", "--model_args",
+            f"pretrained={checkpoint},dtype=float32", "--tasks", tasks, "--device", device]
+    if limit:
+        argv += ["--limit", str(limit)]
+    return f"PYTHONPATH={shlex.quote(str(configs.parents[2]))} " + shlex.join(argv)
+
+
 # ---- reproduction ---------------------------------------------------------------------------------------
 def cli_command(argv: Sequence[str] | None = None) -> str | None:
     """The exact command line as ``python -m analysis ...``: ``argv``, or this process's arguments when it

@@ -104,3 +104,31 @@ def test_subblock_plan_with_mergekit_still_saves(local, tmp_path, capsys):
     assert size["params_entroscope_loader"] < size["params_in_files_and_plain_transformers"] == size["original_params"]
     assert size["flops_per_token_entroscope_loader"] < size["flops_per_token_plain_transformers"]
     assert size["file_bytes"] > 0 and "zeroed" in size["note"]
+
+
+@pytest.mark.slow
+def test_lm_eval_own_cli_runs_our_tasks_on_our_checkpoint_outside_the_checkout(local, tmp_path, capsys):
+    """The `lm_eval` console script, started outside the checkout with the command `prune` prints, finds our
+    local tasks and gives the accuracy and perplexity Entroscope's own lm-eval path gives."""
+    import os
+    import sys
+
+    from analysis.tasks import TaskConfig, evaluate_checkpoint_hf
+
+    out = tmp_path / "ck"
+    assert main(["prune", "--model", local["llama"].name, "--drop-layers", "2", "--drop-mlp", "4", "--out", str(out),
+                 "--quiet"]) == 0
+    cmd = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["lm_eval"]
+    assert "--include_path" in cmd and cmd.startswith("PYTHONPATH=")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    run = subprocess.run(["bash", "-c", cmd + " --limit 3 --output_path res"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    raw = json.loads(next((work / "res").rglob("results_*.json")).read_text())["results"]["cloze-wiki"]
+    ours = evaluate_checkpoint_hf(out, "cloze-wiki", TaskConfig(limit=3))["tasks"]["cloze-wiki"]["metrics"]
+    assert raw["acc,none"] == ours["acc"]["value"]
+    assert raw["perplexity,none"] == pytest.approx(ours["perplexity"]["value"], rel=1e-4)

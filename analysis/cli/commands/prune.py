@@ -78,7 +78,7 @@ def _optional_exports(args, lm, plan, healed) -> tuple[dict, list[str]]:
     """mergekit YAML and llama.cpp routes: what can be written is written; what cannot is one line each (an
     optional export never aborts the prune)."""
     from analysis.errors import SelectionError
-    from analysis.export import llama_cpp_routes, write_mergekit
+    from analysis.export import llama_cpp_routes, lm_eval_command, write_mergekit
 
     norm, out, skipped = plan.normalized(), {}, []
     if args.mergekit:
@@ -100,6 +100,7 @@ def _optional_exports(args, lm, plan, healed) -> tuple[dict, list[str]]:
     if routes["refused"]:
         skipped.append(f"llama.cpp: no command — {routes['refused']}")
     out["llama_cpp"] = {k: v for k, v in routes.items() if v is not None}
+    out["lm_eval"] = lm_eval_command(args.out)          # lm-eval's own CLI with Entroscope's local tasks
     return out, skipped
 
 
