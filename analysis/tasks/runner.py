@@ -178,8 +178,12 @@ def parse_results(raw: dict) -> dict[str, dict]:
 def _simple_evaluate(lm_obj, names: Sequence[str], cfg: TaskConfig, tm) -> dict:
     import lm_eval
 
+    from analysis.tasks.workers import no_worker_forks
+
+    no_worker_forks()  # never fork the caller (the Streamlit server): see workers.py
     gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None
-    with _quiet_lm_eval():
+    # lm-eval prints progress ("bootstrapping for stddev") on stdout, which may carry the product (JSON)
+    with _quiet_lm_eval(), contextlib.redirect_stdout(sys.stderr):
         raw = lm_eval.simple_evaluate(
             model=lm_obj, tasks=list(names), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
             bootstrap_iters=cfg.bootstrap_iters, log_samples=False, task_manager=tm, gen_kwargs=gen_kwargs,
