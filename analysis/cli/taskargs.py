@@ -15,7 +15,7 @@ def add_task_args(p) -> None:
     g.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count")
     g.add_argument("--max-gen-toks", type=positive_int, default=None, help="override generative tasks' token budget")
     g.add_argument("--allow-code-execution", action="store_true",
-                   help="allow humaneval, which EXECUTES model-written code (in a limited subprocess; not a sandbox)")
+                   help="allow humaneval, which EXECUTES model-written code (contained: see docs/tasks.md)")
 
 
 def prepare_tasks(args):

