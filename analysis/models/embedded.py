@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.errors import ModelLoadError
+from analysis.store.jsonio import loads_strict
 from analysis.models.integrity import cache_entry_problem, discard_cache_entry
 
 
@@ -160,8 +161,9 @@ def cached_sha256(path: Path) -> str:
     index = cache_root() / "sha256-index.json"
     key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
     try:
-        table = json.loads(index.read_text())
-    except (OSError, ValueError):
+        table = loads_strict(index.read_text())
+        table = table if isinstance(table, dict) else {}
+    except (OSError, ValueError, RecursionError):
         table = {}
     if key not in table:
         table[key] = file_sha256(path)
@@ -221,11 +223,16 @@ def gguf_checkpoint(spec: str, embedded: bool, progress=None) -> tuple[Path, str
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
             f"The embedded model {spec!r} is not installed", hint=EMBEDDED[spec].install) from exc
-    if not gguf_path.is_file():
-        raise ModelLoadError(f"GGUF file not found: {gguf_path}")
-    with open(gguf_path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelLoadError(f"{gguf_path} is not a GGUF file (bad magic bytes)")
+    from analysis.errors import DataError
+    from analysis.store.inputs import check_input_file
+
+    try:                            # a FIFO, device, folder or empty file is named as such, never opened
+        found = check_input_file(gguf_path, "GGUF file", expect=None)
+    except DataError as exc:
+        raise ModelLoadError(exc.message, exc.hint) from None
+    if found != "gguf":
+        raise ModelLoadError(f"{gguf_path} is not a GGUF file (bad magic bytes; it looks like "
+                             f"{'text' if found == 'text' else 'a ' + found + ' file'})")
     try:
         fingerprint = cached_sha256(gguf_path)
         load_dir = gguf_cache_dir(gguf_path)

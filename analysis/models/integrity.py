@@ -3,11 +3,11 @@ mismatches (never loaded with randomly initialised or silently dropped tensors),
 in the model cache (``~/.cache/entroscope/models``) is detected so it can be rebuilt."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from analysis.errors import ModelLoadError
+from analysis.errors import DataError, ModelLoadError
+from analysis.store.jsonio import read_json
 
 
 def _fmt(items, n: int = 4) -> str:
@@ -39,9 +39,9 @@ def check_loading_info(model, info: dict, where: str) -> None:
 def cache_entry_problem(path: Path) -> str | None:
     """Why a converted-model cache entry is unusable (None when it looks complete)."""
     try:
-        json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        return f"config.json is missing or unreadable ({type(exc).__name__})"
+        read_json(path / "config.json", kind="config")
+    except DataError as exc:
+        return f"config.json is missing or unreadable ({exc.message})"
     if not (path / "entroscope-source.json").is_file():
         return "the conversion did not finish (no entroscope-source.json)"
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
@@ -50,8 +50,8 @@ def cache_entry_problem(path: Path) -> str | None:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
-            files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            files = [path / f for f in sorted(set(read_json(index, kind="weight index")["weight_map"].values()))]
+        except (DataError, KeyError, TypeError, AttributeError) as exc:
             return f"model.safetensors.index.json is unreadable ({type(exc).__name__})"
     from safetensors import safe_open
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from analysis.errors import ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
+from analysis.errors import DataError, ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
 from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.channel_checkpoint import build_channel_pruned, needs_channel_loader, read_channels_meta
 from analysis.models.device import (DTYPES, budget_device_map, dtype_name, parse_max_memory, resolve_device,
@@ -24,6 +24,7 @@ from analysis.models.device import (DTYPES, budget_device_map, dtype_name, parse
 from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, cache_root, gguf_checkpoint, is_installed
 from analysis.models.integrity import check_loading_info
 from analysis.models.surgery import load_subblock_checkpoint, saved_plan
+from analysis.store.inputs import check_input_file
 
 
 @dataclass
@@ -101,7 +102,7 @@ def _classify(spec: str) -> str:
         return "embedded"
     if spec.lower().endswith(".gguf"):
         return "gguf"
-    if os.path.isdir(os.path.expanduser(spec)):
+    if os.path.lexists(os.path.expanduser(spec)):  # a folder, or a file / FIFO / device named as a model
         return "local"
     if os.path.sep in spec and (spec.startswith((".", "/", "~")) or os.path.exists(os.path.dirname(spec))):
         return "local"
@@ -163,8 +164,10 @@ def load_model(
         local_only = True
     elif kind == "local":
         load_dir = Path(os.path.expanduser(spec))
-        if not load_dir.is_dir():
-            raise ModelLoadError(f"Model directory not found: {spec}")
+        try:                        # a FIFO, device or file given as the folder is named as such
+            check_input_file(load_dir, "model directory", directory=True)
+        except DataError as exc:
+            raise ModelLoadError(exc.message, exc.hint) from None
         if not (load_dir / "config.json").is_file():
             raise ModelLoadError(f"{spec} has no config.json, so it is not a transformers checkpoint directory")
         fingerprint = dir_fingerprint(load_dir)

@@ -205,7 +205,10 @@ class EvalModel(BaseModel):
         if self.top1 is not None and not 0 <= self.top1 <= 1:
             raise ValueError(f"top1 is {self.top1}; an agreement rate lies in [0, 1]")
         if self.plan is not None:
-            validate_plan(self.plan, "plan")
+            try:
+                validate_plan(self.plan, "its plan")
+            except DataError as exc:
+                raise ValueError(exc.message) from None
         return self
 
 
