@@ -21,8 +21,8 @@ from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.channel_checkpoint import build_channel_pruned, needs_channel_loader, read_channels_meta
 from analysis.models.device import (DTYPES, budget_device_map, dtype_name, parse_max_memory, resolve_device,
                                     resolve_dtype)
-from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, cache_root, gguf_checkpoint, is_installed
-from analysis.models.integrity import check_loading_info
+from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, REBUILT, cache_root, gguf_checkpoint, is_installed
+from analysis.models.integrity import check_config_against_headers, check_loading_info
 from analysis.models.surgery import load_subblock_checkpoint, saved_plan
 from analysis.store.inputs import check_input_file
 
@@ -197,6 +197,8 @@ def load_model(
                     kwargs["device_map"] = budget_device_map(config, max_memory, dt, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(str(load_dir), trust_remote_code=trust_remote_code,
                                             local_files_only=local_only)
+        if kind == "local":         # config vs weights from the safetensors headers: before any allocation
+            check_config_against_headers(load_dir, config, str(spec))
         # dirs saved with sub-block drops (entroscope-plan.json)
         model = load_subblock_checkpoint(load_dir, dt) if kind == "local" else None
         if model is None and kind == "hub":
@@ -226,6 +228,8 @@ def load_model(
     lm = LoadedModel(model=model, tokenizer=tok, adapter=adapter, name=spec, source=kind,
                      fingerprint=fingerprint, device=dev, dtype=dt,
                      load_seconds=time.perf_counter() - t0, from_cache=from_cache)
+    if kind in ("embedded", "gguf") and str(load_dir) in REBUILT:
+        lm.info["cache_rebuilt"] = REBUILT[str(load_dir)]     # a corrupted cache entry was rebuilt: why
     if device_map is not None:      # recorded in every run manifest: where the modules went
         placed = getattr(model, "hf_device_map", None) or {}
         lm.info["device_map"] = {
