@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,8 +262,11 @@ def gguf_checkpoint(spec: str, embedded: bool, progress=None) -> tuple[Path, str
                 convert_gguf(gguf_path, load_dir, progress)
             except OSError as exc:      # full disk, read-only cache: said so (nothing partial is left)
                 raise _cache_write_error(exc, cache_root()) from exc
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"Could not read GGUF {gguf_path.name}: {exc}") from exc
+    except (ValueError, KeyError, RuntimeError, IndexError, EOFError, struct.error) as exc:
+        # the gguf parser on a truncated or corrupted file: struct.error / IndexError / ValueError
+        raise ModelLoadError(f"Could not read GGUF {gguf_path.name}: it is truncated or corrupted "
+                             f"({type(exc).__name__}: {str(exc)[:160]})",
+                             hint="re-download or re-install it") from exc
     return load_dir, fingerprint, from_cache
 
 

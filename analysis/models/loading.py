@@ -109,6 +109,20 @@ def _classify(spec: str) -> str:
     return "hub"
 
 
+def _check_folder_files(folder: Path) -> None:
+    """Every file of a checkpoint folder that transformers may open is a regular file (a FIFO named config.json
+    would block the load forever): refused with its name, by ``stat`` only."""
+    import stat as st
+
+    for entry in os.scandir(folder):
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            continue                # a dangling link: reported by the loader if it is needed
+        if not (st.S_ISREG(mode) or st.S_ISDIR(mode)):
+            check_input_file(entry.path, f"file {entry.name} of the model directory", expect=None)
+
+
 def _check_causal(config, name: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -164,8 +178,9 @@ def load_model(
         local_only = True
     elif kind == "local":
         load_dir = Path(os.path.expanduser(spec))
-        try:                        # a FIFO, device or file given as the folder is named as such
+        try:                        # a FIFO, device or file given as the folder (or inside it) is named as such
             check_input_file(load_dir, "model directory", directory=True)
+            _check_folder_files(load_dir)
         except DataError as exc:
             raise ModelLoadError(exc.message, exc.hint) from None
         if not (load_dir / "config.json").is_file():

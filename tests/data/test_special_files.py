@@ -28,6 +28,20 @@ DOCS = "\n\n".join(f"Paragraph {i} talks about rivers, mountains and the weather
 
 
 @pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTROSCOPE_CACHE", str(tmp_path / "cache"))
+
+
+def _ck_with_fifo_config(t):
+    from analysis.testing import save_tiny_checkpoint
+
+    d = save_tiny_checkpoint(t / "ck", layers=2)
+    (d / "config.json").unlink()
+    os.mkfifo(d / "config.json")
+    return d
+
+
+@pytest.fixture(autouse=True)
 def no_hang():
     """Turn a hang (a FIFO opened for reading, /dev/zero read to the end) into a test failure."""
     def boom(*_):
@@ -83,6 +97,7 @@ CASES = [
     ("plan", lambda t: _fifo(t, "plan.json"), "is a named pipe (FIFO), not a regular file"),
     ("model", lambda t: _fifo(t, "m.gguf"), "is a named pipe (FIFO), not a regular file"),
     ("model", lambda t: _fifo(t, "model-dir"), "is a named pipe (FIFO), not a directory"),
+    ("model", _ck_with_fifo_config, "File config.json of the model directory"),
     # devices and sockets
     ("run", lambda t: "/dev/zero", "is a character device, not a regular file"),
     ("text", lambda t: "/dev/null", "unsupported file type"),
@@ -111,6 +126,10 @@ CASES = [
     ("model", lambda t: _put(t / "m.gguf", b"\x89PNG\r\n\x1a\n" + bytes(64)),
      "is not a GGUF file (bad magic bytes; it looks like a png file)"),
     ("text", lambda t: _put(t / "b.txt", b"\x00\x01\x02\xff" * 100), "looks like a binary file"),
+    ("model", lambda t: _put(t / "trunc.gguf", b"GGUF\x03\x00\x00\x00"), "Could not read GGUF trunc.gguf: it is "
+                                                                         "truncated or corrupted"),
+    ("run", lambda t: _put(t / "u16.json", '{"num_layers": 2}'.encode("utf-16")), "not UTF-8 text"),
+    ("run", lambda t: _put(t / "deep.json", "[" * 100000 + "]" * 100000), "nested too deeply"),
     ("text", lambda t: _put(t / "p.parquet", "a,b\n1,2\n"), "is text, not a parquet file"),
     # empty and huge files (sparse: nothing is written to disk)
     ("run", lambda t: _put(t / "e.json", b""), "is empty (0 bytes)"),
