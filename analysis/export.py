@@ -24,13 +24,13 @@ from typing import Sequence
 
 from analysis.errors import SelectionError
 from analysis.models.plan import Plan
-from analysis.store.jsonio import clean_json, library_versions
+from analysis.store.jsonio import clean_json, dumps, library_versions
 
 
 # ---- JSON / CSV ---------------------------------------------------------------------------------------
 def to_json(obj, indent: int = 1) -> str:
-    """JSON text with numpy values converted and NaN/inf written as null."""
-    return json.dumps(clean_json(obj), indent=indent, default=str)
+    """JSON text with numpy values converted, NaN/inf written as null and ``schema_version`` first."""
+    return dumps(obj, indent=indent, default=str)
 
 
 def write_json(obj, path: str | Path) -> Path:

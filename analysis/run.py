@@ -255,6 +255,7 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
         warnings.append(f"NonFiniteActivations: {sum(stats.nonfinite.values())} NaN/inf values in the residual "
                         f"stream ({stats.nonfinite}); entropies involving them are not meaningful "
                         f"(fp16 overflow? try bf16 or fp32)")
+    warnings.extend(getattr(stats, "cache_warnings", None) or [])     # CacheWriteFailed (measure/runcache.py)
     if not stats.completed:
         warnings.append(f"Stopped early: statistics cover {stats.n_done} of {len(tokens) if tokens is not None else '?'}"
                         f" sequences")

@@ -83,6 +83,7 @@ need(lm is not None, "The model could not be loaded.", "data", "Go to Model & da
 
 import analysis.channels as CH  # noqa: E402
 from analysis.data import DOMAINS  # noqa: E402
+from analysis.models.channel_checkpoint import read_channels_meta  # noqa: E402
 from analysis.settings import defaults  # noqa: E402
 from app_support.commands import channels_argv, shell  # noqa: E402
 
@@ -255,7 +256,7 @@ if res is not None:
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Could not save")
         if res.get("saved"):
-            meta = json.loads((Path(res["saved"]) / CH.CHANNELS_FILE).read_text())
+            meta = read_channels_meta(res["saved"])
             how = ("plain `AutoModelForCausalLM.from_pretrained(dir)`" if meta["loader"] == "standard"
                    else "`analysis.channels.load_channel_pruned(dir)` (per-layer shapes)")
             shown = res["saved"] if server_paths_allowed() else Path(res["saved"]).name

@@ -88,7 +88,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert main(["figures", "--sweep", str(bad), "--out", str(tmp_path / "x")]) == 2
-    assert "is not a JSON file" in capsys.readouterr().err
+    assert "is not valid sweep JSON (line 1, column 2" in capsys.readouterr().err
     bad.write_text(json.dumps({"rows": []}))
     assert main(["figures", "--sweep", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "no rows" in capsys.readouterr().err

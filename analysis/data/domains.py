@@ -8,7 +8,6 @@ per-domain counts by :func:`apportion`.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from analysis.data.corpus import DEFAULT_EVAL_FRACTION, HASH_SPLIT_RULE, Corpus, corpus_meta, hash_split
 from analysis.errors import DataError
+from analysis.store.jsonio import loads_strict
 
 # ----------------------------------------------------------------------------------------------------
 # Built-in domains
@@ -162,7 +162,7 @@ def _play_items() -> list[tuple[str, str]]:
 
 
 def _math_items() -> list[tuple[str, str]]:
-    data = json.loads(_package_file("champ_dataset", "dataset_files", "v0.json").read_text(encoding="utf-8"))
+    data = loads_strict(_package_file("champ_dataset", "dataset_files", "v0.json").read_text(encoding="utf-8"))
     items = []
     for pid, p in sorted(data["problems"].items()):
         steps = " ".join(s["_text"] for s in (p.get("solution") or {}).get("steps", []))

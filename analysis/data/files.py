@@ -6,6 +6,7 @@ shared with :mod:`analysis.data.hub`.
 """
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from analysis.data.corpus import DEFAULT_EVAL_FRACTION, Corpus, user_corpus
 from analysis.data.tokens import TokenSet
 from analysis.errors import DataError
+from analysis.store.inputs import check_input_file
 
 # ----------------------------------------------------------------------------------------------------
 # User files
@@ -24,6 +26,7 @@ _TEXT_SUFFIXES = {".txt", ".text", ".md"}
 _TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _PREFERRED_FIELDS = ("text", "content", "document")
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # size limit of load_text_bytes
+MAX_FILE_BYTES = 2 * 1024**3          # size limit of a text, table or token file given by path (read whole)
 
 
 def _decode_text(raw: bytes, name: str) -> str:
@@ -112,7 +115,15 @@ def _read_table(path: Path, kind: str, text_field: str | None) -> tuple[list[str
 
     try:
         with tempfile.TemporaryDirectory() as cache, QuietDatasets():
-            ds = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=cache)
+            # `datasets` reads data_files as patterns and URLs ([ * ? { :: ://): give it a plain-named link
+            safe = Path(cache) / f"input{path.suffix.lower()}"
+            try:
+                safe.symlink_to(path.resolve())
+            except OSError:                               # no symlinks on this filesystem: a copy
+                import shutil
+
+                shutil.copyfile(path, safe)
+            ds = datasets.load_dataset(kind, data_files=str(safe), split="train", cache_dir=os.path.join(cache, "c"))
             column = pick_text_column(ds.features, text_field, path.name)
             docs = [x.strip() for x in ds[column] if isinstance(x, str) and x.strip()]
     except DataError:
@@ -130,18 +141,14 @@ def load_text_file(path, text_field: str | None = None, eval_fraction: float = D
     is document-level (ranked by a hash of each document's text); a single document is cut in two.
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"file not found: {p}")
-    if not p.is_file():
-        raise DataError(f"not a file: {p}")
     if not 0 <= eval_fraction < 1:
         raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     suffix = p.suffix.lower()
     if suffix not in _TEXT_SUFFIXES and suffix not in _TABLE_SUFFIXES:
         raise DataError(f"unsupported file type {suffix or '(no extension)'} for {p.name}; "
                         "use .txt, .md, .jsonl, .json, .csv or .parquet")
-    if p.stat().st_size == 0:
-        raise DataError(f"{p.name} is empty")
+    # FIFOs, devices, folders, empty, huge, archives or binary under a text name: refused before reading
+    check_input_file(p, "text file", expect="auto", max_bytes=MAX_FILE_BYTES)
     column = None
     if suffix == ".parquet":
         docs, column = _read_table(p, "parquet", text_field)
@@ -218,10 +225,10 @@ def _read_token_array(p: Path) -> torch.Tensor:
 def load_token_file(path, vocab_size: int | None = None, seq_len: int | None = None) -> TokenSet:
     """Read pre-tokenized windows: an integer array ``[N, T]`` in a .npy or .pt file, used as-is."""
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"token file not found: {p}")
     if p.suffix.lower() not in (".npy", ".pt", ".pth"):
+        check_input_file(p, "token file", expect=None)    # a missing or special file is named as such first
         raise DataError(f"unsupported token file type {p.suffix or '(no extension)'} for {p.name}; use .npy or .pt")
+    check_input_file(p, "token file", expect="auto", max_bytes=MAX_FILE_BYTES)
     ids = _read_token_array(p)
     if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
         raise DataError(f"{p.name} has dtype {str(ids.dtype).replace('torch.', '')}; token ids must be integers")

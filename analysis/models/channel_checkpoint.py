@@ -8,7 +8,6 @@ loads the weights strictly. :func:`analysis.models.loading.load_model` calls it 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,8 +23,10 @@ FORMAT = "entroscope-channels-v1"
 
 def read_channels_meta(path: str | Path) -> dict | None:
     """The parsed ``entroscope-channels.json`` of a checkpoint directory, or None when it has none."""
+    from analysis.store.jsonio import read_json
+
     f = Path(path).expanduser() / CHANNELS_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
+    return read_json(f, kind="channel-checkpoint metadata") if f.is_file() else None
 
 
 def needs_channel_loader(meta: dict | None) -> bool:

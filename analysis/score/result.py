@@ -6,7 +6,6 @@ sequences of H(resid_pre[l]); likewise ``resid_mid`` and ``resid_post``. Per-seq
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,7 +150,9 @@ class AnalysisResult:
     def save(self, path: str | Path) -> None:
         from analysis.store.outdir import write_text_atomic
 
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+        from analysis.store.jsonio import dumps
+
+        write_text_atomic(path, dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnalysisResult":

@@ -8,14 +8,15 @@ recomputed), and every field added later has a default.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from analysis.errors import DataError
-from analysis.indices import GRANULARITIES
+from analysis.indices import GRANULARITIES, GRANULARITY_KEY
+from analysis.store.jsonio import read_json as _read_json
+from analysis.store.jsonio import validate, validation_message
 
 MAX_LAYERS = 4096
 PLAN_KEYS = ("drop_attn", "drop_mlp", "drop_layers")
@@ -75,7 +76,53 @@ class RunModel(BaseModel):
             raise ValueError(f"angular must be a {L + 1}×{L + 1} matrix")
         if self.domains and len(self.domains) != n:
             raise ValueError(f"domains has {len(self.domains)} labels for {n} sequences")
+        for part, width in (("boundary", L + 1), ("mid", L)):
+            v = self.norms.get(part)
+            if v is not None and len(v) != width:
+                raise ValueError(f"norms.{part} has {len(v)} values; num_layers={L} needs {width}")
+        recorded = _model_layers(self.manifest)
+        if recorded is not None and recorded != L:
+            raise ValueError(f"num_layers is {L} but its own manifest.model records {recorded} layers")
+        _check_mi(self.extras.get("mi"), L)
+        for name, v in self.per_seq.items():
+            if _all_null(v) and name == self.estimator:
+                raise ValueError(f"every {name} entropy in per_seq is null (non-finite when computed), so the run "
+                                 f"has no curve to score")
         return self
+
+
+def _all_null(v) -> bool:
+    mats = [v.boundary, v.mid] if isinstance(v, PerSeqEntropy) else [v]
+    return all(x is None for m in mats for row in m for x in row)
+
+
+def _model_layers(manifest: Any) -> int | None:
+    m = manifest.get("model") if isinstance(manifest, dict) else None
+    n = m.get("num_layers") if isinstance(m, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _check_mi(mi: Any, L: int) -> None:
+    """``extras.mi`` (MI-PRUN data): scores per granularity of length L, an (L+1)×(L+1) matrix, numbers only."""
+    if mi is None:
+        return
+    if not isinstance(mi, dict):
+        raise ValueError(f"extras.mi must be a JSON object, got {type(mi).__name__}")
+    scores = mi.get("scores") or {}
+    if not isinstance(scores, dict):
+        raise ValueError("extras.mi.scores must be a JSON object {granularity: [L values]}")
+    for g, v in scores.items():
+        if not isinstance(v, list) or len(v) != L:
+            raise ValueError(f"extras.mi.scores.{g} has {len(v) if isinstance(v, list) else type(v).__name__} "
+                             f"values; num_layers={L} needs {L}")
+        if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for x in v):
+            raise ValueError(f"extras.mi.scores.{g} must hold numbers or null")
+    m = mi.get("matrix")
+    if m is not None:
+        if not isinstance(m, list) or len(m) != L + 1 or any(not isinstance(r, list) or len(r) != L + 1 for r in m):
+            raise ValueError(f"extras.mi.matrix must be a {L + 1}×{L + 1} matrix")
+        if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for r in m for x in r):
+            raise ValueError("extras.mi.matrix must hold numbers or null")
 
 
 class PlanModel(BaseModel):
@@ -85,6 +132,7 @@ class PlanModel(BaseModel):
     drop_mlp: list[StrictInt] = Field(default_factory=list)
     drop_layers: list[StrictInt] = Field(default_factory=list)
     source: dict[str, Any] = Field(default_factory=dict)
+    schema_version: StrictInt = 1
 
     @model_validator(mode="before")
     @classmethod
@@ -103,63 +151,149 @@ class PlanModel(BaseModel):
             raise ValueError(f"lists {len(v)} blocks; no model has more than {MAX_LAYERS}")
         return v
 
+    @model_validator(mode="after")
+    def _agrees_with_source(self) -> "PlanModel":
+        """A plan never contradicts its own ``source``: blocks beyond the model the source names, a block the
+        source protected, blocks at another granularity than the source's selection."""
+        src = self.source
+        L = _model_layers(src.get("run_manifest")) if isinstance(src.get("run_manifest"), dict) else None
+        if L is not None:
+            for key in PLAN_KEYS:
+                bad = [b for b in getattr(self, key) if b >= L]
+                if bad:
+                    raise ValueError(f"{key} holds block(s) {bad}, but its source run's model has {L} layers "
+                                     f"(0..{L - 1})")
+        prot = src.get("protected")
+        if isinstance(prot, list) and all(isinstance(b, int) for b in prot):
+            hit = sorted({b for key in PLAN_KEYS for b in getattr(self, key)} & set(prot))
+            if hit:
+                raise ValueError(f"drops block(s) {hit} that its own source lists as protected {sorted(prot)}")
+        g = src.get("granularity")
+        if g in GRANULARITY_KEY and src.get("criterion") not in (None, "manual"):
+            own = GRANULARITY_KEY[g]
+            other = [k for k in PLAN_KEYS if k != own and getattr(self, k)]
+            if other and not getattr(self, own):
+                raise ValueError(f"its source is a {g}-granularity selection ({own}) but the plan fills "
+                                 f"{', '.join(other)} only")
+        return self
 
-def _loc(loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("PerSeqEntropy", "list[list[nullable[float]]]") or "[" in str(part):
-            continue                                        # union branch names, not fields
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
+
+Finite = Optional[float]                               # finite by parsing (NaN/Infinity refused); null allowed
+
+
+class EvalModel(BaseModel):
+    """Eval JSON (``eval --out``): the fields the figures and reports read."""
+    model_config = ConfigDict(extra="ignore")
+    perplexity: Finite
+    perplexity_original: Finite = None
+    kl: Finite = None
+    top1: Finite = None
+    tokens: Optional[StrictInt] = None
+    plan: Optional[dict[str, Any]] = None
+    manifest: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sane(self) -> "EvalModel":
+        if self.perplexity is None:
+            raise ValueError("perplexity is null (it was non-finite when measured), so there is nothing to draw")
+        for name in ("perplexity", "perplexity_original"):
+            v = getattr(self, name)
+            if v is not None and not v >= 1:
+                raise ValueError(f"{name} is {v}; a perplexity is at least 1")
+        if self.kl is not None and self.kl < 0:
+            raise ValueError(f"kl is {self.kl}; a KL divergence is never negative")
+        if self.top1 is not None and not 0 <= self.top1 <= 1:
+            raise ValueError(f"top1 is {self.top1}; an agreement rate lies in [0, 1]")
+        if self.plan is not None:
+            try:
+                validate_plan(self.plan, "its plan")
+            except DataError as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+
+class SweepRow(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    criterion: str
+    k: StrictInt = Field(ge=0, le=MAX_LAYERS)
+    perplexity: Finite
+    params_removed_fraction: Finite = Field(default=None, ge=0, le=1)
+    granularity: Optional[Literal[GRANULARITIES]] = None
+
+
+class SweepModel(BaseModel):
+    """Sweep JSON (``sweep --out``): rows of (criterion, k, perplexity, …)."""
+    model_config = ConfigDict(extra="ignore")
+    rows: list[SweepRow]
+    skipped: list[Any] = Field(default_factory=list)
+    manifest: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _curves(self) -> "SweepModel":
+        if not self.rows:
+            raise ValueError("the sweep has no rows (nothing was evaluated)")
+        by: dict[str, list] = {}
+        for r in self.rows:
+            by.setdefault(r.criterion, []).append(r.perplexity)
+        empty = sorted(c for c, v in by.items() if all(x is None for x in v))
+        if len(empty) == len(by):
+            raise ValueError(f"every perplexity is null (non-finite when measured) for {', '.join(empty)}: "
+                             "no curve to draw")
+        bad = [r.perplexity for r in self.rows if r.perplexity is not None and not r.perplexity >= 1]
+        if bad:
+            raise ValueError(f"perplexity {bad[0]} is below 1, which no perplexity can be")
+        return self
+
+
+def null_curve_warnings(kind: str, d: Any) -> list[str]:
+    """Named warnings for curves that are all null in a valid file (``NullCurve: …``)."""
+    out = []
+    if kind == "sweep" and isinstance(d, SweepModel):
+        by: dict[str, list] = {}
+        for r in d.rows:
+            by.setdefault(r.criterion, []).append(r.perplexity)
+        out += [f"NullCurve: every perplexity of criterion {c!r} is null (non-finite when measured); it is not drawn"
+                for c, v in by.items() if all(x is None for x in v)]
+    return out
 
 
 def _message(exc: ValidationError, kind: str) -> str:
-    errs = exc.errors(include_url=False)
-    # a union reports one error per branch; the branch whose error is deepest is the meaningful one
-    e = max(errs, key=lambda x: len(x["loc"]))
-    if any(x["type"] == "value_error" for x in errs):
-        e = next(x for x in errs if x["type"] == "value_error")
-    loc, typ = _loc(e["loc"]), e["type"]
-    if typ == "value_error":
-        msg = str(e.get("ctx", {}).get("error") or e["msg"].removeprefix("Value error, "))
-        return msg if loc == "(top level)" else f"field {loc}: {msg}"
-    if typ == "extra_forbidden":
-        extra = sorted(str(x["loc"][0]) for x in errs if x["type"] == "extra_forbidden")
-        return f"has unknown keys {extra}; a {kind} has {', '.join(PLAN_KEYS)} and source"
-    if typ == "missing":
-        return f"field {loc} is missing"
-    if typ == "list_type":
-        return f"field {loc!r} must be a list" + (" of 0-based block indices" if kind == "plan" else "") + \
-            f", got {type(e['input']).__name__}"
-    if typ in ("int_type", "int_from_float", "int_parsing") and kind == "plan":
-        return f"field {loc.split('[')[0]!r} must hold integers, got {e['input']!r}"
-    if typ == "dict_type":
-        return f"field {loc!r} must be a JSON object"
-    return f"field {loc}: {e['msg']} (got {str(e.get('input'))[:40]!r})"
+    return validation_message(exc, kind, ", ".join(PLAN_KEYS) + " and source" if kind == "plan" else None)
 
 
 def read_json(path: str | Path, kind: str, hint: str) -> Any:
-    """Parse a JSON file; missing, unreadable, invalid or absurdly nested files → DataError."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{kind.capitalize()} file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{kind.capitalize()} path is a directory, not a JSON file: {path}") from None
-    except RecursionError:
-        raise DataError(f"{path} is nested too deeply to be a {kind} JSON", hint=hint) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        what = "an Entroscope run" if kind == "run" else f"valid {kind}"
-        raise DataError(f"{path} is not {what} JSON ({type(exc).__name__})", hint=hint) from None
-    except OSError as exc:
-        raise DataError(f"Cannot read {kind} file {path}: {exc.strerror or exc}") from None
+    """Parse a JSON file strictly (:func:`analysis.store.jsonio.read_json`, no schema); DataError otherwise."""
+    return _read_json(path, kind=kind, hint=hint)
 
 
 RUN_HINT = "create one with `python -m analysis analyze ... --out run.json`"
 PLAN_HINT = "create one with `python -m analysis select ... --out plan.json`"
+EVAL_HINT = "create it with `python -m analysis eval ... --out eval.json`"
+SWEEP_HINT = "create it with `python -m analysis sweep ... --out sweep.json`"
+
+
+def read_run(path: str | Path) -> dict:
+    """A run JSON file, read strictly and validated (:class:`RunModel`); DataError naming the file and field."""
+    return _read_json(path, validate_run, kind="run", hint=RUN_HINT)
+
+
+def read_plan(path: str | Path) -> "PlanModel":
+    """A plan JSON file, read strictly and validated (:class:`PlanModel`)."""
+    return _read_json(path, validate_plan, kind="plan", hint=PLAN_HINT)
+
+
+def read_eval(path: str | Path) -> dict:
+    """An eval JSON file as a dict, read strictly and validated (:class:`EvalModel`)."""
+    d = _read_json(path, kind="eval", hint=EVAL_HINT)
+    validate(d, EvalModel, str(path), "eval", EVAL_HINT)
+    return d
+
+
+def read_sweep(path: str | Path) -> tuple[dict, list[str]]:
+    """A sweep JSON file as a dict and its named warnings, read strictly and validated (:class:`SweepModel`)."""
+    d = _read_json(path, kind="sweep", hint=SWEEP_HINT)
+    m = validate(d, SweepModel, str(path), "sweep", SWEEP_HINT)
+    return d, null_curve_warnings("sweep", m)
 
 
 def validate_run(d: Any, where: str = "run") -> dict:
@@ -173,7 +307,12 @@ def validate_run(d: Any, where: str = "run") -> dict:
         raise DataError(f"{where} is nested too deeply to be a run JSON", hint=RUN_HINT) from None
     except ValidationError as exc:
         raise DataError(f"{where} is not a valid Entroscope run JSON: {_message(exc, 'run')}", hint=RUN_HINT) from None
-    return {**{k: getattr(m, k) for k in RunModel.model_fields if k not in d}, **d}   # older files: defaults
+    out = {**{k: getattr(m, k) for k in RunModel.model_fields if k not in d}, **d}   # older files: defaults
+    nulls = [f"NullCurve: every {name} entropy is null (non-finite when computed); {name} cannot rank blocks"
+             for name, v in m.per_seq.items() if name != m.estimator and _all_null(v)]
+    if nulls:
+        out["warnings"] = [*out.get("warnings", []), *(w for w in nulls if w not in out.get("warnings", []))]
+    return out
 
 
 def validate_plan(d: Any, where: str = "plan") -> PlanModel:

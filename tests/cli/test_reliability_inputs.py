@@ -223,7 +223,10 @@ def test_run_for_another_model_needs_force(capsys, tmp_path, run_json, other_dir
     from analysis.score.result import AnalysisResult
 
     lm = load_model(other_dir, device="cpu")
-    assert any("depth (layers) 30 ≠ 4" in x for x in differences(recorded_model(AnalysisResult.load(deeper)), lm))
+    d = json.loads(open(deeper).read())
+    assert any("depth (layers) 30 ≠ 4" in x for x in differences(recorded_model(d), lm))
+    with pytest.raises(Exception, match="num_layers is 4 but its own manifest.model records 30 layers"):
+        AnalysisResult.load(deeper)           # a run that contradicts its own manifest is refused
 
 
 # ---- V9 asking a run for what it lacks -------------------------------------------------------------------------

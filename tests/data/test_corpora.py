@@ -463,7 +463,7 @@ def test_token_file_pt_errors(tmp_path):
     with pytest.raises(DataError, match="holds a list, not a tensor"):
         C.load_token_file(tmp_path / "l.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(DataError, match="could not read junk.pt"):
+    with pytest.raises(DataError, match="junk.pt is text, not a torch file"):
         C.load_token_file(tmp_path / "junk.pt")
-    with pytest.raises(DataError, match="token file not found"):
+    with pytest.raises(DataError, match="Token file not found"):
         C.load_token_file(tmp_path / "missing.npy")

@@ -52,13 +52,14 @@ def test_describe_and_is_empty():
     assert not Plan(drop_mlp=[1]).is_empty
 
 
-def test_json_round_trip_has_exactly_four_keys(tmp_path):
+def test_json_round_trip_has_a_schema_version_and_the_four_plan_keys(tmp_path):
     p = Plan(drop_attn=[5, 7], drop_mlp=[9], drop_layers=[20, 21], source={"criterion": "manual"})
     path = tmp_path / "plan.json"
     p.save(path)
     d = json.loads(path.read_text())
-    assert list(d) == ["drop_attn", "drop_mlp", "drop_layers", "source"]
-    assert d == {"drop_attn": [5, 7], "drop_mlp": [9], "drop_layers": [20, 21], "source": {"criterion": "manual"}}
+    assert list(d) == ["schema_version", "drop_attn", "drop_mlp", "drop_layers", "source"]
+    assert d == {"schema_version": 1, "drop_attn": [5, 7], "drop_mlp": [9], "drop_layers": [20, 21],
+                 "source": {"criterion": "manual"}}
     assert Plan.load(path) == p
     assert Plan.from_dict(p.to_dict()) == p
 
@@ -126,4 +127,4 @@ def test_select_command_writes_a_plan(tmp_path):
     assert main(["select", "--run", str(tmp_path / "run.json"), "--k", "2", "--out", str(out)]) == 0
     p = Plan.load(out)
     assert len(p.drop_attn) == 2 and p.source["criterion"] == "entrodrop" and p.source["run_manifest"]
-    assert list(json.loads(out.read_text())) == ["drop_attn", "drop_mlp", "drop_layers", "source"]
+    assert list(json.loads(out.read_text())) == ["schema_version", "drop_attn", "drop_mlp", "drop_layers", "source"]

@@ -39,6 +39,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from analysis.channels.io import REPORT_FILE, save_channel_pruned
+    from analysis.models.channel_checkpoint import read_channels_meta
     from analysis.channels.pipeline import run_ablation, run_channels
     from analysis.store.jsonio import clean_json
     from analysis.store.outdir import check_out_dir
@@ -56,7 +57,7 @@ def run(args) -> int:
     path = save_channel_pruned(res.pruned, out, report=report, overwrite=args.overwrite, expected=state)
     summary = {"out": str(path), "report": str(path / REPORT_FILE), "ratio_reached": report["final"]["ratio_reached"],
                "widths": report["final"]["widths"], "params": report["final"]["params"],
-               "loader": json.loads((path / "entroscope-channels.json").read_text())["loader"],
+               "loader": read_channels_meta(path)["loader"],
                "perplexity": {d: {"before": v["before"], "after": v["after"]}
                               for d, v in (report.get("evaluation") or {}).get("domains", {}).items()}}
     print(json.dumps(clean_json(summary, fallback=str)), file=sys.stdout)

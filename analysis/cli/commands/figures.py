@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(sub) -> None:
@@ -18,23 +19,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _json_file(path: str, what: str, hint: str) -> dict:
-    from pathlib import Path
-
-    from analysis.errors import DataError
-
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{what} file not found: {path}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{path} is not a JSON file", hint=hint) from None
-
-
 def run(args) -> int:
     from analysis.errors import DataError
     from analysis.figures import FORMATS, all_figures, save_figures
     from analysis.score.result import AnalysisResult
+    from analysis.store.schemas import read_eval, read_sweep
 
     if not (args.run or args.eval or args.sweep):
         raise DataError("Nothing to draw", hint="give --run run.json and/or --eval eval.json / --sweep sweep.json")
@@ -43,9 +32,12 @@ def run(args) -> int:
     if bad or not formats:
         raise DataError(f"Unknown figure format(s) {bad or args.formats!r}", hint=f"use {', '.join(FORMATS)}")
     r = AnalysisResult.load(args.run) if args.run else None
-    ev = _json_file(args.eval, "Eval", "create it with `python -m analysis eval ... --out eval.json`") if args.eval else None
-    sw = _json_file(args.sweep, "Sweep", "create it with `python -m analysis sweep ... --out sweep.json`") \
-        if args.sweep else None
+    ev = read_eval(args.eval) if args.eval else None       # strict JSON, validated by the pydantic schemas
+    sw, notes = read_sweep(args.sweep) if args.sweep else (None, [])
+    for w in notes:
+        print(f"warning: {w}", file=sys.stderr)
+    if sw is not None:                                    # rows whose perplexity was non-finite are not drawn
+        sw = {**sw, "rows": [row for row in sw["rows"] if row.get("perplexity") is not None]}
     figs = all_figures(r, ev, sw)
     paths = save_figures(figs, args.out, formats, overwrite=args.overwrite)
     if not args.quiet:

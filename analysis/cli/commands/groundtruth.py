@@ -43,7 +43,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from analysis.evaluate.groundtruth import blockpruner_select, delta_ppl_details, sleb_select, store_ground_truth
     from analysis.errors import SelectionError
-    from analysis.store.jsonio import clean_json
+    from analysis.store.jsonio import dumps
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -78,7 +78,7 @@ def run(args) -> int:
         out["sleb"] = sleb_select(lm, tokens, args.n, args.protect, args.batch_size, progress)
     if "blockpruner" in methods:
         out["blockpruner"] = blockpruner_select(lm, tokens, args.n, args.protect, args.batch_size, progress)
-    write_text_atomic(args.out, json.dumps(clean_json(out), indent=1))
+    write_text_atomic(args.out, dumps(out, indent=1))
     if not args.quiet:
         summary = {"out": args.out}
         if "delta-ppl" in out:

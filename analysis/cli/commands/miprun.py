@@ -36,6 +36,7 @@ def run(args) -> int:
     from analysis.score.miprun import miprun_select
     from analysis.score.result import AnalysisResult
 
+    from analysis.store.jsonio import dumps
     from analysis.store.outdir import check_out_file, write_text_atomic
 
     check_out_file(args.out, "--out file")
@@ -43,7 +44,7 @@ def run(args) -> int:
     plan = miprun_select(r, args.n, method=args.method, protect=args.protect, K=args.K or None,
                          alt_size=args.alt_size, max_iter=args.max_iter, repartition=args.repartition,
                          max_combinations=args.max_combinations, refine=args.refine)
-    text = json.dumps(plan, indent=1)
+    text = dumps(plan, indent=1)
     if args.out:
         write_text_atomic(args.out, text)
         src = plan["source"]
