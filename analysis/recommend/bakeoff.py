@@ -9,6 +9,7 @@ stopped bake-off resumes where it stopped.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -52,6 +53,7 @@ class _Clock:
             f = lo + (hi - lo) * max(0.0, min(1.0, frac))
             spent = time.perf_counter() - self.t0
             left = spent / f * (1 - f) if f > 0.02 else None
+            msg = re.sub(r" · about [^·]* left", "", msg)            # one time left: the whole bake-off's
             self.progress(f, f"{name}: {msg}" + (f" · about {_dur(left)} left" if left is not None else ""))
 
         return cb
