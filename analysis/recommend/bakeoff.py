@@ -301,7 +301,13 @@ def _recommend_k(k: int, t: dict, plans: dict, cfg) -> dict:
     lab, _, heal = best.partition("+")
     heal = heal or "none"
     r = rows[best]
-    alike = [o for o, pr in t["pairs"].get(best, {}).items() if not pr["distinguishable"]]
+
+    def same_plan(o: str) -> bool:                   # another criterion that chose the very same plan
+        lo_, _, ho = o.partition("+")
+        return (ho or "none") == heal and row_key(plans[(lo_, k)]) == row_key(plans[(lab, k)])
+
+    same = sorted(o for o in rows if o != best and same_plan(o))
+    alike = [o for o, pr in t["pairs"].get(best, {}).items() if not pr["distinguishable"] and o not in same]
     # the best of each family next to it: EntroDrop, MI-PRUN, and the best other fixed criterion
     others = []
     for fam in ("entrodrop", "mi-prun"):
@@ -323,6 +329,8 @@ def _recommend_k(k: int, t: dict, plans: dict, cfg) -> dict:
     how = standing(r)
     if how != "better than random":
         sentence += f" — {how}"
+    if same:
+        sentence += f"; {', '.join(same)} chose the same blocks"
     if alike:
         sentence += f"; not distinguishable from {', '.join(sorted(alike))}"
     sentence += f" (held-out ΔPPL, {round(100 * cfg.level)} % paired bootstrap over {t['n_windows']} windows)."
@@ -331,7 +339,7 @@ def _recommend_k(k: int, t: dict, plans: dict, cfg) -> dict:
     p["source"] = {**p["source"], "criterion": plan.source.get("criterion", lab), "label": lab, "heal": heal,
                    "recommended_by": "analysis.recommend", "held_out_dppl": [r["dppl"], r["lo"], r["hi"]]}
     return {"label": lab, "heal": heal, "dppl": r["dppl"], "lo": r["lo"], "hi": r["hi"], "standing": how,
-            "indistinguishable": sorted(alike), "sentence": sentence, "plan": p}
+            "indistinguishable": sorted(alike), "same_blocks": same, "sentence": sentence, "plan": p}
 
 
 def _choose(recs: dict, max_dppl: float) -> dict | None:

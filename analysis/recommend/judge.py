@@ -44,9 +44,9 @@ def judging_domains(heldout: str, calib_domains: list[str]) -> list[str]:
 
 
 def judging_windows(lm, domains: list[str], tokens: int, window: int, batch_size: int) -> tuple[EvalWindows, list[str]]:
-    """Disjoint windows of ``window`` tokens from each domain's eval split, ``tokens // len(domains)`` tokens
-    per domain (at least one window each); returns the windows and each window's domain."""
-    per = max(window, tokens // len(domains))
+    """Disjoint windows of ``window`` tokens from each domain's eval split: ``tokens // window`` windows (at
+    least 2) shared equally between the domains, rounded up; returns the windows and each window's domain."""
+    per = -(-max(2, tokens // window) // len(domains)) * window     # tokens read from each domain
     rows, labels, bos = [], [], False
     cfg = EvalConfig(window=window, max_tokens=per, batch_size=1)
     for name in domains:
