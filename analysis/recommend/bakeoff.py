@@ -308,17 +308,17 @@ def _recommend_k(k: int, t: dict, plans: dict, cfg) -> dict:
 
     same = sorted(o for o in rows if o != best and same_plan(o))
     alike = [o for o, pr in t["pairs"].get(best, {}).items() if not pr["distinguishable"] and o not in same]
-    # the best of each family next to it: EntroDrop, MI-PRUN, and the best other fixed criterion
+
+    # next to it: the best unhealed row of each other family (EntroDrop, MI-PRUN, the other fixed criteria)
+    def family(n: str) -> str:
+        return next((f for f in ("entrodrop", "mi-prun") if n.startswith(f)), "other")
+
     others = []
-    for fam in ("entrodrop", "mi-prun"):
-        fr = {n: x for n, x in rows.items() if n.startswith(fam) and "+" not in n and n != best}
-        if fr and not best.startswith(fam):
+    for fam in ("other", "entrodrop", "mi-prun"):
+        fr = {n: x for n, x in rows.items() if family(n) == fam and "+" not in n and n != best and n not in same}
+        if fr and (fam != family(best) or "+" in best):
             b = min(fr, key=lambda n: fr[n]["dppl"])
             others.append(f"{b} {fmt(fr[b])}")
-    fixed = {n: x for n, x in rows.items() if "+" not in n and n != best and not n.startswith(("entrodrop", "mi-prun"))}
-    if fixed and "+" in best:
-        b = min(fixed, key=lambda n: fixed[n]["dppl"])
-        others.insert(0, f"{b} {fmt(fixed[b])}")
     band = t["random"]
     name = lab + (f" + {heal} healing" if heal != "none" else "")
     sentence = f"{name}, k = {k}: {fmt(r)}"
