@@ -46,15 +46,15 @@ def test_select_page_default_from_evidence_then_bakeoff_preselects(server):  # n
 
             # --- before the bake-off: the repository's evidence, labelled ---------------------------------
             _nav(page, "Select blocks")
-            crit_box = page.get_by_test_id("stSelectbox").filter(has_text="Criterion").first
-            expect(crit_box).to_contain_text(CRITERIA[crit0].title)
-            expect(page.get_by_text(why0, exact=False).first).to_be_visible()
+            crit_box = page.get_by_role("combobox", name="Criterion")
+            expect(crit_box).to_have_value(CRITERIA[crit0].title)
+            expect(page.locator("[data-testid=stCaptionContainer]:visible", has_text=why0).first).to_be_visible()
             expect(page.get_by_label("k", exact=True)).to_have_value("4")
 
             # --- a tiny bake-off from the page -------------------------------------------------------------
             page.get_by_text("Which criterion, k and healing for this model?").click()
             _wait_idle(page)
-            box = page.get_by_label("k (comma list, or auto)")
+            box = page.get_by_role("textbox", name="k (comma list, or auto)")
             box.fill("2")
             box.press("Enter")
             _wait_idle(page)
@@ -68,8 +68,7 @@ def test_select_page_default_from_evidence_then_bakeoff_preselects(server):  # n
             label, k = m.group(1), m.group(2)
             assert k == "2"
             expect(page.get_by_label("k", exact=True)).to_have_value(k)                # pre-selected k
-            expect(page.get_by_test_id("stSelectbox").filter(has_text="Criterion").first).to_contain_text(
-                CRITERIA[label.split("[")[0]].title)                                    # pre-selected criterion
+            expect(crit_box).to_have_value(CRITERIA[label.split("[")[0]].title)         # pre-selected criterion
             expect(page.get_by_text(re.compile(r"random band")).first).to_be_visible()
         except Exception:
             page.screenshot(path=str(OUT / "bakeoff-failure.png"), full_page=True)
