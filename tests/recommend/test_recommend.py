@@ -186,3 +186,28 @@ def test_cli_refuses_with_exit_2(ckpt, tmp_path, bad, capsys):
     assert code == 2
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_settings_round_trip_through_the_cli():
+    """Every RecommendConfig setting is a CLI flag, and a config written as flags parses back to itself."""
+    import dataclasses
+
+    from analysis.cli.main import build_parser
+    from analysis.settings import from_args, specs, to_argv
+
+    assert {f.name for f in dataclasses.fields(RecommendConfig)} == {s.name for s in specs(RecommendConfig, cli=True)}
+    cfg = RecommendConfig(granularity="layer", ks="2,3", estimators=("knn",), sinks="keep", protect="auto", mi=True,
+                          delta_ppl_windows=3, seeds=7, heal=("none", "distill"), heal_top=2, heldout="news",
+                          heldout_tokens=999, window=64, n_boot=300, level=0.8, max_dppl=20.0, seed=5, batch_size=2)
+    argv = ["recommend", "--out", "r.json", *to_argv(cfg)]
+    assert from_args(RecommendConfig, build_parser().parse_args(argv)) == cfg
+    assert from_args(RecommendConfig, build_parser().parse_args(["recommend", "--out", "r.json"])) == RecommendConfig()
+
+
+def test_layer_granularity_with_mi_has_mi_prun_fast_block_select_and_angular(lm, calib):
+    cfg = RecommendConfig(**{**SMALL, "granularity": "layer", "mi": True, "ks": "1,2", "delta_ppl_windows": 0})
+    r = recommend(lm, calib, cfg)
+    labels = {row["label"] for row in r["rows"]}
+    assert {"mi-prun", "mi-prun[fbs]", "angular", "cosine"} <= labels, labels
+    fbs = [row for row in r["rows"] if row["label"] == "mi-prun[fbs]"]
+    assert sorted(len(row["blocks"]) for row in fbs) == [1, 2]
