@@ -20,7 +20,7 @@ from analysis.errors import SelectionError
 from analysis.models.plan import RECOMMENDATION_KIND as KIND  # rec.json is a plan file too
 from analysis.models.plan import Plan
 from analysis.recommend.config import RecommendConfig, auto_ks, parse_ks
-from analysis.recommend.judge import (NLLCache, calibration_domains, check_disjoint, judging_domains,
+from analysis.recommend.judge import (NLLCache, Stopped, calibration_domains, check_disjoint, judging_domains,
                                       judging_windows, model_nll, plans_nll, row_key, tokens_per_window,
                                       windows_hash)
 from analysis.recommend.stats import paired_table
@@ -109,14 +109,15 @@ def plan_for(run, cand: Candidate, k: int, granularity: str, protected: list[int
 
 
 def _analysis(lm, tokens, cfg: RecommendConfig, progress, should_stop):
+    """One analysis pass with every estimator compared (and MI states with ``cfg.mi``), from the results cache
+    when it ran before."""
     from analysis.run import AnalysisConfig, analyze
+    from analysis.settings import build
 
-    est = tuple(dict.fromkeys(cfg.estimators)) or ("bucket",)
-    acfg = AnalysisConfig(estimator=est[0], extra_estimators=est[1:], granularity=cfg.granularity, sinks=cfg.sinks,
-                          protect=cfg.protect, batch_size=cfg.batch_size,
-                          mi={"estimator": "renyi", "n_tokens": 256} if cfg.mi else {})
-    if cfg.mi:
-        acfg.state_tokens, acfg.extensions = 256, ("mi",)
+    est = tuple(dict.fromkeys(cfg.estimators))
+    acfg = build(AnalysisConfig, {"estimator": est[0], "extra_estimators": est[1:], "granularity": cfg.granularity,
+                                  "sinks": cfg.sinks, "protect": cfg.protect, "batch_size": cfg.batch_size,
+                                  "mi": cfg.mi})
     return analyze(lm, tokens, acfg, progress=progress, should_stop=should_stop, cache=True)
 
 
@@ -151,8 +152,6 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
     if run is None:
         run = _analysis(lm, tokens, cfg, clock.stage("analysis"), should_stop)
     if run.manifest.get("completed") is False:
-        from analysis.recommend.judge import Stopped
-
         raise Stopped("stopped during the analysis pass; run it again to resume (the pass is cached)")
     L = run.num_layers
     from analysis.score.selection import protected_blocks
@@ -189,7 +188,7 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
         p.validate(L)
     # ---- judge: per-window NLL of the dense model and every plan (trie walk, cached) ----
     keys = list(plans)
-    total = W * (1 + 0)                      # batches of the walk, counted in windows
+    total = W                                # the walk's progress, counted in windows
     done = [0]
     judge_cb = clock.stage("judging")
 
@@ -215,8 +214,6 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
                 got = nll_cache.get(key, W)
                 if got is None:
                     if should_stop and should_stop():
-                        from analysis.recommend.judge import Stopped
-
                         raise Stopped("stopped while healing; run it again to resume (judged plans are cached)")
                     heal_cb(i / n_h, f"{m} healing of {lab} at k = {k}")
                     healed = heal(lm, plan, m, tokens=ids, stop=should_stop)
