@@ -173,6 +173,9 @@ def test_cli_writes_rec_json_that_eval_accepts(ckpt, tmp_path):
     assert main(["eval", "--model", str(ckpt), "--plan", str(out), "--corpus", "news", "--max-tokens", "256",
                  "--window", "64", "--out", str(ev), "--quiet"]) == 0
     assert json.loads(ev.read_text())["plan"]["drop_attn"] == rec["plan"]["drop_attn"]
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", str(ckpt), "--plan", str(out), "--out", str(pruned), "--quiet"]) == 0
+    assert (pruned / "config.json").exists()
 
 
 @pytest.mark.parametrize("bad", [["--k", "0"], ["--k", "9"], ["--seeds", "3"], ["--heal", "none,bogus"],
