@@ -4,7 +4,8 @@ held-out evidence produced by the same code as ``python -m analysis recommend`` 
 Per model: the boundary-entropy curves (Bucket, robust Bucket, KNN, scale-normalised KNN) with sinks
 excluded and kept, the boundary with its bootstrap interval, where massive activations appear, and the
 bake-off: every registered criterion the run supports (EntroDrop under each estimator, cosine, Block
-Influence, tail, drop-one ΔPPL; MI-PRUN with ``--with-mi``) at several k, with and without linear healing,
+Influence, tail, drop-one ΔPPL; MI-PRUN with ``--with-mi``) at several k, with and without healing (linear;
+for Gemma-3, whose sandwich norms refuse linear healing, ``--heal none,distill``),
 calibrated on ``wiki`` (calibration split) and judged on the eval split of the other built-in domains, each
 row with a paired-bootstrap interval and read against a band of random choices.
 
@@ -283,7 +284,7 @@ HEADER = """# Four real models: entropy curves, sinks, boundary and a held-out b
 Written by `bench/models.py` (run alone on a quiet machine; the load average of each run is recorded below):
 
     bench/models.py --model smollm2
-    bench/models.py --model gemma3-270m
+    bench/models.py --model gemma3-270m --heal none,distill --heal-top 2   # linear cannot fold past its sandwich norms
     bench/models.py --model qwen2.5-coder-0.5b
     bench/models.py --model qwen2.5-coder-1.5b
     bench/models.py --report --write

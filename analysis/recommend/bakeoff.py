@@ -129,7 +129,7 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
     ``run``: an :class:`~analysis.score.result.AnalysisResult` of ``lm`` on ``tokens`` to reuse (else one
     analysis pass is made, from the results cache when it ran before). ``should_stop()`` true → :class:`Stopped`
     (what was measured is cached; a new call resumes)."""
-    from analysis.heal.registry import heal
+    from analysis.heal.registry import HealError, heal
 
     cfg = cfg or RecommendConfig()
     cfg.validate()
@@ -216,7 +216,12 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
                     if should_stop and should_stop():
                         raise Stopped("stopped while healing; run it again to resume (judged plans are cached)")
                     heal_cb(i / n_h, f"{m} healing of {lab} at k = {k}")
-                    healed = heal(lm, plan, m, tokens=ids, stop=should_stop)
+                    try:
+                        healed = heal(lm, plan, m, tokens=ids, stop=should_stop)
+                    except HealError as exc:          # e.g. linear on Gemma-3's sandwich norms: a row skipped
+                        skipped.append({"criterion": lab, "k": k, "heal": m, "reason": str(exc)})
+                        i += 1
+                        continue
                     got = model_nll(healed.model, windows, lm.device, should_stop=should_stop)
                     del healed
                     nll_cache.put(key, got.tolist())

@@ -214,3 +214,14 @@ def test_layer_granularity_with_mi_has_mi_prun_fast_block_select_and_angular(lm,
     assert {"mi-prun", "mi-prun[fbs]", "angular", "cosine"} <= labels, labels
     fbs = [row for row in r["rows"] if row["label"] == "mi-prun[fbs]"]
     assert sorted(len(row["blocks"]) for row in fbs) == [1, 2]
+
+
+def test_gemma3_bos_windows_and_a_healing_that_does_not_apply_is_skipped():
+    g = tiny_loaded("gemma3", layers=8)
+    calib = sample_windows(load_corpus("wiki"), g.tokenizer, SampleConfig(n_samples=4, seq_len=64))
+    r = recommend(g, calib, RecommendConfig(**{**SMALL, "ks": "1", "heal": ("none", "linear"), "heal_top": 1,
+                                               "delta_ppl_windows": 0}))
+    assert r["judging"]["disjoint"]["shared"] == 0 and r["rows"]
+    bad = [s for s in r["skipped"] if s.get("heal") == "linear"]
+    assert bad and "sandwich norm" in bad[0]["reason"]               # linear cannot fold past Gemma-3's norms
+    assert all(row["heal"] == "none" for row in r["rows"])
