@@ -1,24 +1,30 @@
-"""Four real models end to end → ``docs/models.md`` with PNG figures (``docs/figures/models/``).
+"""Four real models end to end → ``docs/models.md`` with PNG figures (``docs/figures/models/``), the
+held-out evidence produced by the same code as ``python -m analysis recommend`` (:mod:`analysis.recommend`).
 
 Per model: the boundary-entropy curves (Bucket, robust Bucket, KNN, scale-normalised KNN) with sinks
-excluded and kept, the boundary with its bootstrap interval, where massive activations appear, and a
-held-out perplexity table after dropping k = 4 and k = 8 attention blocks chosen by EntroDrop (each
-estimator), LLM-Drop cosine, Block Influence, random and drop-one ΔPPL, calibrated on one domain (wiki,
-calibration split) and evaluated on another (news, held-out split), sinks excluded and kept. Every
-criterion uses EntroDrop's fixed protection {0, 1, L−1}.
+excluded and kept, the boundary with its bootstrap interval, where massive activations appear, and the
+bake-off: every registered criterion the run supports (EntroDrop under each estimator, cosine, Block
+Influence, tail, drop-one ΔPPL; MI-PRUN with ``--with-mi``) at several k, with and without healing (linear;
+for Gemma-3, whose sandwich norms refuse linear healing, ``--heal none,distill``),
+calibrated on ``wiki`` (calibration split) and judged on the eval split of the other built-in domains, each
+row with a paired-bootstrap interval and read against a band of random choices.
 
-One model per process (only one large model in memory); each writes ``docs/figures/models/<model>.json``,
-and ``--report`` rebuilds ``docs/models.md`` from the JSON files present::
+One model per process (only one large model in memory); each writes ``docs/figures/models/<model>.json``.
+``--report`` prints the markdown built from the JSON files present; ``--report --write`` regenerates
+``docs/models.md`` and the evidence table the app reads (``analysis/recommend/evidence.json``)::
 
-    .venv/bin/python bench/models.py --model smollm2 --n 32 --t 256 --eval-tokens 4096
-    .venv/bin/python bench/models.py --report
+    .venv/bin/python bench/models.py --model smollm2          # defaults: 32 × 256 calibration, 4,096 held-out
+    .venv/bin/python bench/models.py --report --write
+
+The bake-off's settings are :class:`analysis.recommend.config.RecommendConfig`'s fields (same flags as the
+CLI command, same defaults).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,90 +35,66 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIG = ROOT / "docs" / "figures" / "models"
+DOC = ROOT / "docs" / "models.md"
 EST = ("bucket", "bucket-robust", "knn", "knn-norm")
 MODES = ("exclude", "keep")
-KS = (4, 8)
-CALIB, EVAL = "wiki", "news"
+CALIB = "wiki"
+ORDER = ["smollm2", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_model(name: str, n: int, t: int, eval_tokens: int, gt_n: int, gt_t: int, save=lambda res: None,
-              resume: dict | None = None, only: list[str] | None = None) -> dict:
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_model(name: str, n: int, t: int, cfg, save=lambda res: None) -> dict:
     import torch
 
-    from analysis.evaluate.groundtruth import delta_ppl_details
     from analysis.data import SampleConfig, load_corpus, sample_windows
-    from analysis.score.criteria import drop_order
-    from analysis.evaluate import EvalConfig, sweep
+    from analysis.measure.boundary import boundary_interval
     from analysis.models.loading import load_model
+    from analysis.recommend.bakeoff import recommend
     from analysis.run import AnalysisConfig, analyze
-    from analysis.score.selection import protected_blocks, rank_blocks
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
+    out = {"model": name, "calib": {"domain": CALIB, "n": n, "t": t}, "runs": {}, "load": {"start": load()}}
     lm = load_model(name, device="cpu", dtype="fp32")
-    L = lm.num_layers
+    out["layers"] = L = lm.num_layers
     log(f"{name}: loaded, {L} layers")
-    corpus = load_corpus(CALIB)
-    tokens = sample_windows(corpus, lm.tokenizer, SampleConfig(n_samples=n, seq_len=t, seed=2024))
-    prot = protected_blocks(L, "fixed")
-    out = {"model": name, "layers": L, "calib": {"domain": CALIB, "n": n, "t": t}, "protected": prot,
-           "runs": {}, "orders": {}}
+    tokens = sample_windows(load_corpus(CALIB), lm.tokenizer, SampleConfig(n_samples=n, seq_len=t, seed=2024))
     runs = {}
-    if resume is not None:                          # curves and orders from an earlier run of this script
-        out = resume
-        out.pop("eval", None)
-    for mode in (MODES if resume is None else ()):
-        cfg = AnalysisConfig(estimator="bucket", extra_estimators=EST[1:], granularity="attention", sinks=mode,
-                             batch_size=4)
-        r = analyze(lm, tokens, cfg)
+    for mode in MODES:
+        acfg = AnalysisConfig(estimator="bucket", extra_estimators=EST[1:], granularity=cfg.granularity, sinks=mode,
+                              protect=cfg.protect, batch_size=4)
+        r = analyze(lm, tokens, acfg, cache=True)
         runs[mode] = r
         info = {}
         for e in EST:
-            from analysis.measure.boundary import boundary_interval
-
             b, _ = r.seq_entropy(e)
             info[e] = {"curve": r.entropy(e)["boundary"].tolist(), "boundary": boundary_interval(b, seed=0)}
         out["runs"][mode] = {"estimators": info, "sinks": r.sinks, "norms": r.norms["boundary"].tolist(),
                              "seconds": r.manifest["timings"]["total_s"]}
-        for e in EST:
-            out["orders"][f"entrodrop[{e}]/{mode}"] = drop_order(r, "entrodrop", "attention", prot, estimator=e)
-        for c in ("cosine", "block-influence"):
-            out["orders"][f"{c}/{mode}"] = drop_order(r, c, "attention", prot)
         log(f"{name}: analysis sinks={mode} in {out['runs'][mode]['seconds']:.1f} s")
-    if resume is None:
-        out["orders"]["random"] = drop_order(runs["keep"], "random", "attention", prot, seed=0)
-        out["seconds"] = time.perf_counter() - t0
-    save(out)
-    if eval_tokens <= 0:
-        return out                                     # the curves are written even if the rest does not finish
-    cfg = EvalConfig(max_tokens=eval_tokens, window=min(1024, eval_tokens))
-    sw = sweep(lm, {"none": []}, ["none"], [0], data=EVAL, granularity="attention", cfg=cfg)
-    base = sw["rows"][0]["perplexity"]
-    out["eval"] = {"domain": EVAL, "split": "eval", "base_ppl": base, "rows": []}
+    out["protected"] = list(runs["exclude"].protected)
+    save(out)                                           # the curves are written even if the rest does not finish
 
-    def evaluate(orders: dict) -> None:
-        sw = sweep(lm, orders, list(orders), KS, data=EVAL, granularity="attention", cfg=cfg)
-        out["eval"]["tokens"] = sw["protocol"].get("tokens_scored")
-        out["eval"]["rows"] += [{"criterion": r["criterion"], "k": r["k"], "blocks": r["blocks"],
-                                 "ppl": r["perplexity"]} for r in sw["rows"]]
-        log(f"{name}: held-out sweep of {len(sw['rows'])} plans in {sw['seconds']:.1f} s")
+    last = [0.0]
 
-    evaluate({c: o for c, o in out["orders"].items() if only is None or c in only})
+    def progress(frac: float, msg: str) -> None:
+        if frac - last[0] >= 0.05 or frac >= 1:
+            last[0] = frac
+            log(f"{name}: [{frac:4.0%}] {msg}")
+
+    # the same code as `python -m analysis recommend`, reusing the sinks-excluded run (4 estimators)
+    rec = recommend(lm, tokens, cfg, run=runs["exclude"], progress=progress)
+    out["recommend"] = rec
+    out["load"]["end"] = load()
     out["seconds"] = time.perf_counter() - t0
-    save(out)
-    if gt_n > 0:
-        gt_tokens = tokens.input_ids[:gt_n, :gt_t]
-        d = delta_ppl_details(lm, gt_tokens, "attention", batch_size=4)
-        out["orders"]["drop-one ΔPPL"] = rank_blocks(d["scores"], "low", prot)
-        out["delta_ppl"] = {"scores": d["scores"], "base_ppl": d["base_ppl"], "windows": d["windows"]}
-        log(f"{name}: drop-one ΔPPL ({L} passes over {gt_n}×{gt_t}) in {d['seconds']:.1f} s")
-        evaluate({"drop-one ΔPPL": out["orders"]["drop-one ΔPPL"]})
-    out["seconds"] = time.perf_counter() - t0
-    log(f"{name}: done in {out['seconds']:.0f} s")
+    log(f"{name}: done in {out['seconds']:.0f} s; load average {out['load']['end']}")
     return out
 
 
@@ -196,44 +178,60 @@ def _ranges(idx: list[int]) -> str:
     return ", ".join(out)
 
 
-def table(res: dict) -> tuple[str, dict]:
-    base = res["eval"]["base_ppl"]
-    rows = {}
-    for r in res["eval"]["rows"]:
-        rows.setdefault(r["criterion"], {})[r["k"]] = r
-    lines = ["| criterion / sinks | k=4 blocks | ΔPPL k=4 | k=8 blocks | ΔPPL k=8 |", "|---|---|---|---|---|"]
-    dppl = {}
-    for crit, by_k in rows.items():
-        cells = []
-        for k in KS:
-            r = by_k.get(k)
-            if r is None:
-                cells += ["—", "—"]
-                continue
-            d = 100 * (r["ppl"] / base - 1)
-            dppl.setdefault(crit, {})[k] = d
-            cells += [str(r["blocks"]), f"{d:+.1f} %"]
-        lines.append(f"| {crit} | " + " | ".join(cells) + " |")
-    return "\n".join(lines), dppl
+def overlaps_random(row: dict, band: dict | None) -> bool:
+    """True when a row's interval overlaps the random band's interval (the cell is not clearly better or worse)."""
+    return bool(band) and row["lo"] <= band["hi"] and row["hi"] >= band["lo"]
 
 
-def report(paths: list[Path]) -> None:
+def bakeoff_table(rec: dict) -> str:
+    lvl = round(100 * rec["settings"]["level"])
+    lines = [f"| k | criterion | healing | held-out ΔPPL [{lvl} % interval] | paired vs the random median | blocks |",
+             "|---|---|---|---|---|---|"]
+    for k in rec["ks"]:
+        band = rec["random"].get(k) or rec["random"].get(str(k))
+        rows = sorted((r for r in rec["rows"] if r["k"] == k), key=lambda r: r["dppl"])
+        for r in rows:
+            mark = " ≈ random (overlaps the band)" if overlaps_random(r, band) else ""
+            lines.append(f"| {k} | {r['label']} | {r['heal']} | {r['dppl']:+.1f} % [{r['lo']:.0f}, {r['hi']:.0f}]{mark} "
+                         f"| {r['standing']} | {r['blocks']} |")
+        if band:
+            lines.append(f"| {k} | *random band* ({band['n_seeds']} seeds, median) | none | {band['dppl']:+.1f} % "
+                         f"[{band['lo']:.0f}, {band['hi']:.0f}] (seeds {band['seeds_min']:+.0f} … {band['seeds_max']:+.0f} %) "
+                         "| — | — |")
+    return "\n".join(lines)
+
+
+MARKER = re.compile(r"<!--\s*([\w.-]+)[\s:]*(?:start|begin)\s*-->.*?<!--\s*\1[\s:]*end\s*-->",
+                    re.S | re.I)
+
+
+def kept_sections(text: str) -> list[str]:
+    """Sections other tools own in docs/models.md, between their own ``<!-- name:start -->`` … ``<!-- name:end -->``
+    markers: kept verbatim when the file is regenerated."""
+    return [m.group(0) for m in MARKER.finditer(text)]
+
+
+def report(paths: list[Path], write: bool = False) -> str:
     results = [json.loads(p.read_text()) for p in paths]
     md = [HEADER]
-    all_d = {}
+    if DOC.exists():
+        md += kept_sections(DOC.read_text(encoding="utf-8"))
+    recs = []
     for res in results:
         name, L = res["model"], res["layers"]
-        png = FIG / f"{name}.png"
-        figure(res, png)
-        ev = res.get("eval") or {}
-        gt = res.get("delta_ppl")
+        if write:
+            figure(res, FIG / f"{name}.png")
+        rec = res.get("recommend")
         md.append(f"## {name} ({L} blocks)\n")
-        md.append(f"Calibration: {res['calib']['n']} × {res['calib']['t']} tokens of `{res['calib']['domain']}`; "
-                  + (f"drop-one ΔPPL on {gt['windows'][0]} × {gt['windows'][1]} of them; " if gt else
-                     "drop-one ΔPPL not measured (too slow for this machine at this size); ")
-                  + (f"held-out perplexity on {ev.get('tokens')} tokens of `{ev['domain']}` (eval split), "
-                     f"full model {ev['base_ppl']:.2f}. " if ev.get("rows") else "held-out perplexity not measured. ")
-                  + f"Run time {res['seconds'] / 60:.1f} min.\n")
+        ld = res.get("load") or {}
+        md.append(f"Calibration: {res['calib']['n']} × {res['calib']['t']} tokens of `{res['calib']['domain']}`. "
+                  + (f"Judged on {rec['judging']['tokens']} held-out tokens ({rec['judging']['windows']} windows of "
+                     f"{rec['judging']['window']}) of {', '.join(rec['judging']['domains'])} (eval split; no judging "
+                     f"window shares {rec['judging']['disjoint']['ngram']} consecutive tokens with calibration), full "
+                     f"model {rec['judging']['dense_ppl']:.2f}. " if rec else "The bake-off was not run for this model. ")
+                  + (f"Run time {res['seconds'] / 60:.1f} min" if res.get("seconds") else "")
+                  + (f"; load average (1, 5, 15 min) {ld['start']} at the start, {ld.get('end')} at the end"
+                     if ld.get("start") else "; load average not recorded") + ".\n")
         md.append(f"![{name} curves](figures/models/{name}.png)\n")
         md.append("| estimator | boundary, sinks excluded [90 % interval] (share of resamples with a stage) "
                   "| sinks kept |\n|---|---|---|")
@@ -241,148 +239,107 @@ def report(paths: list[Path]) -> None:
             md.append(f"| {e} | {_stage(res['runs']['exclude']['estimators'][e]['boundary'], L)} | "
                       f"{_stage(res['runs']['keep']['estimators'][e]['boundary'], L)} |")
         md.append(f"\n**Massive activations:** {_sink_text(res)}.\n")
-        if ev.get("rows"):
-            text, dppl = table(res)
-            md.append(text + "\n")
-            all_d[name] = dppl
-            md.append(_verdict(name, dppl) + "\n")
-    md.append(_findings(results, all_d))
-    md.append(_summary(all_d))
-    (ROOT / "docs" / "models.md").write_text("\n".join(md))
-    (FIG / "summary.json").write_text(json.dumps(_choice(all_d), indent=1))
-    print(f"wrote docs/models.md ({len(results)} models)")
+        if rec:
+            recs.append(rec)
+            md.append(bakeoff_table(rec) + "\n")
+            md.append("**Recommendation** (`python -m analysis recommend`):\n")
+            md += [f"- {r['sentence']}" for r in rec["recommendations"].values()]
+            md.append("")
+    md.append(_findings(recs))
+    text = "\n".join(md)
+    if write:
+        from analysis.recommend.evidence import write_evidence
+
+        DOC.write_text(text, encoding="utf-8")
+        if recs:
+            write_evidence(recs, "docs/models.md, written by bench/models.py --report --write")
+        print(f"wrote docs/models.md and analysis/recommend/evidence.json ({len(results)} models)")
+    return text
 
 
-def _verdict(name: str, dppl: dict) -> str:
-    ent = {c: v for c, v in dppl.items() if c.startswith("entrodrop")}
-    other = {c: v for c, v in dppl.items() if not c.startswith("entrodrop")}
-    out = []
-    for k in KS:
-        be = min(ent, key=lambda c: ent[c].get(k, math.inf))
-        bo = min(other, key=lambda c: other[c].get(k, math.inf))
-        verb = "wins" if ent[be][k] <= other[bo][k] else "loses"
-        ex = {c.split("/")[0]: v[k] for c, v in ent.items() if c.endswith("/exclude")}
-        kp = {c.split("/")[0]: v[k] for c, v in ent.items() if c.endswith("/keep")}
-        both = [c for c in ex if c in kp]
-        better = sum(ex[c] < kp[c] for c in both)
-        out.append(f"- k={k}: best EntroDrop `{be}` {ent[be][k]:+.1f} % vs best other `{bo}` {other[bo][k]:+.1f} % "
-                   f"→ EntroDrop **{verb}**; excluding sinks lowered ΔPPL for {better} of {len(both)} estimators.")
-    return "**Verdict:**\n\n" + "\n".join(out)
-
-
-def _choice(all_d: dict) -> dict:
-    """The EntroDrop variant with the lowest mean held-out ΔPPL over models and k (the ranking default)."""
-    score: dict = {}
-    for dppl in all_d.values():
-        for c, by_k in dppl.items():
-            if c.startswith("entrodrop"):
-                for k, v in by_k.items():
-                    score.setdefault(c, []).append(math.log1p(v / 100))     # log PPL ratio
-    n_models = len(all_d)
-    gm = lambda v: 100 * math.expm1(float(np.mean(v)))  # noqa: E731 - geometric-mean ΔPPL, %
-    mean = {c: gm(v) for c, v in score.items() if len(v) == 2 * n_models}   # measured on every model
-    best = min(mean, key=mean.get) if mean else None
-    others: dict = {}
-    for dppl in all_d.values():
-        for c, by_k in dppl.items():
-            if not c.startswith("entrodrop"):
-                others.setdefault(c, []).extend(math.log1p(v / 100) for v in by_k.values())
-    om = {c: gm(v) for c, v in others.items() if len(v) == 2 * n_models}
-    return {"best_entrodrop": best, "mean_dppl": mean, "others_mean_dppl": om,
-            "best_overall": min({**mean, **om}, key={**mean, **om}.get) if mean or om else None, "models": list(all_d)}
-
-
-def _findings(results: list[dict], all_d: dict) -> str:
-    """What the data says, computed from the results above (no hand-written claims)."""
+def _findings(recs: list[dict]) -> str:
+    """What the data says, computed from the bake-offs above (no hand-written claims)."""
+    if not recs:
+        return ""
     out = ["## What the data says\n"]
-    for res in results:
-        ex, kp = res["runs"]["exclude"]["estimators"], res["runs"]["keep"]["estimators"]
-        def b(info):
-            return f"boundary {info['boundary']}" if info["detected"] else "no compression stage"
-        out.append(f"- **{res['model']}**: Bucket — sinks kept: {b(kp['bucket']['boundary'])}, sinks excluded: "
-                   f"{b(ex['bucket']['boundary'])}; robust Bucket (sinks kept): {b(kp['bucket-robust']['boundary'])}; "
-                   f"scale-normalised KNN — kept: {b(kp['knn-norm']['boundary'])}, excluded: "
-                   f"{b(ex['knn-norm']['boundary'])}. Massive activations: {_sink_text(res)}.")
-    wins, losses = [], []
-    for name, dppl in all_d.items():
-        ent = {c: v for c, v in dppl.items() if c.startswith("entrodrop")}
-        oth = {c: v for c, v in dppl.items() if not c.startswith("entrodrop")}
-        for k in KS:
-            be = min(ent[c].get(k, math.inf) for c in ent)
-            bo = min(oth[c].get(k, math.inf) for c in oth)
-            (wins if be <= bo else losses).append(f"{name} k={k}")
-    out.append(f"\nEntroDrop (best of its variants) matches or beats every other criterion at: "
-               f"{', '.join(wins) or 'nowhere'}; it loses at: {', '.join(losses) or 'nowhere'}. "
-               "The best single variant chosen in advance does worse than this best-of, see below.\n")
+    for rec in recs:
+        for k, r in rec["recommendations"].items():
+            ent = [x for x in rec["rows"] if x["k"] == int(k) and x["label"].startswith("entrodrop") and x["heal"] == "none"]
+            best_e = min(ent, key=lambda x: x["dppl"]) if ent else None
+            out.append(f"- **{rec['model']}**, k = {k}: recommended **{r['label']}**"
+                       + (f" + {r['heal']} healing" if r["heal"] != "none" else "")
+                       + f" ({r['standing']}); best EntroDrop "
+                       + (f"`{best_e['label']}` {best_e['dppl']:+.0f} % ({best_e['standing']})." if best_e else "—."))
+    from collections import Counter
+
+    votes = Counter(r["label"].split("[")[0] for rec in recs for r in rec["recommendations"].values())
+    out.append(f"\nRecommended most often over {len(recs)} model(s) and their k: "
+               + ", ".join(f"**{c}** ({n}×)" for c, n in votes.most_common())
+               + ". The app's Select page opens on this default until its own bake-off has run "
+                 "(`analysis/recommend/evidence.json`).\n")
     return "\n".join(out)
 
 
-def _summary(all_d: dict) -> str:
-    ch = _choice(all_d)
-    rows = sorted(ch["mean_dppl"].items(), key=lambda kv: kv[1]) + sorted(ch["others_mean_dppl"].items(),
-                                                                         key=lambda kv: kv[1])
-    lines = ["## Which default ranks blocks\n",
-             f"Geometric-mean held-out ΔPPL (mean of log PPL ratios, so one model's blow-up does not swamp the "
-             f"rest) over {len(all_d)} model(s) ({', '.join(all_d)}) and k ∈ {{4, 8}}, criteria measured on every "
-             "one of them:\n",
-             "| criterion / sinks | geometric-mean ΔPPL |", "|---|---|"]
-    lines += [f"| {c} | {v:+.1f} % |" for c, v in rows]
-    lines.append(f"\nThe lowest EntroDrop variant is **{ch['best_entrodrop']}**; the lowest criterion overall is "
-                 f"**{ch['best_overall']}**. The app states this next to its ranking default "
-                 "(`app_support/story.py`).\n")
-    return "\n".join(lines)
+HEADER = """# Four real models: entropy curves, sinks, boundary and a held-out bake-off
 
+Written by `bench/models.py` (run alone on a quiet machine; the load average of each run is recorded below):
 
-HEADER = """# Four real models: entropy curves, sinks, boundary and held-out pruning
+    bench/models.py --model smollm2
+    bench/models.py --model gemma3-270m --heal none,distill --heal-top 2   # linear cannot fold past its sandwich norms
+    bench/models.py --model qwen2.5-coder-0.5b
+    bench/models.py --model qwen2.5-coder-1.5b
+    bench/models.py --report --write
 
-Written by `bench/models.py`. Sizes were cut to what a shared, heavily loaded 2-core machine could finish
-in about 45 minutes (one thread per model, the models in parallel):
-
-    bench/models.py --model smollm2     --n 8 --t 128 --gt-n 2 --gt-t 128 --eval-tokens 1024
-    bench/models.py --model gemma3-270m --n 8 --t 128 --gt-n 2 --gt-t 128 --eval-tokens 1024
-    bench/models.py --model qwen2.5-coder-0.5b --n 8 --t 128 --gt-n 0 --eval-tokens 512 --resume \
-        --only "entrodrop[bucket]/exclude,entrodrop[bucket]/keep,entrodrop[bucket-robust]/keep,entrodrop[knn]/exclude,entrodrop[knn-norm]/exclude,cosine/exclude,random"
-    bench/models.py --model qwen2.5-coder-1.5b --n 4 --t 128 --gt-n 0 --eval-tokens 0   # curves only
-    bench/models.py --report
-
-These are small samples (8 windows, ≤ 1,024 held-out tokens): treat single ΔPPL cells as indicative and
-the pattern across models as the finding. On a quiet machine use `--n 32 --t 256 --eval-tokens 4096`.
-Blocks are 0-based;
-`Z^0` is the embedding output and `Z^(l+1)` the output of block `l`. **Sinks**: the rule in
-`analysis/measure/sinks.py` (token norm > 8 × its window's median token norm, at most 5 % of a window's tokens,
-per window and residual point); *excluded* leaves them out of every statistic, *kept* is EntroDrop's
-reference (every token). **Boundary**: `analysis/measure/boundary.py` (median-3 smoothed curve, a real fall then
-a rise for good; "none" = no compression stage) with a 90 % percentile bootstrap over windows (200
-resamples). **Pruning**: attention sub-blocks only, EntroDrop's fixed protection {0, 1, L−1} for every
-criterion; drop-one ΔPPL is measured on the calibration windows (a ground-truth-flavoured baseline that
-costs L forward passes), everything is evaluated on a different domain's held-out split.
+Defaults: 32 × 256 calibration tokens of `wiki` (calibration split), ≥ 4,096 held-out tokens judged. Blocks
+are 0-based; `Z^0` is the embedding output and `Z^(l+1)` the output of block `l`. **Sinks**: the rule in
+`analysis/measure/sinks.py` (token norm > 8 × its window's median token norm, at most 5 % of a window's
+tokens, per window and residual point); *excluded* leaves them out of every statistic, *kept* is
+EntroDrop's reference (every token). **Boundary**: `analysis/measure/boundary.py` (median-3 smoothed curve,
+a real fall then a rise for good; "none" = no compression stage) with a 90 % percentile bootstrap over
+windows (200 resamples). **Bake-off** (`analysis/recommend/`, the same code as `python -m analysis
+recommend`): attention sub-blocks, EntroDrop's fixed protection {0, 1, L−1} for every criterion, the
+analysis with sinks excluded; k = a quarter and a half of the unprotected blocks; judged on the eval split
+of the built-in domains calibration did not use, never on calibration text; each row's interval is a
+paired bootstrap over judging windows of the per-window log-likelihood difference to the full model; the
+random band is the median of 5 seeded random choices with the interval pooled over seeds and resamples.
+A cell marked **≈ random** has an interval that overlaps the random band's (which includes the spread over
+seeds); the *paired vs the random median* column compares the row with the band's median on the same
+resampled windows.
 """
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model")
-    ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--t", type=int, default=256)
-    ap.add_argument("--gt-n", type=int, default=16, help="windows for drop-one ΔPPL (subset of the calibration)")
-    ap.add_argument("--gt-t", type=int, default=256)
-    ap.add_argument("--eval-tokens", type=int, default=4096)
-    ap.add_argument("--report", action="store_true")
-    ap.add_argument("--resume", action="store_true", help="reuse the curves and orders of docs/figures/models/<model>.json")
-    ap.add_argument("--only", default="", help="comma-separated criteria to evaluate (default: all)")
-    args = ap.parse_args()
-    FIG.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        def save(res: dict) -> None:
-            (FIG / f"{args.model}.json").write_text(json.dumps(res, default=float))
+    from analysis.recommend.config import RecommendConfig
+    from analysis.settings import add_arguments, from_args
 
-        prev = json.loads((FIG / f"{args.model}.json").read_text()) if args.resume else None
-        only = [c for c in args.only.split(",") if c] or None
-        save(run_model(args.model, args.n, args.t, args.eval_tokens, args.gt_n, args.gt_t, save, prev, only))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="one embedded model (one per process)")
+    ap.add_argument("--n", type=int, default=32, help="calibration windows")
+    ap.add_argument("--t", type=int, default=256, help="tokens per calibration window")
+    ap.add_argument("--report", action="store_true", help="print the markdown built from the JSON files present")
+    ap.add_argument("--dir", default=str(FIG), help="where the per-model JSON files go (default docs/figures/models; "
+                                                   "a check run with tiny sizes should write elsewhere)")
+    ap.add_argument("--write", action="store_true",
+                    help="with --report: regenerate docs/models.md, its figures and analysis/recommend/evidence.json")
+    add_arguments(ap.add_argument_group("bake-off (RecommendConfig)"), RecommendConfig)
+    args = ap.parse_args()
+    out_dir = Path(args.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.write and out_dir.resolve() != FIG.resolve():
+        ap.error("--write regenerates docs/models.md from docs/figures/models only (leave --dir out)")
+    if args.model:
+        cfg = from_args(RecommendConfig, args)
+        cfg.validate()
+
+        def save(res: dict) -> None:
+            (out_dir / f"{args.model}.json").write_text(json.dumps(res, default=float))
+
+        save(run_model(args.model, args.n, args.t, cfg, save))
     if args.report or not args.model:
-        order = ["smollm2", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
-        paths = sorted(FIG.glob("*.json"), key=lambda p: order.index(p.stem) if p.stem in order else 99)
-        report([p for p in paths if p.stem != "summary"])
+        paths = sorted(out_dir.glob("*.json"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
+        text = report([p for p in paths if p.stem != "summary"], write=args.write)
+        if not args.write:
+            print(text)
 
 
 if __name__ == "__main__":

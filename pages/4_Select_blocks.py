@@ -30,14 +30,107 @@ adj = adjusted_result(rec)
 st.caption(f"Run `{rid}` ({rec.label}) · protection **{prot_info['mode']}**, boundary block {prot_info['boundary']}: "
            f":material/lock: {protected or 'none'} (change on the Entropy page).")
 
+# ---- the evidence: the bake-off for this model, or the repository's evidence until it has run ----------------
+from app_support.selecting import (BAKEOFF_SHOWN, bakeoff_cache, bakeoff_rows, recommended_selection,  # noqa: E402
+                                   standing_line, start_bakeoff)
+from analysis.recommend.evidence import default_criterion  # noqa: E402
+
+model_name = (rec.model or {}).get("spec")
+bo_keys = s.setdefault("es.bakeoff", {})                    # run id → key of its finished bake-off
+bo = bakeoff_cache().get(bo_keys.get(rid)) if bo_keys.get(rid) else None
+ev_crit, ev_why = default_criterion(model_name)
+default_crit = recommended_selection(bo)["criterion"] if bo else ev_crit
+with st.expander("Which criterion, k and healing for this model? — the bake-off", expanded=bo is not None,
+                 icon=":material/science:"):
+    st.caption("Every registered criterion this run supports, at several k, with and without healing, judged on held-out "
+               "text of the built-in domains the calibration did not use, against the full model and a band of random "
+               "choices (paired bootstrap over windows). Same code as `python -m analysis recommend`.")
+    from analysis.recommend.config import RecommendConfig  # noqa: E402
+    from analysis.settings import defaults as _defaults  # noqa: E402
+
+    bdef = _defaults(RecommendConfig)
+    b1, b2, b3, b4 = st.columns(4)
+    bk = b1.text_input("k (comma list, or auto)", key=state.wkey("bo.ks", bdef["ks"]),
+                       help="at most half of the unprotected blocks; auto = a quarter and a half")
+    bheal = b2.multiselect("Healing", ["none", "linear", "distill"], key=state.wkey("bo.heal", list(bdef["heal"])),
+                           help="none is always compared; distill is slow")
+    btok = b3.number_input("Held-out tokens", min_value=128, step=512, key=state.wkey("bo.heldout_tokens", bdef["heldout_tokens"]))
+    bseeds = b4.number_input("Random seeds", min_value=5, step=1, key=state.wkey("bo.seeds", bdef["seeds"]))
+    state.sync("bo.ks", "bo.heal", "bo.heldout_tokens", "bo.seeds")
+    bsettings = dict(zip(BAKEOFF_SHOWN, (bk, tuple(dict.fromkeys(["none", *bheal])), int(btok), int(bseeds))))
+    bsettings.update(granularity=state.get("sel.gran", r.granularity), protect=r.protect)
+    bjob = s.get("es.bakeoff_job")
+    if st.button("Run the bake-off", type="primary", icon=":material/play_arrow:", key="run_bakeoff",
+                 disabled=bjob is not None and bjob.running):
+        try:
+            from app_support.models import get_model
+
+            if rec.tokens is None:
+                raise SelectionError("This run has no calibration windows in this session", hint="re-run the analysis")
+            key, bjob = start_bakeoff(get_model(rec.model), rec.tokens, rid, adj, bsettings)
+            if bjob is None:
+                bo_keys[rid] = key
+                s["es.bakeoff_preselect"] = True
+                st.rerun()
+            s["es.bakeoff_job"], s["es.bakeoff_run"] = bjob, rid
+        except Exception as exc:  # noqa: BLE001 - shown; the page continues
+            show_error(exc, "Could not start the bake-off")
+    bjob = s.get("es.bakeoff_job")
+    if bjob is not None and bjob.running:
+        import time as _time
+
+        bar = st.progress(min(bjob.frac, 1.0), text=f"Bake-off … {bjob.message}")
+        if st.button("Stop", icon=":material/stop:", key="stop_bakeoff",
+                     help="Stops after the current batch; what was measured is cached and a new run resumes there"):
+            bjob.stop()
+        while bjob.running:
+            bar.progress(min(bjob.frac, 1.0), text=f"Bake-off … {bjob.status_text()}")
+            _time.sleep(0.25)
+        st.rerun()
+    if bjob is not None and not bjob.running and s.get("es.bakeoff_run") == rid:
+        s["es.bakeoff_job"] = None
+        if bjob.result is not None:
+            bo_keys[rid] = bjob.key
+            s["es.bakeoff_preselect"] = True
+            st.rerun()
+        elif bjob.stopped:
+            st.info(f"Bake-off stopped: {bjob.error}")
+        else:
+            st.error(f"The bake-off failed: {bjob.error}", icon=":material/error:")
+    if bo is not None:
+        for k_, rk in bo["recommendations"].items():
+            st.markdown(f"- {rk['sentence']}")
+        ch = bo["choice"]
+        st.success(f"Recommended: **{ch['label']}** at **k = {ch['k']}**"
+                   + (f" with **{ch['heal']}** healing (apply it on Prune & compare)" if ch["heal"] != "none" else "")
+                   + f" — {ch['why']}. Judged on {bo['judging']['tokens']} held-out tokens of "
+                     f"{', '.join(bo['judging']['domains'])} ({bo['judging']['windows']} windows), never on calibration text.")
+        table(pd.DataFrame(bakeoff_rows(bo)), "Held-out ΔPPL against the full model for every plan, with its paired "
+              "bootstrap interval and its standing against the random band. Blocks 0-based.", name="bakeoff", height=300)
+    else:
+        st.caption(ev_why + " (run the bake-off to measure this model).")
+if s.pop("es.bakeoff_preselect", False) and bo is not None:     # pre-select the recommendation once
+    pick = recommended_selection(bo)
+    state.set_value("sel.crit", pick["criterion"])
+    state.set_value("sel.gran", pick["granularity"])
+    state.set_value("sel.k", pick["k"])
+    for p_, v_ in pick["params"].items():
+        state.set_value(f"sel.param.{pick['criterion']}.{p_}", v_)
+    s.pop("es.selection", None)
+
 # ---- criterion, granularity, k, parameters ----------------------------------------------------------
 names = list(CRITERIA)
 avail = {n: (r.baselines.get(n) or {}).get("available", True) for n in names}
-if state.get("sel.crit", "entrodrop") not in names:
-    state.set_value("sel.crit", "entrodrop")
+if state.get("sel.crit", default_crit) not in names:
+    state.set_value("sel.crit", default_crit)
 c1, c2, c3, c4 = st.columns([3, 2, 1, 2])
-crit = c1.selectbox("Criterion", names, key=state.wkey("sel.crit", "entrodrop"),
+crit = c1.selectbox("Criterion", names, key=state.wkey("sel.crit", default_crit),
                     format_func=lambda n: CRITERIA[n].title + ("" if avail[n] else " (unavailable for this run)"))
+first_class = dict.fromkeys([crit, "entrodrop", "mi-prun"])
+lines = [f"**{CRITERIA[n].title}** — {line}" for n in first_class if (line := standing_line(bo, model_name, n))]
+c1.caption(("Recommended by the bake-off on this model" if bo and crit == default_crit else
+            ev_why if not bo and crit == ev_crit else f"{ev_why}; you picked {crit}")
+           + (". " + " · ".join(lines) if lines else ""))
 c = get_criterion(crit)
 grans = list(c.granularities)
 if state.get("sel.gran", r.granularity) not in grans:

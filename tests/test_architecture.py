@@ -22,7 +22,7 @@ LAYERS = [
     {"score"},
     {"evaluate"},
     {"channels", "heal", "tasks"},
-    {"run", "export", "figures", "testing"},
+    {"run", "export", "figures", "testing", "recommend"},
     {"cli", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -19,6 +19,7 @@ from analysis.errors import DataError, SelectionError  # noqa: F401 - DataError:
 from analysis.indices import GRANULARITY_KEY
 
 PLAN_KEYS = ("drop_attn", "drop_mlp", "drop_layers")
+RECOMMENDATION_KIND = "entroscope-recommendation"   # rec.json (analysis.recommend): a plan file too, via its "plan"
 _LABELS = {"drop_layers": "layer", "drop_attn": "attention sub-block", "drop_mlp": "MLP sub-block"}
 
 
@@ -54,10 +55,17 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        """Read a plan JSON file (missing or malformed file → :class:`DataError`)."""
+        """Read a plan JSON file, or the ``plan`` of a ``recommend`` result (missing or malformed file →
+        :class:`DataError`)."""
         from analysis.store.schemas import PLAN_HINT, read_json
 
-        return cls.from_dict(read_json(path, "plan", PLAN_HINT), where=str(path))
+        d = read_json(path, "plan", PLAN_HINT)
+        if isinstance(d, dict) and d.get("kind") == RECOMMENDATION_KIND:      # rec.json from `recommend`: its plan
+            if not isinstance(d.get("plan"), dict):
+                raise DataError(f"{path} is a recommendation without a plan (the bake-off chose none)",
+                                hint="see its table, or run `recommend` again")
+            return cls.from_dict(d["plan"], where=f"{path} (plan)")
+        return cls.from_dict(d, where=str(path))
 
     # ---- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -346,7 +346,7 @@ def test_select_ranking_k_error_manual_edit_and_plans():
     rec = current(at)
     rid = rec.run_id
     m = metrics(at)
-    assert m["Selected blocks"] == "4" and m["Protected (locked)"] == "3" and m["Source"] == "entrodrop"
+    assert m["Selected blocks"] == "4" and m["Protected (locked)"] == "3" and m["Source"] == "cosine"   # the evidence default
     ranking = frame_with(at, "rank")
     locked = ranking[ranking["protected"] == "🔒"]["block (0-based)"].tolist()
     assert sorted(locked) == [0, 1, 7]
@@ -369,7 +369,7 @@ def test_select_ranking_k_error_manual_edit_and_plans():
 
     at.multiselect(key=f"w:sel.blocks.{rid}").set_value([3]).run()   # edit by hand
     ok(at)
-    assert metrics(at)["Selected blocks"] == "1" and metrics(at)["Source"] == "entrodrop + hand edits"
+    assert metrics(at)["Selected blocks"] == "1" and metrics(at)["Source"] == "cosine + hand edits"
     at.button(key="keep_plan").click().run()
     ok(at)
     assert "Kept plan" in texts(at)
