@@ -157,7 +157,7 @@ OLD_ANALYZE_FLAGS = {
     "--batch-size": (8, None), "--mi": (False, None), "--mi-estimator": ("renyi", {"renyi", "gaussian", "ksg", "cka"}),
     "--mi-token-norm": ("none", {"none", "rms"}), "--mi-tokens": (256, None),
     "--samples": (None, None), "--seq-len": (None, None), "--sampling": ("random", {"random", "consecutive"}),
-    "--seed": (2024, None),
+    "--seed": (2024, None), "--one-view": (False, None),
 }
 OTHER_ANALYZE_FLAGS = {"-h", "--help", "--model", "--device", "--dtype", "--device-map", "--max-memory",
                        "--offload-folder", "--trust-remote-code", "--offline", "--corpus", "--text", "--tokens",

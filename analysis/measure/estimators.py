@@ -202,6 +202,9 @@ class EstimatorInfo:
     scale_invariant: bool = False
     formula: str = ""
     notes: str = ""
+    masked: Callable[..., Tensor] | str | None = None   # sink-masked form fn(x, keep, **params) (else sinks.MASKED)
+    needs_head: bool = False    # fn(x, head=...) decodes states through the model's final norm + unembedding
+    bounds: str = ""            # known range, e.g. "0 ≤ H ≤ log N" (explainer)
 
     def bind(self, **params) -> Callable[[Tensor], Tensor]:
         """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
