@@ -15,7 +15,7 @@ import torch
 from analysis.measure.capture import CaptureConfig, CaptureStats, Progress, capture
 from analysis.score.baselines import compute_baselines
 from analysis.errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
-from analysis.measure.estimators import BUCKET_BINS, ESTIMATORS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, get_estimator
+from analysis.measure.estimators import BUCKET_BINS, ESTIMATORS, KNN_K, LENS_POSITIONS, RENYI_ALPHA, ROBUST_CLIP, get_estimator
 from analysis.models.loading import LoadedModel
 from analysis.indices import GRANULARITIES
 from analysis.score.result import AnalysisResult
@@ -43,6 +43,8 @@ class AnalysisConfig:
     dedup: bool = setting(False, flag="knn-dedup", app=False,  # KNN: estimate on distinct token states (False = reference, see entropy_knn)
         help="KNN: count each exactly repeated token state once (default: the reference, where a state repeated more than "
              "k times has radius 0 and log(1e-10) dominates; see README)")
+    lens_positions: int = setting(LENS_POSITIONS, min=1, app=False,  # logit lens: cost ∝ positions × vocabulary
+        help="logit-lens: token positions per sequence decoded at every residual point (seeded by --seed)")
     granularity: str = setting("attention", choices=GRANULARITIES,  # EntroDrop v1 headline: attention
         help="what a 'block' is for ΔH and the drop order (EntroDrop's headline: attention)")
     protect: str = setting("fixed", choices=PROTECT_MODES,
