@@ -24,7 +24,10 @@ from torch import Tensor
 
 from analysis.measure.estimators import as_float32, get_estimator
 from analysis.models.loading import LoadedModel
-from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, bind_masked, check_mode, detect_sinks
+from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, MASKED, bind_masked, check_mode, detect_sinks
+
+#: the other sinks view computed beside the primary one (``alt_view``): excluded ↔ kept; "first" → kept
+ALT_VIEW = {"exclude": "keep", "keep": "exclude", "first": "keep"}
 
 Progress = Callable[[float, str], None]
 #: Within a batch, progress is reported after a block finishes at most this often (seconds).
@@ -50,6 +53,12 @@ class CaptureConfig:
     state_tokens: int = 0          # >0: keep this many sampled tokens of every boundary/mid state (for MI)
     seed: int = 2024               # token subsample seed
     cosine: bool = True            # LLM-Drop cosine / Block Influence / angular statistics
+    alt_view: bool = False         # also every estimator in the other sinks view (ALT_VIEW[sinks]), same pass
+    first_flags: bool = True       # keep the sink flags of the pass's first sequence ([L+1, T], token-level view)
+
+    @property
+    def alt_mode(self) -> str | None:
+        return ALT_VIEW[self.sink_mode] if self.alt_view else None
 
 
 @dataclass
@@ -65,6 +74,9 @@ class CaptureStats:
     sinks: {"boundary": [L+1], "mid": [L], "boundary_pos0": [L+1], "mid_pos0": [L]} int64 counts of tokens
         flagged as sinks by the rule (in every mode; excluded from the statistics only with sinks="exclude")
     states: {"boundary": [M, L+1, d], "mid": [M, L, d]} sampled tokens (float32) when state_tokens > 0
+    entropy_alt: like ``entropy`` in the other sinks view ``alt_mode`` (estimators with a form for it), or None
+    massive: {"boundary": [N, L+1], "mid": [N, L]} largest token norm / median token norm of each sequence
+    first_flags: [L+1, T] bool, the sink flags of the first sequence (offset 0) at every boundary, or None
     """
 
     num_layers: int
@@ -81,6 +93,39 @@ class CaptureStats:
     seconds: float
     completed: bool
     sinks: dict[str, Tensor] | None = None
+    entropy_alt: dict[str, dict[str, Tensor]] | None = None
+    alt_mode: str | None = None
+    massive: dict[str, Tensor] | None = None
+    first_flags: Tensor | None = None
+
+
+def bind_view(name: str, params: dict, mode: str, head=None):
+    """Estimator ``name`` with parameters fixed, in sinks view ``mode``: ``(x [B, T, d], keep [B, T] | None) -> [B]``.
+
+    ``keep``/``first`` use the registered function (the caller slices position 0 off for ``first``),
+    ``exclude`` its sink-masked form (:attr:`EstimatorInfo.masked`, else :data:`analysis.measure.sinks.MASKED`).
+    An estimator that decodes states through the model's head (``needs_head``) gets ``head`` bound.
+    ``None`` when the estimator has no form for ``mode``."""
+    info = get_estimator(name)
+    extra = {"head": head} if getattr(info, "needs_head", False) else {}
+    if mode != "exclude":
+        fn = info.bind(**params)
+        if extra:
+            kw = {k: v for k, v in info.params(**params).items() if v is not None}
+            f = info.function
+            return lambda x, keep=None: f(x, **kw, **extra)
+        return lambda x, keep=None: fn(x)
+    masked = getattr(info, "masked", None)
+    if masked is not None:
+        from analysis.registry import resolve
+
+        f = resolve(masked) if isinstance(masked, str) else masked
+        kw = {k: v for k, v in info.params(**params).items() if v is not None}
+        return lambda x, keep: f(x, keep, **kw, **extra)
+    if name not in MASKED:
+        return None
+    fn = bind_masked(name, params)
+    return lambda x, keep: fn(x, keep)
 
 
 class _Recorder:
@@ -92,16 +137,36 @@ class _Recorder:
         L = lm.num_layers
         self.L = L
         self.thread = threading.get_ident()
-        self.est = {name: get_estimator(name).bind(**params) for name, params in cfg.estimators.items()}
         self.mode = cfg.sink_mode
         check_mode(self.mode)
-        self.masked = ({name: bind_masked(name, params) for name, params in cfg.estimators.items()}
-                       if self.mode == "exclude" else None)
+        head = None
+        if any(getattr(get_estimator(name), "needs_head", False) for name in cfg.estimators):
+            from analysis.measure.lenses import lens_head
+
+            head = lens_head(lm)
+        # per view: estimator name -> (x, keep) -> [B]; the primary view must exist for every estimator
+        self.est = {}
+        for name, params in cfg.estimators.items():
+            fn = bind_view(name, params, self.mode, head)
+            if fn is None:
+                bind_masked(name, params)      # raises the SelectionError that says why (no sink-masked form)
+            self.est[name] = fn
+        self.alt_mode = cfg.alt_mode
+        self.alt = {}
+        if self.alt_mode is not None:
+            for name, params in cfg.estimators.items():
+                fn = bind_view(name, params, self.alt_mode, head)
+                if fn is not None:
+                    self.alt[name] = fn
         zi = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.int64)  # noqa: E731
         self.sink_counts = {"boundary": zi(L + 1), "mid": zi(L), "boundary_pos0": zi(L + 1), "mid_pos0": zi(L)}
         self.state_sink: Tensor | None = None   # [N·m] bool: sampled state row is a sink at some point
         z = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.float32)  # noqa: E731
         self.entropy = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.est}
+        self.entropy_alt = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.alt}
+        self.massive = {"boundary": z(n, L + 1), "mid": z(n, L)}   # max token norm / median token norm
+        self.first_flags: Tensor | None = None  # [L+1, T] bool, set when the pass holds sequence 0 (offset 0)
+        self.flag_first = False                 # the current batch's row 0 is the set's first sequence
         self.cos_attn = z(n, L) if cfg.cosine else None
         self.cos_mlp = z(n, L) if cfg.cosine else None
         self.cos_layer = z(n, L) if cfg.cosine else None
@@ -130,15 +195,19 @@ class _Recorder:
         Returns the per-token L2 norms ``[B, T']`` (reused by the cosines of this point's neighbours) and,
         with sinks="exclude", the kept-token mask ``[B, T]`` (else None)."""
         r = self.rows
+        # once per point: token norms → the sink mask → every estimator in the primary view, then the other view
         full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
         sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac)    # [B, T]
         self.sink_counts[kind][col] += sink.sum()
         self.sink_counts[kind + "_pos0"][col] += sink[:, 0].sum()
+        self.massive[kind][r, col] = full.amax(-1) / full.median(-1).values.clamp_min(1e-30)
+        if self.flag_first and kind == "boundary":
+            self.first_flags[col] = sink[0]
         keep = None
         if self.mode == "exclude":
             keep = ~sink
             norms = full
-            for name, fn in self.masked.items():
+            for name, fn in self.est.items():
                 self.entropy[name][kind][r, col] = fn(x, keep)
             ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         else:
@@ -147,6 +216,10 @@ class _Recorder:
             for name, fn in self.est.items():
                 self.entropy[name][kind][r, col] = fn(xs)
             ms = norms.pow(2).mean(-1)
+        if self.alt:
+            ka = ~sink if self.alt_mode == "exclude" else None
+            for name, fn in self.alt.items():
+                self.entropy_alt[name][kind][r, col] = fn(x, ka) if ka is not None else fn(x)
         self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
         (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
         if self.states is not None:
@@ -269,6 +342,8 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
         rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size, pin_memory=pin),
                       "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size, pin_memory=pin)}
         rec.state_sink = torch.zeros(n * m, dtype=torch.bool)
+    if cfg.first_flags and offset == 0 and n > 0:
+        rec.first_flags = torch.zeros(lm.num_layers + 1, t, dtype=torch.bool, device=dev)
     handles = _install(rec)
     base = lm.adapter.base
     done, last_ckpt, last_preview = 0, time.perf_counter(), None
@@ -293,6 +368,7 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                     break
                 e = min(n, s + cfg.batch_size)
                 rec.rows = slice(s, e)
+                rec.flag_first = rec.first_flags is not None and s == 0
                 if rec.states is not None:
                     m = rec.all_pos.shape[1]
                     rec.pos_idx = rec.all_pos[s:e].to(dev)
@@ -340,7 +416,11 @@ def _collect(rec: _Recorder, done: int, seconds: float, n: int, with_states: boo
         last_cos=cpu(rec.last_cos),
         norm_boundary=cpu(rec.norm_boundary), norm_mid=cpu(rec.norm_mid),
         nonfinite={k: int(v) for k, v in rec.nonfinite.items()}, states=states,
-        seconds=seconds, completed=done == n, sinks={k: v.cpu() for k, v in rec.sink_counts.items()})
+        seconds=seconds, completed=done == n, sinks={k: v.cpu() for k, v in rec.sink_counts.items()},
+        entropy_alt={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy_alt.items()}
+        if rec.alt_mode is not None else None,
+        alt_mode=rec.alt_mode, massive={k: cpu(v) for k, v in rec.massive.items()},
+        first_flags=rec.first_flags.cpu() if rec.first_flags is not None and done > 0 else None)
 
 
 def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
@@ -356,7 +436,13 @@ def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
         states=None if a.states is None or b.states is None
         else {k: torch.cat([v, b.states[k]]) for k, v in a.states.items()},
         seconds=a.seconds + b.seconds, completed=b.completed,
-        sinks=None if a.sinks is None or b.sinks is None else {k: v + b.sinks[k] for k, v in a.sinks.items()})
+        sinks=None if a.sinks is None or b.sinks is None else {k: v + b.sinks[k] for k, v in a.sinks.items()},
+        entropy_alt=None if a.entropy_alt is None or b.entropy_alt is None
+        else {e: {k: torch.cat([v, b.entropy_alt[e][k]]) for k, v in d.items()} for e, d in a.entropy_alt.items()},
+        alt_mode=a.alt_mode if a.entropy_alt is not None and b.entropy_alt is not None else None,
+        massive=None if a.massive is None or b.massive is None
+        else {k: torch.cat([v, b.massive[k]]) for k, v in a.massive.items()},
+        first_flags=a.first_flags if a.first_flags is not None else b.first_flags)
 
 
 def _pairwise_cos(last: Tensor) -> Tensor:

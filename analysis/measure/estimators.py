@@ -22,6 +22,7 @@ KNN_K = 25          # KNN neighbours: EntroDrop's Llama path
 BUCKET_BINS = 80    # Bucket bins: EntroDrop's Mistral path
 RENYI_ALPHA = 4.0   # Rényi order α
 ROBUST_CLIP = 0.02  # bucket-robust: quantile clipped on each side
+LENS_POSITIONS = 16  # logit lens: token positions per sequence decoded at every residual point
 
 
 def as_float32(x: Tensor) -> Tensor:
@@ -222,6 +223,9 @@ class EstimatorInfo:
     scale_invariant: bool = False
     formula: str = ""
     notes: str = ""
+    masked: Callable[..., Tensor] | str | None = None   # sink-masked form fn(x, keep, **params) (else sinks.MASKED)
+    needs_head: bool = False    # fn(x, head=...) decodes states through the model's final norm + unembedding
+    bounds: str = ""            # known range, e.g. "0 ≤ H ≤ log N" (explainer)
 
     def bind(self, **params) -> Callable[[Tensor], Tensor]:
         """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
@@ -279,6 +283,27 @@ register_estimator(EstimatorInfo(
     notes="Bucket whose per-dimension bins span the 2–98 % quantiles of the tokens instead of min–max; "
           "values outside fall into the edge bins, so one massive-activation token cannot stretch the "
           "range. Not in EntroDrop; the reference form is `bucket`."))
+
+
+register_estimator(EstimatorInfo(
+    "matrix", "Matrix entropy (von Neumann, α=1)", "analysis.measure.lenses:entropy_matrix", {},
+    scale_invariant=True, masked="analysis.measure.lenses:entropy_matrix_masked", bounds="0 ≤ H ≤ log N",
+    formula=r"H_1=-\sum_i \frac{\lambda_i(K)}{\operatorname{tr}K}\log\frac{\lambda_i(K)}{\operatorname{tr}K},\;"
+            r"K=ZZ^\top,\;z_t=\frac{x_t-\bar x}{\|x_t-\bar x\|}",
+    notes="Matrix-based prompt entropy of Skean et al. 2025 (Rényi order α = 1): centre the sequence's token "
+          "states, unit-normalise each row, Gram matrix, trace-normalise, Shannon entropy of the eigenvalues. "
+          "0 for identical states, at most log N. A massive-norm token shifts the mean, so every other centred "
+          "row points away from it: the Gram matrix becomes nearly rank one and H drops — compare sinks kept "
+          "and excluded."))
+register_estimator(EstimatorInfo(
+    "logit-lens", "Logit lens (next-token entropy)", "analysis.measure.lenses:entropy_logit_lens",
+    {"lens_positions": LENS_POSITIONS, "seed": 0}, scale_invariant=False, needs_head=True,
+    masked="analysis.measure.lenses:entropy_logit_lens_masked", bounds="0 ≤ H ≤ log V",
+    formula=r"H=-\sum_{v=1}^{V} p_v\log p_v,\;p=\operatorname{softmax}\big(W_U\,\mathrm{norm}(x_t)\big)",
+    notes="Entropy-Lens (Ali et al. 2025): each residual state decoded through the model's final norm and "
+          "unembedding (Gemma's soft-cap included), entropy of the next-token distribution, mean over a seeded "
+          "sample of token positions per sequence (--lens-positions, default 16; the same positions at every "
+          "point). Works in token space, so the massive norm of a sink token matters only at its own position."))
 
 
 def get_estimator(name: str) -> EstimatorInfo:
