@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from analysis.measure.estimators import as_float32, get_estimator
+from analysis.measure.estimators import get_estimator
 from analysis.models.loading import LoadedModel
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, MASKED, bind_masked, check_mode, detect_sinks
 
@@ -146,6 +146,10 @@ class _Recorder:
             head = lens_head(lm)
         # per view: estimator name -> (x, keep) -> [B]; the primary view must exist for every estimator
         self.est = {}
+        # estimators that decode states through the model's head get the states in the model's dtype; every
+        # other one gets the point's float32 copy, made once and shared (bf16/fp16 models)
+        self.raw = {name for name in cfg.estimators if getattr(get_estimator(name), "needs_head", False)}
+        self._f32s: dict[int, tuple[Tensor, Tensor]] = {}
         for name, params in cfg.estimators.items():
             fn = bind_view(name, params, self.mode, head)
             if fn is None:
@@ -189,6 +193,18 @@ class _Recorder:
     def _view(self, x: Tensor) -> Tensor:
         return x[:, 1:] if self.mode == "first" and x.shape[1] > 1 else x
 
+    def _f32(self, x: Tensor) -> Tensor:
+        """The float32 copy of residual state ``x``, converted once per point and shared by every estimator
+        and cosine that reads it (a no-op for float32 models)."""
+        if x.dtype == torch.float32:
+            return x
+        hit = self._f32s.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        x32 = x.float()
+        self._f32s[id(x)] = (x, x32)
+        return x32
+
     def _stats(self, kind: str, col: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Entropies, RMS norm, non-finite count, sink counts and sampled states of one residual point.
 
@@ -197,29 +213,34 @@ class _Recorder:
         r = self.rows
         # once per point: token norms → the sink mask → every estimator in the primary view, then the other view
         full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
-        sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac)    # [B, T]
+        med = full.median(dim=1, keepdim=True).values                             # [B, 1]
+        sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac, median=med)   # [B, T]
         self.sink_counts[kind][col] += sink.sum()
         self.sink_counts[kind + "_pos0"][col] += sink[:, 0].sum()
-        self.massive[kind][r, col] = full.amax(-1) / full.median(-1).values.clamp_min(1e-30)
+        self.massive[kind][r, col] = full.amax(-1) / med.view(-1).clamp_min(1e-30)
+        x32 = self._f32(x)                                                         # [B, T, d] float32
+        kept = ~sink if "exclude" in (self.mode, self.alt_mode) else None        # [B, T] one mask for both views
         if self.flag_first and kind == "boundary":
             self.first_flags[col] = sink[0]
         keep = None
         if self.mode == "exclude":
-            keep = ~sink
+            keep = kept
             norms = full
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(x, keep)
+                self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep)
             ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         else:
             xs = self._view(x)
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
+            xs32 = self._view(x32)
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(xs)
+                self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32)
             ms = norms.pow(2).mean(-1)
         if self.alt:
-            ka = ~sink if self.alt_mode == "exclude" else None
+            ka = kept if self.alt_mode == "exclude" else None
             for name, fn in self.alt.items():
-                self.entropy_alt[name][kind][r, col] = fn(x, ka) if ka is not None else fn(x)
+                xv = x if name in self.raw else x32
+                self.entropy_alt[name][kind][r, col] = fn(xv, ka) if ka is not None else fn(xv)
         self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
         (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
         if self.states is not None:
@@ -234,7 +255,7 @@ class _Recorder:
     def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor, ka: Tensor | None = None,
              kb: Tensor | None = None) -> Tensor:
         """Per-sequence mean over (kept) tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
-        dot = (as_float32(self._view(a)) * as_float32(self._view(b))).sum(-1)
+        dot = (self._view(self._f32(a)) * self._view(self._f32(b))).sum(-1)
         cos = dot / (na * nb).clamp_min(1e-8)
         if ka is None:
             return cos.mean(-1)
@@ -277,6 +298,8 @@ class _Recorder:
                                                          self.pre_keep, self.post_keep)
             self.last[: y.shape[0], layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
+        hit = self._f32s.get(id(y))       # only resid_post's copy outlives the layer (it is the next resid_pre)
+        self._f32s = {id(y): hit} if hit is not None and hit[0] is y else {}
         if self.on_layer is not None:
             self.on_layer(layer)
 
@@ -394,6 +417,7 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
             h.remove()
         rec.pre = rec.mid = rec.pre_norms = rec.mid_norms = rec.post_norms = None
         rec.pre_keep = rec.mid_keep = rec.post_keep = None
+        rec._f32s = {}
     return _collect(rec, done, time.perf_counter() - t0, n)
 
 

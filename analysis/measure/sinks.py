@@ -46,10 +46,12 @@ def max_sinks(t: int, max_frac: float = DEFAULT_MAX_FRAC) -> int:
     return max(1, int(math.floor(max_frac * t)))
 
 
-def detect_sinks(norms: Tensor, ratio: float = DEFAULT_RATIO, max_frac: float = DEFAULT_MAX_FRAC) -> Tensor:
-    """``norms [B, T]`` token L2 norms → ``[B, T]`` bool, True where the token is a sink (see module doc)."""
+def detect_sinks(norms: Tensor, ratio: float = DEFAULT_RATIO, max_frac: float = DEFAULT_MAX_FRAC,
+                 median: Tensor | None = None) -> Tensor:
+    """``norms [B, T]`` token L2 norms → ``[B, T]`` bool, True where the token is a sink (see module doc).
+    ``median`` ``[B, 1]``: the norms' per-sequence median, when the caller has it already."""
     b, t = norms.shape
-    med = norms.median(dim=1, keepdim=True).values                                      # [B, 1]
+    med = norms.median(dim=1, keepdim=True).values if median is None else median       # [B, 1]
     flag = norms > ratio * med
     cap = max_sinks(t, max_frac)
     if cap < t:

@@ -417,7 +417,8 @@ def test_the_cases_exercise_repeats_and_masks():
 
 
 def _reference_capture(lm, ids: Tensor, mode: str, estimators: dict) -> dict:
-    """Per-point statistics of the capture recomputed with the frozen kernels on the hooked residual states."""
+    """Per-point statistics of the capture recomputed with the frozen kernels (and the capture's old cosine and
+    norm formulas) on the hooked residual states."""
     ad = lm.adapter
     pre, mid, post = {}, {}, {}
     hs = []
@@ -437,29 +438,70 @@ def _reference_capture(lm, ids: Tensor, mode: str, estimators: dict) -> dict:
             h.remove()
     fns = {"bucket": (ref_entropy_bucket, ref_entropy_bucket_masked),
            "knn": (lambda x, k: ref_entropy_knn(x, k=k), lambda x, keep, k: ref_entropy_knn_masked(x, keep, k=k))}
-    points = {"boundary": [pre[0]] + [post[i] for i in range(ad.num_layers)], "mid": [mid[i] for i in range(ad.num_layers)]}
+    view = (lambda x: x[:, 1:]) if mode == "first" else (lambda x: x)
+    L = ad.num_layers
+    points = {"boundary": [pre[0]] + [post[i] for i in range(L)], "mid": [mid[i] for i in range(L)]}
+
+    def norms_keep(x):
+        full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)
+        if mode == "exclude":
+            return full, ~ref_detect_sinks(full)
+        return (full[:, 1:] if mode == "first" else full), None
+
     out = {}
     for kind, xs in points.items():
         for name, params in estimators.items():
             plain, masked = fns[name]
-            cols = []
-            for x in xs:
-                if mode == "exclude":
-                    keep = ~ref_detect_sinks(torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32))
-                    cols.append(masked(x, keep, **params))
-                else:
-                    cols.append(plain(x, **params))
-            out[(name, kind)] = torch.stack(cols, dim=1)
+            out[(name, kind)] = torch.stack([masked(x, norms_keep(x)[1], **params) if mode == "exclude"
+                                             else plain(view(x), **params) for x in xs], dim=1)
+        cols = []
+        for x in xs:
+            norms, keep = norms_keep(x)
+            cols.append(((norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1) if keep is not None
+                         else norms.pow(2).mean(-1)).sqrt())
+        out[("norm", kind)] = torch.stack(cols, dim=1)
+
+    def cos(a, b):
+        (na, ka), (nb, kb) = norms_keep(a), norms_keep(b)
+        c = (ref_as_float32(view(a)) * ref_as_float32(view(b))).sum(-1) / (na * nb).clamp_min(1e-8)
+        if ka is None:
+            return c.mean(-1)
+        k = ka & kb
+        return (c * k).sum(-1) / k.sum(-1).clamp_min(1)
+
+    out[("cos", "attn")] = torch.stack([cos(pre[i], mid[i]) for i in range(L)], dim=1)
+    out[("cos", "mlp")] = torch.stack([cos(mid[i], post[i]) for i in range(L)], dim=1)
+    out[("cos", "layer")] = torch.stack([cos(pre[i], post[i]) for i in range(L)], dim=1)
     return out
 
 
-@pytest.mark.parametrize("mode", ["keep", "exclude"])
-def test_capture_entropies_equal_the_frozen_kernels_on_the_hooked_states(mode):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["keep", "exclude", "first"])
+def test_capture_equals_the_frozen_kernels_on_the_hooked_states(mode, dtype):
+    """Entropies (both sinks views), RMS norms and cosines of the capture, bit for bit."""
     lm = tiny_loaded(layers=3, hidden=32)
+    lm.model.to(dtype)
+
+    def massive(mod, args, out):                 # a massive activation at token 4 from block 1 on
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[:, 4] *= 500.0
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    for i in (1, 2):
+        lm.adapter.layers[i].register_forward_hook(massive)
     ids = random_tokens(4, 40, seed=3)
     ids[1, 10:30] = ids[1, 5]                                            # repeated tokens
     est = {"bucket": {"bins": 80}, "knn": {"k": 5}}
-    stats = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=mode))
+    stats = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=mode, alt_view=True))
+    assert int(stats.sinks["boundary"].sum()) >= 4          # the injected tokens are flagged
     want = _reference_capture(lm, ids, mode, est)
-    for (name, kind), v in want.items():
-        _same(stats.entropy[name][kind], v)
+    alt = _reference_capture(lm, ids, stats.alt_mode, est)
+    for name in est:
+        for kind in ("boundary", "mid"):
+            _same(stats.entropy[name][kind], want[(name, kind)])
+            _same(stats.entropy_alt[name][kind], alt[(name, kind)])
+    _same(stats.norm_boundary, want[("norm", "boundary")])
+    _same(stats.norm_mid, want[("norm", "mid")])
+    _same(stats.cos_attn, want[("cos", "attn")])
+    _same(stats.cos_mlp, want[("cos", "mlp")])
+    _same(stats.cos_layer, want[("cos", "layer")])
