@@ -74,6 +74,13 @@ class AnalysisConfig:
         if self.skip_first_token and self.sinks != "first":
             self.sinks = "first"
 
+    def capture_config(self) -> CaptureConfig:
+        """What :func:`analyze` streams with: the capture settings of this analysis (the benches use it too)."""
+        names = dict.fromkeys((self.estimator, *self.extra_estimators))
+        return CaptureConfig(estimators={n: self.estimator_params(n) for n in names}, batch_size=self.batch_size,
+                             sinks=self.sinks, sink_ratio=self.sink_ratio, sink_max_frac=self.sink_max_frac,
+                             state_tokens=self.state_tokens, seed=self.seed, alt_view=not self.one_view)
+
     def estimator_params(self, name: str) -> dict:
         info = get_estimator(name)
         return {k: getattr(self, k) for k in info.defaults if hasattr(self, k)}
@@ -148,10 +155,7 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
                         "so every ΔH would be 0 and the drop order arbitrary",
                         hint="use longer windows (--seq-len)" + (" or drop --skip-first-token"
                                                                  if cfg.skip_first_token else ""))
-    names = dict.fromkeys((cfg.estimator, *cfg.extra_estimators))
-    ccfg = CaptureConfig(estimators={n: cfg.estimator_params(n) for n in names}, batch_size=cfg.batch_size,
-                         sinks=cfg.sinks, sink_ratio=cfg.sink_ratio, sink_max_frac=cfg.sink_max_frac,
-                         state_tokens=cfg.state_tokens, seed=cfg.seed, alt_view=not cfg.one_view)
+    ccfg = cfg.capture_config()
     t0 = time.perf_counter()
     from analysis.measure.distributed import is_distributed
 
