@@ -114,3 +114,10 @@ def write_section(section: str, text: str, write: bool) -> None:
     new = pat.sub(lambda _: body + "\n", old) if pat.search(old) else old.rstrip() + "\n\n" + body
     path.write_text(new)
     print(f"wrote section {section!r} of docs/benchmarks.md", file=sys.stderr)
+
+
+def cli_args(*argv: str):
+    """The product CLI's namespace for ``argv`` (``python -m analysis …``): its own default for every flag not given."""
+    from analysis.cli.main import build_parser
+
+    return build_parser().parse_args(list(argv))
