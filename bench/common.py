@@ -96,7 +96,7 @@ def loadavg() -> str:
 
 def print_ratio(value: float) -> None:
     """The last line of every bench: ``ratio=<value>`` (what the integrator collects)."""
-    print(f"ratio={value:.3f}", flush=True)
+    print(f"ratio={value:.3f}" if value == 0 or abs(value) >= 0.01 else f"ratio={value:.3e}", flush=True)
 
 
 def write_section(section: str, text: str, write: bool) -> None:
