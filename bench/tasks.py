@@ -92,7 +92,7 @@ def main() -> None:
     print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
     # the first model's first pruned plan: cloze accuracy ÷ the dense model's
     first = [r for r in table if r["model"] == table[0]["model"]] if table else []
-    acc = {r["plan"]: ((r.get("cloze-wiki") or {}).get("metrics") or {}).get("acc") for r in first}
+    acc = {r["plan"]: (((r.get("cloze-wiki") or {}).get("metrics") or {}).get("acc") or {}).get("value") for r in first}
     pruned = next((a for p, a in acc.items() if p != "dense"), None)
     print_ratio(pruned / acc["dense"] if acc.get("dense") and pruned is not None else float("nan"))
 

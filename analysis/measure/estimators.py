@@ -55,10 +55,10 @@ def cell_offsets(b: int, d: int, stride: int, device: torch.device) -> Tensor:
 def cell_counts(idx: Tensor, cells: int) -> Tensor:
     """Histogram of the flat cell indices ``idx`` (any shape, int32, all in ``[0, cells)``): ``[cells]``."""
     flat = idx.flatten()
-    if idx.device.type == "cpu":
-        return torch.bincount(flat, minlength=cells)
-    # scatter_add into a known size: no host synchronisation (bincount reads the max back)
     counts = torch.zeros(cells, device=idx.device, dtype=torch.int32)
+    if idx.device.type == "cpu":  # index_add_ of a broadcast 1: no min/max pass and no int64 copy (bincount has both)
+        return counts.index_add_(0, flat, torch.ones(1, dtype=torch.int32).expand(flat.numel()))
+    # scatter_add into a known size: no host synchronisation (bincount reads the max back)
     return counts.scatter_add_(0, flat.long(), torch.ones_like(flat))
 
 
