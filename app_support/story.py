@@ -66,9 +66,14 @@ def sink_facts(result) -> dict:
     hit0 = [i for i, v in enumerate(p0) if v >= 0.5 * n]
     out.update(any_onset=hit[0] if hit else None, pos0_onset=hit0[0] if hit0 else None,
                pos0_last=hit0[-1] if hit0 else None)
+    out["jump_at"] = None
     if result.massive:
         med = np.median(np.asarray(result.massive["boundary"], dtype=float), axis=0)
         out.update(peak=float(np.nanmax(med)), peak_at=int(np.nanargmax(med)))
+        grow = np.diff(np.log(np.clip(med, 1e-30, None)))
+        j = int(np.nanargmax(grow)) + 1 if grow.size else None
+        if j is not None and med[j] >= 8:          # where the largest token grows most, once it is over the rule
+            out.update(jump_at=j, jump_from=float(med[j - 1]), jump_to=float(med[j]))
     return out
 
 
