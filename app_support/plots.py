@@ -241,7 +241,10 @@ def massive_chart(result, est: str, view: str | None = None) -> go.Figure:
     fig.add_trace(go.Scatter(x=x, y=_finite(result.entropy(est, view=view)["boundary"]), mode="lines+markers",
                              name=f"H ({est}, {vl})", line=dict(color=C_NORMAL, width=2, dash="dot"),
                              hovertemplate=f"Z%{{x}}: H %{{y:.4g}} nats ({vl})<extra></extra>"), secondary_y=True)
-    fig.update_yaxes(title_text="largest / median token norm", type="log", secondary_y=False)
+    lo_v = float(np.nanmin(q1[q1 > 0])) if (q1 > 0).any() else 1.0
+    hi_v = max(float(np.nanmax(q3)), thr)
+    fig.update_yaxes(title_text="largest / median token norm", type="log", secondary_y=False,
+                     range=[math.log10(min(lo_v, 1.0) * 0.8), math.log10(hi_v * 1.5)])
     fig.update_yaxes(title_text=f"H (nats, {est})", secondary_y=True, showgrid=False)
     fig.update_xaxes(title="residual boundary Z^i (0 = embeddings; Z^(l+1) = output of block l, 0-based)")
     return _layout(fig, f"Massive activations vs {est} entropy · {vl}")
