@@ -290,11 +290,17 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
         "n_sequences": n_tok,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    extras = {}
+    if stats.seq_means:               # matrix lens: dataset entropy over the per-sequence mean states, per view
+        from analysis.measure.lenses import dataset_entropy
+
+        extras["dataset_entropy"] = {v: {k: dataset_entropy(t).double().numpy() for k, t in d.items()}
+                                     for v, d in stats.seq_means.items()}
     return AnalysisResult(
         num_layers=L, estimator=cfg.estimator, granularity=cfg.granularity, protect=cfg.protect,
         per_seq=per_seq, angular=angular, boundary=boundary, protected=protected,
         norms={"boundary": stats.norm_boundary.double().mean(0).numpy(), "mid": stats.norm_mid.double().mean(0).numpy()},
-        domains=domains, warnings=warnings, manifest=manifest, boundary_info=binfo,
+        domains=domains, warnings=warnings, manifest=manifest, boundary_info=binfo, extras=extras,
         sinks=sink_summary(stats, cfg, tokens), views=views,
         massive=None if stats.massive is None else {k: v.numpy() for k, v in stats.massive.items()})
 

@@ -77,6 +77,8 @@ class CaptureStats:
     entropy_alt: like ``entropy`` in the other sinks view ``alt_mode`` (estimators with a form for it), or None
     massive: {"boundary": [N, L+1], "mid": [N, L]} largest token norm / median token norm of each sequence
     first_flags: [L+1, T] bool, the sink flags of the first sequence (offset 0) at every boundary, or None
+    seq_means: {view: {"boundary": [N, L+1, d], "mid": [N, L, d]}} mean token state of every sequence (float32),
+        per sinks view, when the ``matrix`` estimator is on (its dataset entropy, analysis.measure.lenses)
     """
 
     num_layers: int
@@ -97,6 +99,7 @@ class CaptureStats:
     alt_mode: str | None = None
     massive: dict[str, Tensor] | None = None
     first_flags: Tensor | None = None
+    seq_means: dict[str, dict[str, Tensor]] | None = None
 
 
 def bind_view(name: str, params: dict, mode: str, head=None):
@@ -171,6 +174,11 @@ class _Recorder:
         self.massive = {"boundary": z(n, L + 1), "mid": z(n, L)}   # max token norm / median token norm
         self.first_flags: Tensor | None = None  # [L+1, T] bool, set when the pass holds sequence 0 (offset 0)
         self.flag_first = False                 # the current batch's row 0 is the set's first sequence
+        self.seq_means = None                   # view -> point -> [N, P, d] (matrix: dataset entropy)
+        if "matrix" in cfg.estimators:
+            d = lm.adapter.hidden_size
+            self.seq_means = {v: {"boundary": z(n, L + 1, d), "mid": z(n, L, d)}
+                              for v in dict.fromkeys(m for m in (self.mode, self.alt_mode) if m is not None)}
         self.cos_attn = z(n, L) if cfg.cosine else None
         self.cos_mlp = z(n, L) if cfg.cosine else None
         self.cos_layer = z(n, L) if cfg.cosine else None
@@ -236,6 +244,12 @@ class _Recorder:
             for name, fn in self.est.items():
                 self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32)
             ms = norms.pow(2).mean(-1)
+        if self.seq_means is not None:
+            for v, means in self.seq_means.items():
+                w = (~sink if v == "exclude" else torch.ones_like(sink)).to(torch.float32)   # [B, T]
+                if v == "first":
+                    w[:, 0] = 0
+                means[kind][r, col] = (as_float32(x) * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
         if self.alt:
             ka = kept if self.alt_mode == "exclude" else None
             for name, fn in self.alt.items():
@@ -444,7 +458,9 @@ def _collect(rec: _Recorder, done: int, seconds: float, n: int, with_states: boo
         entropy_alt={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy_alt.items()}
         if rec.alt_mode is not None else None,
         alt_mode=rec.alt_mode, massive={k: cpu(v) for k, v in rec.massive.items()},
-        first_flags=rec.first_flags.cpu() if rec.first_flags is not None and done > 0 else None)
+        first_flags=rec.first_flags.cpu() if rec.first_flags is not None and done > 0 else None,
+        seq_means=None if rec.seq_means is None or not with_states
+        else {v: {k: cpu(t) for k, t in d.items()} for v, d in rec.seq_means.items()})
 
 
 def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
@@ -466,7 +482,9 @@ def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
         alt_mode=a.alt_mode if a.entropy_alt is not None and b.entropy_alt is not None else None,
         massive=None if a.massive is None or b.massive is None
         else {k: torch.cat([v, b.massive[k]]) for k, v in a.massive.items()},
-        first_flags=a.first_flags if a.first_flags is not None else b.first_flags)
+        first_flags=a.first_flags if a.first_flags is not None else b.first_flags,
+        seq_means=None if a.seq_means is None or b.seq_means is None
+        else {v: {k: torch.cat([t, b.seq_means[v][k]]) for k, t in d.items()} for v, d in a.seq_means.items()})
 
 
 def _pairwise_cos(last: Tensor) -> Tensor:

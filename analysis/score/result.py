@@ -16,6 +16,13 @@ from analysis.indices import GRANULARITIES
 from analysis.store.jsonio import clean_json
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
+#: how every chart and run names a sinks view (``--sinks``)
+SINK_VIEW_LABELS = {"exclude": "sinks excluded", "keep": "sinks kept (reference)", "first": "position 0 excluded"}
+
+
+def view_label(view: str | None) -> str:
+    """``exclude`` → "sinks excluded", … (unknown views are shown as they are)."""
+    return SINK_VIEW_LABELS.get(view or "", f"sinks {view}")
 
 
 def _arr(x) -> np.ndarray:

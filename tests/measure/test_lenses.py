@@ -118,3 +118,17 @@ def test_lenses_rank_blocks_as_criteria():
     assert plain.baselines["matrix"]["available"] is False
     with pytest.raises(SelectionError, match="--also matrix"):
         scores_for(plain, "matrix")
+
+
+def test_dataset_entropy_of_a_run_is_over_the_sequence_means_in_each_view():
+    lm = tiny_loaded("llama", layers=2)
+    ids = random_tokens(5, 16)
+    st = capture(lm, ids, CaptureConfig(estimators={"matrix": {}}, batch_size=2, state_tokens=ids.numel(),
+                                        sinks="keep", alt_view=True))
+    means = st.states["boundary"].view(5, 16, 3, -1).mean(1)                  # [N, L+1, d]
+    torch.testing.assert_close(st.seq_means["keep"]["boundary"], means, rtol=1e-5, atol=1e-5)
+    assert set(st.seq_means) == {"keep", "exclude"}
+    r = analyze(lm, ids, AnalysisConfig(estimator="matrix", sinks="keep"))
+    h = np.asarray(r.extras["dataset_entropy"]["keep"]["boundary"])
+    np.testing.assert_allclose(h, dataset_entropy(means).numpy(), rtol=1e-4, atol=1e-5)
+    assert (h >= 0).all() and (h <= math.log(5)).all()
