@@ -249,7 +249,7 @@ class _Recorder:
                 w = (~sink if v == "exclude" else torch.ones_like(sink)).to(torch.float32)   # [B, T]
                 if v == "first":
                     w[:, 0] = 0
-                means[kind][r, col] = (as_float32(x) * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+                means[kind][r, col] = (x32 * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
         if self.alt:
             ka = kept if self.alt_mode == "exclude" else None
             for name, fn in self.alt.items():
