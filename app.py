@@ -17,8 +17,10 @@ def home() -> None:
     st.markdown(
         "**Entroscope looks inside a causal language model and prunes it with information theory.** "
         "It streams calibration text through the model with forward hooks and measures how the entropy of the "
-        "residual stream changes across every block — it typically *falls* through the early blocks (compression) "
-        "and then *rises* (expansion). Blocks that add little information are candidates to drop: pick them by "
+        "residual stream changes across every block. EntroDrop describes a *fall* then a *rise* (compression, then "
+        "expansion); on small models much of that fall is one massive-activation token, so every run shows the "
+        "curve with those tokens kept and excluded — the tour below walks through it. Blocks that add little "
+        "information are candidates to drop: pick them by "
         "EntroDrop ΔH, mutual information, cosine baselines or by hand, prune without touching the original "
         "weights, compare perplexity and latency live, and export the plan, the pruned checkpoint and the exact "
         "CLI command.")
@@ -39,6 +41,14 @@ def home() -> None:
                        "32 samples × 256 tokens, seed 2024, estimator **Bucket** (80 bins), massive-activation tokens "
                        "(attention sinks) **excluded** from the statistics.")
 
+        # ---- the guided tour: why does the curve fall? -------------------------------------------------
+        st.subheader(":material/route: Why does the curve fall?")
+        with st.expander("A five-step tour on SmolLM2 (precomputed, opens in seconds)", expanded=False,
+                         icon=":material/school:"):
+            from app_support.tour import render_tour
+
+            render_tour()
+
         # ---- the pipeline, with the session's state of each step --------------------------------------
         st.subheader("The pipeline")
         from app_support.data import data_label
@@ -51,7 +61,8 @@ def home() -> None:
                                          f"Data: {data_label(s.get('es.data')) if s.get('es.tokens') is not None else '—'}",
              s.get("es.tokens") is not None),
             ("entropy", "2 · Entropy dynamics",
-             (f"Run `{rec.run_id}`: boundary at block {rec.result.boundary}, {rec.result.num_layers} blocks"
+             (f"Run `{rec.run_id}`: " + (f"boundary at block {rec.result.boundary}" if rec.result.boundary > 0
+                                         else "no compression stage") + f", {rec.result.num_layers} blocks"
               if rec else "Per-layer entropy, two-stage boundary, ΔH"), rec is not None),
             ("select", "3 · Select blocks", f"{len(state.plans())} plan(s) kept" if state.plans()
              else "Rank blocks by a criterion, click to edit", bool(state.plans())),
@@ -87,6 +98,8 @@ def home() -> None:
                 with st.container(border=True):
                     explain_criterion(name)
         with tab_terms:
+            from analysis.measure.boundary import BOUNDARY_DEFINITION
+
             st.markdown(
                 "- **Residual stream** at block *l*: `resid_pre[l]` (block input), `resid_mid[l]` (after the attention "
                 "sub-block), `resid_post[l]` (block output = `resid_pre[l+1]`). Boundaries `Z^0 … Z^L`: `Z^0` = "
@@ -94,8 +107,9 @@ def home() -> None:
                 "- **ΔH** of a block: attention = H(resid_mid) − H(resid_pre); MLP = H(resid_post) − H(resid_mid); "
                 "layer = H(resid_post) − H(resid_pre). Entropies are per sequence (its tokens are the samples), "
                 "averaged over the calibration sequences.\n"
-                "- **Two-stage boundary**: the argmin of the boundary-entropy curve over the first half of the model; "
-                "blocks before it form the compression stage.\n"
+                f"- **Two-stage boundary**: {BOUNDARY_DEFINITION}\n"
+                "- **Sinks view**: *sinks excluded* leaves the tokens the sink rule flags (norm over 8× the window's "
+                "median) out of every statistic; *sinks kept* is EntroDrop's reference. Every run computes both.\n"
                 "- **Protected blocks** are never dropped: *fixed* = {0, 1, L−1} (EntroDrop's code), *auto* = the "
                 "compression stage plus the last block, *none*.\n"
                 "- **Perplexity** = exp(mean next-token negative log-likelihood) on held-out windows; **KL** and "

@@ -48,17 +48,32 @@ def _ticks(ax, n: int) -> None:
 
 
 # ---- run figures -----------------------------------------------------------------------------------------
-def entropy_curves(run, est: str | None = None) -> Figure:
-    """resid_pre / resid_mid / resid_post entropy per block, compression stage shaded, boundary dashed."""
+def entropy_curves(run, est: str | None = None, view: str | None = None) -> Figure:
+    """resid_pre / resid_mid / resid_post entropy per block; when a compression stage is detected (the one
+    definition, :data:`analysis.measure.boundary.BOUNDARY_DEFINITION`) it is shaded and the boundary dashed;
+    otherwise the chart says there is no stage and shades nothing. The title names the sinks view."""
+    from analysis.score.result import view_label
+
     est = est or run.estimator
-    ent = run.entropy(est)
-    L, b = run.num_layers, int(run.boundary)
+    ent = run.entropy(est, view=view)
+    L = run.num_layers
+    primary = view is None or view == run.sink_mode
+    info = run.boundary_info or {"boundary": run.boundary, "detected": run.boundary > 0}
+    if not primary:
+        from analysis.measure.boundary import robust_boundary
+
+        b0, det = robust_boundary(ent["boundary"])
+        info = {"boundary": b0, "detected": det}
+    b = int(info.get("boundary", 0)) if info.get("detected") else 0
     fig = _fig()
     ax = fig.add_subplot()
     if b > 0:
         ax.axvspan(-0.5, b - 0.5, color="#4C5BD4", alpha=0.08, lw=0, label="compression stage")
-    ax.axvspan(b - 0.5, L - 0.5, color="#2CA58D", alpha=0.05, lw=0, label="expansion stage")
-    ax.axvline(b - 0.5, ls="--", color="#555", lw=1, label=f"boundary = {b}")
+        ax.axvspan(b - 0.5, L - 0.5, color="#2CA58D", alpha=0.05, lw=0, label="expansion stage")
+        ax.axvline(b - 0.5, ls="--", color="#555", lw=1, label=f"boundary = {b}")
+    else:
+        ax.text(0.01, 0.98, "no compression stage detected", transform=ax.transAxes, va="top", fontsize=8,
+                color="#555")
     x = np.arange(L)
     for p in ("resid_pre", "resid_mid", "resid_post"):
         ax.plot(x, ent[p], marker="o", ms=3, lw=1.6, color=POINT_COLORS[p], label=POINT_LABELS[p])
@@ -71,8 +86,59 @@ def entropy_curves(run, est: str | None = None) -> Figure:
     _ticks(ax, L)
     ax.set_xlabel(BLOCK_AXIS)
     ax.set_ylabel(f"entropy H (nats, {est})")
-    ax.set_title("Entropy of the residual stream per block")
+    ax.set_title(f"Entropy of the residual stream per block ({view_label(view or run.sink_mode)})")
     ax.legend(fontsize=7, ncol=3, loc="best")
+    return fig
+
+
+def sink_views(run, est: str | None = None) -> Figure:
+    """The boundary entropy of one estimator in every sinks view of the run, overlaid."""
+    from analysis.score.result import view_label
+
+    est = est or run.estimator
+    fig = _fig()
+    ax = fig.add_subplot()
+    L = run.num_layers
+    for i, v in enumerate(run.sink_views):
+        if run.has_view(est, v):
+            ax.plot(range(L + 1), run.entropy(est, view=v)["boundary"], marker="o", ms=3, lw=1.6,
+                    ls="-" if i == 0 else "--", color=PALETTE[i], label=view_label(v))
+    _ticks(ax, L + 1)
+    ax.set_xlabel("residual boundary Z^i (0 = embeddings; Z^(l+1) = output of block l, 0-based)")
+    ax.set_ylabel(f"entropy H (nats, {est})")
+    ax.set_title(f"{est}: sinks kept vs excluded, same pass")
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def massive_chart(run, est: str | None = None, view: str | None = None) -> Figure:
+    """Largest / median token norm per boundary (log scale, median over sequences) beside an entropy curve,
+    with Pearson r across depth and its bootstrap interval."""
+    from analysis.score.massive import massive_ratio, norm_entropy_correlation
+    from analysis.score.result import view_label
+
+    est = est or run.estimator
+    ratio = np.median(massive_ratio(run), axis=0)
+    L = run.num_layers
+    fig = _fig()
+    ax = fig.add_subplot()
+    ax.plot(range(L + 1), ratio, marker="o", ms=3, color=C_SELECTED, label="largest / median token norm")
+    ax.axhline(run.sinks.get("ratio", 8.0) if run.sinks else 8.0, ls=":", color=C_SELECTED, lw=1,
+               label="sink rule threshold")
+    ax.set_yscale("log")
+    ax.set_ylabel("largest / median token norm")
+    ax2 = ax.twinx()
+    ax2.plot(range(L + 1), run.entropy(est, view=view)["boundary"], marker="s", ms=3, color=C_NORMAL,
+             label=f"H ({est}, {view_label(view or run.sink_mode)})")
+    ax2.set_ylabel(f"entropy H (nats, {est})")
+    c = norm_entropy_correlation(run, est, view, form="changes")
+    _ticks(ax, L + 1)
+    ax.set_xlabel("residual boundary Z^i (0 = embeddings; 0-based)")
+    ax.set_title(f"Massive activations vs entropy: r(Δlog norm ratio, ΔH) = {c['r']:.2f} "
+                 f"[{c['lo']:.2f}, {c['hi']:.2f}]", fontsize=9)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
     return fig
 
 
@@ -288,6 +354,11 @@ def run_figures(run) -> dict[str, Figure]:
         figs["estimator_comparison"] = estimator_comparison(run)
     if run.norms and run.norms.get("boundary") is not None:
         figs["norms"] = norms_chart(run)
+    if len(run.sink_views) > 1:
+        for e in run.estimators:
+            figs[f"sink_views_{e}"] = sink_views(run, e)
+    if run.massive:
+        figs["massive_activations"] = massive_chart(run)
     for name, b in (run.baselines or {}).items():
         if isinstance(b, dict) and b.get("scores") is not None:
             figs[f"scores_{name}"] = score_bars(b["scores"], run.protected, f"{name} score",

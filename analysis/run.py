@@ -15,7 +15,7 @@ import torch
 from analysis.measure.capture import CaptureConfig, CaptureStats, Progress, capture
 from analysis.score.baselines import compute_baselines
 from analysis.errors import DataError, ExtensionStopped, SelectionError, is_oom, oom_error
-from analysis.measure.estimators import BUCKET_BINS, ESTIMATORS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, get_estimator
+from analysis.measure.estimators import BUCKET_BINS, ESTIMATORS, KNN_K, LENS_POSITIONS, RENYI_ALPHA, ROBUST_CLIP, get_estimator
 from analysis.models.loading import LoadedModel
 from analysis.indices import GRANULARITIES
 from analysis.score.result import AnalysisResult
@@ -43,6 +43,8 @@ class AnalysisConfig:
     dedup: bool = setting(False, flag="knn-dedup", app=False,  # KNN: estimate on distinct token states (False = reference, see entropy_knn)
         help="KNN: count each exactly repeated token state once (default: the reference, where a state repeated more than "
              "k times has radius 0 and log(1e-10) dominates; see README)")
+    lens_positions: int = setting(LENS_POSITIONS, min=1, app=False,  # logit lens: cost ∝ positions × vocabulary
+        help="logit-lens: token positions per sequence decoded at every residual point (seeded by --seed)")
     granularity: str = setting("attention", choices=GRANULARITIES,  # EntroDrop v1 headline: attention
         help="what a 'block' is for ΔH and the drop order (EntroDrop's headline: attention)")
     protect: str = setting("fixed", choices=PROTECT_MODES,
@@ -57,6 +59,9 @@ class AnalysisConfig:
         help="sink rule: a token whose norm exceeds this many times its sequence's median token norm (default 8; at most "
              "5% of a sequence's tokens are flagged)")
     sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
+    one_view: bool = setting(False, app=False,  # default: both sinks views in one pass (result.views)
+        help="compute the estimators in the --sinks view only (default: also the other view — sinks kept when "
+             "excluded, excluded when kept — in the same pass, so both curves can be compared without a re-run)")
     state_tokens: int = field(default=0, metadata={  # keep this many sampled token states per point (for MI criteria)
         "derive": lambda c: int(c.mi.get("n_tokens", 0)) if c.mi else 0})      # settings: exactly what MI uses
     extensions: tuple[str, ...] = field(default=(), metadata={  # names in EXTENSIONS to run after the pass
@@ -68,6 +73,13 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         if self.skip_first_token and self.sinks != "first":
             self.sinks = "first"
+
+    def capture_config(self) -> CaptureConfig:
+        """What :func:`analyze` streams with: the capture settings of this analysis (the benches use it too)."""
+        names = dict.fromkeys((self.estimator, *self.extra_estimators))
+        return CaptureConfig(estimators={n: self.estimator_params(n) for n in names}, batch_size=self.batch_size,
+                             sinks=self.sinks, sink_ratio=self.sink_ratio, sink_max_frac=self.sink_max_frac,
+                             state_tokens=self.state_tokens, seed=self.seed, alt_view=not self.one_view)
 
     def estimator_params(self, name: str) -> dict:
         info = get_estimator(name)
@@ -143,10 +155,7 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
                         "so every ΔH would be 0 and the drop order arbitrary",
                         hint="use longer windows (--seq-len)" + (" or drop --skip-first-token"
                                                                  if cfg.skip_first_token else ""))
-    names = dict.fromkeys((cfg.estimator, *cfg.extra_estimators))
-    ccfg = CaptureConfig(estimators={n: cfg.estimator_params(n) for n in names}, batch_size=cfg.batch_size,
-                         sinks=cfg.sinks, sink_ratio=cfg.sink_ratio, sink_max_frac=cfg.sink_max_frac,
-                         state_tokens=cfg.state_tokens, seed=cfg.seed)
+    ccfg = cfg.capture_config()
     t0 = time.perf_counter()
     from analysis.measure.distributed import is_distributed
 
@@ -241,6 +250,10 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
     L = stats.num_layers
     per_seq: dict = {n: {"boundary": v["boundary"].numpy(), "mid": v["mid"].numpy()}
                      for n, v in stats.entropy.items()}
+    views: dict = {}
+    if stats.entropy_alt:
+        views[stats.alt_mode] = {n: {"boundary": v["boundary"].numpy(), "mid": v["mid"].numpy()}
+                                 for n, v in stats.entropy_alt.items()}
     if stats.cos_attn is not None:
         per_seq.update(cos_attn=stats.cos_attn.numpy(), cos_mlp=stats.cos_mlp.numpy(),
                        cos_layer=stats.cos_layer.numpy())
@@ -278,12 +291,19 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
         "n_sequences": n_tok,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    extras = {}
+    if stats.seq_means:               # matrix lens: dataset entropy over the per-sequence mean states, per view
+        from analysis.measure.lenses import dataset_entropy
+
+        extras["dataset_entropy"] = {v: {k: dataset_entropy(t).double().numpy() for k, t in d.items()}
+                                     for v, d in stats.seq_means.items()}
     return AnalysisResult(
         num_layers=L, estimator=cfg.estimator, granularity=cfg.granularity, protect=cfg.protect,
         per_seq=per_seq, angular=angular, boundary=boundary, protected=protected,
         norms={"boundary": stats.norm_boundary.double().mean(0).numpy(), "mid": stats.norm_mid.double().mean(0).numpy()},
-        domains=domains, warnings=warnings, manifest=manifest, boundary_info=binfo,
-        sinks=sink_summary(stats, cfg, tokens))
+        domains=domains, warnings=warnings, manifest=manifest, boundary_info=binfo, extras=extras,
+        sinks=sink_summary(stats, cfg, tokens), views=views,
+        massive=None if stats.massive is None else {k: v.numpy() for k, v in stats.massive.items()})
 
 
 def sink_summary(stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> dict:
@@ -300,4 +320,8 @@ def sink_summary(stats: CaptureStats, cfg: AnalysisConfig, tokens=None) -> dict:
         if cfg.sinks == "first" and t is not None:
             ex = {k: [stats.n_done] * len(v) for k, v in out["counts"].items()}
         out["excluded"] = ex or {k: [0] * len(v) for k, v in out["counts"].items()}
+    if stats.first_flags is not None:         # token-level view: which tokens of sequence 0 are flagged, per boundary
+        ids = tokens.input_ids if hasattr(tokens, "input_ids") else tokens
+        out["first_sequence"] = {"flags": stats.first_flags.numpy().astype(bool).tolist(),     # [L+1][T]
+                                 "token_ids": [int(i) for i in torch.as_tensor(ids)[0].tolist()] if ids is not None else []}
     return out

@@ -34,14 +34,23 @@ def _finite(a) -> np.ndarray:
     return np.asarray(a, dtype=float)
 
 
+def _view_label(view: str | None) -> str:
+    from analysis.score.result import view_label
+
+    return view_label(view)
+
+
 def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], rows=None,
                    points: Iterable[str] = ("resid_pre", "resid_mid", "resid_post"), interval: dict | None = None,
-                   sink_onset: int | None = None) -> go.Figure:
-    """resid_pre / resid_mid / resid_post entropy per block with the compression stage shaded.
+                   sink_onset: int | None = None, view: str | None = None, overlay: str | None = None) -> go.Figure:
+    """resid_pre / resid_mid / resid_post entropy per block with the compression stage shaded (only when
+    ``boundary > 0``: a detected stage). The title names the sinks ``view``; ``overlay``: another view of the
+    same run drawn dashed (no re-run).
 
-    ``interval``: the boundary's bootstrap result (``lo``/``hi`` drawn as a band); ``sink_onset``: the first
-    boundary ``Z^i`` with massive activations (a red dotted line before block ``i``)."""
-    ent = result.entropy(est, rows)
+    ``interval``: the boundary's bootstrap result (``lo``/``hi`` drawn as a band); ``sink_onset``: the boundary
+    ``Z^i`` where the massive activation appears (a red dotted line before block ``i``)."""
+    view = view or result.sink_mode
+    ent = result.entropy(est, rows, view=view)
     L = result.num_layers
     x = np.arange(L)
     fig = go.Figure()
@@ -60,11 +69,20 @@ def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], ro
                            text="no compression stage detected")
     if sink_onset is not None:
         fig.add_vline(x=sink_onset - 0.5, line_dash="dot", line_color=C_SELECTED,
-                      annotation_text=f"massive activations from Z^{sink_onset}", annotation_position="top right")
+                      annotation_text=f"massive activation at Z^{sink_onset}", annotation_position="top right")
+    vl = _view_label(view)
     for p in points:
-        fig.add_trace(go.Scatter(x=x, y=_finite(ent[p]), mode="lines+markers", name=POINT_LABELS[p],
+        fig.add_trace(go.Scatter(x=x, y=_finite(ent[p]), mode="lines+markers",
+                                 name=POINT_LABELS[p] + (f" · {vl}" if overlay else ""),
                                  line=dict(color=POINT_COLORS[p], width=2), marker=dict(size=5),
-                                 hovertemplate=f"block %{{x}}<br>{p}: %{{y:.4g}} nats<extra></extra>"))
+                                 hovertemplate=f"block %{{x}}<br>{p} ({vl}): %{{y:.4g}} nats<extra></extra>"))
+    if overlay and overlay != view and result.has_view(est, overlay):
+        other = result.entropy(est, rows, view=overlay)
+        ol = _view_label(overlay)
+        for p in points:
+            fig.add_trace(go.Scatter(x=x, y=_finite(other[p]), mode="lines", name=f"{p} · {ol}",
+                                     line=dict(color=POINT_COLORS[p], width=1.5, dash="dash"),
+                                     hovertemplate=f"block %{{x}}<br>{p} ({ol}): %{{y:.4g}} nats<extra></extra>"))
     prot = sorted(set(protected))
     if prot:
         lo = np.nanmin([np.nanmin(_finite(ent[p])) for p in points])
@@ -74,7 +92,8 @@ def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], ro
                                  hovertemplate="block %{x} is protected<extra></extra>"))
     fig.update_xaxes(title=BLOCK_AXIS, dtick=1 if L <= 32 else 2, range=[-0.6, L - 0.4])
     fig.update_yaxes(title=f"entropy H (nats, {est})")
-    return _layout(fig)
+    title = f"{est} · {vl}" + (f" (dashed: {_view_label(overlay)})" if overlay and overlay != view else "")
+    return _layout(fig, title)
 
 
 def partial_curves(boundary: np.ndarray, mid: np.ndarray, n_done: int, total: int, est: str) -> go.Figure:
@@ -95,9 +114,9 @@ def partial_curves(boundary: np.ndarray, mid: np.ndarray, n_done: int, total: in
 
 
 def delta_h_bars(result, est: str, granularity: str, protected: Sequence[int], cosine: np.ndarray | None = None,
-                 cos_label: str = "cos(X, Y)") -> go.Figure:
-    """ΔH per block (bars; protected blocks grey) with the cosine baseline on a secondary axis."""
-    dh = _finite(result.delta_h(granularity, est))
+                 cos_label: str = "cos(X, Y)", view: str | None = None) -> go.Figure:
+    """ΔH per block (bars; protected blocks grey) with the cosine baseline on a secondary axis (sinks ``view``)."""
+    dh = _finite(result.delta_h(granularity, est, view=view))
     L = len(dh)
     prot = set(protected)
     colors = [C_PROTECTED if i in prot else GRAN_COLORS.get(granularity, C_NORMAL) for i in range(L)]
@@ -113,7 +132,7 @@ def delta_h_bars(result, est: str, granularity: str, protected: Sequence[int], c
         fig.update_yaxes(title_text=cos_label, secondary_y=True, showgrid=False)
     fig.update_xaxes(title=BLOCK_AXIS, dtick=1 if L <= 32 else 2, range=[-0.6, L - 0.4])
     fig.update_yaxes(title_text=f"ΔH (nats, {est})", secondary_y=False)
-    return _layout(fig)
+    return _layout(fig, f"ΔH per {granularity} block · {est} · {_view_label(view or result.sink_mode)}")
 
 
 def domain_heatmap(result, est: str, normalise: bool = True) -> tuple[go.Figure, list[str]]:
@@ -177,6 +196,71 @@ def estimator_small_multiples(result, estimators: Sequence[str]) -> go.Figure:
         fig.update_xaxes(title_text="Z^i (0-based)", row=1, col=i + 1)
     fig.update_yaxes(title_text="H (nats)", row=1, col=1)
     return _layout(fig, height=300)
+
+
+def lens_curves(result, estimators: Sequence[str]) -> go.Figure:
+    """Boundary entropy of each estimator (one panel each) in every sinks view of the run: solid = primary,
+    dashed = the other view, from the same pass."""
+    n = len(estimators)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=list(estimators), horizontal_spacing=0.06)
+    L = result.num_layers
+    views = result.sink_views
+    colors = ["#4C5BD4", "#E4572E", "#2CA58D"]
+    for i, e in enumerate(estimators):
+        for j, v in enumerate(views):
+            if not result.has_view(e, v):
+                continue
+            fig.add_trace(go.Scatter(x=list(range(L + 1)), y=_finite(result.entropy(e, view=v)["boundary"]),
+                                     mode="lines+markers", marker=dict(size=4), name=_view_label(v),
+                                     legendgroup=v, showlegend=i == 0,
+                                     line=dict(color=colors[j % 3], dash="solid" if j == 0 else "dash"),
+                                     hovertemplate=f"{e} ({_view_label(v)}) Z%{{x}}: %{{y:.4g}} nats<extra></extra>"),
+                          row=1, col=i + 1)
+        fig.update_xaxes(title_text="Z^i (0 = embeddings)", row=1, col=i + 1)
+    fig.update_yaxes(title_text="H (nats)", row=1, col=1)
+    return _layout(fig, height=330)
+
+
+def massive_chart(result, est: str, view: str | None = None) -> go.Figure:
+    """Largest / median token norm per boundary (log axis; median over sequences, 25–75 % band) with the
+    entropy curve of ``est`` in sinks ``view`` on the second axis."""
+    m = np.asarray(result.massive["boundary"], dtype=float)                      # [N, L+1]
+    L = result.num_layers
+    x = list(range(L + 1))
+    q1, med, q3 = np.percentile(m, [25, 50, 75], axis=0)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=list(q3) + list(q1[::-1]), fill="toself", fillcolor="rgba(228,87,46,0.15)",
+                             line=dict(width=0), hoverinfo="skip", name="25–75 % of sequences"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=med, mode="lines+markers", name="largest / median token norm",
+                             line=dict(color=C_SELECTED, width=2),
+                             hovertemplate="Z%{x}: largest token %{y:.1f}× the median<extra></extra>"), secondary_y=False)
+    thr = (result.sinks or {}).get("ratio", 8.0)
+    fig.add_hline(y=thr, line_dash="dot", line_color=C_SELECTED, annotation_text=f"sink rule: {thr:g}×",
+                  annotation_position="bottom right")
+    vl = _view_label(view or result.sink_mode)
+    fig.add_trace(go.Scatter(x=x, y=_finite(result.entropy(est, view=view)["boundary"]), mode="lines+markers",
+                             name=f"H ({est}, {vl})", line=dict(color=C_NORMAL, width=2, dash="dot"),
+                             hovertemplate=f"Z%{{x}}: H %{{y:.4g}} nats ({vl})<extra></extra>"), secondary_y=True)
+    lo_v = float(np.nanmin(q1[q1 > 0])) if (q1 > 0).any() else 1.0
+    hi_v = max(float(np.nanmax(q3)), thr)
+    fig.update_yaxes(title_text="largest / median token norm", type="log", secondary_y=False,
+                     range=[math.log10(min(lo_v, 1.0) * 0.8), math.log10(hi_v * 1.5)])
+    fig.update_yaxes(title_text=f"H (nats, {est})", secondary_y=True, showgrid=False)
+    fig.update_xaxes(title="residual boundary Z^i (0 = embeddings; Z^(l+1) = output of block l, 0-based)")
+    return _layout(fig, f"Massive activations vs {est} entropy · {vl}")
+
+
+def flags_heatmap(flags: np.ndarray, tokens: Sequence[str]) -> go.Figure:
+    """Which tokens of one sequence the sink rule flags at which boundary: ``flags [L+1, T]`` bool."""
+    f = np.asarray(flags, dtype=float)
+    n_b, T = f.shape
+    labels = [f"{i}: {t}" for i, t in enumerate(tokens)] if len(tokens) == T else [str(i) for i in range(T)]
+    fig = go.Figure(go.Heatmap(z=f.T, x=[f"Z{i}" for i in range(n_b)], y=labels, zmin=0, zmax=1, showscale=False,
+                               colorscale=[[0, "#F3F4F8"], [1, C_SELECTED]],
+                               hovertemplate="token %{y}<br>%{x}: %{z}<extra>1 = flagged</extra>"))
+    fig.update_yaxes(autorange="reversed", title="token (position: text)", tickfont=dict(size=9))
+    fig.update_xaxes(title="residual boundary Z^i (0 = embeddings; 0-based)")
+    return _layout(fig, height=min(900, 120 + 14 * T), hovermode="closest")
 
 
 def bootstrap_chart(boot: dict, protected: Sequence[int], label: str) -> go.Figure:

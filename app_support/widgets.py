@@ -179,7 +179,8 @@ def explain_estimator(name: str) -> None:
         return
     st.markdown(f"**{info.title}** (`{info.name}`) — "
                 f"{'scale-invariant' if info.scale_invariant else 'scale-sensitive'}; "
-                f"defaults {', '.join(f'{k}={v}' for k, v in info.defaults.items()) or 'none'}")
+                f"defaults {', '.join(f'{k}={v}' for k, v in info.defaults.items()) or 'none'}"
+                + (f"; range {info.bounds}" if getattr(info, "bounds", "") else ""))
     if info.formula:
         st.latex(info.formula)
     if info.notes:

@@ -1,11 +1,25 @@
-"""Analysis pass ÷ bare forward over the same tokens, measured in one run (issue targets ≤1.15 Bucket+cosine,
-≤1.2 with KNN).
+"""Analysis pass ÷ bare forward over the same tokens, every path measured in one run (issue 28 targets: the
+product's default path ≤ 1.10, the reference path ≤ 1.05).
 
 Bare forward = the base model (embeddings → decoder layers → final norm, no LM head) under
 ``torch.inference_mode``: exactly the computation the analysis rides on. Batches alternate
 (bare, analysis, bare, analysis, …) so machine noise hits both sides alike.
 
-    .venv/bin/python bench/analysis_overhead.py [--samples 128] [--seq-len 256] [--dtype fp32]
+Every path is an ``AnalysisConfig`` built from the product's own defaults (never restated here):
+
+* ``reference``  — the CLI's default estimator and cosines with ``sinks=keep`` and one view: EntroDrop's semantics;
+* ``default``    — the app's default analysis (``app_support.state.default_analysis``), as the Entropy page runs it;
+* ``default, primary view only`` — the same with ``one_view`` (what the other sinks view costs is the difference);
+* ``+ <lens>``   — the primary-view default plus one more registered estimator (``--extra``, default: the lenses
+  ``matrix`` and ``logit-lens``), each measured separately;
+* ``cli default`` — ``python -m analysis analyze`` with no analysis flags.
+
+Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
+``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
+printed. ``--write`` replaces the "Analysis overhead" section of docs/benchmarks.md (only then).
+
+    .venv/bin/python bench/analysis_overhead.py                      # the product's defaults (figures: quiet machine)
+    .venv/bin/python bench/analysis_overhead.py --samples 8 --seq-len 64 --paths reference,default   # a quick check
 """
 from __future__ import annotations
 
@@ -19,66 +33,99 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from analysis.measure.capture import CaptureConfig, capture  # noqa: E402
-from analysis.models.loading import load_model  # noqa: E402
+from bench.common import analysis_config, app_defaults, calib_tokens, describe, loadavg, machine, print_ratio, write_section  # noqa: E402
 
-CONFIGS = {  # name -> (estimators, sinks mode); "keep" is the reference path, "exclude" the default picture
-    "bucket+cosine": ({"bucket": {"bins": 80}}, "keep"),
-    "knn+cosine": ({"knn": {"k": 25}}, "keep"),
-    "bucket+knn+cosine": ({"bucket": {"bins": 80}, "knn": {"k": 25}}, "keep"),
-    "bucket+cosine sinks=exclude": ({"bucket": {"bins": 80}}, "exclude"),
-    "knn+cosine sinks=exclude": ({"knn": {"k": 25}}, "exclude"),
-    "bucket+knn+cos sinks=excl": ({"bucket": {"bins": 80}, "knn": {"k": 25}}, "exclude"),
-}
+SECTION = "## Analysis overhead (bench/analysis_overhead.py)"
+
+
+def paths(extra: list[str]) -> dict:
+    """name -> AnalysisConfig of every measured path, from the product's defaults."""
+    app = analysis_config(app=True)
+    out = {
+        "reference": analysis_config(app=False, sinks="keep", one_view=True),
+        "default": app,
+        "default, primary view only": analysis_config(app=True, one_view=True),
+    }
+    for name in extra:
+        if name not in (app.estimator, *app.extra_estimators):
+            out[f"+ {name}"] = analysis_config(app=True, one_view=True,
+                                               extra_estimators=(*app.extra_estimators, name))
+    out["cli default"] = analysis_config(app=False)
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--dtype", default="fp32")
-    ap.add_argument("--device", default="auto")
+    model, data, _ = app_defaults()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=model["spec"])
+    ap.add_argument("--dtype", default=model["dtype"])
+    ap.add_argument("--device", default=model["device"])
+    ap.add_argument("--samples", type=int, default=data["n_samples"])
+    ap.add_argument("--seq-len", type=int, default=data["seq_len"])
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the analysis's own batch size")
+    ap.add_argument("--extra", default="matrix,logit-lens", help="extra estimators measured one at a time ('' for none)")
+    ap.add_argument("--paths", default="", help="only these paths (comma list of names; default: all)")
+    ap.add_argument("--write", action="store_true", help="replace this bench's section of docs/benchmarks.md")
     args = ap.parse_args()
 
+    from analysis.measure.capture import CaptureConfig, capture
+    from analysis.models.loading import load_model
+
+    load0 = loadavg()
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    vocab = lm.model.get_input_embeddings().num_embeddings
-    ids = torch.randint(0, vocab, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0))
+    ids = calib_tokens(lm, args.samples, args.seq_len, seed=data["seed"])
     base = lm.adapter.base
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+    cfgs = paths([e for e in args.extra.split(",") if e])
+    if args.paths:
+        want = [p.strip() for p in args.paths.split(",")]
+        cfgs = {k: v for k, v in cfgs.items() if k in want or k.lstrip("+ ") in want}
+    ccfgs: dict[str, CaptureConfig] = {}
+    for name, cfg in cfgs.items():
+        if args.batch_size:
+            cfg.batch_size = args.batch_size
+        ccfgs[name] = cfg.capture_config()
+    batch_size = args.batch_size or next(iter(cfgs.values())).batch_size
 
     def bare(batch):
         with torch.inference_mode():
             base(input_ids=batch.to(lm.device), use_cache=False)
         sync()
 
-    def analysed(batch, cfg):
-        est, sinks = cfg
-        capture(lm, batch, CaptureConfig(estimators=est, batch_size=len(batch), sinks=sinks))
+    def analysed(batch, ccfg):
+        ccfg.batch_size = len(batch)
+        capture(lm, batch, ccfg)
         sync()
 
-    batches = list(ids.split(args.batch_size))
+    batches = list(ids.split(batch_size))
     bare(batches[0])  # warm-up
-    for est in CONFIGS.values():
-        analysed(batches[0], est)
-    times = {name: [] for name in CONFIGS}
-    bare_t = {name: [] for name in CONFIGS}
+    for c in ccfgs.values():
+        analysed(batches[0], c)
+    times = {name: [] for name in ccfgs}
+    bare_t = {name: [] for name in ccfgs}
     for batch in batches:
-        for name, est in CONFIGS.items():
+        for name, c in ccfgs.items():
             t = time.perf_counter()
             bare(batch)
             bare_t[name].append(time.perf_counter() - t)
             t = time.perf_counter()
-            analysed(batch, est)
+            analysed(batch, c)
             times[name].append(time.perf_counter() - t)
-    print(f"model={args.model} dtype={args.dtype} device={lm.device} tokens={args.samples}x{args.seq_len} "
-          f"batch={args.batch_size} threads={torch.get_num_threads()}")
-    for name in CONFIGS:
-        ratio = sum(times[name]) / sum(bare_t[name])
+    load1 = loadavg()
+    ratios = {name: sum(times[name]) / sum(bare_t[name]) for name in ccfgs}
+    head = (f"model={args.model} dtype={args.dtype} device={lm.device} tokens={args.samples}x{args.seq_len} "
+            f"batch={batch_size} threads={torch.get_num_threads()} load(1/5/15 min) before={load0} after={load1}")
+    rows = ["| path | computes | bare s | analysis s | ratio | median per batch |", "|---|---|---|---|---|---|"]
+    print(machine())
+    print(head)
+    for name in ccfgs:
         med = statistics.median(a / b for a, b in zip(times[name], bare_t[name]))
-        print(f"{name:28s} bare {sum(bare_t[name]):7.2f}s  analysis {sum(times[name]):7.2f}s  "
-              f"ratio {ratio:.3f} (median per-batch {med:.3f})")
+        print(f"{name:28s} {describe(cfgs[name]):44s} bare {sum(bare_t[name]):7.2f}s  analysis "
+              f"{sum(times[name]):7.2f}s  ratio {ratios[name]:.3f} (median per-batch {med:.3f})")
+        rows.append(f"| {name} | {describe(cfgs[name])} | {sum(bare_t[name]):.2f} | {sum(times[name]):.2f} | "
+                    f"{ratios[name]:.3f} | {med:.3f} |")
+    write_section(SECTION, f"{machine()}\n\n`{' '.join(sys.argv)}` — {head}\n\n" + "\n".join(rows), args.write)
+    print_ratio(ratios.get("default", next(iter(ratios.values()))))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ held-out perplexity before/after (small token budget), parameters, and measured 
 of the dense and pruned model, compared with the FLOP-ideal speedup
 (FLOPs/token = 2 × decoder matmul weights + 4 × q-heads × head_dim × context per layer + 2 × LM head).
 
-Writes its figures into ``docs/benchmarks.md`` under "## Channel pruning (bench/channels.py)" (only that
-section is replaced) unless ``--no-write``.
+Calibration, steps, evaluation budget and window default to ``ChannelConfig``'s (the product's), the pruning
+ratios to ``ChannelConfig.ratio`` and one more (``--ratios``). With ``--write`` (only then) it replaces
+"## Channel pruning (bench/channels.py)" in ``docs/benchmarks.md``. Last line: ``ratio=<prefill speedup ÷
+FLOP-ideal at the first ratio>``; the load average is printed.
 """
 from __future__ import annotations
 
@@ -70,32 +72,37 @@ def machine() -> str:
 
 
 def main(argv=None) -> int:
+    from bench.common import app_defaults, loadavg, print_ratio
+
+    cc = CH.ChannelConfig()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--ratios", default="0.25,0.5")
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--domains", default="wiki:1,code:1,news:1")
-    ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--model", default=app_defaults()[0]["spec"])
+    ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in dict.fromkeys((cc.ratio, 0.5))))
+    ap.add_argument("--steps", type=int, default=cc.steps)
+    ap.add_argument("--samples", type=int, default=cc.n_samples)
+    ap.add_argument("--seq-len", type=int, default=cc.seq_len)
+    ap.add_argument("--domains", default=",".join(f"{k}:{v:g}" for k, v in cc.domains.items()))
+    ap.add_argument("--eval-tokens", type=int, default=cc.eval_tokens)
+    ap.add_argument("--eval-window", type=int, default=cc.eval_window)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency measurement")
     ap.add_argument("--ablation", action="store_true",
                     help="also hybrid vs single-domain vs one-shot at the first ratio")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--write", action="store_true", help="replace this bench's section of docs/benchmarks.md")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args(argv)
+    load0 = loadavg()
 
     t_all = time.perf_counter()
     lm = load_model(args.model, device="cpu")
     print(f"loaded {args.model} in {lm.load_seconds:.1f} s", flush=True)
     base_cfg = CH.ChannelConfig(domains=args.domains, n_samples=args.samples, seq_len=args.seq_len,
-                                steps=args.steps, eval_tokens=args.eval_tokens, eval_window=512).validated()
+                                steps=args.steps, eval_tokens=args.eval_tokens, eval_window=args.eval_window).validated()
     doms = list(base_cfg.domains)
     tokens = CH.build_hybrid_calibration(lm.tokenizer, base_cfg.domains, args.samples, args.seq_len, base_cfg.seed)
-    dense_ppl = CH.evaluate_domains(lm, doms, args.eval_tokens, 512)
+    dense_ppl = CH.evaluate_domains(lm, doms, args.eval_tokens, args.eval_window)
     ctx_pre = (args.prompt_len + 1) // 2
     ctx_dec = args.prompt_len + args.new_tokens // 2
     f_dense = (CH.flops_per_token(lm.model, ctx_pre)["total"], CH.flops_per_token(lm.model, ctx_dec)["total"])
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
         res = CH.iterative_channel_prune(lm, base_cfg, tokens, ratio=r)
         prune_s = time.perf_counter() - t0
         pruned = wrap_model(res.model, lm.tokenizer, name=f"{args.model}-r{r}")
-        ppl = CH.evaluate_domains(pruned, doms, args.eval_tokens, 512)
+        ppl = CH.evaluate_domains(pruned, doms, args.eval_tokens, args.eval_window)
         dense_lat, pruned_lat = [], []
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
@@ -138,8 +145,12 @@ def main(argv=None) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "ablation": ablation}, indent=1))
-    if not args.no_write:
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    if args.write:
         write_section(ROOT / "docs" / "benchmarks.md", text)
+    else:
+        print("(not written to docs/benchmarks.md; pass --write to replace its section)", file=sys.stderr)
+    print_ratio(rows[0]["prefill"]["efficiency"] if rows else float("nan"))
     return 0
 
 
@@ -150,7 +161,7 @@ def render(args, rows, doms, ablation, total_s, cfg) -> str:
            f"Calibration: hybrid {args.domains}, {args.samples} × {args.seq_len} tokens, T = {args.steps}, "
            f"method {cfg.method}, aggregation {cfg.domain_agg}, uniform allocation, widths multiple of "
            f"{cfg.multiple_of}, no bias compensation. Perplexity: first {args.eval_tokens} held-out tokens of "
-           f"each domain's eval split, disjoint 512-token windows. Latency: batch 1, prompt {args.prompt_len} "
+           f"each domain's eval split, disjoint {args.eval_window}-token windows. Latency: batch 1, prompt {args.prompt_len} "
            f"tokens (prefill tok/s) then {args.new_tokens} greedy decode steps (decode tok/s), KV cache on, "
            f"{args.threads} torch thread(s), best of {args.repeats} runs × 2 interleaved rounds of dense and pruned "
            f"(best-of because the CPU is shared; load average at the end {os.getloadavg()[0]:.1f}). "

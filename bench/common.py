@@ -56,3 +56,70 @@ def matmul_flops(dtype, device, m: int = 2048, k: int = 576, n: int = 1536, reps
         a @ b
     sync()
     return 2 * m * k * n * reps / (time.perf_counter() - t)
+
+
+# ---- product defaults, load, the ratio line and docs writes (every bench uses these) ----------------------
+
+def app_defaults() -> tuple[dict, dict, dict]:
+    """The app's defaults: ``(model settings, data settings, analysis settings)``, read from their one source
+    (``app_support.state``: ``DEFAULT_MODEL``, ``DEFAULT_DATA`` and :func:`default_analysis`, which is
+    ``AnalysisConfig``'s app-shown defaults plus the Entropy page's own)."""
+    from app_support.state import DEFAULT_DATA, DEFAULT_MODEL, default_analysis
+
+    return dict(DEFAULT_MODEL), dict(DEFAULT_DATA), default_analysis()
+
+
+def analysis_config(app: bool = True, **overrides):
+    """The product's ``AnalysisConfig``: the app's default (``app=True``) or the CLI's (the dataclass defaults),
+    with ``overrides`` (flat setting keys, as :func:`analysis.settings.build` takes them)."""
+    from analysis.run import AnalysisConfig
+    from analysis.settings import build
+
+    base = app_defaults()[2] if app else {}
+    return build(AnalysisConfig, {**base, **overrides})
+
+
+def describe(cfg) -> str:
+    """One line naming what an ``AnalysisConfig`` computes in its pass."""
+    est = "+".join(dict.fromkeys((cfg.estimator, *cfg.extra_estimators)))
+    other = getattr(cfg, "both_views", None)
+    other = (not getattr(cfg, "one_view", True)) if other is None else other
+    views = f"sinks={cfg.sinks}" + ("+other view" if other else "")
+    return f"{est}+cosine {views}" + (f" mi.n_tokens={cfg.state_tokens}" if cfg.state_tokens else "")
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load average, for the record (figures under load are not comparable)."""
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # not available on this platform
+        return "n/a"
+
+
+def print_ratio(value: float) -> None:
+    """The last line of every bench: ``ratio=<value>`` (what the integrator collects)."""
+    print(f"ratio={value:.3f}" if value == 0 or abs(value) >= 0.01 else f"ratio={value:.3e}", flush=True)
+
+
+def write_section(section: str, text: str, write: bool) -> None:
+    """Replace (or append) only ``section`` of docs/benchmarks.md, and only when asked (``--write``)."""
+    import re
+    from pathlib import Path
+
+    if not write:
+        print(f"(not written to docs/benchmarks.md; pass --write to replace its section {section!r})", file=sys.stderr)
+        return
+    path = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    body = section + "\n\n" + text.strip() + "\n"
+    pat = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pat.sub(lambda _: body + "\n", old) if pat.search(old) else old.rstrip() + "\n\n" + body
+    path.write_text(new)
+    print(f"wrote section {section!r} of docs/benchmarks.md", file=sys.stderr)
+
+
+def cli_args(*argv: str):
+    """The product CLI's namespace for ``argv`` (``python -m analysis …``): its own default for every flag not given."""
+    from analysis.cli.main import build_parser
+
+    return build_parser().parse_args(list(argv))

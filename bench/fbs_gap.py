@@ -8,13 +8,16 @@ markdown table of relative gaps and the search cost (seconds, distinct run score
 within 5 % of the optimum (it is exact by construction). The last line is ``ratio=<worst default gap>``.
 
     .venv/bin/python bench/fbs_gap.py [--models smollm2,gemma3-270m] [--samples 8] [--seq-len 128]
+
+The pass is the app's default analysis with MI-PRUN's state sampling, the matrix on ``MIConfig``'s token count
+(``--matrix-tokens`` overrides); the load average is printed.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-from common import calib_tokens, machine
+from common import analysis_config, calib_tokens, loadavg, machine, print_ratio
 
 import torch
 
@@ -26,15 +29,18 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2,gemma3-270m")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--matrix-tokens", type=int, default=512)
+    ap.add_argument("--matrix-tokens", type=int, default=None, help="default: MIConfig's matrix tokens")
     ap.add_argument("--estimators", default=",".join(ESTIMATORS))
     ap.add_argument("--n", type=int, nargs="+", default=[2, 3, 4])
     args = ap.parse_args()
+    load0 = loadavg()
+    mi_cfg = analysis_config(app=True, granularity="layer", mi=True)
+    args.matrix_tokens = args.matrix_tokens or mi_cfg.mi["matrix_tokens"]
     from analysis.score.blocksearch import exhaustive_select, fast_block_select, selection_gap
     from analysis.measure.mi_states import StateMI
     from analysis.score.miprun import matrix_block_scores, matrix_run_score
     from analysis.models.loading import load_model
-    from analysis.run import EXTENSIONS, AnalysisConfig, analyze
+    from analysis.run import EXTENSIONS, analyze
 
     print(machine())
     rows, worst = [], 0.0
@@ -43,8 +49,9 @@ def main() -> None:
         tokens = calib_tokens(lm, args.samples, args.seq_len)
         kept = {}
         EXTENSIONS["_gap_keep"] = lambda stats, lm_, cfg: (kept.update(states=stats.states), {})[1]
-        run = analyze(lm, tokens, AnalysisConfig(granularity="layer", state_tokens=args.matrix_tokens,
-                                                 extensions=("_gap_keep",)))
+        cfg = analysis_config(app=True, granularity="layer")
+        cfg.state_tokens, cfg.extensions = args.matrix_tokens, ("_gap_keep",)
+        run = analyze(lm, tokens, cfg)
         prot = list(run.protected)
         L = lm.num_layers
         for est in args.estimators.split(","):
@@ -77,7 +84,8 @@ def main() -> None:
           "(refine) [blocks] | default search cost | exhaustive | matrix |")
     print("|---|---|---:|---|---:|---:|---|---|---:|---:|")
     print("\n".join(rows))
-    print(f"ratio={worst:.4f}")
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    print_ratio(worst)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Prints, each step with its own time limit inside an overall budget (default 450 s):
 
-1. analysis pass ÷ bare forward, fp32 and bf16 (``bench/analysis_overhead.py``);
+1. analysis pass ÷ bare forward, fp32 and bf16 (``bench/analysis_overhead.py``: the reference path, the app's
+   default path, the other sinks view and each lens);
 2. host-device synchronisations during one capture (``torch.cuda.set_sync_debug_mode``), per layer
    (target 0: the only synchronisation is the final transfer of the statistics to the CPU);
 3. peak GPU memory of the analysis pass vs N calibration samples (``max_memory_allocated``, one process);
@@ -10,8 +11,10 @@ Prints, each step with its own time limit inside an overall budget (default 450 
 5. the test suite's result on this machine (``pytest -m "not browser and not slow"``), with what is left of
    the budget.
 
-Ends with a summary table. ``--dry-run`` runs every step on the CPU with tiny sizes (a smoke test of the
-script itself; its figures mean nothing) and a single small test file.
+Every analysis is the product's default (``bench.common.analysis_config``). Ends with a summary table, the
+load average before and after, and ``ratio=<default path ÷ bare forward, bf16>`` (fp32 when bf16 failed).
+``--dry-run`` runs every step on the CPU with tiny sizes (a smoke test of the script itself; its figures mean
+nothing) and a single small test file.
 
     .venv/bin/python bench/gpu_check.py                 # on the GPU machine, from the repository root
     .venv/bin/python bench/gpu_check.py --dry-run       # anywhere (CPU)
@@ -67,12 +70,15 @@ def sync_count(model: str, device: str, dtype: str, n: int, t: int) -> dict:
     """Synchronising CUDA calls during one capture (after a warm-up capture), from the sync debug mode."""
     import torch
 
-    from analysis.measure.capture import CaptureConfig, capture
+    from analysis.measure.capture import capture
     from analysis.models.loading import load_model
+    from bench.common import analysis_config
 
     lm = load_model(model, device=device, dtype=dtype)
     ids = torch.randint(0, 1000, (n, t), generator=torch.Generator().manual_seed(0))
-    cfg = CaptureConfig(estimators={"bucket": {}, "knn": {"k": 5}}, batch_size=n, state_tokens=256)
+    # the app's default pass (both sinks views), with MI-PRUN's state sampling on
+    cfg = analysis_config(app=True, mi=True, k=min(25, t - 4)).capture_config()
+    cfg.batch_size = n
     capture(lm, ids, cfg)
     if lm.device.type != "cuda":
         return {"syncs": None, "layers": lm.num_layers, "note": f"device {lm.device}: no CUDA sync debug mode"}
@@ -92,7 +98,8 @@ def peak_memory(model: str, device: str, dtype: str, ns: list[int], t: int) -> l
     import torch
 
     from analysis.models.loading import load_model
-    from analysis.run import AnalysisConfig, analyze
+    from analysis.run import analyze
+    from bench.common import analysis_config
 
     lm = load_model(model, device=device, dtype=dtype)
     vocab = lm.model.get_input_embeddings().num_embeddings
@@ -105,7 +112,7 @@ def peak_memory(model: str, device: str, dtype: str, ns: list[int], t: int) -> l
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
-        analyze(lm, ids, AnalysisConfig(estimator="bucket", batch_size=8))
+        analyze(lm, ids, analysis_config(app=True, k=min(25, t - 4)))
         rows.append({"n": n, "seconds": time.perf_counter() - t0,
                      "peak_bytes": (torch.cuda.max_memory_allocated() - base) if cuda else None})
     return rows
@@ -124,8 +131,9 @@ def main() -> None:
     SCALE = args.limit_scale or (5.0 if args.dry_run else 1.0)
     import torch
 
-    from bench.common import machine
+    from bench.common import loadavg, machine, print_ratio
 
+    load0 = loadavg()
     budget = Budget(args.budget)
     dry = args.dry_run
     if not dry and not torch.cuda.is_available():
@@ -135,6 +143,7 @@ def main() -> None:
     py = sys.executable
     print(machine(), "| dry run (CPU, tiny sizes: figures mean nothing)" if dry else "")
     summary: dict = {}
+    default_ratio: dict = {}
 
     # 1. analysis ÷ bare forward, fp32 and bf16
     sizes = ["--samples", "4", "--seq-len", "32"] if dry else ["--samples", "128", "--seq-len", "256"]
@@ -142,8 +151,11 @@ def main() -> None:
         rc, out = run_step(f"overhead {dt}", [py, os.path.join(HERE, "analysis_overhead.py"), "--model", args.model,
                                               "--device", device, "--dtype", dt, *sizes], 90, budget)
         summary[f"analysis ÷ bare ({dt})"] = "; ".join(
-            f"{m.group(1).strip()} {m.group(2)}" for m in re.finditer(r"^(.{20}) bare .*?ratio (\d+\.\d+)", out, re.M)) \
+            f"{m.group(1).strip()} {m.group(2)}" for m in re.finditer(r"^(.{28}) .*? bare .*?ratio (\d+\.\d+)", out, re.M)) \
             or f"failed (rc {rc})"
+        m = re.search(r"^ratio=(\S+)\s*$", out, re.M)
+        if m:
+            default_ratio[dt] = float(m.group(1))
 
     # 2. host-device syncs during one capture (in this process)
     print("\n# host-device synchronisations during one capture", flush=True)
@@ -174,7 +186,7 @@ def main() -> None:
         print(summary["peak GPU memory vs N"])
 
     # 4. speedup of physically pruned models ÷ FLOP-ideal
-    sp = ["--k", "4", "--prompt-len", "64", "--new-tokens", "4", "--rounds", "1", "--calib", "2"] if dry else \
+    sp = ["--k", "4", "--prompt-len", "64", "--new-tokens", "4", "--rounds", "1", "--calib", "2", "--seq-len", "32"] if dry else \
         ["--k", "4,8,12", "--prompt-len", "2048", "--new-tokens", "64", "--rounds", "3", "--dtype", "bf16"]
     rc, out = run_step("speedup", [py, os.path.join(HERE, "speedup.py"), "--model", args.model, *sp], 120, budget)
     lines = [ln.strip() for ln in out.splitlines() if "ideal" in ln.lower() or "speedup" in ln.lower()]
@@ -191,7 +203,9 @@ def main() -> None:
     print("\n## summary\n")
     for k, v in summary.items():
         print(f"| {k} | {v} |")
-    print(f"\ntotal {args.budget - budget.left():.0f} s of the {args.budget:.0f} s budget")
+    print(f"\ntotal {args.budget - budget.left():.0f} s of the {args.budget:.0f} s budget; load average (1/5/15 min) "
+          f"before {load0}, after {loadavg()}")
+    print_ratio(default_ratio.get("bf16", default_ratio.get("fp32", float("nan"))))
 
 
 if __name__ == "__main__":

@@ -7,22 +7,27 @@ stream there). Losses must be bit-identical. Also prints the work of a SLEB sear
 (layer forwards / L) before (the previous scheme: the original in full every step, every candidate from
 min(candidate, first removed layer)) and after (the trie walk), counted from the schedules.
 
-    .venv/bin/python bench/groundtruth.py [--model smollm2] [--samples 8] [--seq-len 128] [--rounds 2]
+    .venv/bin/python bench/groundtruth.py                       # the product's defaults (figures: a quiet machine)
+    .venv/bin/python bench/groundtruth.py --samples 2 --seq-len 64 --rounds 1     # a quick check
 
-The last line is the CPU-time ratio of this process over interleaved rounds (on a machine shared with other
-jobs wall time drifts with their load); the wall-time ratio is printed above it.
+Model, dtype, windows (count, length, seed) and batch size default to ``python -m analysis groundtruth``'s own,
+read from its parser (8 windows × SampleConfig's seq-len, batch 8). The last line is ``ratio=<CPU-time ratio of
+this process over interleaved rounds>`` (on a machine shared with other jobs wall time drifts with their load);
+the wall-time ratio and the load average before and after are printed above it.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-from common import calib_tokens, machine
+from common import cli_args, loadavg, machine, print_ratio
 
 import torch
 from analysis.evaluate.groundtruth import delta_ppl_details, plan_cost
 from analysis.evaluate import EvalConfig, perplexity
 from analysis.models.loading import load_model
+from analysis.cli.common import tokens_from_args
 from analysis.models.plan import Plan
 
 
@@ -42,20 +47,29 @@ def old_step_passes(L: int, removed: list[int], cands: list[int], with_base: boo
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--dtype", default="fp32")
-    ap.add_argument("--sleb-n", type=int, default=4)
+    ap.add_argument("--model", default=None, help="default: the CLI's")
+    ap.add_argument("--samples", type=int, default=None, help="default: the CLI groundtruth command's")
+    ap.add_argument("--seq-len", type=int, default=None, help="default: the CLI's (SampleConfig)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the CLI groundtruth command's")
+    ap.add_argument("--dtype", default=None, help="default: the CLI's")
+    ap.add_argument("--sleb-n", type=int, default=None, help="default: the CLI groundtruth command's --n")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is per process)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load0 = loadavg()
     print(machine())
-    lm = load_model(args.model, dtype=args.dtype)
+    # the product's command: python -m analysis groundtruth --corpus wiki (its defaults), then this bench's flags
+    cli = cli_args("groundtruth", "--corpus", "wiki", "--out", os.devnull)
+    for key in ("model", "samples", "seq_len", "batch_size", "dtype"):
+        if getattr(args, key) is not None:
+            setattr(cli, key, getattr(args, key))
+    args.sleb_n = cli.n if args.sleb_n is None else args.sleb_n
+    args.model, args.dtype, args.batch_size = cli.model, cli.dtype, cli.batch_size
+    lm = load_model(cli.model, device=cli.device, dtype=cli.dtype)
     L = lm.num_layers
-    ids = calib_tokens(lm, args.samples, args.seq_len)
+    ids = tokens_from_args(cli, lm).input_ids
+    args.samples, args.seq_len = ids.shape
     cfg = EvalConfig(batch_size=args.batch_size, bos=False)
     plans = [Plan(drop_layers=[i]) for i in range(L)]
     perplexity(lm, ids[: args.batch_size], cfg=cfg)                        # warm-up
@@ -98,7 +112,8 @@ def main() -> None:
           f"{after:.1f} passes ({after / before:.2f}×); separate evaluations would be "
           f"{1 + sum((L - t) * (L - t - 1) / L for t in range(n)):.1f} passes (+ one LM head per evaluation "
           "in every scheme)")
-    print(f"ratio={c_reuse / c_single:.3f}")   # CPU time of this process (wall-time ratio above)
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    print_ratio(c_reuse / c_single)   # CPU time of this process (wall-time ratio above)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import math
 import sys
 import time
 
-from common import machine
+from common import analysis_config, describe, loadavg, machine, print_ratio
 
 from analysis.data import SampleConfig, load_corpus, sample_windows
 from analysis.score.criteria import select
@@ -30,7 +30,7 @@ from analysis.evaluate import EvalConfig, perplexity, prepare_eval
 from analysis.heal import heal, healed_lm
 from analysis.models.loading import load_model
 from analysis.models.plan import Plan
-from analysis.run import AnalysisConfig, analyze
+from analysis.run import analyze
 from analysis.models.surgery import pruned_view  # noqa: F401 - documents what "pruned" means
 
 
@@ -50,18 +50,20 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--no-distill", action="store_true")
     args = ap.parse_args()
+    load0 = loadavg()
     print(machine())
     t_all = time.perf_counter()
     lm = load_model(args.model, dtype="fp32", device="cpu")
     calib = sample_windows(load_corpus("wiki"), lm.tokenizer,
                            SampleConfig(n_samples=args.calib_samples, seq_len=args.seq_len), split="calib").input_ids
     t = time.perf_counter()
-    run = analyze(lm, calib[:args.analysis_samples, :128], AnalysisConfig(estimator="bucket", granularity="layer"))
+    acfg = analysis_config(app=True, granularity="layer")           # the product's analysis, ranked per layer
+    run = analyze(lm, calib[:args.analysis_samples, :128], acfg)
     t_analysis = time.perf_counter() - t
     cfg = EvalConfig(max_tokens=args.max_tokens, window=args.window)
     windows = prepare_eval(lm, load_corpus(args.eval_corpus), cfg, "eval")
     dense = perplexity(lm, windows, None, cfg)
-    print(f"model {args.model} fp32 CPU; analysis pass ({args.analysis_samples} × 128 wiki tokens, bucket, layer) "
+    print(f"model {args.model} fp32 CPU; analysis pass ({args.analysis_samples} × 128 wiki tokens, {describe(acfg)}, layer) "
           f"{t_analysis:.1f} s; healing calibration wiki {args.calib_samples} × {args.seq_len}; eval "
           f"{args.eval_corpus} eval split, {windows.tokens_scored} tokens, window {args.window}; "
           f"distill {args.steps} steps × 2 windows, LoRA rank {args.rank}, lr {args.lr}")
@@ -106,7 +108,8 @@ def main() -> None:
     rec_lin = [r["r_lin"] for r in rows]
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
     mean = sum(rec_lin) / len(rec_lin) if rec_lin else math.nan
-    print(f"ratio={mean:.3f}")
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    print_ratio(mean)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Prints ΔH per layer, the relative difference to ``ref64`` and whether the drop 
 
     .venv/bin/python bench/knn_reference.py [--samples 128] [--seq-len 256] [--batch-size 8] [--extra ...]
 
-The last line is ``max_rel=<largest relative |ΔH(knn) − ΔH(ref64)| over layers>``.
+Windows default to ``SampleConfig``'s (the CLI's: wiki, 128 × 256, seed 2024) and k to ``AnalysisConfig``'s.
+The last line is ``ratio=<largest relative |ΔH(knn) − ΔH(ref64)| over layers>``; the load average is printed.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 from analysis.data import SampleConfig, load_corpus, sample_windows  # noqa: E402
 from analysis.measure.estimators import ESTIMATORS, EstimatorInfo, _sq_dists, entropy_knn, register_estimator  # noqa: E402
 from analysis.models.loading import load_model  # noqa: E402
+from bench.common import loadavg, print_ratio  # noqa: E402
 from analysis.run import AnalysisConfig, analyze  # noqa: E402
 
 
@@ -75,15 +77,17 @@ def order(dh: np.ndarray, protected) -> list[int]:
 
 
 def main() -> None:
+    sc, ac = SampleConfig(), AnalysisConfig()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=sc.n_samples)
+    ap.add_argument("--seq-len", type=int, default=sc.seq_len)
+    ap.add_argument("--batch-size", type=int, default=ac.batch_size)
     ap.add_argument("--stop-file", default=None,
                     help="if this file appears, stop after the current batch and report the windows done so far")
     ap.add_argument("--extra", default="",
                     help="more estimators in the same pass besides knn and ref64: cdist32, fused-old, knn-dedup")
     args = ap.parse_args()
+    load0 = loadavg()
     extra = ("ref64", *(e for e in args.extra.split(",") if e))
     fns = {"ref64": ref64, "cdist32": cdist32, "fused-old": fused_old,
            "knn-dedup": lambda x, k=25: entropy_knn(x, k=k, dedup=True)}
@@ -92,7 +96,7 @@ def main() -> None:
             register_estimator(EstimatorInfo(name, name, fns[name], {"k": 25}))
     lm = load_model("smollm2", device="cpu")
     tokens = sample_windows(load_corpus("wiki"), lm.tokenizer,
-                            SampleConfig(n_samples=args.samples, seq_len=args.seq_len, seed=2024))
+                            SampleConfig(n_samples=args.samples, seq_len=args.seq_len, seed=sc.seed))
     reps = np.array([int(torch.bincount(r).max()) for r in tokens.input_ids])
     print(f"tokens={args.samples}x{args.seq_len} windows with a token repeated > 25 times: {(reps > 25).sum()} "
           f"(most repeats {reps.max()}) threads={torch.get_num_threads()}", flush=True)
@@ -123,7 +127,8 @@ def main() -> None:
         print(f"max rel vs ref64: {n:10s} {rel[n].max():.3e}  (layer {int(rel[n].argmax())}); "
               f"drop order same as knn: {same}")
     print(f"drop order knn == ref64: {order(dh['knn'], prot) == order(dh['ref64'], prot)}")
-    print(f"max_rel={rel['knn'].max():.3e}")
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    print_ratio(float(rel["knn"].max()))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Each N runs in a fresh process and reports its peak RSS (VmHWM; CUDA max_memory_
 so the numbers are comparable. Streaming accumulators keep only per-sequence scalars.
 
     .venv/bin/python bench/memory.py [--seq-len 64] [--samples 32,128,512]
+
+The pass is the app's default analysis on the app's model (``bench.common.analysis_config``). Last line:
+``ratio=<peak at the largest N ÷ peak at the smallest>``; the load average is printed.
 """
 from __future__ import annotations
 
@@ -13,14 +16,14 @@ import os
 import subprocess
 import sys
 
-from common import machine
+from common import app_defaults, loadavg, machine, print_ratio
 
 CHILD = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})
-from bench.common import calib_tokens
+from bench.common import analysis_config, calib_tokens
 from analysis.models.loading import load_model
-from analysis.run import AnalysisConfig, analyze
+from analysis.run import analyze
 lm = load_model({model!r}, dtype={dtype!r})
 ids = calib_tokens(lm, {n}, {t})
 if lm.device.type == "cuda": torch.cuda.reset_peak_memory_stats()
@@ -28,7 +31,7 @@ def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"): return int(line.split()[1]) * 1024
 before = rss()
-analyze(lm, ids, AnalysisConfig(estimator="bucket", batch_size=8))
+analyze(lm, ids, analysis_config(app=True))
 out = {{"n": {n}, "peak_rss": rss(), "rss_after_load": before}}
 if lm.device.type == "cuda": out["cuda_peak"] = torch.cuda.max_memory_allocated()
 print(json.dumps(out))
@@ -37,12 +40,13 @@ print(json.dumps(out))
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--model", default=app_defaults()[0]["spec"])
     ap.add_argument("--samples", default="32,128,512")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    load0 = loadavg()
     print(machine())
     rows = []
     for n in map(int, args.samples.split(",")):
@@ -55,6 +59,8 @@ def main() -> None:
               (f", CUDA peak {r['cuda_peak'] / 2**20:.1f} MiB" if "cuda_peak" in r else ""))
     key = "cuda_peak" if "cuda_peak" in rows[0] else "peak_rss"
     print(f"peak ratio N={rows[-1]['n']} / N={rows[0]['n']}: {rows[-1][key] / rows[0][key]:.3f} (target ≤ 1.10)")
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    print_ratio(rows[-1][key] / rows[0][key])
 
 
 if __name__ == "__main__":

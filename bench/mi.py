@@ -1,11 +1,15 @@
-"""MI-PRUN cost and quality on the real SmolLM2, measured in one run; writes the "MI-PRUN" section of
-docs/benchmarks.md.
+"""MI-PRUN cost and quality on the real SmolLM2, measured in one run; with ``--write`` replaces the "MI-PRUN"
+section of docs/benchmarks.md (never without it).
 
-Measures, on the same calibration tokens (default 8 × 128 wiki tokens):
+With no arguments everything is the product's default, read from the settings dataclasses (never restated
+here): the app's model, dtype and calibration windows (``app_support.state``: 32 × 256 wiki tokens), the app's
+default analysis with MI-PRUN switched on (``MIConfig``: its estimator and token counts). Measures, on the same
+calibration tokens:
 
 * one analysis pass without MI (the unit every cost is divided by), and the pass with sampled states;
-* MI scoring from the cached states (default estimator: matrix Rényi α=1.01, 1024 tokens for the block
-  scores of all three granularities, 512 for the 31×31 boundary matrix) and the DPI violation rate;
+* MI scoring from the cached states (the product's MI estimator and token counts, or ``--n-tokens`` /
+  ``--matrix-tokens``) for the block scores of all three granularities and the boundary matrix, and the DPI
+  violation rate;
 * Fast-Block-Select from the stored matrix, and exhaustive search for n ≤ 4 (gap to the optimum of the
   same objective, over all subsets and within Fast-Block-Select's run partition);
 * ground truth by forward passes on the same tokens: drop-one ΔPPL (= SLEB's first step) and a
@@ -13,27 +17,26 @@ Measures, on the same calibration tokens (default 8 × 128 wiki tokens):
 * agreement (Spearman / Kendall / top-k overlap) of MI-PRUN and the other criteria with drop-one ΔPPL,
   and the block-score cost and ΔPPL agreement of the other estimators on the same states.
 
-    .venv/bin/python bench/mi.py [--samples 8] [--seq-len 128] [--sleb-n 2] [--threads 1] [--no-write]
+    .venv/bin/python bench/mi.py                    # the product's defaults (figures: a quiet machine)
+    .venv/bin/python bench/mi.py --samples 4 --seq-len 64 --n 2 --other-estimators gaussian   # a quick check
 
-Defaults (8 × 128 tokens, SLEB estimated rather than run) keep it near 5 minutes on a 2-core CPU shared
-with other jobs; on a free machine use e.g. ``--samples 16 --seq-len 256 --state-tokens 2048 --sleb-n 2``.
+The last line is ``ratio=<MI-PRUN end to end ÷ one analysis pass>`` (the pass keeping states + MI estimates +
+Fast-Block-Select, in analysis passes); the load average before and after is printed.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import calib_tokens, machine  # noqa: E402
+from bench.common import analysis_config, app_defaults, calib_tokens, describe, loadavg, machine, print_ratio  # noqa: E402
+from bench.common import write_section as write_docs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## MI-PRUN (bench/mi.py)"
 
 
@@ -57,76 +60,76 @@ def fmt(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
 
 
-def write_section(text: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace (or append) only this script's section of docs/benchmarks.md."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    body = SECTION + "\n\n" + text.strip() + "\n"
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pat.sub(lambda _: body + "\n", old) if pat.search(old) else old.rstrip() + "\n\n" + body
-    path.write_text(new)
-
-
 def main() -> None:
+    model, data, _ = app_defaults()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--state-tokens", type=int, default=1024)
-    ap.add_argument("--n-tokens", type=int, default=1024)
-    ap.add_argument("--matrix-tokens", type=int, default=512)
+    ap.add_argument("--model", default=model["spec"])
+    ap.add_argument("--dtype", default=model["dtype"])
+    ap.add_argument("--samples", type=int, default=data["n_samples"])
+    ap.add_argument("--seq-len", type=int, default=data["seq_len"])
+    ap.add_argument("--n-tokens", type=int, default=None, help="MI block-score tokens (default: MIConfig's)")
+    ap.add_argument("--matrix-tokens", type=int, default=None, help="boundary-matrix tokens (default: MIConfig's)")
     ap.add_argument("--sleb-n", type=int, default=0, help="also run SLEB for this many layers (0: estimate only)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch and BLAS threads (1: fastest on a CPU shared with other jobs)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch and BLAS threads (default 0: torch's own choice, as the product runs)")
     ap.add_argument("--n", type=int, nargs="+", default=[2, 3, 4, 6, 8])
     ap.add_argument("--other-estimators", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--write", action="store_true", help="replace this bench's section of docs/benchmarks.md")
     args = ap.parse_args()
 
     import torch
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
+    load0 = loadavg()
 
     from analysis.evaluate.groundtruth import delta_ppl_details, sleb_select, store_ground_truth
-    from analysis.measure.mi_states import MIConfig, StateMI
+    from analysis.measure.mi_states import StateMI
     from analysis.score.agreement import agreement_matrix
     from analysis.score.blocksearch import exhaustive_select, fast_block_select, maximal_runs, selection_gap
     from analysis.score.miprun import matrix_block_scores, matrix_run_score
     from analysis.models.loading import load_model
-    from analysis.run import EXTENSIONS, AnalysisConfig, analyze
+    from analysis.run import EXTENSIONS, analyze
     from analysis.score.selection import rank_correlation
 
     t_start = time.perf_counter()
-    lm = load_model(args.model, device="cpu")
-    tokens = calib_tokens(lm, args.samples, args.seq_len)
+    lm = load_model(args.model, device="cpu", dtype=args.dtype)
+    tokens = calib_tokens(lm, args.samples, args.seq_len, seed=data["seed"])
+    # the product's analysis (the app's defaults), without and with MI-PRUN; "layer" only names the granularity
+    # the agreement below is read at (the pass and the MI scores are the same for every granularity)
+    mi_over = {k: v for k, v in (("mi.n_tokens", args.n_tokens),) if v is not None}
+    plain_cfg = analysis_config(app=True, granularity="layer")
+    cfg = analysis_config(app=True, granularity="layer", mi=True, **mi_over)
+    if args.matrix_tokens is not None:
+        cfg.mi["matrix_tokens"] = args.matrix_tokens
     L = lm.num_layers
     lines = [f"Machine: {machine()}; torch threads {torch.get_num_threads()} (CPU shared with other jobs: "
              f"ratios are from one run, absolute times are noisy).",
              f"Model {args.model} ({L} layers, d={lm.adapter.hidden_size}); calibration: {args.samples} × "
-             f"{args.seq_len} wiki tokens (seed 0).", ""]
+             f"{args.seq_len} wiki tokens (seed {data['seed']}); the pass: {describe(plain_cfg)}; MI-PRUN: "
+             f"{cfg.mi.get('estimator')} on {cfg.mi.get('n_tokens')} token states.", ""]
 
     # 1. analysis pass without MI, then with states + MI ------------------------------------------------
     log("analysis passes")
-    analyze(lm, tokens[:2], AnalysisConfig(granularity="layer"))                  # warm-up
+    analyze(lm, tokens[:2], plain_cfg)                  # warm-up
     t0 = time.perf_counter()
-    analyze(lm, tokens, AnalysisConfig(granularity="layer"))
+    analyze(lm, tokens, plain_cfg)
     t_pass = time.perf_counter() - t0
     kept: dict = {}
     EXTENSIONS["_bench_keep"] = lambda stats, lm_, cfg: (kept.update(states=stats.states), {})[1]
-    cfg = AnalysisConfig(granularity="layer", state_tokens=args.state_tokens, extensions=("_bench_keep", "mi"))
-    cfg.mi = MIConfig(n_tokens=args.n_tokens, matrix_tokens=args.matrix_tokens)
+    cfg.extensions = ("_bench_keep", *cfg.extensions)
     run = analyze(lm, tokens, cfg)
     mi = run.extras["mi"]
     t_capture = run.manifest["timings"]["capture_s"]
     t_blocks, t_matrix = mi["timings"]["block_scores_s"], mi["timings"]["matrix_s"]
     t_mi = mi["timings"]["total_s"]
     lines += ["| step | seconds | × one analysis pass |", "|---|---:|---:|",
-              f"| analysis pass (no MI, bucket + cosine) | {t_pass:.2f} | 1.00 |",
+              f"| analysis pass (no MI: {describe(plain_cfg)}) | {t_pass:.2f} | 1.00 |",
               f"| analysis pass keeping {mi['states_available']} token states (capture only) | {t_capture:.2f} | "
               f"{t_capture / t_pass:.2f} |",
-              f"| MI block scores, 3 granularities (Rényi α=1.01, N={mi['n_tokens']}, {3 * L} pairs) | "
+              f"| MI block scores, 3 granularities ({cfg.mi.get('estimator')}, N={mi['n_tokens']}, {3 * L} pairs) | "
               f"{t_blocks:.2f} | {t_blocks / t_pass:.2f} |",
               f"| boundary MI matrix ({(L + 1) * L // 2} pairs, N={mi['matrix_tokens']}) | {t_matrix:.2f} | "
               f"{t_matrix / t_pass:.2f} |"]
@@ -241,14 +244,14 @@ def main() -> None:
     gt = np.array(d["scores"], dtype=float)
     free_idx = [i for i in range(L) if i not in prot]
     layer_renyi = np.array(mi["scores"]["layer"])
-    est_rows.append(("renyi α=1.01 (default)", t_blocks / 3, rank_correlation(layer_renyi[free_idx], gt[free_idx])))
+    est_rows.append((f"{cfg.mi.get('estimator')} (the product's)", t_blocks / 3, rank_correlation(layer_renyi[free_idx], gt[free_idx])))
     for spec in [e for e in args.other_estimators.split(",") if e]:
         name, params, norm = VARIANTS[spec]
         t0 = time.perf_counter()
-        smi = StateMI(kept["states"], name, args.n_tokens, seed=2024, token_norm=norm, **params)
+        smi = StateMI(kept["states"], name, mi["n_tokens"], seed=cfg.seed, token_norm=norm, **params)
         sc = smi.block_scores("layer")
         est_rows.append((spec, time.perf_counter() - t0, rank_correlation(sc[free_idx], gt[free_idx])))
-    lines += ["", f"Estimators on the same {args.n_tokens} cached token states (layer block scores only, {L} pairs):",
+    lines += ["", f"Estimators on the same {mi['n_tokens']} cached token states (layer block scores only, {L} pairs):",
               "(`-rms`: token_norm=\"rms\", each token state divided by its RMS; `sigma0.5`: half the median "
               "bandwidth)", "",
               "| estimator | seconds | × pass | Spearman vs ΔPPL | Kendall vs ΔPPL |", "|---|---:|---:|---:|---:|"]
@@ -256,14 +259,13 @@ def main() -> None:
         lines.append(f"| {nm} | {t:.2f} | {t / t_pass:.2f} | {fmt(rc['spearman'])} | {fmt(rc['kendall'])} |")
     lines += ["", f"Base calibration PPL {d['base_ppl']:.2f}; most redundant layers by ΔPPL: "
               f"{ag['orders']['delta-ppl'][:k]}; by MI-PRUN ranking: {ag['orders']['mi-prun'][:k]}.",
-              f"Total bench wall time {time.perf_counter() - t_start:.0f} s."]
+              f"Total bench wall time {time.perf_counter() - t_start:.0f} s; load average (1/5/15 min) before "
+              f"{load0}, after {loadavg()}."]
     text = "\n".join(lines)
     print(text)
-    if not args.no_write:
-        write_section(text)
-        print(f"\nwrote section {SECTION!r} of docs/benchmarks.md", file=sys.stderr)
+    write_docs(SECTION, f"`{' '.join(sys.argv)}`\n\n" + text, args.write)
     # MI-PRUN end to end (pass keeping states + MI estimates + Fast-Block-Select) ÷ one analysis pass
-    print(f"ratio={(t_capture + mi_total) / t_pass:.3f}")
+    print_ratio((t_capture + mi_total) / t_pass)
 
 
 if __name__ == "__main__":

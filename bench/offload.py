@@ -21,20 +21,23 @@ import time
 from pathlib import Path
 
 import torch
-from common import calib_tokens, machine
+from common import analysis_config, calib_tokens, loadavg, machine
 
 from analysis.evaluate import EvalConfig, perplexity
-from analysis.measure.capture import CaptureConfig, capture
+from analysis.measure.capture import capture
 from analysis.models.loading import load_model
 
 
 def steps(lm, ids) -> dict:
     t, c = time.perf_counter(), time.process_time()
-    st = capture(lm, ids, CaptureConfig(estimators={"bucket": {}}, batch_size=len(ids)))
+    ccfg = analysis_config(app=True).capture_config()      # the app's default pass, in one batch
+    ccfg.batch_size = len(ids)
+    est = next(iter(ccfg.estimators))
+    st = capture(lm, ids, ccfg)
     t_cap, c_cap = time.perf_counter() - t, time.process_time() - c
     t, c = time.perf_counter(), time.process_time()
     ppl = perplexity(lm, ids, cfg=EvalConfig(batch_size=len(ids)))["perplexity"]
-    ent = st.entropy["bucket"]
+    ent = st.entropy[est]
     return {"capture_s": t_cap, "eval_s": time.perf_counter() - t, "ppl": ppl,
             "capture_cpu_s": c_cap, "eval_cpu_s": time.process_time() - c,   # all threads: robust to a shared CPU
             "h_mean": float(ent["boundary"].double().mean()),
@@ -96,6 +99,7 @@ def main() -> None:
     ap.add_argument("--save", help="write this side's figures (and token ids) as JSON")
     ap.add_argument("--against", help="a --save file of the other side: same tokens, then compare and ratio")
     args = ap.parse_args()
+    load0 = loadavg()
     if args.no_reference:
         args.only = "offloaded"
     print(machine(), flush=True)
@@ -113,8 +117,9 @@ def main() -> None:
         Path(args.save).write_text(json.dumps(side))
     if other:
         res.setdefault(other.get("side", "offloaded"), other)
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}", flush=True)
     if "offloaded" in res and "in-memory" in res:
-        compare(res["offloaded"], res["in-memory"])
+        compare(res["offloaded"], res["in-memory"])           # its last line: ratio=<offloaded ÷ in memory>
 
 
 if __name__ == "__main__":

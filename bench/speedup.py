@@ -6,19 +6,22 @@ FLOP-ideal speedup counts matmul FLOPs (2 × parameters touched per token) plus 
 at the measured context, with the LM head once per sequence in prefill and once per token in decode.
 
     .venv/bin/python bench/speedup.py [--k 4,8,12] [--prompt-len 512] [--new-tokens 32]
+
+The drop order comes from the app's default analysis on the app's model and calibration windows. Last line:
+``ratio=<the smallest measured ÷ ideal speedup over every k, prefill and decode>``; the load is printed.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 
-from common import calib_tokens, machine
+from common import analysis_config, app_defaults, calib_tokens, loadavg, machine, print_ratio
 
 import torch
 from analysis.evaluate import latency
 from analysis.models.loading import count_params, load_model
 from analysis.models.plan import Plan
-from analysis.run import AnalysisConfig, analyze
+from analysis.run import analyze
 
 
 def flops(lm, plan: Plan, ctx: int, decode: bool) -> float:
@@ -38,18 +41,22 @@ def flops(lm, plan: Plan, ctx: int, decode: bool) -> float:
 
 
 def main() -> None:
+    model, data, _ = app_defaults()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--model", default=model["spec"])
     ap.add_argument("--k", default="4,8,12")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dtype", default="fp32")
-    ap.add_argument("--calib", type=int, default=16, help="calibration windows for the drop order")
+    ap.add_argument("--dtype", default=model["dtype"])
+    ap.add_argument("--calib", type=int, default=data["n_samples"], help="calibration windows for the drop order")
+    ap.add_argument("--seq-len", type=int, default=data["seq_len"], help="calibration window length")
     args = ap.parse_args()
+    load0 = loadavg()
     print(machine())
     lm = load_model(args.model, dtype=args.dtype)
-    run = analyze(lm, calib_tokens(lm, args.calib, 256 if args.calib >= 16 else 64), AnalysisConfig(estimator="bucket", granularity="attention"))
+    run = analyze(lm, calib_tokens(lm, args.calib, args.seq_len, seed=data["seed"]), analysis_config(app=True))
+    fractions = []
     for k in map(int, args.k.split(",")):
         plan = Plan(drop_attn=sorted(run.drop_order[:k]))
         meas = {"dense": {"pre": [], "dec": []}, "pruned": {"pre": [], "dec": []}}
@@ -69,6 +76,9 @@ def main() -> None:
               f"{med['pruned']['pre']:.0f} tok/s speedup {sp_pre:.3f} / ideal {ideal_pre:.3f} = "
               f"{sp_pre / ideal_pre:.3f};  decode {med['dense']['dec']:.1f}→{med['pruned']['dec']:.1f} tok/s "
               f"speedup {sp_dec:.3f} / ideal {ideal_dec:.3f} = {sp_dec / ideal_dec:.3f}")
+        fractions += [sp_pre / ideal_pre, sp_dec / ideal_dec]
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    print_ratio(min(fractions))
 
 
 if __name__ == "__main__":

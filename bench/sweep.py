@@ -5,34 +5,44 @@ The single evaluations call :func:`analysis.evaluate.quality.perplexity` once pe
 :func:`analysis.evaluate.sweep` (prefix reuse). Both must give identical perplexities.
 
     .venv/bin/python bench/sweep.py [--k 12] [--max-tokens 2048] [--granularity attention]
+
+Defaults: the app's model, dtype, calibration windows and default analysis; the evaluation protocol is
+``EvalConfig``'s (its window), with a budget of ``--max-tokens`` (2048) where ``EvalConfig`` reads the whole split.
+Last line: ``ratio=<sweep ÷ single evaluations>``; the load average is printed.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-from common import calib_tokens, machine
+from common import analysis_config, app_defaults, calib_tokens, loadavg, machine, print_ratio
 
 import torch
 from analysis.evaluate import EvalConfig, perplexity, sweep
 from analysis.models.loading import load_model
 from analysis.models.plan import Plan
-from analysis.run import AnalysisConfig, analyze
+from analysis.run import analyze
 
 
 def main() -> None:
+    model, data, _ = app_defaults()
+    ev = EvalConfig()
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--model", default=model["spec"])
     ap.add_argument("--k", type=int, default=12)
-    ap.add_argument("--max-tokens", type=int, default=2048)
-    ap.add_argument("--window", type=int, default=512)
-    ap.add_argument("--granularity", default="attention")
+    ap.add_argument("--max-tokens", type=int, default=ev.max_tokens or 2048)
+    ap.add_argument("--window", type=int, default=ev.window)
+    ap.add_argument("--granularity", default=analysis_config(app=True).granularity)
     ap.add_argument("--criteria", default="entrodrop")
-    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--dtype", default=model["dtype"])
+    ap.add_argument("--samples", type=int, default=data["n_samples"], help="calibration windows of the analysis")
+    ap.add_argument("--seq-len", type=int, default=data["seq_len"])
     args = ap.parse_args()
+    load0 = loadavg()
     print(machine())
     lm = load_model(args.model, dtype=args.dtype)
-    run = analyze(lm, calib_tokens(lm, 16, 256), AnalysisConfig(estimator="bucket", granularity=args.granularity))
+    run = analyze(lm, calib_tokens(lm, args.samples, args.seq_len, seed=data["seed"]),
+                  analysis_config(app=True, granularity=args.granularity))
     cfg = EvalConfig(max_tokens=args.max_tokens, window=args.window)
     crits = args.criteria.split(",")
     ks = list(range(1, args.k + 1))
@@ -54,6 +64,8 @@ def main() -> None:
           f"tokens, window {args.window}")
     print(f"single evaluations {t_single:7.2f} s   sweep {t_sweep:7.2f} s   ratio {t_sweep / t_single:.3f} "
           f"(target ≤ 0.6)   identical perplexities: {same}")
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    print_ratio(t_sweep / t_single)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import gc
 import json
 import time
 
-from common import calib_tokens, machine
+from common import analysis_config, app_defaults, calib_tokens, loadavg, machine, print_ratio
 
 import torch
 from analysis.score.criteria import select
 from analysis.models.loading import load_model
 from analysis.models.plan import Plan
-from analysis.run import AnalysisConfig, analyze
+from analysis.run import analyze
 from analysis.tasks import TaskConfig, check_tasks, evaluate_tasks
 
 
@@ -57,7 +57,9 @@ def main() -> None:
         print_table([json.loads(line) for f in args.table.split(",") for line in open(f) if line.strip()])
         return
     torch.set_num_threads(args.threads)
+    load0 = loadavg()
     print(machine(), f"| {args.threads} torch thread(s)", flush=True)
+    _, data, _ = app_defaults()
     jobs = [("cloze-wiki", TaskConfig(limit=args.cloze_limit, seed=args.seed, batch_size=args.batch_size)),
             ("math-champ", TaskConfig(limit=args.math_limit, seed=args.seed, batch_size=args.batch_size,
                                       num_fewshot=args.math_fewshot)),
@@ -67,7 +69,8 @@ def main() -> None:
     table = []
     for name in args.models.split(","):
         lm = load_model(name, device="cpu", dtype="fp32")
-        run = analyze(lm, calib_tokens(lm, 16, 256), AnalysisConfig(estimator="bucket", granularity="attention"))
+        run = analyze(lm, calib_tokens(lm, data["n_samples"], data["seq_len"], seed=data["seed"]),
+                      analysis_config(app=True, granularity="attention"))     # the product's analysis, attention drops
         plans = {} if args.no_dense else {"dense": Plan()}
         for k in map(int, args.ks.split(",")):  # k = 4 for every criterion first, then k = 8
             for c in args.criteria.split(","):
@@ -86,6 +89,12 @@ def main() -> None:
         del lm, run
         gc.collect()
     print_table(table)
+    print(f"load average (1/5/15 min) before {load0}, after {loadavg()}")
+    # the first model's first pruned plan: cloze accuracy ÷ the dense model's
+    first = [r for r in table if r["model"] == table[0]["model"]] if table else []
+    acc = {r["plan"]: (((r.get("cloze-wiki") or {}).get("metrics") or {}).get("acc") or {}).get("value") for r in first}
+    pruned = next((a for p, a in acc.items() if p != "dense"), None)
+    print_ratio(pruned / acc["dense"] if acc.get("dense") and pruned is not None else float("nan"))
 
 
 def print_table(table: list[dict]) -> None:

@@ -11,9 +11,10 @@ from app_support import plots, state
 from app_support.runs import adjusted_result, analysis_settings, effective_protected, finish_job, protection, start_run
 from app_support.widgets import INDEX_NOTE, chart, explainer_popover, guarded, link, need, page_setup, show_error, table
 
-page_setup("Entropy dynamics", ":material/monitoring:", "How the entropy of the residual stream changes block by block: it usually "
-           "falls through the early blocks (compression) and rises after the two-stage boundary (expansion). "
-           + INDEX_NOTE)
+page_setup("Entropy dynamics", ":material/monitoring:", "How the entropy of the residual stream changes block by block. "
+           "EntroDrop reports a fall then a rise (two stages); whether a run shows one depends on the model, the "
+           "estimator and the massive-activation tokens — every run holds both views (sinks kept and excluded), "
+           "and the story above the charts says what this run's curve actually does. " + INDEX_NOTE)
 
 s = st.session_state
 
@@ -35,6 +36,13 @@ def _use_all_estimators() -> None:
 
     primary = state.get("an.estimator", state.default_analysis()["estimator"])
     state.set_value("an.extra_estimators", [e for e in ESTIMATORS if e != primary])
+    s["es.autorun"] = True
+
+
+def _use_lenses() -> None:
+    extra = list(state.get("an.extra_estimators", state.default_analysis()["extra_estimators"]) or [])
+    primary = state.get("an.estimator", state.default_analysis()["estimator"])
+    state.set_value("an.extra_estimators", extra + [e for e in ("matrix", "logit-lens") if e not in extra and e != primary])
     s["es.autorun"] = True
 
 
@@ -206,11 +214,27 @@ L = r.num_layers
 for w in r.warnings:
     st.warning(w, icon=":material/warning:")
 
-from app_support.story import story  # noqa: E402
+from app_support.lens_views import view_options  # noqa: E402
+from app_support.story import sink_facts, story  # noqa: E402
+from analysis.score.result import view_label  # noqa: E402
 
-st.info(story(r), icon=":material/insights:")
+VIEWS = view_options(r)
+if s.get("entropy_view") not in VIEWS:
+    s["entropy_view"] = VIEWS[0]
+st.radio("Sinks view", VIEWS, horizontal=True, key="entropy_view",
+         format_func=lambda v: "both (overlay)" if v == "both" else view_label(v) + (" — primary" if v == r.sink_mode else ""),
+         help="Every run computes its estimators with massive-activation tokens excluded and kept, in the same pass: "
+              "switch or overlay without a re-run. The primary view (the --sinks setting) drives the boundary, the "
+              "protection and the criteria." if len(VIEWS) > 1 else
+              "This run holds one view (made with --one-view or before both were computed).")
+view = s["entropy_view"] if s["entropy_view"] != "both" else r.sink_mode
+overlay = next((v for v in r.sink_views if v != r.sink_mode), None) if s["entropy_view"] == "both" else None
+
+st.info(story(r, view=view), icon=":material/insights:")
 
 with guarded("Boundary"):
+    from analysis.measure.boundary import BOUNDARY_DEFINITION
+
     prot = protection(rec)
     bkey, mkey, ekey = f"w:boundary.{rid}", f"w:protect.{rid}", f"w:extra.{rid}"
     for k, v in ((bkey, prot["boundary"]), (mkey, prot["mode"]), (ekey, prot["extra"])):
@@ -218,10 +242,7 @@ with guarded("Boundary"):
             s[k] = v
     b1, b2, b3, b4 = st.columns([3, 2, 2, 1])
     b1.slider("Two-stage boundary: first block of the expansion stage (0-based)", 0, L - 1, key=bkey,
-              help="Meaning: entropy falls through blocks 0…boundary−1 (compression) and rises from the boundary "
-                   "on (expansion); 0 = no compression stage. Detected on the median-3 smoothed curve (a real fall, "
-                   "then a rise for good, so a one-block dip cannot move it), with a 90 % bootstrap interval over "
-                   "sequences. With protection 'auto', blocks before the boundary are protected.")
+              help=BOUNDARY_DEFINITION + " With protection 'auto', blocks before the boundary are protected.")
     b2.radio("Protection", ["fixed", "auto", "none"], key=mkey, horizontal=True,
              help="fixed = {0, 1, L−1}; auto = blocks 0 … boundary−1 and the last block; none = nothing")
     b3.multiselect("Also protect", list(range(L)), key=ekey)
@@ -246,7 +267,8 @@ with guarded("Boundary"):
                f"primary estimator {r.estimator}.")
 
 adj = adjusted_result(rec)
-tabs = ["Entropy curves", "ΔH per block", "Domains", "Estimators", "Stability (bootstrap)", "Norms & sanity"]
+tabs = ["Entropy curves", "ΔH per block", "Lenses", "Massive activations", "Domains", "Estimators",
+        "Stability (bootstrap)", "Norms & sanity"]
 if "mi" in (r.extras or {}):
     tabs.append("Mutual information")
 T = dict(zip(tabs, st.tabs(tabs)))
@@ -260,17 +282,22 @@ with T["Entropy curves"], guarded("Entropy curves"):
     with e3:
         explainer_popover(estimators=[est])
     if points:
-        bi = r.boundary_info if prot["boundary"] == r.boundary and est == r.estimator else None
-        fig = plots.entropy_curves(r, est, prot["boundary"], protected, points=points, interval=bi,
-                                   sink_onset=r.sink_onset())
-        stage = (f"compression stage blocks 0…{prot['boundary'] - 1}" if prot["boundary"] > 0
-                 else "no compression stage detected")
-        chart(fig, f"Mean entropy (nats, {ESTIMATORS[est].title if est in ESTIMATORS else est}) over "
-                   f"{r.n_sequences} sequences of each block's input (resid_pre), after attention (resid_mid) and "
-                   f"output (resid_post); each sequence's tokens are the samples. Shaded: {stage}"
+        primary_view = view == r.sink_mode and est == r.estimator
+        bi = r.boundary_info if prot["boundary"] == r.boundary and primary_view else None
+        shown_b = prot["boundary"] if primary_view else 0      # the boundary belongs to the primary curve only
+        jump = sink_facts(r).get("jump_at")
+        fig = plots.entropy_curves(r, est, shown_b, protected, points=points, interval=bi, sink_onset=jump,
+                                   view=view, overlay=overlay)
+        stage = (f"compression stage blocks 0…{shown_b - 1}" if shown_b > 0
+                 else "nothing (no compression stage detected)" if primary_view
+                 else "nothing (the boundary belongs to the primary view and estimator)")
+        chart(fig, f"Mean entropy (nats, {ESTIMATORS[est].title if est in ESTIMATORS else est}, {view_label(view)}) "
+                   f"over {r.n_sequences} sequences of each block's input (resid_pre), after attention (resid_mid) and "
+                   f"output (resid_post); each sequence's tokens are the samples"
+                   + (f"; dashed = {view_label(overlay)} (same pass)" if overlay else "") + f". Shaded: {stage}"
                    + (f", band = 90 % bootstrap interval of the boundary ({bi['lo']}…{bi['hi']})" if bi and bi.get("detected") else "")
-                   + "; red dotted = massive activations appear (sinks "
-                   + (r.sinks.get("mode", "kept") if r.sinks else "not recorded") + "); lock = protected. Blocks 0-based.",
+                   + (f"; red dotted = the massive activation appears (Z^{jump})" if jump is not None else "")
+                   + "; lock = protected. Blocks 0-based.",
               name="entropy_curves", key="entropy_curves_chart")
 
 with T["ΔH per block"], guarded("ΔH"):
@@ -285,8 +312,10 @@ with T["ΔH per block"], guarded("ΔH"):
         cos = r.seq_cos(gran).mean(0)
     except Exception:  # noqa: BLE001 - runs without cosine statistics
         pass
-    chart(plots.delta_h_bars(r, est_dh, gran, protected, cos, "LLM-Drop cos(X, Y)"),
-          f"ΔH per {gran} block = H(output) − H(input) in nats ({est_dh}), mean over {r.n_sequences} sequences; "
+    dh_view = view if r.has_view(est_dh, view) else r.sink_mode
+    chart(plots.delta_h_bars(r, est_dh, gran, protected, cos, "LLM-Drop cos(X, Y)", view=dh_view),
+          f"ΔH per {gran} block = H(output) − H(input) in nats ({est_dh}, {view_label(dh_view)}), mean over "
+          f"{r.n_sequences} sequences; "
           "EntroDrop drops the smallest first. Dotted: mean cosine similarity of the block's input and output "
           "(right axis; LLM-Drop drops the highest first). Grey 🔒 = protected. Blocks 0-based.",
           name="delta_h", key="dh_chart")
@@ -295,6 +324,18 @@ with T["ΔH per block"], guarded("ΔH"):
                           "protected": [b in protected for b in range(L)]})
     with st.expander("ΔH table"):
         table(dh_df, f"Mean ΔH in nats over {r.n_sequences} sequences, estimator {est_dh}.", name="delta_h_table")
+
+with T["Lenses"], guarded("Lenses"):
+    from app_support.lens_views import render_lenses
+
+    render_lenses(r, _use_lenses)
+
+with T["Massive activations"], guarded("Massive activations"):
+    from app_support.lens_views import render_massive
+
+    est_m = st.selectbox("Entropy curve", r.estimators, key="massive_est",
+                         index=r.estimators.index("matrix") if "matrix" in r.estimators else 0)
+    render_massive(r, view if r.has_view(est_m, view) else r.sink_mode, est_m, rid)
 
 with T["Domains"], guarded("Domains"):
     doms = list(dict.fromkeys(r.domains))

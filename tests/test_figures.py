@@ -48,7 +48,11 @@ def test_every_app_chart_kind_is_rendered(run, figs):
     # the entropy chart carries the three residual points and the boundary line
     ax = figs["entropy_curves"].axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("resid_mid" in t for t in labels) and f"boundary = {run.boundary}" in labels
+    assert any("resid_mid" in t for t in labels)
+    if run.boundary_info.get("detected"):
+        assert f"boundary = {run.boundary}" in labels
+    else:                                          # no stage: said in words, nothing shaded (no "boundary = 0")
+        assert not any("boundary" in t for t in labels) and any("no compression" in t.get_text() for t in ax.texts)
     assert "0-based" in ax.get_xlabel()
 
 
@@ -124,3 +128,24 @@ def test_mi_and_ground_truth_figures_when_the_run_has_them(run):
     assert {"mi_per_block_layer", "mi_matrix", "ground_truth_layer"} <= set(figs)
     heights = [p.get_height() for p in figs["ground_truth_layer"].axes[0].patches]
     assert heights == pytest.approx([10.0, 1.0, 2.0, 20.0])
+
+
+def test_entropy_figure_shades_a_stage_only_when_one_is_detected_and_names_the_sinks_view(run, figs):
+    from analysis.figures import entropy_curves
+
+    ax = figs["entropy_curves"].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "sinks excluded" in ax.get_title()
+    r = AnalysisResult.from_dict(run.to_dict())
+    r.boundary, r.boundary_info = 0, {"boundary": 0, "detected": False}
+    ax0 = entropy_curves(r).axes[0]
+    labels = [t.get_text() for t in ax0.get_legend().get_texts()]
+    assert not any("stage" in t or "boundary" in t for t in labels)
+    assert any("no compression stage" in t.get_text() for t in ax0.texts)
+    assert "sinks kept" in entropy_curves(r, view="keep").axes[0].get_title()
+
+
+def test_sink_views_and_massive_activation_figures(figs):
+    ax = figs["sink_views_knn"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sinks excluded", "sinks kept (reference)"]
+    assert "r(Δlog norm ratio, ΔH)" in figs["massive_activations"].axes[0].get_title()

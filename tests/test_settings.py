@@ -149,7 +149,7 @@ def test_app_defaults_are_the_dataclass_defaults():
 # ---- the generated flags are the flags the CLI had --------------------------------------------------------
 #: ``analyze``'s estimator and sampling flags before they were generated: flag → (default, choices)
 OLD_ANALYZE_FLAGS = {
-    "--estimator": ("bucket", {"bucket", "bucket-robust", "knn", "knn-norm", "renyi"}),
+    "--estimator": ("bucket", {"bucket", "bucket-robust", "knn", "knn-norm", "renyi", "matrix", "logit-lens"}),
     "--also": ("", None), "--k": (25, None), "--bins": (80, None), "--alpha": (4.0, None),
     "--knn-dedup": (False, None), "--granularity": ("attention", {"attention", "mlp", "layer"}),
     "--protect": ("fixed", {"fixed", "auto", "none"}), "--skip-first-token": (False, None),
@@ -157,7 +157,7 @@ OLD_ANALYZE_FLAGS = {
     "--batch-size": (8, None), "--mi": (False, None), "--mi-estimator": ("renyi", {"renyi", "gaussian", "ksg", "cka"}),
     "--mi-token-norm": ("none", {"none", "rms"}), "--mi-tokens": (256, None),
     "--samples": (None, None), "--seq-len": (None, None), "--sampling": ("random", {"random", "consecutive"}),
-    "--seed": (2024, None),
+    "--seed": (2024, None), "--one-view": (False, None), "--lens-positions": (16, None),
 }
 OTHER_ANALYZE_FLAGS = {"-h", "--help", "--model", "--device", "--dtype", "--device-map", "--max-memory",
                        "--offload-folder", "--trust-remote-code", "--offline", "--corpus", "--text", "--tokens",

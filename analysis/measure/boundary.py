@@ -23,6 +23,14 @@ import numpy as np
 
 DEFAULT_TOL = 0.05
 
+#: the one definition of the boundary shown by the app (Entropy page, Terms tab) and the static figures
+BOUNDARY_DEFINITION = (
+    "The two-stage boundary is the first block of the expansion stage: the boundary entropy H(Z^0) … H(Z^L) "
+    "(Z^0 = embeddings, Z^(l+1) = output of block l) falls through blocks 0 … boundary−1 (compression) and "
+    "rises for good from there (expansion). It is found on the median-3 smoothed curve (a one-block dip "
+    "cannot move it), with a 90 % bootstrap interval over sequences; 0 means no compression stage was "
+    "detected, and then nothing is shaded.")
+
 
 def median3(curve: Sequence[float]) -> np.ndarray:
     """Running median of 3 (ends: median of the two-point edge window and the end value, i.e. kept)."""

@@ -22,9 +22,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from analysis.measure.estimators import as_float32, get_estimator
+from analysis.measure.estimators import get_estimator
 from analysis.models.loading import LoadedModel
-from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, bind_masked, check_mode, detect_sinks
+from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, MASKED, bind_masked, check_mode, detect_sinks
+
+#: the other sinks view computed beside the primary one (``alt_view``): excluded ↔ kept; "first" → kept
+ALT_VIEW = {"exclude": "keep", "keep": "exclude", "first": "keep"}
 
 Progress = Callable[[float, str], None]
 #: Within a batch, progress is reported after a block finishes at most this often (seconds).
@@ -50,6 +53,12 @@ class CaptureConfig:
     state_tokens: int = 0          # >0: keep this many sampled tokens of every boundary/mid state (for MI)
     seed: int = 2024               # token subsample seed
     cosine: bool = True            # LLM-Drop cosine / Block Influence / angular statistics
+    alt_view: bool = False         # also every estimator in the other sinks view (ALT_VIEW[sinks]), same pass
+    first_flags: bool = True       # keep the sink flags of the pass's first sequence ([L+1, T], token-level view)
+
+    @property
+    def alt_mode(self) -> str | None:
+        return ALT_VIEW[self.sink_mode] if self.alt_view else None
 
 
 @dataclass
@@ -65,6 +74,11 @@ class CaptureStats:
     sinks: {"boundary": [L+1], "mid": [L], "boundary_pos0": [L+1], "mid_pos0": [L]} int64 counts of tokens
         flagged as sinks by the rule (in every mode; excluded from the statistics only with sinks="exclude")
     states: {"boundary": [M, L+1, d], "mid": [M, L, d]} sampled tokens (float32) when state_tokens > 0
+    entropy_alt: like ``entropy`` in the other sinks view ``alt_mode`` (estimators with a form for it), or None
+    massive: {"boundary": [N, L+1], "mid": [N, L]} largest token norm / median token norm of each sequence
+    first_flags: [L+1, T] bool, the sink flags of the first sequence (offset 0) at every boundary, or None
+    seq_means: {view: {"boundary": [N, L+1, d], "mid": [N, L, d]}} mean token state of every sequence (float32),
+        per sinks view, when the ``matrix`` estimator is on (its dataset entropy, analysis.measure.lenses)
     """
 
     num_layers: int
@@ -81,6 +95,40 @@ class CaptureStats:
     seconds: float
     completed: bool
     sinks: dict[str, Tensor] | None = None
+    entropy_alt: dict[str, dict[str, Tensor]] | None = None
+    alt_mode: str | None = None
+    massive: dict[str, Tensor] | None = None
+    first_flags: Tensor | None = None
+    seq_means: dict[str, dict[str, Tensor]] | None = None
+
+
+def bind_view(name: str, params: dict, mode: str, head=None):
+    """Estimator ``name`` with parameters fixed, in sinks view ``mode``: ``(x [B, T, d], keep [B, T] | None) -> [B]``.
+
+    ``keep``/``first`` use the registered function (the caller slices position 0 off for ``first``),
+    ``exclude`` its sink-masked form (:attr:`EstimatorInfo.masked`, else :data:`analysis.measure.sinks.MASKED`).
+    An estimator that decodes states through the model's head (``needs_head``) gets ``head`` bound.
+    ``None`` when the estimator has no form for ``mode``."""
+    info = get_estimator(name)
+    extra = {"head": head} if getattr(info, "needs_head", False) else {}
+    if mode != "exclude":
+        fn = info.bind(**params)
+        if extra:
+            kw = {k: v for k, v in info.params(**params).items() if v is not None}
+            f = info.function
+            return lambda x, keep=None: f(x, **kw, **extra)
+        return lambda x, keep=None: fn(x)
+    masked = getattr(info, "masked", None)
+    if masked is not None:
+        from analysis.registry import resolve
+
+        f = resolve(masked) if isinstance(masked, str) else masked
+        kw = {k: v for k, v in info.params(**params).items() if v is not None}
+        return lambda x, keep: f(x, keep, **kw, **extra)
+    if name not in MASKED:
+        return None
+    fn = bind_masked(name, params)
+    return lambda x, keep: fn(x, keep)
 
 
 class _Recorder:
@@ -92,16 +140,45 @@ class _Recorder:
         L = lm.num_layers
         self.L = L
         self.thread = threading.get_ident()
-        self.est = {name: get_estimator(name).bind(**params) for name, params in cfg.estimators.items()}
         self.mode = cfg.sink_mode
         check_mode(self.mode)
-        self.masked = ({name: bind_masked(name, params) for name, params in cfg.estimators.items()}
-                       if self.mode == "exclude" else None)
+        head = None
+        if any(getattr(get_estimator(name), "needs_head", False) for name in cfg.estimators):
+            from analysis.measure.lenses import lens_head
+
+            head = lens_head(lm)
+        # per view: estimator name -> (x, keep) -> [B]; the primary view must exist for every estimator
+        self.est = {}
+        # estimators that decode states through the model's head get the states in the model's dtype; every
+        # other one gets the point's float32 copy, made once and shared (bf16/fp16 models)
+        self.raw = {name for name in cfg.estimators if getattr(get_estimator(name), "needs_head", False)}
+        self._f32s: dict[int, tuple[Tensor, Tensor]] = {}
+        for name, params in cfg.estimators.items():
+            fn = bind_view(name, params, self.mode, head)
+            if fn is None:
+                bind_masked(name, params)      # raises the SelectionError that says why (no sink-masked form)
+            self.est[name] = fn
+        self.alt_mode = cfg.alt_mode
+        self.alt = {}
+        if self.alt_mode is not None:
+            for name, params in cfg.estimators.items():
+                fn = bind_view(name, params, self.alt_mode, head)
+                if fn is not None:
+                    self.alt[name] = fn
         zi = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.int64)  # noqa: E731
         self.sink_counts = {"boundary": zi(L + 1), "mid": zi(L), "boundary_pos0": zi(L + 1), "mid_pos0": zi(L)}
         self.state_sink: Tensor | None = None   # [N·m] bool: sampled state row is a sink at some point
         z = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.float32)  # noqa: E731
         self.entropy = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.est}
+        self.entropy_alt = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.alt}
+        self.massive = {"boundary": z(n, L + 1), "mid": z(n, L)}   # max token norm / median token norm
+        self.first_flags: Tensor | None = None  # [L+1, T] bool, set when the pass holds sequence 0 (offset 0)
+        self.flag_first = False                 # the current batch's row 0 is the set's first sequence
+        self.seq_means = None                   # view -> point -> [N, P, d] (matrix: dataset entropy)
+        if "matrix" in cfg.estimators:
+            d = lm.adapter.hidden_size
+            self.seq_means = {v: {"boundary": z(n, L + 1, d), "mid": z(n, L, d)}
+                              for v in dict.fromkeys(m for m in (self.mode, self.alt_mode) if m is not None)}
         self.cos_attn = z(n, L) if cfg.cosine else None
         self.cos_mlp = z(n, L) if cfg.cosine else None
         self.cos_layer = z(n, L) if cfg.cosine else None
@@ -124,29 +201,60 @@ class _Recorder:
     def _view(self, x: Tensor) -> Tensor:
         return x[:, 1:] if self.mode == "first" and x.shape[1] > 1 else x
 
+    def _f32(self, x: Tensor) -> Tensor:
+        """The float32 copy of residual state ``x``, converted once per point and shared by every estimator
+        and cosine that reads it (a no-op for float32 models)."""
+        if x.dtype == torch.float32:
+            return x
+        hit = self._f32s.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        x32 = x.float()
+        self._f32s[id(x)] = (x, x32)
+        return x32
+
     def _stats(self, kind: str, col: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Entropies, RMS norm, non-finite count, sink counts and sampled states of one residual point.
 
         Returns the per-token L2 norms ``[B, T']`` (reused by the cosines of this point's neighbours) and,
         with sinks="exclude", the kept-token mask ``[B, T]`` (else None)."""
         r = self.rows
+        # once per point: token norms → the sink mask → every estimator in the primary view, then the other view
         full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
-        sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac)    # [B, T]
+        med = full.median(dim=1, keepdim=True).values                             # [B, 1]
+        sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac, median=med)   # [B, T]
         self.sink_counts[kind][col] += sink.sum()
         self.sink_counts[kind + "_pos0"][col] += sink[:, 0].sum()
+        self.massive[kind][r, col] = full.amax(-1) / med.view(-1).clamp_min(1e-30)
+        x32 = self._f32(x)                                                         # [B, T, d] float32
+        kept = ~sink if "exclude" in (self.mode, self.alt_mode) else None        # [B, T] one mask for both views
+        if self.flag_first and kind == "boundary":
+            self.first_flags[col] = sink[0]
         keep = None
         if self.mode == "exclude":
-            keep = ~sink
+            keep = kept
             norms = full
-            for name, fn in self.masked.items():
-                self.entropy[name][kind][r, col] = fn(x, keep)
+            for name, fn in self.est.items():
+                self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep)
             ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         else:
             xs = self._view(x)
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
+            xs32 = self._view(x32)
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(xs)
+                self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32)
             ms = norms.pow(2).mean(-1)
+        if self.seq_means is not None:
+            for v, means in self.seq_means.items():
+                w = (~sink if v == "exclude" else torch.ones_like(sink)).to(torch.float32)   # [B, T]
+                if v == "first":
+                    w[:, 0] = 0
+                means[kind][r, col] = (x32 * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+        if self.alt:
+            ka = kept if self.alt_mode == "exclude" else None
+            for name, fn in self.alt.items():
+                xv = x if name in self.raw else x32
+                self.entropy_alt[name][kind][r, col] = fn(xv, ka) if ka is not None else fn(xv)
         self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
         (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
         if self.states is not None:
@@ -161,7 +269,7 @@ class _Recorder:
     def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor, ka: Tensor | None = None,
              kb: Tensor | None = None) -> Tensor:
         """Per-sequence mean over (kept) tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
-        dot = (as_float32(self._view(a)) * as_float32(self._view(b))).sum(-1)
+        dot = (self._view(self._f32(a)) * self._view(self._f32(b))).sum(-1)
         cos = dot / (na * nb).clamp_min(1e-8)
         if ka is None:
             return cos.mean(-1)
@@ -204,6 +312,8 @@ class _Recorder:
                                                          self.pre_keep, self.post_keep)
             self.last[: y.shape[0], layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
+        hit = self._f32s.get(id(y))       # only resid_post's copy outlives the layer (it is the next resid_pre)
+        self._f32s = {id(y): hit} if hit is not None and hit[0] is y else {}
         if self.on_layer is not None:
             self.on_layer(layer)
 
@@ -269,6 +379,8 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
         rec.states = {"boundary": torch.zeros(n * m, lm.num_layers + 1, lm.adapter.hidden_size, pin_memory=pin),
                       "mid": torch.zeros(n * m, lm.num_layers, lm.adapter.hidden_size, pin_memory=pin)}
         rec.state_sink = torch.zeros(n * m, dtype=torch.bool)
+    if cfg.first_flags and offset == 0 and n > 0:
+        rec.first_flags = torch.zeros(lm.num_layers + 1, t, dtype=torch.bool, device=dev)
     handles = _install(rec)
     base = lm.adapter.base
     done, last_ckpt, last_preview = 0, time.perf_counter(), None
@@ -293,6 +405,7 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                     break
                 e = min(n, s + cfg.batch_size)
                 rec.rows = slice(s, e)
+                rec.flag_first = rec.first_flags is not None and s == 0
                 if rec.states is not None:
                     m = rec.all_pos.shape[1]
                     rec.pos_idx = rec.all_pos[s:e].to(dev)
@@ -318,6 +431,7 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
             h.remove()
         rec.pre = rec.mid = rec.pre_norms = rec.mid_norms = rec.post_norms = None
         rec.pre_keep = rec.mid_keep = rec.post_keep = None
+        rec._f32s = {}
     return _collect(rec, done, time.perf_counter() - t0, n)
 
 
@@ -340,7 +454,13 @@ def _collect(rec: _Recorder, done: int, seconds: float, n: int, with_states: boo
         last_cos=cpu(rec.last_cos),
         norm_boundary=cpu(rec.norm_boundary), norm_mid=cpu(rec.norm_mid),
         nonfinite={k: int(v) for k, v in rec.nonfinite.items()}, states=states,
-        seconds=seconds, completed=done == n, sinks={k: v.cpu() for k, v in rec.sink_counts.items()})
+        seconds=seconds, completed=done == n, sinks={k: v.cpu() for k, v in rec.sink_counts.items()},
+        entropy_alt={name: {k: cpu(v) for k, v in d.items()} for name, d in rec.entropy_alt.items()}
+        if rec.alt_mode is not None else None,
+        alt_mode=rec.alt_mode, massive={k: cpu(v) for k, v in rec.massive.items()},
+        first_flags=rec.first_flags.cpu() if rec.first_flags is not None and done > 0 else None,
+        seq_means=None if rec.seq_means is None or not with_states
+        else {v: {k: cpu(t) for k, t in d.items()} for v, d in rec.seq_means.items()})
 
 
 def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
@@ -356,7 +476,15 @@ def merge_stats(a: CaptureStats, b: CaptureStats) -> CaptureStats:
         states=None if a.states is None or b.states is None
         else {k: torch.cat([v, b.states[k]]) for k, v in a.states.items()},
         seconds=a.seconds + b.seconds, completed=b.completed,
-        sinks=None if a.sinks is None or b.sinks is None else {k: v + b.sinks[k] for k, v in a.sinks.items()})
+        sinks=None if a.sinks is None or b.sinks is None else {k: v + b.sinks[k] for k, v in a.sinks.items()},
+        entropy_alt=None if a.entropy_alt is None or b.entropy_alt is None
+        else {e: {k: torch.cat([v, b.entropy_alt[e][k]]) for k, v in d.items()} for e, d in a.entropy_alt.items()},
+        alt_mode=a.alt_mode if a.entropy_alt is not None and b.entropy_alt is not None else None,
+        massive=None if a.massive is None or b.massive is None
+        else {k: torch.cat([v, b.massive[k]]) for k, v in a.massive.items()},
+        first_flags=a.first_flags if a.first_flags is not None else b.first_flags,
+        seq_means=None if a.seq_means is None or b.seq_means is None
+        else {v: {k: torch.cat([t, b.seq_means[v][k]]) for k, t in d.items()} for v, d in a.seq_means.items()})
 
 
 def _pairwise_cos(last: Tensor) -> Tensor:

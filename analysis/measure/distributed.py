@@ -115,6 +115,7 @@ def _to_cpu(stats: CaptureStats) -> CaptureStats:
             return {k: cpu(v) for k, v in x.items()}
         return x
 
-    for f in ("entropy", "cos_attn", "cos_mlp", "cos_layer", "last_cos", "norm_boundary", "norm_mid", "states"):
+    for f in ("entropy", "cos_attn", "cos_mlp", "cos_layer", "last_cos", "norm_boundary", "norm_mid", "states",
+              "entropy_alt", "massive", "first_flags", "seq_means"):
         setattr(stats, f, cpu(getattr(stats, f)))
     return stats

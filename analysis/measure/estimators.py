@@ -22,6 +22,7 @@ KNN_K = 25          # KNN neighbours: EntroDrop's Llama path
 BUCKET_BINS = 80    # Bucket bins: EntroDrop's Mistral path
 RENYI_ALPHA = 4.0   # Rényi order α
 ROBUST_CLIP = 0.02  # bucket-robust: quantile clipped on each side
+LENS_POSITIONS = 16  # logit lens: token positions per sequence decoded at every residual point
 
 
 def as_float32(x: Tensor) -> Tensor:
@@ -41,15 +42,30 @@ def entropy_bucket(x: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     scale = bins / (x.amax(dim=1, keepdim=True) - lo).clamp_min_(torch.finfo(torch.float32).tiny)
     # int32 bin index (the max lands on `bins` and is clamped into the last bin; NaN → clamped, and
     # counted as non-finite by the capture); offsets make one flat histogram of B·d·bins cells
-    idx = ((x - lo) * scale).to(torch.int32).clamp_(0, bins - 1)  # [B, N, d]
-    idx += torch.arange(b * d, device=x.device, dtype=torch.int32).view(b, 1, d) * bins
-    if x.device.type == "cpu":
-        counts = torch.bincount(idx.flatten(), minlength=b * d * bins)
-    else:  # scatter_add into a known size: no host synchronisation (bincount reads the max back)
-        counts = torch.zeros(b * d * bins, device=x.device, dtype=torch.int32)
-        counts.scatter_add_(0, idx.flatten().long(), torch.ones_like(idx.flatten()))
-    p = (counts.view(b, d * bins).to(torch.float32) / n).clamp_min_(1e-10)
-    return -(p * p.log()).sum(dim=1)
+    idx = (x - lo).mul_(scale).to(torch.int32).clamp_(0, bins - 1)  # [B, N, d]
+    idx += cell_offsets(b, d, bins, x.device)
+    return cell_plogp(idx, b * d * bins, n).view(b, d * bins).sum(dim=1).neg_()
+
+
+def cell_offsets(b: int, d: int, stride: int, device: torch.device) -> Tensor:
+    """``[B, 1, d]`` int32 offsets ``(b·d + j)·stride`` that give every (sequence, dimension) its own cells."""
+    return torch.arange(b * d, device=device, dtype=torch.int32).view(b, 1, d) * stride
+
+
+def cell_counts(idx: Tensor, cells: int) -> Tensor:
+    """Histogram of the flat cell indices ``idx`` (any shape, int32, all in ``[0, cells)``): ``[cells]``."""
+    flat = idx.flatten()
+    counts = torch.zeros(cells, device=idx.device, dtype=torch.int32)
+    if idx.device.type == "cpu":  # index_add_ of a broadcast 1: no min/max pass and no int64 copy (bincount has both)
+        return counts.index_add_(0, flat, torch.ones(1, dtype=torch.int32).expand(flat.numel()))
+    # scatter_add into a known size: no host synchronisation (bincount reads the max back)
+    return counts.scatter_add_(0, flat.long(), torch.ones_like(flat))
+
+
+def cell_plogp(idx: Tensor, cells: int, n) -> Tensor:
+    """``p log p`` of every histogram cell, ``p = count / n`` clamped to >= 1e-10: ``[cells]`` (sum and negate)."""
+    p = (cell_counts(idx, cells).to(torch.float32) / n).clamp_min_(1e-10)
+    return p.log().mul_(p)
 
 
 def _centered(x: Tensor) -> Tensor:
@@ -82,7 +98,7 @@ def _sq_dists(x: Tensor) -> Tensor:
     up to :func:`sq_dist_error_bound` ``·(|a|² + |b|²)`` (identical points are not exactly 0)."""
     xc = _centered(as_float32(x))
     sq = xc.pow(2).sum(-1)                                                      # [B, N]
-    return torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), xc, xc.transpose(1, 2), alpha=-2.0)
+    return (sq.unsqueeze(2) + sq.unsqueeze(1)).baddbmm_(xc, xc.transpose(1, 2), alpha=-2.0)
 
 
 def exact_duplicates(x: Tensor) -> Tensor:
@@ -123,13 +139,18 @@ def knn_radii(x: Tensor, k: int, exclude: Tensor | None = None) -> Tensor:
     if exclude is not None:
         d2.masked_fill_(exclude.unsqueeze(1), float("inf"))
     d2.diagonal(dim1=1, dim2=2).fill_(float("-inf"))                            # self is rank 0, as in cdist
+    # sorted: which of several exactly tied fused distances is the k-th is topk's (stable across versions of this code)
     top = torch.topk(d2, k + 1, dim=-1, largest=False)
-    j = top.indices[..., k]                                                     # [B, N] the k-th neighbour
-    nb = torch.gather(x, 1, j.unsqueeze(-1).expand(b, n, d))                    # [B, N, d]
-    r = (x - nb).pow(2).sum(-1).sqrt()
-    if exclude is not None:
-        r = r.masked_fill(top.values[..., k].isinf(), float("nan"))
-    return r
+    r = neighbour_distance(x, top.indices[..., k])                             # [B, N] from the k-th neighbour
+    return r.masked_fill_(top.values[..., k].isinf(), float("nan")) if exclude is not None else r
+
+
+def neighbour_distance(x: Tensor, j: Tensor) -> Tensor:
+    """``|x_t − x_{j_t}|`` per sequence from the coordinate difference: ``x [B, N, d]``, ``j [B, N]`` → ``[B, N]``."""
+    b, n, d = x.shape
+    rows = (j + torch.arange(0, b * n, n, device=x.device).view(b, 1)).view(-1)
+    nb = x.reshape(b * n, d).index_select(0, rows).view(b, n, d)               # row copies, not an expanded gather
+    return (x - nb).pow_(2).sum(-1).sqrt_()
 
 
 def entropy_knn(x: Tensor, k: int = KNN_K, normalize: bool = False, dedup: bool = False) -> Tensor:
@@ -202,6 +223,9 @@ class EstimatorInfo:
     scale_invariant: bool = False
     formula: str = ""
     notes: str = ""
+    masked: Callable[..., Tensor] | str | None = None   # sink-masked form fn(x, keep, **params) (else sinks.MASKED)
+    needs_head: bool = False    # fn(x, head=...) decodes states through the model's final norm + unembedding
+    bounds: str = ""            # known range, e.g. "0 ≤ H ≤ log N" (explainer)
 
     def bind(self, **params) -> Callable[[Tensor], Tensor]:
         """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
@@ -259,6 +283,27 @@ register_estimator(EstimatorInfo(
     notes="Bucket whose per-dimension bins span the 2–98 % quantiles of the tokens instead of min–max; "
           "values outside fall into the edge bins, so one massive-activation token cannot stretch the "
           "range. Not in EntroDrop; the reference form is `bucket`."))
+
+
+register_estimator(EstimatorInfo(
+    "matrix", "Matrix entropy (von Neumann, α=1)", "analysis.measure.lenses:entropy_matrix", {},
+    scale_invariant=True, masked="analysis.measure.lenses:entropy_matrix_masked", bounds="0 ≤ H ≤ log N",
+    formula=r"H_1=-\sum_i \frac{\lambda_i(K)}{\operatorname{tr}K}\log\frac{\lambda_i(K)}{\operatorname{tr}K},\;"
+            r"K=ZZ^\top,\;z_t=\frac{x_t-\bar x}{\|x_t-\bar x\|}",
+    notes="Matrix-based prompt entropy of Skean et al. 2025 (Rényi order α = 1): centre the sequence's token "
+          "states, unit-normalise each row, Gram matrix, trace-normalise, Shannon entropy of the eigenvalues. "
+          "0 for identical states, at most log N. A massive-norm token shifts the mean, so every other centred "
+          "row points away from it: the Gram matrix becomes nearly rank one and H drops — compare sinks kept "
+          "and excluded."))
+register_estimator(EstimatorInfo(
+    "logit-lens", "Logit lens (next-token entropy)", "analysis.measure.lenses:entropy_logit_lens",
+    {"lens_positions": LENS_POSITIONS, "seed": 0}, scale_invariant=False, needs_head=True,
+    masked="analysis.measure.lenses:entropy_logit_lens_masked", bounds="0 ≤ H ≤ log V",
+    formula=r"H=-\sum_{v=1}^{V} p_v\log p_v,\;p=\operatorname{softmax}\big(W_U\,\mathrm{norm}(x_t)\big)",
+    notes="Entropy-Lens (Ali et al. 2025): each residual state decoded through the model's final norm and "
+          "unembedding (Gemma's soft-cap included), entropy of the next-token distribution, mean over a seeded "
+          "sample of token positions per sequence (--lens-positions, default 16; the same positions at every "
+          "point). Works in token space, so the massive norm of a sink token matters only at its own position."))
 
 
 def get_estimator(name: str) -> EstimatorInfo:

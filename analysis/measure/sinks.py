@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
-from analysis.measure.estimators import BUCKET_BINS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, _centered, as_float32, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
+from analysis.measure.estimators import BUCKET_BINS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, _centered, as_float32, cell_counts, cell_offsets, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
 
 SINK_MODES = ("exclude", "keep", "first")
 DEFAULT_RATIO = 8.0
@@ -46,10 +46,12 @@ def max_sinks(t: int, max_frac: float = DEFAULT_MAX_FRAC) -> int:
     return max(1, int(math.floor(max_frac * t)))
 
 
-def detect_sinks(norms: Tensor, ratio: float = DEFAULT_RATIO, max_frac: float = DEFAULT_MAX_FRAC) -> Tensor:
-    """``norms [B, T]`` token L2 norms → ``[B, T]`` bool, True where the token is a sink (see module doc)."""
+def detect_sinks(norms: Tensor, ratio: float = DEFAULT_RATIO, max_frac: float = DEFAULT_MAX_FRAC,
+                 median: Tensor | None = None) -> Tensor:
+    """``norms [B, T]`` token L2 norms → ``[B, T]`` bool, True where the token is a sink (see module doc).
+    ``median`` ``[B, 1]``: the norms' per-sequence median, when the caller has it already."""
     b, t = norms.shape
-    med = norms.median(dim=1, keepdim=True).values                                      # [B, 1]
+    med = norms.median(dim=1, keepdim=True).values if median is None else median       # [B, 1]
     flag = norms > ratio * med
     cap = max_sinks(t, max_frac)
     if cap < t:
@@ -73,31 +75,39 @@ def _bucket_idx(x: Tensor, lo: Tensor, hi: Tensor, keep: Tensor, bins: int) -> T
     """Flat histogram cell of every (sequence, token, dimension); masked tokens go to a spare cell."""
     b, n, d = x.shape
     scale = bins / (hi - lo).clamp_min_(torch.finfo(torch.float32).tiny)
-    idx = ((x - lo) * scale).nan_to_num_(0.0).clamp_(0, bins - 1).to(torch.int32)       # [B, N, d]
-    idx = torch.where(keep.unsqueeze(-1), idx, torch.full_like(idx, bins))
-    return idx + torch.arange(b * d, device=x.device, dtype=torch.int32).view(b, 1, d) * (bins + 1)
+    idx = (x - lo).mul_(scale).nan_to_num_(0.0).clamp_(0, bins - 1).to(torch.int32)   # [B, N, d]
+    idx.masked_fill_(~keep.unsqueeze(-1), bins)
+    idx += cell_offsets(b, d, bins + 1, x.device)
+    return idx
 
 
 def _bucket_from_idx(idx: Tensor, keep: Tensor, b: int, d: int, bins: int) -> Tensor:
     cells = b * d * (bins + 1)
-    if idx.device.type == "cpu":
-        counts = torch.bincount(idx.flatten(), minlength=cells)
-    else:
-        counts = torch.zeros(cells, device=idx.device, dtype=torch.int32)
-        counts.scatter_add_(0, idx.flatten().long(), torch.ones_like(idx.flatten()))
-    counts = counts.view(b, d, bins + 1)[..., :bins].to(torch.float32)
+    counts = cell_counts(idx, cells).view(b, d, bins + 1)[..., :bins].to(torch.float32)
     p = (counts / _count(keep).clamp_min(1).view(b, 1, 1)).clamp_min_(1e-10)
-    return -(p * p.log()).sum(dim=(1, 2))
+    return p.log().mul_(p).sum(dim=(1, 2)).neg_()
+
+
+def kept_range(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sequence and dimension, min and max over the kept tokens: ``[B, 1, d]`` each (0 where a sequence
+    keeps none, or where the value is not finite). Masked tokens are replaced by their sequence's first kept
+    token, so one ``where`` and the plain reductions give the kept tokens' extremes."""
+    b = x.shape[0]
+    first = keep.to(torch.uint8).argmax(dim=1)                                          # [B] first kept token
+    ref = x[torch.arange(b, device=x.device), first].unsqueeze(1)                       # [B, 1, d]
+    xf = torch.where(keep.unsqueeze(-1), x, ref)
+    lo, hi = xf.amin(dim=1, keepdim=True), xf.amax(dim=1, keepdim=True)
+    some = keep.any(dim=1).view(b, 1, 1)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return (torch.where(some, lo, zero).nan_to_num_(0.0, 0.0, 0.0),
+            torch.where(some, hi, zero).nan_to_num_(0.0, 0.0, 0.0))
 
 
 def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     """:func:`~analysis.measure.estimators.entropy_bucket` over the kept tokens only (ranges from kept tokens)."""
     x = as_float32(x)
     b, n, d = x.shape
-    km = keep.unsqueeze(-1)
-    lo = torch.where(km, x, torch.inf).amin(dim=1, keepdim=True)                        # [B, 1, d]
-    hi = torch.where(km, x, -torch.inf).amax(dim=1, keepdim=True)
-    lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
+    lo, hi = kept_range(x, keep)
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
 
 

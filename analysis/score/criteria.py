@@ -74,6 +74,34 @@ register_criterion(Criterion(
     score_label="ΔH (nats)", params={"estimator": None}))
 
 
+# ---- the other entropy lenses (analysis.measure.lenses): ΔH per block, in either sinks view ----------------
+def _lens_seq(est: str, absolute: bool = False):
+    def seq(r: AnalysisResult, g: str, rows=None, view: str | None = None, **_) -> np.ndarray:
+        if not r.has_view(est, view):
+            raise SelectionError(f"This run has no {est!r} entropies" + (f" with sinks {view}" if view else ""),
+                                 hint=f"re-run `python -m analysis analyze ... --also {est}`")
+        dh = r.seq_delta_h(g, est, rows, view)
+        return np.abs(dh) if absolute else dh
+    return seq
+
+
+register_criterion(Criterion(
+    "matrix", "Matrix-entropy ΔH (α=1)", "EntroDrop's rule on the matrix-based (von Neumann) prompt entropy of "
+    "Skean et al.: ΔH = H_1(output) − H_1(input) per block; blocks that add the least are dropped first. Needs "
+    "`--also matrix`.",
+    score=lambda r, g, view=None, **_: _lens_seq("matrix")(r, g, view=view).mean(0),
+    per_seq=_lens_seq("matrix"), redundant="low", reference="Skean et al. 2025, arXiv 2502.02013",
+    score_label="ΔH matrix (nats)", params={"view": None}))
+
+register_criterion(Criterion(
+    "logit-lens", "Logit-lens |ΔH|", "How much a block changes the next-token entropy read through the logit lens "
+    "(Entropy-Lens): |H(output) − H(input)| per block; blocks that change the model's prediction least are "
+    "dropped first. Needs `--also logit-lens`.",
+    score=lambda r, g, view=None, **_: _lens_seq("logit-lens", True)(r, g, view=view).mean(0),
+    per_seq=_lens_seq("logit-lens", True), redundant="low", reference="Ali et al. 2025, arXiv 2502.16570",
+    score_label="|ΔH| logit lens (nats)", params={"view": None}))
+
+
 # ---- cosine baselines ---------------------------------------------------------------------------
 def _cos_seq(r: AnalysisResult, g: str, rows=None, **_) -> np.ndarray:
     c = r.seq_cos(g)

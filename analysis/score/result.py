@@ -15,6 +15,13 @@ from analysis.indices import GRANULARITIES
 from analysis.store.jsonio import clean_json
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
+#: how every chart and run names a sinks view (``--sinks``)
+SINK_VIEW_LABELS = {"exclude": "sinks excluded", "keep": "sinks kept (reference)", "first": "position 0 excluded"}
+
+
+def view_label(view: str | None) -> str:
+    """``exclude`` → "sinks excluded", … (unknown views are shown as they are)."""
+    return SINK_VIEW_LABELS.get(view or "", f"sinks {view}")
 
 
 def _arr(x) -> np.ndarray:
@@ -48,6 +55,8 @@ class AnalysisResult:
     baselines: dict = field(default_factory=dict)        # criterion -> {"scores", "drop_order", ...}
     boundary_info: dict = field(default_factory=dict)    # rule, detected, bootstrap interval (analysis.measure.boundary)
     sinks: dict = field(default_factory=dict)            # mode, rule, counts per point, excluded (analysis.measure.sinks)
+    views: dict = field(default_factory=dict)            # other sinks view: mode -> est -> {"boundary", "mid"} per seq
+    massive: dict | None = None                          # {"boundary": [N][L+1], "mid": [N][L]} max / median token norm
 
     # ---- derived views --------------------------------------------------------------------------
     @property
@@ -58,9 +67,36 @@ class AnalysisResult:
     def n_sequences(self) -> int:
         return len(self.per_seq[self.estimator]["mid"])
 
-    def seq_entropy(self, est: str | None = None, rows=None) -> tuple[np.ndarray, np.ndarray]:
-        """(boundary [N, L+1], mid [N, L]) per-sequence entropies."""
+    @property
+    def sink_mode(self) -> str:
+        """The primary sinks view (``per_seq``, criteria, boundary): exclude | keep | first."""
+        cfg = self.manifest.get("config") or {}
+        return (self.sinks or {}).get("mode") or cfg.get("sinks") or ("first" if cfg.get("skip_first_token") else "keep")
+
+    @property
+    def sink_views(self) -> list[str]:
+        """Every sinks view this run holds, the primary first (old runs: the primary only)."""
+        return [self.sink_mode, *[v for v in (self.views or {}) if v != self.sink_mode]]
+
+    def has_view(self, est: str | None, view: str | None) -> bool:
         name = est or self.estimator
+        if view is None or view == self.sink_mode:
+            return name in self.per_seq and not name.startswith("cos_")
+        return name in (self.views or {}).get(view, {})
+
+    def seq_entropy(self, est: str | None = None, rows=None, view: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(boundary [N, L+1], mid [N, L]) per-sequence entropies, in sinks ``view`` (None: the primary)."""
+        name = est or self.estimator
+        if view is not None and view != self.sink_mode:
+            if not self.has_view(name, view):
+                from analysis.errors import SelectionError
+
+                raise SelectionError(f"This run has no {name!r} entropies with sinks {view} (it holds "
+                                     f"{', '.join(self.sink_views)})",
+                                     hint=f"re-run `python -m analysis analyze ... --sinks {view}`")
+            d = self.views[view][name]
+            b, m = _arr(d["boundary"]), _arr(d["mid"])
+            return (b[rows], m[rows]) if rows is not None else (b, m)
         if name not in self.per_seq or name.startswith("cos_"):
             from analysis.errors import SelectionError
 
@@ -72,17 +108,19 @@ class AnalysisResult:
             b, m = b[rows], m[rows]
         return b, m
 
-    def entropy(self, est: str | None = None, rows=None) -> dict[str, np.ndarray]:
-        """Mean curves ``{"resid_pre": [L], "resid_mid": [L], "resid_post": [L], "boundary": [L+1]}``."""
-        b, m = self.seq_entropy(est, rows)
+    def entropy(self, est: str | None = None, rows=None, view: str | None = None) -> dict[str, np.ndarray]:
+        """Mean curves ``{"resid_pre": [L], "resid_mid": [L], "resid_post": [L], "boundary": [L+1]}``
+        (sinks ``view``: None = the primary)."""
+        b, m = self.seq_entropy(est, rows, view)
         bm, mm = b.mean(0), m.mean(0)
         return {"resid_pre": bm[:-1], "resid_mid": mm, "resid_post": bm[1:], "boundary": bm}
 
-    def seq_delta_h(self, granularity: str | None = None, est: str | None = None, rows=None) -> np.ndarray:
+    def seq_delta_h(self, granularity: str | None = None, est: str | None = None, rows=None,
+                    view: str | None = None) -> np.ndarray:
         """Per-sequence ΔH per block, ``[N, L]``: attention = H(mid)−H(pre), mlp = H(post)−H(mid),
         layer = H(post)−H(pre)."""
         g = granularity or self.granularity
-        b, m = self.seq_entropy(est, rows)
+        b, m = self.seq_entropy(est, rows, view)
         if g == "attention":
             return m - b[:, :-1]
         if g == "mlp":
@@ -93,9 +131,9 @@ class AnalysisResult:
 
         raise SelectionError(f"Unknown granularity {g!r}", hint=f"use one of {', '.join(GRANULARITIES)}")
 
-    def delta_h(self, granularity: str | None = None, est: str | None = None) -> np.ndarray:
+    def delta_h(self, granularity: str | None = None, est: str | None = None, view: str | None = None) -> np.ndarray:
         """Raw mean ΔH per block (before any protection), length L."""
-        return self.seq_delta_h(granularity, est).mean(0)
+        return self.seq_delta_h(granularity, est, view=view).mean(0)
 
     def seq_cos(self, granularity: str) -> np.ndarray:
         key = {"attention": "cos_attn", "mlp": "cos_mlp", "layer": "cos_layer"}[granularity]
@@ -140,6 +178,7 @@ class AnalysisResult:
                         for est in self.estimators},
             "delta_h": self.delta_h(),
             "delta_h_all": {g: {est: self.delta_h(g, est) for est in self.estimators} for g in GRANULARITIES},
+            "sinks_mode": self.sink_mode,       # the view of entropy / delta_h / boundary; others under "views"
             "boundary": self.boundary,
             "protected": self.protected,
             "drop_order": self.drop_order,

@@ -46,6 +46,8 @@ class RunModel(BaseModel):
     manifest: dict[str, Any] = Field(default_factory=dict)
     extras: dict[str, Any] = Field(default_factory=dict)
     baselines: dict[str, Any] = Field(default_factory=dict)
+    views: dict[str, dict[str, PerSeqEntropy]] = Field(default_factory=dict)   # other sinks view (older: none)
+    massive: Optional[dict[str, list[list[Num]]]] = None                       # max/median token norm per seq
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunModel":
@@ -67,6 +69,15 @@ class RunModel(BaseModel):
                         raise ValueError(f"{where}[{i}] has {len(row)} values; num_layers={L} needs {width}")
         if not n:
             raise ValueError("per_seq holds no sequences")
+        for mode, ests in self.views.items():
+            for name, v in ests.items():
+                for part, mat, width in (("boundary", v.boundary, L + 1), ("mid", v.mid, L)):
+                    if len(mat) != n or any(len(row) != width for row in mat):
+                        raise ValueError(f"views.{mode}.{name}.{part} must be {n}×{width} (sequences × points)")
+        for part, width in (("boundary", L + 1), ("mid", L)):
+            mat = (self.massive or {}).get(part)
+            if mat is not None and (len(mat) != n or any(len(row) != width for row in mat)):
+                raise ValueError(f"massive.{part} must be {n}×{width} (sequences × points)")
         if not 0 <= self.boundary <= L:
             raise ValueError(f"boundary {self.boundary} is outside 0..{L}")
         bad = [b for b in self.protected if not 0 <= b < L]

@@ -64,7 +64,7 @@ def test_topk_overlap():
 @pytest.fixture(scope="module")
 def run():
     lm = tiny_loaded("llama", layers=8)
-    return analyze(lm, random_tokens(6, 40), AnalysisConfig(estimator="knn", k=5, extra_estimators=("bucket",)))
+    return analyze(lm, random_tokens(6, 40), AnalysisConfig(estimator="knn", k=5, extra_estimators=("bucket", "matrix", "logit-lens")))
 
 
 def test_entrodrop_drop_order_is_ascending_delta_h(run):
