@@ -45,7 +45,8 @@ from . import state
 #: the session's jobs; no widgets, no live job object, no flash messages).
 KEPT = ("es.persist", "es.runs", "es.protect", "es.selection", "es.plans", "es.evals", "es.sweeps",
         "es.generations", "es.figures", "es.tables", "es.current_run", "es.model", "es.data", "es.tokens",
-        "es.heal", "es.jobs", "es.last_comparison", "es.last_generation", "es.last_sweep", "es.last_sweep_meta")
+        "es.heal", "es.jobs", "es.last_comparison", "es.last_generation", "es.last_sweep", "es.last_sweep_meta",
+        "es.last_sweep_result", "es.task_evals")
 #: kept keys whose entries are re-derived on every render: the last writer's entry wins in a merge
 DERIVED = ("es.figures", "es.tables")
 RECENT_S = 24 * 3600.0
