@@ -258,8 +258,11 @@ def session_jobs() -> dict:
 def start_job(slot: str, job: Job) -> tuple[Job, bool]:
     """Start (or join) ``job`` for this session's ``slot`` ("analysis", "comparison", …) and remember its
     key, so a reload re-attaches. Returns ``(job, joined)``."""
+    from .session_store import save
+
     job, joined = registry().submit(job, st.session_state.get("es.sid"))
     session_jobs()[slot] = job.key
+    save()                                     # now, not at the end of the run: a reload mid-job finds it
     return job, joined
 
 

@@ -209,3 +209,138 @@ def test_a_reload_that_changes_nothing_writes_nothing():
     again = db().get(sid, touch=False)[0]
     _reload(sid, "3_Entropy")
     assert db().get(sid, touch=False)[0] == again  # drawn before: the same bytes, no write
+
+
+# ---- jobs survive a reload (F5) --------------------------------------------------------------------------
+
+SMALL = {"cmp.window": 32, "cmp.max_tokens": 256, "cmp.new_tokens": 2, "cmp.repeats": 1}
+
+
+def _in_thread(fn):
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            box["error"] = exc
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, box
+
+
+def _gate(monkeypatch):
+    """Each evaluate_plan call waits for one permit of the ``gate`` semaphore; ``followed`` is set whenever
+    a page starts following a job."""
+    import threading
+
+    import app_support.evaluation as evaluation
+    import app_support.jobs as jobs
+
+    gate, followed, calls = threading.Semaphore(0), threading.Event(), []
+    real_eval, real_follow = evaluation.evaluate_plan, jobs.follow
+
+    def gated(lm, plan, *a, **k):
+        calls.append(None if plan is None else plan.describe())
+        assert gate.acquire(timeout=120)
+        return real_eval(lm, plan, *a, **k)
+
+    def spy(job, *a, **k):
+        followed.set()
+        return real_follow(job, *a, **k)
+
+    monkeypatch.setattr(evaluation, "evaluate_plan", gated)
+    monkeypatch.setattr(jobs, "follow", spy)
+    return gate, followed, calls
+
+
+def test_reload_during_a_comparison_reattaches_without_duplicate_work(monkeypatch):
+    from test_app_pages import _with_plan, frame_with
+
+    from app_support.jobs import registry
+
+    at = goto(_with_plan(**SMALL), "5_Prune_and_compare")
+    sid = _sid(at)
+    gate, followed, calls = _gate(monkeypatch)
+    ta, box_a = _in_thread(lambda: at.button(key="run_compare").click().run())
+    assert followed.wait(120)                       # tab A shows the running comparison …
+    followed.clear()
+    tb, box_b = _in_thread(lambda: _reload(sid, "5_Prune_and_compare"))   # … and F5 opens the same address
+    assert followed.wait(120)                       # the reloaded page follows the job too
+    gate.release(2)
+    for th in (ta, tb):
+        th.join(240)
+    assert "error" not in box_a and "error" not in box_b, (box_a.get("error"), box_b.get("error"))
+    b = box_b["value"]
+    ok(b)
+    df = frame_with(b, "perplexity")
+    assert df["plan"].tolist()[0] == "original" and len(df) == 2      # the table arrived after F5
+    assert len(calls) == 2                                              # each model evaluated once
+    rows = [registry().store.job(k) for k in list(registry().jobs) if registry().jobs[k].kind == "comparison"]
+    assert [r["starts"] for r in rows if r] == [1]
+    again = _reload(_sid(b), "5_Prune_and_compare")                     # and once more: from the session store
+    assert frame_with(again, "perplexity")["plan"].tolist() == df["plan"].tolist()
+
+
+def test_stop_during_a_comparison_keeps_the_models_done(monkeypatch):
+    from test_app_pages import _with_plan, frame_with
+
+    from app_support.jobs import registry
+
+    at = goto(_with_plan(**{**SMALL, "cmp.max_tokens": 320}), "5_Prune_and_compare")   # not the job above
+    plan_name = at.multiselect(key="cmp_plans").value[0]
+    at.selectbox(key=f"heal_method_{plan_name}").set_value("linear").run()   # three steps: original, plan, healed
+    gate, followed, calls = _gate(monkeypatch)
+    ta, box = _in_thread(lambda: at.button(key="run_compare").click().run())
+    assert followed.wait(120)
+    job = None
+    while job is None:
+        job = next((j for j in registry().jobs.values() if j.kind == "comparison" and j.running), None)
+    gate.release(1)                                 # the original model may finish …
+    while len(calls) < 2:                           # … and the plan's evaluation has begun
+        job.wait(0.05)
+    job.stop()                                      # Stop (what the button does) during the plan's step
+    gate.release(1)
+    ta.join(240)
+    assert "error" not in box, box.get("error")
+    ok(at)
+    df = frame_with(at, "perplexity")
+    assert df["plan"].tolist() == ["original", plan_name]   # the steps finished stay; healing never started
+    assert any(f"Stopped: {plan_name} + linear not evaluated" in w.value for w in at.warning)
+
+
+def test_reload_during_an_analysis_reattaches_to_the_running_job(monkeypatch):
+    import threading
+
+    import analysis.run
+
+    from app_support.jobs import registry
+
+    real, started, gate, calls = analysis.run.analyze, threading.Event(), threading.Event(), []
+
+    def gated(*a, **k):
+        calls.append(1)
+        started.set()
+        assert gate.wait(120)
+        return real(*a, **k)
+
+    monkeypatch.setattr(analysis.run, "analyze", gated)
+    at = goto(new_app(**{"an.batch_size": 2}), "3_Entropy")          # settings no other test ran
+    sid = _sid(at)
+    ta, box = _in_thread(lambda: at.button(key="run_analysis").click().run())
+    assert started.wait(120)
+    b = _reload(sid)                                                  # F5 while the pass runs
+    job = b.session_state["es.job"]
+    assert job is not None and job.running and job.kind == "analysis"  # re-attached, progress shown
+    assert any("Analysis running" in i.value for i in b.sidebar.info)
+    gate.set()
+    assert job.wait(120)
+    b.run()
+    ok(b)
+    assert b.session_state["es.current_run"] == job.run_id and job.run_id in b.session_state["es.runs"]
+    ta.join(120)
+    assert "error" not in box, box.get("error")
+    assert calls == [1] and registry().store.job(job.key)["starts"] == 1   # the work ran once
