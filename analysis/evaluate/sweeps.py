@@ -90,9 +90,6 @@ def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop"
     for _, _, _, p in plans:
         unique.setdefault(plan_key(p), p)
     sums = sweep_nll(lm, list(unique.items()), windows, cfg, reuse, progress, should_stop)
-    if sums.batches_done == 0:                       # stopped before the first batch: nothing measured
-        return {"protocol": None, "rows": [], "skipped": skipped, "reuse": reuse, "unique_plans": len(unique),
-                "seconds": time.perf_counter() - t0, "stopped": True}
     windows = EvalWindows(windows.batches[: sums.batches_done], windows.meta)
     rows, base = [], param_report(lm.model)["total"]
     for name, k, g, plan in plans:
@@ -119,14 +116,15 @@ def sweep_nll(lm: LoadedModel, plans: list[tuple[tuple, Plan]], windows: EvalWin
               reuse: bool, progress: Progress | None, should_stop: Callable[[], bool] | None = None) -> NLLSums:
     """Summed NLL over ``windows`` of every ``(key, plan)``: walked as a trie with ``reuse``
     (:func:`~analysis.models.prefix.prefix_schedule`), else one view per plan; bit-identical either way.
-    ``should_stop()`` is polled between batches; the sums then cover ``batches_done`` batches."""
+    ``should_stop()`` is polled between batches (so at least one is scored); the sums then cover
+    ``batches_done`` batches."""
     sums = NLLSums({key: 0.0 for key, _ in plans})
     steps = prefix_schedule(lm, plans) if reuse else None
     views = None if reuse else {key: (lm.model if p.is_empty else pruned_view(lm.model, p)) for key, p in plans}
     n = len(windows.batches)
     with torch.inference_mode():
         for b, (ids, first) in enumerate(windows.batches):
-            if should_stop is not None and should_stop():
+            if b > 0 and should_stop is not None and should_stop():    # between batches: one is always done
                 sums.stopped = True
                 break
             ids = ids.to(lm.device)

@@ -31,7 +31,8 @@ def test_time_left_does_not_swing_on_uneven_batches():
     etas = _etas(seq)
     shown = [(tf, e) for tf, e in zip(seq, etas) if e is not None]
     assert len(shown) > 150                                     # an estimate appears early …
-    truth = [(t_end := seq[-1][0]) - tt for (tt, _), _ in shown]
+    t_end = seq[-1][0]
+    truth = [t_end - tt for (tt, _), _ in shown]
     for ((tt, _), e), true_left in zip(shown, truth):
         if true_left > 20:
             assert abs(e - true_left) < 0.35 * true_left + 5    # … is close to the truth …
