@@ -42,16 +42,17 @@ def eval_cfg(settings: dict):
     return EvalConfig(window=int(settings["window"]), max_tokens=int(settings["max_tokens"]), batch_size=4)
 
 
-def evaluate_plan(lm, plan, settings: dict, data, with_latency: bool = True, progress=None) -> dict:
+def evaluate_plan(lm, plan, settings: dict, data, with_latency: bool = True, progress=None,
+                  store: dict | None = None) -> dict:
     """Quality (perplexity, KL, top-1 vs the original), parameters, KV bytes and latency for one plan
-    (``plan=None``: the original model). Cached in session state. ``progress(frac, text)`` is told the
-    windows done."""
+    (``plan=None``: the original model). Cached in ``store`` (default: the session's ``es.evals``; a job
+    passes its own dict). ``progress(frac, text)`` is told the windows done."""
     import analysis.evaluate as ev
 
     key = state.stable_hash({"fp": lm.fingerprint, "dtype": str(lm.dtype), "plan": plan_key(plan) if plan else None,
                              "settings": settings, "data": data if isinstance(data, str) else
                              state.stable_hash(data), "lat": with_latency})
-    store = st.session_state.setdefault("es.evals", {})
+    store = st.session_state.setdefault("es.evals", {}) if store is None else store
     if key in store:
         return store[key]
     cfg = eval_cfg(settings)
@@ -153,3 +154,104 @@ def busy_warning(results: dict) -> str | None:
         return None
     return (f"The machine was busy while latency was measured (load {max(x or 0 for x in busy):.1f} per core): "
             "other work slows some repeats, so only differences whose p10–p90 ranges do not overlap mean anything.")
+
+
+# ---- jobs: the comparison and the generation (app_support.jobs) ---------------------------------------------
+
+def _data_key(data):
+    return data if isinstance(data, str) else state.stable_hash(data)
+
+
+def comparison_job(lms: dict, chosen: list[str], plans: dict, settings: dict, data, task_settings: dict,
+                   heal_choices: dict, evals: dict, task_evals: dict):
+    """The comparison of the original and the ``chosen`` plans (then each plan's healed model) as a
+    :class:`~app_support.jobs.Job`, keyed by everything it depends on. ``lms[name]``: each plan's model
+    (``"original"`` included). ``evals`` / ``task_evals``: copies of the session's caches (the job fills
+    them; the page copies them back). The result (and, while it runs or after Stop, ``job.partial``) is
+    ``{"names", "results", "settings", "tasks"}``; Stop keeps the models already evaluated."""
+    from . import healing
+    from .jobs import Job
+    from .tasks import evaluate_plan_tasks
+
+    todo = ["original", *chosen]
+    heal_todo = [n for n in chosen if (heal_choices.get(n) or {}).get("method", "none") != "none"]
+    key = state.stable_hash({"kind": "comparison", "fp": {n: [lms[n].fingerprint, str(lms[n].dtype)] for n in todo},
+                             "plans": {n: plan_key(plans[n].plan) for n in chosen}, "settings": settings,
+                             "data": _data_key(data), "tasks": task_settings,
+                             "heal": {n: heal_choices.get(n) for n in heal_todo}})
+    steps = len(todo) + len(heal_todo)
+    healed_cache = healing.healed_cache()
+
+    def work(job):
+        out = job.partial
+        out.update(names=[*todo, *(healing.healed_name(n, heal_choices[n]["method"]) for n in heal_todo)],
+                   results={}, settings=dict(settings), tasks={})
+        for i, name in enumerate(todo):
+            if job.should_stop():
+                return out
+
+            def tick(f: float, msg: str, i: int = i, name: str = name) -> None:
+                job.progress(min((i + min(f, 1.0)) / steps, 1.0), f"model {i + 1}/{steps} · {name}: {msg}",
+                             stage="evaluate")
+            tick(0.0, "starting")
+            plan_ = None if name == "original" else plans[name].plan
+            out["results"][name] = evaluate_plan(lms[name], plan_, settings, data, progress=tick, store=evals)
+            if task_settings.get("tasks"):
+                tick(1.0, "task accuracy (lm-evaluation-harness)")
+            out["tasks"][name] = evaluate_plan_tasks(lms[name], plan_, task_settings, store=task_evals)
+        for j, name in enumerate(heal_todo):
+            i = len(todo) + j
+            ch = heal_choices[name]
+
+            def tick(f: float, msg: str, i: int = i, name: str = name) -> None:
+                job.progress(min((i + min(f, 1.0) * 0.5) / steps, 1.0), f"model {i + 1}/{steps} · {name}: {msg}",
+                             stage="heal")
+
+            def tick2(f: float, msg: str, i: int = i, name: str = name) -> None:
+                job.progress(min((i + 0.5 + min(f, 1.0) * 0.5) / steps, 1.0),
+                             f"model {i + 1}/{steps} · {name}: {msg}", stage="heal-eval")
+            if job.should_stop():
+                return out
+            tick(0.0, f"healing ({ch['method']})")
+            healed = healing.healed_model(lms[name], plans[name].plan, ch, progress=tick, stop=job.should_stop,
+                                          cache=healed_cache)
+            if job.should_stop():                      # stopped part way through healing: not a result
+                return out
+            res = dict(healing.evaluate_healed(lms[name], healed, settings, data, with_latency=False, store=evals,
+                                               progress=tick2))
+            res["latency"] = (out["results"].get(name) or {}).get("latency")
+            out["results"][healing.healed_name(name, ch["method"])] = res
+        return out
+
+    job = Job(key, work, kind="comparison", label="the comparison")
+    job.evals, job.task_evals = evals, task_evals
+    return job
+
+
+def generation_job(lm, plan_name: str, plan, prompt: str, n_new: int, heal_choice: dict):
+    """Side-by-side greedy generation (original, pruned, and healed when a heal is chosen) as a Job;
+    its result is what the page stores in ``es.generations``."""
+    from . import healing
+    from .jobs import Job
+
+    key = state.stable_hash([state.stable_hash([lm.fingerprint, plan_key(plan), prompt, int(n_new)]), heal_choice])
+    healed_cache = healing.healed_cache()
+
+    def work(job):
+        import analysis.evaluate as ev
+
+        job.progress(0.05, "generating with the original and the pruned model (greedy, KV cache)", stage="gen")
+        g = ev.generate_pair(lm, plan, prompt, int(n_new))
+        if heal_choice["method"] != "none" and not job.should_stop():
+            healed = healing.healed_model(lm, plan, heal_choice, stop=job.should_stop, cache=healed_cache,
+                                          progress=lambda f, m: job.progress(0.5 + 0.4 * f, m, stage="heal"))
+            if not job.should_stop():
+                job.progress(0.9, "generating with the healed model", stage="gen-healed")
+                g["healed"] = healing.generate(lm, healed, prompt, int(n_new))
+                g["healed_method"] = heal_choice["method"]
+        job.progress(1.0, "done")
+        return g
+
+    job = Job(key, work, kind="generation", label="the generation")
+    job.plan_name = plan_name
+    return job

@@ -1,12 +1,17 @@
 """Healing on the Prune & compare and Export pages, on top of :mod:`analysis.heal`.
 
 The heal choice of each kept plan lives in ``st.session_state["es.heal"][plan name]`` as
-``{"method", "options", "corpus"}``; healed models are cached per session in ``"es.healed"`` keyed by
-everything they depend on (model fingerprint, plan blocks, method, options, calibration), at most
-:data:`MAX_HEALED` at a time. The cached base model is never modified: ``linear`` gives a view sharing
-its weights, ``distill`` a trained pruned copy owned by this session.
+``{"method", "options", "corpus"}`` (kept across reloads by the session store); healed models are cached
+process-wide (:func:`healed_cache`, so a reload does not heal again) keyed by everything they depend on
+(model fingerprint, plan blocks, method, options, calibration), at most :data:`MAX_HEALED` at a time.
+The cached base model is never modified: ``linear`` gives a view sharing its weights, ``distill`` a
+trained pruned copy. The functions below run inside jobs (no session): they take their stores as
+arguments.
 """
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 import streamlit as st
 
@@ -49,9 +54,11 @@ def heal_widgets(plan_names: list[str], data_spec: dict | None) -> None:
         cols = st.columns(min(4, len(plan_names)))
         corpus = calib_corpus(data_spec)
         d1, d2, d3 = st.columns(3)
-        steps = d1.number_input("Distill steps", 1, 2000, DISTILL_DEFAULTS["steps"], key="heal_steps")
-        rank = d2.number_input("LoRA rank", 1, 256, DISTILL_DEFAULTS["rank"], key="heal_rank")
-        lr = d3.number_input("Learning rate", 1e-6, 1e-1, DISTILL_DEFAULTS["lr"], format="%.0e", key="heal_lr")
+        steps = d1.number_input("Distill steps", 1, 2000, key=state.wkey("heal.steps", DISTILL_DEFAULTS["steps"]))
+        rank = d2.number_input("LoRA rank", 1, 256, key=state.wkey("heal.rank", DISTILL_DEFAULTS["rank"]))
+        lr = d3.number_input("Learning rate", 1e-6, 1e-1, format="%.0e",
+                             key=state.wkey("heal.lr", DISTILL_DEFAULTS["lr"]))
+        state.sync("heal.steps", "heal.rank", "heal.lr")
         for i, name in enumerate(plan_names):
             method = cols[i % len(cols)].selectbox(f"Heal · {name}", METHODS, key=f"heal_method_{name}",
                                                    index=METHODS.index(choice(name)["method"]))
@@ -59,26 +66,52 @@ def heal_widgets(plan_names: list[str], data_spec: dict | None) -> None:
             choices()[name] = {"method": method, "options": opts, "corpus": corpus}
 
 
-def healed_model(lm, plan, ch: dict, progress=None):
-    """The :class:`~analysis.heal.Healed` model for a plan and heal choice (cached in the session)."""
+class _HealedCache:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
+
+    def put(self, key, healed) -> None:
+        with self.lock:
+            self.items[key] = healed
+            while len(self.items) > MAX_HEALED:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def healed_cache() -> _HealedCache:
+    """Process-wide healed models (the most recently used :data:`MAX_HEALED`)."""
+    return _HealedCache()
+
+
+def healed_model(lm, plan, ch: dict, progress=None, stop=None, cache: _HealedCache | None = None):
+    """The :class:`~analysis.heal.Healed` model for a plan and heal choice (cached process-wide; a heal
+    stopped part way is returned but not cached)."""
     from analysis.heal import heal
     from analysis.heal.models import heal_tokens
 
+    cache = cache if cache is not None else healed_cache()
     key = state.stable_hash({"fp": lm.fingerprint, "dtype": str(lm.dtype), "plan": plan.to_dict(),
                              "method": ch["method"], "options": ch.get("options"), "corpus": ch.get("corpus"),
                              "calib": CALIB})
-    store = st.session_state.setdefault("es.healed", {})
-    if key not in store:
+    healed = cache.get(key)
+    if healed is None:
         tokens = heal_tokens(lm, ch.get("corpus") or "wiki", CALIB["samples"], CALIB["seq_len"])
-        healed = heal(lm, plan, ch["method"], tokens, progress=progress, **(ch.get("options") or {}))
+        healed = heal(lm, plan, ch["method"], tokens, progress=progress, stop=stop, **(ch.get("options") or {}))
         healed.settings.update(calibration_corpus=ch.get("corpus") or "wiki", calibration_seed=2024)
-        while len(store) >= MAX_HEALED:
-            store.pop(next(iter(store)))
-        store[key] = healed
-    return store[key]
+        if not (healed.report or {}).get("stopped"):
+            cache.put(key, healed)
+    return healed
 
 
-def evaluate_healed(lm, healed, settings: dict, data, with_latency: bool = True) -> dict:
+def evaluate_healed(lm, healed, settings: dict, data, with_latency: bool = True, store: dict | None = None,
+                    progress=None) -> dict:
     """What :func:`app_support.evaluation.evaluate_plan` returns, for a healed model."""
     import analysis.evaluate as ev
     from analysis.heal import compare, healed_lm
@@ -88,10 +121,10 @@ def evaluate_healed(lm, healed, settings: dict, data, with_latency: bool = True)
     hl = healed_lm(lm, healed)
     key = state.stable_hash({"fp": hl.fingerprint, "settings": settings, "lat": with_latency,
                              "data": data if isinstance(data, str) else state.stable_hash(data)})
-    store = st.session_state.setdefault("es.evals", {})
+    store = st.session_state.setdefault("es.evals", {}) if store is None else store
     if key in store:
         return store[key]
-    c = compare(lm, healed.model, data, eval_cfg(settings))
+    c = compare(lm, healed.model, data, eval_cfg(settings), progress=progress)
     out = {"perplexity": c["perplexity"], "perplexity_original": c["perplexity_original"], "kl": c["kl"],
            "top1": c["top1"], "protocol": c["protocol"], "params": ev.param_report(lm, healed.plan),
            "healing": healed.describe()}
@@ -125,24 +158,6 @@ def heal_argv(ch: dict | None) -> list[str]:
 
 def healed_name(plan_name: str, method: str) -> str:
     return f"{plan_name} + {method}"
-
-
-def healed_results(lm_for, chosen: list[str], plans: dict, results: dict, settings: dict, data, bar=None) -> dict:
-    """Healed rows for the chosen plans whose heal choice is not ``none``: ``{"<plan> + <method>": result}``.
-    ``lm_for(name)`` gives the plan's model. Latency is the pruned plan's (healing changes no shapes)."""
-    out = {}
-    todo = [n for n in chosen if choice(n)["method"] != "none"]
-    for i, name in enumerate(todo):
-        ch = choice(name)
-        lm = lm_for(name)
-        if bar is not None:
-            bar.progress(i / max(1, len(todo)), text=f"Healing {name} ({ch['method']}) …")
-        cb = None if bar is None else (lambda f, m, i=i: bar.progress(min(1.0, (i + f) / len(todo)), text=m))
-        healed = healed_model(lm, plans[name].plan, ch, progress=cb)
-        res = dict(evaluate_healed(lm, healed, settings, data, with_latency=False))
-        res["latency"] = (results.get(name) or {}).get("latency")
-        out[healed_name(name, ch["method"])] = res
-    return out
 
 
 def drops_of(name: str, plans: dict) -> str:

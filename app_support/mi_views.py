@@ -60,9 +60,37 @@ def render_mi(result, protected) -> None:
             st.caption(f"{dpi.get('violations')} of {dpi.get('windows')} nested-window comparisons violate the DPI.")
 
 
+def _finish_ground_truth(rec) -> None:
+    """Follow this session's ground-truth job (re-attached after a reload) and store its scores in the run."""
+    from analysis.evaluate.groundtruth import store_ground_truth
+
+    from .jobs import attached, follow, forget
+
+    job = attached("ground_truth")
+    if job is None or getattr(job, "run_id", None) != rec.run_id:
+        return
+    r = rec.result
+    if job.running:
+        follow(job, "Ground truth", "gt_stop", "Stops after the current window batch; every block is then scored "
+                                               "on the windows done")
+    forget("ground_truth")
+    if job.error:
+        st.error(f"Ground truth failed: {job.error}", icon=":material/error:")
+        return
+    det = job.result
+    store_ground_truth(r, det["granularity"], det["scores"], det)
+    if det.get("stopped"):
+        state.flash("warning", f"Ground truth stopped: every block is scored on the {det['windows'][0]} windows "
+                               "done before Stop.")
+    else:
+        state.flash("success", f"Ground truth computed in {det['seconds']:.1f} s on {det['windows'][0]} windows × "
+                               f"{det['windows'][1]} tokens.")
+    st.rerun()
+
+
 def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> None:
     """Select page: drop-one ΔPPL ground truth (on demand), agreement with MI-PRUN, Fast-Block-Select."""
-    from analysis.evaluate.groundtruth import delta_ppl_details, store_ground_truth
+    from analysis.evaluate.groundtruth import delta_ppl_details
     from analysis.score.criteria import scores_for
     from analysis.score.selection import rank_correlation
 
@@ -78,14 +106,17 @@ def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> No
                f"({r.num_layers + 1} evaluations on views of the model; the model is not changed). It is the "
                "reference the cheap criteria try to predict; it then appears as criterion “delta-ppl” above.")
     if st.button(f"Compute drop-one ΔPPL for {granularity} blocks", key="gt_go", disabled=tokens is None):
-        bar = st.progress(0.0, text="Ground truth …")
+        from .jobs import Job, start_job
+
         sub = tokens.subset(slice(0, int(n_win))) if hasattr(tokens, "subset") else tokens[: int(n_win)]
-        det = delta_ppl_details(lm, sub, granularity, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
-        bar.empty()
-        store_ground_truth(r, granularity, det["scores"], det)
-        state.flash("success", f"Ground truth computed in {det['seconds']:.1f} s on {det['windows'][0]} windows × "
-                               f"{det['windows'][1]} tokens.")
-        st.rerun()
+        key = state.stable_hash({"kind": "ground-truth", "run": rec.run_id, "fp": lm.fingerprint,
+                                 "granularity": granularity, "windows": int(n_win)})
+        job = Job(key, lambda job: delta_ppl_details(lm, sub, granularity, progress=lambda f, m: job.progress(
+            f, m, stage="gt"), should_stop=job.should_stop), kind="ground-truth", label="the drop-one ground truth")
+        job.run_id = rec.run_id
+        start_job("ground_truth", job)
+    _finish_ground_truth(rec)
+    gt = (r.extras.get("criteria_scores") or {}).get("delta-ppl", {}).get(granularity)
     if gt is None:
         return
     truth = _arr(gt)

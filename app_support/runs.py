@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 from . import state
-from .jobs import AnalysisJob, make_config, result_cache, run_id_for
+from .jobs import AnalysisJob, attached, forget, make_config, result_cache, run_id_for, start_job
 
 
 def analysis_settings() -> dict:
@@ -30,8 +30,9 @@ def start_run(settings: dict | None = None) -> str:
     settings = settings or analysis_settings()
     make_config(settings)                      # a setting the config refuses: before the model loads
     msettings = s.get("es.model") or model_settings()
-    lm = get_model(msettings) if s.get("es.model") else load_into_session(msettings)
-    tokens = ensure_tokens(lm)
+    with st.spinner("Loading the model and sampling the calibration text …", show_time=True):  # visible at once
+        lm = get_model(msettings) if s.get("es.model") else load_into_session(msettings)
+        tokens = ensure_tokens(lm)
     seed = (s.get("es.data") or {}).get("seed")
     if seed is not None:                       # the data seed also seeds the MI state subsample, as the CLI's --seed
         settings = {**settings, "seed": int(seed)}
@@ -43,8 +44,11 @@ def start_run(settings: dict | None = None) -> str:
     if cached is not None:
         _add(rid, cached, meta, tokens)
         return "cached"
-    s["es.job"] = AnalysisJob(rid, lm, tokens, cfg, meta).start()
-    return "started"
+    s["es.job"], joined = start_job("analysis", AnalysisJob(rid, lm, tokens, cfg, meta))
+    if joined and s["es.job"].running:
+        state.flash("info", f"The same analysis (run `{rid}`) is already running: showing its progress "
+                            "instead of starting it again.")
+    return "joined" if joined else "started"
 
 
 def _add(rid: str, result, meta: dict, tokens=None) -> state.RunRecord:
@@ -62,12 +66,19 @@ def _add(rid: str, result, meta: dict, tokens=None) -> state.RunRecord:
 
 
 def finish_job() -> None:
-    """Move a finished background job into the session's runs (or keep its error for display)."""
+    """Re-attach this session's analysis job after a reload; move a finished one into the session's runs
+    (or keep its error for display)."""
     s = st.session_state
+    if s.get("es.job") is None:
+        s["es.job"] = attached("analysis")
     job = s.get("es.job")
     if job is None or job.running:
         return
     s["es.job"] = None
+    forget("analysis")
+    old = state.runs().get(job.run_id)
+    if old is not None and job.error is None and _same(old.result, job.result):
+        return                                   # added by this session before a reload
     if job.error:
         s["es.job_error"] = (job.error, job.error_detail)
         return
@@ -81,6 +92,11 @@ def finish_job() -> None:
         state.flash("warning", f"Analysis stopped: run `{rec.run_id}` covers {job.result.n_sequences} sequences.")
     else:
         state.flash("success", f"Analysis finished in {job.elapsed:.1f} s (run `{rec.run_id}`).")
+
+
+def _same(a, b) -> bool:
+    m = lambda r: (r.n_sequences, r.manifest.get("completed", True), r.manifest.get("stopped_during"))  # noqa: E731
+    return m(a) == m(b)
 
 
 # ---- boundary and protection (user-adjustable after the run) ---------------------------------------

@@ -5,11 +5,11 @@ import pandas as pd
 import streamlit as st
 
 from app_support import healing, plots, state
-from app_support.evaluation import (busy_warning, comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text,
-                                    plan_key,
-                                    protocol_text)
+from app_support.evaluation import (busy_warning, comparison_job, comparison_row, eval_cfg, eval_data,
+                                    generation_job, latency_text, protocol_text)
+from app_support.jobs import Job, attached, follow, forget, start_job
 from app_support.runs import adjusted_result
-from app_support.tasks import (accuracy_axes, accuracy_chart, evaluate_plan_tasks, task_columns, task_picker,
+from app_support.tasks import (accuracy_axes, accuracy_chart, task_columns, task_picker,
                                tasks_caption)
 from app_support.widgets import INDEX_NOTE, chart, guarded, link, need, page_setup, show_error, table
 
@@ -66,32 +66,31 @@ else:
     if go_cmp:
         try:
             data = eval_data(state.get("cmp.data"), rec.data)
-            todo = ["original", *chosen]
-            bar = st.progress(0.0, text="Evaluating the original model …")
-            st.button("Stop", key="cmp_stop", icon=":material/stop:",
-                      help="Stops after the current step; the models already evaluated stay in the table")
-            # kept as each model finishes, so Stop (which reruns the page) keeps what is done
-            s[ckey] = {"names": todo, "results": {}, "settings": dict(settings), "tasks": {}}
-            for i, name in enumerate(todo):
-                def _tick(f: float, msg: str, i: int = i, name: str = name) -> None:
-                    bar.progress(min((i + min(f, 1.0)) / len(todo), 1.0),
-                                 text=f"Model {i + 1}/{len(todo)} · {name}: {msg}")
-                _tick(0.0, "starting")
-                plan_lm = (get_model(state.runs()[plans[name].run_id].model)
-                           if name != "original" and plans[name].run_id in state.runs() else lm)
-                plan_ = None if name == "original" else plans[name].plan
-                s[ckey]["results"][name] = evaluate_plan(plan_lm, plan_, settings, data, progress=_tick)
-                if task_settings.get("tasks"):
-                    _tick(1.0, "task accuracy (lm-evaluation-harness)")
-                s[ckey]["tasks"][name] = evaluate_plan_tasks(plan_lm, plan_, task_settings)
-            healed = healing.healed_results(lambda n: get_model(state.runs()[plans[n].run_id].model)
-                                            if plans[n].run_id in state.runs() else lm,
-                                            chosen, plans, s[ckey]["results"], settings, data, bar)
-            s[ckey]["results"].update(healed)
-            s[ckey]["names"] = [*todo, *healed]
-            bar.empty()
+            lms = {n: (get_model(state.runs()[plans[n].run_id].model) if plans[n].run_id in state.runs() else lm)
+                   for n in chosen}
+            lms["original"] = lm
+            job, joined = start_job("comparison", comparison_job(
+                lms, chosen, plans, settings, data, task_settings, {n: healing.choice(n) for n in chosen},
+                dict(s.get("es.evals") or {}), dict(s.get("es.task_evals") or {})))
+            if joined:
+                st.toast("The same comparison is already running or done: showing it instead of starting it "
+                         "again.")
         except Exception as exc:  # noqa: BLE001 - shown; earlier results kept
             show_error(exc, "Comparison failed")
+    cjob = attached("comparison")
+    if cjob is not None:
+        if cjob.running:                              # also after a reload (F5): re-attached to the same job
+            follow(cjob, "Comparing", "cmp_stop", "Stops after the current step; the models already evaluated "
+                                                  "stay in the table")
+        s[ckey] = cjob.result if cjob.result is not None else dict(cjob.partial)
+        s.setdefault("es.evals", {}).update(getattr(cjob, "evals", {}))
+        s.setdefault("es.task_evals", {}).update(getattr(cjob, "task_evals", {}))
+        forget("comparison")
+        if cjob.error:
+            st.error(f"Comparison failed: {cjob.error}", icon=":material/error:")
+            if cjob.error_detail:
+                with st.expander("Details (for a bug report)"):
+                    st.code(cjob.error_detail[-6000:], language="text")
     last = s.get(ckey)
     if last and "original" in last["results"]:
         with guarded("Comparison table"):
@@ -150,20 +149,20 @@ with guarded("Generation"):
         state.sync("gen.prompt", "gen.n")
         if st.button("Generate", icon=":material/edit_note:", key="gen_go"):
             try:
-                gkey = state.stable_hash([lm.fingerprint, plan_key(plans[gplan].plan), prompt, int(n_new)])
-                ch = healing.choice(gplan)
-                gkey = state.stable_hash([gkey, ch])
-                if gkey not in s["es.generations"]:
-                    with st.spinner("Generating (greedy, KV cache) …"):
-                        g = ev.generate_pair(lm, plans[gplan].plan, prompt, int(n_new))
-                        if ch["method"] != "none":
-                            g["healed"] = healing.generate(lm, healing.healed_model(lm, plans[gplan].plan, ch),
-                                                           prompt, int(n_new))
-                            g["healed_method"] = ch["method"]
-                        s["es.generations"][gkey] = g
-                s["es.last_generation"] = (gplan, gkey)
+                gjob, _ = start_job("generation", generation_job(lm, gplan, plans[gplan].plan, prompt, int(n_new),
+                                                                 healing.choice(gplan)))
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Generation failed")
+        gjob = attached("generation")
+        if gjob is not None:
+            if gjob.running:
+                follow(gjob, "Generating", "gen_stop", "Stops before the next model (the healed one is skipped)")
+            forget("generation")
+            if gjob.error:
+                st.error(f"Generation failed: {gjob.error}", icon=":material/error:")
+            elif gjob.result is not None:
+                s["es.generations"][gjob.key] = gjob.result
+                s["es.last_generation"] = (getattr(gjob, "plan_name", gplan), gjob.key)
         lastg = s.get("es.last_generation")
         if lastg and lastg[1] in s["es.generations"]:
             g = s["es.generations"][lastg[1]]
@@ -206,20 +205,37 @@ with guarded("Sweep"):
     skey = state.stable_hash([rec.run_id, adj.protected, gran, crits, int(kmax), settings["window"],
                               settings["max_tokens"], state.get("cmp.data")])
     if run_sw and skey not in s["es.sweeps"]:
-        try:
-            bar = st.progress(0.0, text="Sweeping …")
-            res = ev.sweep(lm, adj, criteria=crits, ks=range(0, int(kmax) + 1), granularity=gran,
-                           data=eval_data(state.get("cmp.data"), rec.data),
-                           cfg=eval_cfg(settings),
-                           progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
-            bar.empty()
-            s["es.sweeps"][skey] = res
-            s["es.last_sweep_meta"] = {"criteria": list(crits), "kmax": int(kmax), "granularity": gran}
-        except Exception as exc:  # noqa: BLE001
-            show_error(exc, "Sweep failed")
-    if run_sw or skey in s["es.sweeps"]:
+        sw_data = eval_data(state.get("cmp.data"), rec.data)
+        sw_meta = {"criteria": list(crits), "kmax": int(kmax), "granularity": gran}
+
+        def _sweep_work(job, crits=tuple(crits), kmax=int(kmax), gran=gran, data=sw_data, cfg=eval_cfg(settings)):
+            return ev.sweep(lm, adj, criteria=list(crits), ks=range(0, kmax + 1), granularity=gran, data=data, cfg=cfg,
+                            progress=lambda f, m: job.progress(f, m, stage="sweep"), should_stop=job.should_stop)
+
+        swjob = Job(skey, _sweep_work, kind="sweep", label="the sweep")
+        swjob.meta = sw_meta
+        start_job("sweep", swjob)
+    swjob = attached("sweep")
+    if swjob is not None:
+        if swjob.running:
+            follow(swjob, "Sweeping", "sweep_stop", "Stops after the current window batch; every plan is then "
+                                                   "scored on the windows done")
+        forget("sweep")
+        if swjob.error:
+            st.error(f"Sweep failed: {swjob.error}", icon=":material/error:")
+        elif swjob.result is not None and swjob.result.get("rows"):
+            if swjob.result.get("stopped"):
+                st.warning("Sweep stopped: every plan is scored on the windows done before Stop "
+                           f"({swjob.result['protocol'].get('tokens_scored', 0):,} tokens).", icon=":material/stop:")
+            else:
+                s["es.sweeps"][swjob.key] = swjob.result     # only a complete sweep is reused for these settings
+            s["es.last_sweep_result"] = swjob.result
+            s["es.last_sweep_meta"] = getattr(swjob, "meta", None)
+            s["es.last_sweep"] = swjob.key
+    if skey in s["es.sweeps"] and (run_sw or s.get("es.last_sweep") != skey):
         s["es.last_sweep"] = skey
-    res = s["es.sweeps"].get(s.get("es.last_sweep"))
+        s["es.last_sweep_result"] = None
+    res = s["es.sweeps"].get(s.get("es.last_sweep")) or s.get("es.last_sweep_result")
     if res:
         df = pd.DataFrame([{k: v for k, v in row.items() if k not in ("plan", "latency")} for row in res["rows"]])
         chart(plots.sweep_chart(df), f"Perplexity (log scale) after dropping the top-k {df['granularity'].iloc[0]} "

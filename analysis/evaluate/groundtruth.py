@@ -49,7 +49,8 @@ def _as_plan(p, L: int):
     return p.validate(L).normalized()
 
 
-def plan_losses(lm, tokens, plans: Sequence, batch_size: int = 8, progress: Progress | None = None) -> list[float]:
+def plan_losses(lm, tokens, plans: Sequence, batch_size: int = 8, progress: Progress | None = None,
+                should_stop: Callable[[], bool] | None = None, done: dict | None = None) -> list[float]:
     """Mean next-token NLL (nats) on the calibration windows for each plan (``None`` = original model).
 
     Every window is scored whole (its first token is context only). Plans run on
@@ -70,8 +71,11 @@ def plan_losses(lm, tokens, plans: Sequence, batch_size: int = 8, progress: Prog
     windows = _calib_windows(ids_all, batch_size)
     cfg = EvalConfig(batch_size=batch_size, bos=False)
     sub = None if progress is None else (lambda f, m: progress(f, f"calibration loss: {m}"))
-    sums = sweep_nll(lm, list(unique.items()), windows, cfg, True, sub)
-    count = windows.tokens_scored
+    sums = sweep_nll(lm, list(unique.items()), windows, cfg, True, sub, should_stop)
+    scored = EvalWindows(windows.batches[: sums.batches_done], windows.meta)
+    count = scored.tokens_scored
+    if done is not None:
+        done.update(windows=sum(ids.shape[0] for ids, _ in scored.batches), tokens=count, stopped=sums.stopped)
     return [sums[key] / count for key, _ in keyed]
 
 
@@ -107,9 +111,12 @@ def _ppl(loss: float) -> float:
 
 
 def delta_ppl_details(lm, tokens, granularity: str = "layer", blocks: Iterable[int] | None = None,
-                      batch_size: int = 8, progress: Progress | None = None) -> dict:
+                      batch_size: int = 8, progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> dict:
     """Drop-one ground truth: ``ΔPPL_i = PPL(model without block i) − PPL(model)`` on the calibration
-    windows, for every block (or only ``blocks``; the others are NaN). Lower = more redundant."""
+    windows, for every block (or only ``blocks``; the others are NaN). Lower = more redundant.
+    ``should_stop()``: stop between window batches and score every block on the windows done
+    (``"stopped": True``, ``"windows"`` then counts those)."""
     if granularity not in GRANULARITY_KEY:
         raise SelectionError(f"Unknown granularity {granularity!r}", hint="use attention, mlp or layer")
     L = lm.num_layers
@@ -118,7 +125,8 @@ def delta_ppl_details(lm, tokens, granularity: str = "layer", blocks: Iterable[i
         raise SelectionError("a model with one layer has no layer to drop")
     t0 = time.perf_counter()
     plans = [None] + [_plan_for({GRANULARITY_KEY[granularity]: [i]}) for i in todo]
-    losses = plan_losses(lm, tokens, plans, batch_size, progress)
+    done: dict = {}
+    losses = plan_losses(lm, tokens, plans, batch_size, progress, should_stop, done)
     base = losses[0]
     ppl = np.full(L, np.nan)
     loss = np.full(L, np.nan)
@@ -126,8 +134,8 @@ def delta_ppl_details(lm, tokens, granularity: str = "layer", blocks: Iterable[i
         loss[i], ppl[i] = lo, _ppl(lo)
     ids = _ids_of(tokens)
     return {"granularity": granularity, "scores": (ppl - _ppl(base)).tolist(), "ppl": ppl.tolist(),
-            "loss": loss.tolist(), "base_ppl": _ppl(base), "base_loss": base,
-            "tokens": int(ids.shape[0] * (ids.shape[1] - 1)), "windows": list(ids.shape),
+            "loss": loss.tolist(), "base_ppl": _ppl(base), "base_loss": base, "stopped": done["stopped"],
+            "tokens": int(done["tokens"]), "windows": [int(done["windows"]), int(ids.shape[1])],
             "evaluations": len(plans), "cost_passes": plan_cost(lm, plans)["passes"],
             "seconds": time.perf_counter() - t0,
             "definition": "PPL(without block i) − PPL(full), token perplexity on the calibration windows"}

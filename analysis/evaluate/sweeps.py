@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -70,14 +70,17 @@ def _plans_for(run_or_orders, criteria: Sequence[str], ks: Iterable[int], granul
 def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop",), ks: Iterable[int] = range(13),
           data=None, granularity: str | None = None, cfg: EvalConfig | None = None, split: str = "eval",
           reuse: bool = True, with_latency: bool = False, latency_kwargs: dict | None = None,
-          progress: Progress | None = None, **criterion_params) -> dict:
+          progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+          **criterion_params) -> dict:
     """Perplexity for every criterion × k plan (rows), sharing the work between plans.
 
     ``run_or_orders``: an AnalysisResult (plans via :func:`analysis.score.criteria.select`) or
     ``{criterion: drop order}``. With ``reuse`` plans are walked as a trie (see
     :func:`~analysis.models.prefix.prefix_schedule`): each plan's forward starts where it first differs from
     the previous plan, from the cached ``resid_pre`` there; the NLL is bit-identical to
-    :func:`~analysis.evaluate.quality.perplexity` with that plan.
+    :func:`~analysis.evaluate.quality.perplexity` with that plan. ``should_stop()`` is polled between window
+    batches: a stopped sweep scores every plan on the batches done so far (``"stopped": True`` and the
+    protocol's ``tokens_scored`` say how many).
     """
     cfg = cfg or EvalConfig()
     t0 = time.perf_counter()
@@ -86,7 +89,8 @@ def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop"
     unique: dict[tuple, Plan] = {}
     for _, _, _, p in plans:
         unique.setdefault(plan_key(p), p)
-    sums = sweep_nll(lm, list(unique.items()), windows, cfg, reuse, progress)
+    sums = sweep_nll(lm, list(unique.items()), windows, cfg, reuse, progress, should_stop)
+    windows = EvalWindows(windows.batches[: sums.batches_done], windows.meta)
     rows, base = [], param_report(lm.model)["total"]
     for name, k, g, plan in plans:
         res = ppl_result(sums[plan_key(plan)], windows.tokens_scored)
@@ -98,19 +102,31 @@ def sweep(lm: LoadedModel, run_or_orders, criteria: Sequence[str] = ("entrodrop"
             row.latency = latency(lm, plan, **(latency_kwargs or {}))
         rows.append(asdict(row))
     return {"protocol": eval_protocol(lm, windows), "rows": rows, "skipped": skipped, "reuse": reuse,
-            "unique_plans": len(unique), "seconds": time.perf_counter() - t0}
+            "unique_plans": len(unique), "seconds": time.perf_counter() - t0, "stopped": sums.stopped}
+
+
+class NLLSums(dict):
+    """``{plan key: summed NLL}`` over the first ``batches_done`` window batches (all of them unless stopped)."""
+
+    batches_done: int = 0
+    stopped: bool = False
 
 
 def sweep_nll(lm: LoadedModel, plans: list[tuple[tuple, Plan]], windows: EvalWindows, cfg: EvalConfig,
-              reuse: bool, progress: Progress | None) -> dict[tuple, float]:
+              reuse: bool, progress: Progress | None, should_stop: Callable[[], bool] | None = None) -> NLLSums:
     """Summed NLL over ``windows`` of every ``(key, plan)``: walked as a trie with ``reuse``
-    (:func:`~analysis.models.prefix.prefix_schedule`), else one view per plan; bit-identical either way."""
-    sums = {key: 0.0 for key, _ in plans}
+    (:func:`~analysis.models.prefix.prefix_schedule`), else one view per plan; bit-identical either way.
+    ``should_stop()`` is polled between batches (so at least one is scored); the sums then cover
+    ``batches_done`` batches."""
+    sums = NLLSums({key: 0.0 for key, _ in plans})
     steps = prefix_schedule(lm, plans) if reuse else None
     views = None if reuse else {key: (lm.model if p.is_empty else pruned_view(lm.model, p)) for key, p in plans}
     n = len(windows.batches)
     with torch.inference_mode():
         for b, (ids, first) in enumerate(windows.batches):
+            if b > 0 and should_stop is not None and should_stop():    # between batches: one is always done
+                sums.stopped = True
+                break
             ids = ids.to(lm.device)
             if reuse:
                 for key, view, hidden in prefix_batch(steps, ids):
@@ -119,6 +135,7 @@ def sweep_nll(lm: LoadedModel, plans: list[tuple[tuple, Plan]], windows: EvalWin
                 for key, v in views.items():
                     sums[key] += oom_guard(lambda: nll_sum(v, final_hidden(v, ids), ids, first, cfg.logits_chunk),
                                            "sweep")
+            sums.batches_done = b + 1
             if progress:
                 progress((b + 1) / n, f"sweep: window batch {b + 1}/{n} × {len(plans)} plans")
     return sums

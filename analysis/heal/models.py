@@ -37,15 +37,18 @@ def healed_lm(lm, healed: Healed):
                     info={**lm.info, "plan": healed.plan.to_dict(), "healing": healed.describe()})
 
 
-def compare(lm, model, windows, cfg=None) -> dict:
+def compare(lm, model, windows, cfg=None, progress=None) -> dict:
     """Perplexity of ``model`` and of the original, KL(original ‖ model) and top-1 agreement on the same
     windows (anything :func:`~analysis.evaluate.windows.prepare_eval` accepts), as
-    :func:`~analysis.evaluate.quality.agreement`."""
+    :func:`~analysis.evaluate.quality.agreement`. ``progress(frac, text)`` is told the batches done."""
     cfg = cfg or EvalConfig()
     windows = prepare_eval(lm, windows, cfg)
     kl = agree = nll_o = nll_h = 0.0
+    n_b = len(windows.batches)
     with torch.inference_mode():
-        for ids, first in windows.batches:
+        for b, (ids, first) in enumerate(windows.batches):
+            if progress:
+                progress(b / n_b, f"healed vs original: window batch {b + 1}/{n_b}")
             ids = ids.to(lm.device)
             h_o, h_h = final_hidden(lm.model, ids), final_hidden(model, ids)
             sums = compare_sums(lm.model, h_o, model, h_h, ids, first, cfg.logits_chunk)

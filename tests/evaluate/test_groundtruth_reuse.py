@@ -65,3 +65,35 @@ def test_plan_cost_counts_the_trie():
     assert c["layer_forwards"] == 4 + 3 + 2 + 1 + 1 and c["heads"] == 5
     sep = plan_cost(lm, drop_one, reuse=False)
     assert sep["layer_forwards"] == 4 + 4 * 3 and sep["heads"] == 5
+
+
+def test_stop_keeps_the_windows_done_and_matches_a_run_on_those_windows():
+    lm = tiny_loaded("llama", layers=4, hidden=32)
+    ids = random_tokens(6, 20, seed=2)
+    calls = []
+
+    def stop_after_first_batch():
+        calls.append(1)
+        return True                                               # polled between batches: one batch runs
+
+    stopped = delta_ppl_details(lm, ids, "layer", batch_size=2, should_stop=stop_after_first_batch)
+    whole = delta_ppl_details(lm, ids[:2], "layer", batch_size=2)
+    assert stopped["stopped"] and not whole["stopped"]
+    assert stopped["windows"] == [2, 20] and stopped["tokens"] == whole["tokens"] == 2 * 19
+    assert stopped["loss"] == whole["loss"] and stopped["base_loss"] == whole["base_loss"]
+
+
+def test_a_stopped_sweep_scores_every_plan_on_the_batches_done():
+    from analysis.evaluate import sweep
+
+    lm = tiny_loaded("llama", layers=4, hidden=32)
+    ids = random_tokens(6, 20, seed=3)
+    orders = {"tail": [3, 2, 1, 0]}
+    calls = []
+    res = sweep(lm, orders, ["tail"], range(0, 3), data=ids, cfg=EvalConfig(batch_size=2, bos=False),
+                should_stop=lambda: calls.append(1) or len(calls) > 1)
+    full = sweep(lm, orders, ["tail"], range(0, 3), data=ids[:4], cfg=EvalConfig(batch_size=2, bos=False))
+    assert res["stopped"] and not full["stopped"]
+    assert [r["perplexity"] for r in res["rows"]] == [r["perplexity"] for r in full["rows"]]
+    assert res["protocol"]["tokens_scored"] == full["protocol"]["tokens_scored"]
+    assert len(calls) == 2                                        # polled between batches only
