@@ -46,12 +46,13 @@ with guarded("Reproduce"):
     eval_settings = {k: state.get(f"cmp.{k}", d) for k, d in (("window", 256), ("max_tokens", 4096),
                                                                ("prompt_len", 64), ("new_tokens", 16), ("repeats", 3))}
     script = session_script(rec, prec, protected, cmp_data, eval_settings, s.get("es.last_sweep_meta"),
-                            healing.heal_argv(healing.choice(chosen)) if prec else None)
+                            healing.heal_argv(healing.choice(chosen)) if prec else None, runs=state.runs())
     st.code(script, language="bash")
     st.caption("Each command was checked against this version's CLI parser (`python -m analysis --help`). The "
-               "analysis is deterministic for a given model, data spec and seed, so `analyze` reproduces run "
-               f"`{rec.run_id}`; `select` reproduces the criterion's top-k with this session's protected blocks "
-               f"{protected}.")
+               "analysis is deterministic for a given model, data spec and seed, so `analyze` reproduces the plan's own "
+               "run (its sinks mode, estimators, MI settings and seed), and the selection step rebuilds the plan the "
+               "way it was made: the criterion's top-k with the protection it was kept with, hand edits as "
+               "`--add`/`--remove`, or MI-PRUN's Fast-Block-Select (`miprun`).")
     c1, c2, c3 = st.columns(3)
     c1.download_button("reproduce.sh", data=script, file_name="reproduce.sh", mime="text/x-shellscript",
                        key="dl_script", on_click="ignore", icon=":material/download:")
