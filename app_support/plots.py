@@ -282,15 +282,17 @@ def sweep_chart(df, metric: str = "perplexity", metric_label: str = "perplexity"
 
 
 def pareto_chart(df, x: str, y: str, size: str | None, x_label: str, y_label: str,
-                 y_higher_better: bool = False, y_err: str | None = None) -> go.Figure:
+                 y_higher_better: bool = False, y_err: str | None = None, x_higher_better: bool = True) -> go.Figure:
     """Quality vs speed (marker size = parameters); the Pareto-optimal points are outlined.
-    ``y_higher_better`` for accuracy as the quality axis; ``y_err``: a column of ± error bars."""
+    ``y_higher_better`` for accuracy as the quality axis; ``y_err``: a column of ± error bars;
+    ``x_higher_better=False`` for a cost axis such as parameters (the fallback when latency is noise)."""
     fig = go.Figure()
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
     if y_higher_better:
         ys = -ys
-    # x: higher is better (tok/s); y: lower is better (perplexity)
-    pareto = [not any((xs[j] >= xs[i] and ys[j] <= ys[i]) and (xs[j] > xs[i] or ys[j] < ys[i])
+    xo = xs if x_higher_better else -xs
+    # x: higher is better after orientation (tok/s, or −parameters); y: lower is better (perplexity)
+    pareto = [not any((xo[j] >= xo[i] and ys[j] <= ys[i]) and (xo[j] > xo[i] or ys[j] < ys[i])
                       for j in range(len(xs))) for i in range(len(xs))]
     sizes = None
     if size and size in df:

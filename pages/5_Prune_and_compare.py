@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app_support import healing, plots, state
-from app_support.evaluation import (busy_warning, comparison_row, eval_cfg, eval_data, evaluate_plan, latency_text,
+from app_support.evaluation import (busy_warning, comparison_row, latency_trusted, eval_cfg, eval_data, evaluate_plan, latency_text,
                                     plan_key,
                                     protocol_text)
 from app_support.runs import adjusted_result
@@ -129,13 +129,20 @@ else:
                 quality = st.radio("Pareto quality axis", ["perplexity", *accuracy_axes(df.columns)], horizontal=True,
                                    key="pareto_quality")
                 acc = quality != "perplexity"
-                chart(plots.pareto_chart(df, "decode tok/s (median)", quality, "parameters",
-                                         "decode tokens/s (median, higher is better)",
+                speed_ok = latency_trusted(last["results"])
+                x_col, x_label = (("decode tok/s (median)", "decode tokens/s (median, higher is better)") if speed_ok
+                                  else ("parameters", "parameters (lower is better; latency was noise)"))
+                chart(plots.pareto_chart(df, x_col, quality, "parameters", x_label,
                                          f"{quality} ({'higher' if acc else 'lower'} is better)", y_higher_better=acc,
-                                         y_err=quality.rsplit(" ", 1)[0] + " ±" if acc else None),
-                      f"Pareto view: quality ({quality}) vs speed (decode tokens/s), marker size = parameters. "
-                      "Outlined red points are Pareto-optimal (no other plan is both faster and better). "
-                      "Protocols as in the table above.", name="pareto", key="pareto_chart")
+                                         y_err=quality.rsplit(" ", 1)[0] + " ±" if acc else None,
+                                         x_higher_better=speed_ok),
+                      (f"Pareto view: quality ({quality}) vs speed (decode tokens/s), marker size = parameters. "
+                       "Outlined red points are Pareto-optimal (no other plan is both faster and better). "
+                       if speed_ok else
+                       f"Pareto view: quality ({quality}) vs parameters — the latency measurements were noise (busy "
+                       "machine or spreads that did not settle), so no point is called faster; outlined points are "
+                       "Pareto-optimal for quality and size. ") + "Protocols as in the table above.",
+                      name="pareto", key="pareto_chart")
 
 # ---- side-by-side generation ---------------------------------------------------------------------------------
 with guarded("Generation"):
