@@ -203,8 +203,15 @@ def explain_criterion(name: str) -> None:
     if c.stochastic:
         bits.append("stochastic (seeded)")
     if c.params:
-        bits.append("parameters: " + ", ".join(f"{k}={v}" for k, v in c.params.items()))
+        bits.append("parameters: " + ", ".join(f"{k} = {_param_default(k, v)}" for k, v in c.params.items()))
     st.caption(" · ".join(bits) + (f" · {c.reference}" if c.reference else ""))
+
+
+def _param_default(name: str, value) -> str:
+    """A parameter's default in words: ``None`` means the run's own choice (e.g. the run's primary estimator)."""
+    if value is None:
+        return "the run's own" + (" primary estimator" if name == "estimator" else " setting")
+    return str(value)
 
 
 def explainer_popover(label: str = ":material/function: How is this computed?", estimators=(), criteria=()) -> None:
