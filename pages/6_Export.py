@@ -75,6 +75,17 @@ with guarded("Reproduce"):
                        file_name=f"run-{rec.run_id}.json", mime="application/json", key="dl_run", on_click="ignore", icon=":material/download:")
     with st.expander("Manifest (model fingerprint, data protocol, versions, command)"):
         st.json(manifest, expanded=False)
+    from app_support.exporting import session_zip
+
+    st.download_button("Whole session (zip): runs, plans, comparison, tables, every chart, reproduce.sh",
+                       data=lambda: session_zip(state.runs(), plans, script, s.get("es.last_comparison"),
+                                                s.get("es.tables"), s.get("es.figures"),
+                                                (s.get("es.sweeps") or {}).get(s.get("es.last_sweep"))),
+                       file_name=f"entroscope-session-{rec.run_id}.zip", mime="application/zip", key="dl_session",
+                       on_click="ignore", icon=":material/folder_zip:",
+                       help="Every run with static figures of that run, every kept plan, the comparison's raw results "
+                            "and static charts (incl. the Pareto view), the session's tables and interactive charts "
+                            "(HTML), the last sweep and the reproduce script.")
 
 # ---- plans ---------------------------------------------------------------------------------------------------
 with guarded("Plans"):
