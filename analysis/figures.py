@@ -441,6 +441,47 @@ def sweep_figures(result: dict) -> dict[str, Figure]:
     return figs
 
 
+def comparison_figures(rows: Sequence[dict], speed_trusted: bool = True) -> dict[str, Figure]:
+    """The app's comparison as static charts: perplexity per plan, and quality vs speed (Pareto).
+
+    ``rows``: one dict per plan with ``plan``, ``perplexity`` and optionally ``decode tok/s (median)`` and
+    ``parameters`` (the comparison table's columns). With ``speed_trusted=False`` (latency was noise: a busy
+    machine or spreads that never settled) the Pareto chart uses parameters (fewer is better) and says so."""
+    rows = [r for r in rows if r.get("perplexity") is not None]
+    if not rows:
+        raise DataError("The comparison has no evaluated plans")
+    names = [str(r["plan"]) for r in rows]
+    ppl = np.array([float(r["perplexity"]) for r in rows])
+    fig = _fig(max(4.5, 0.9 * len(rows) + 2), 3.4)
+    ax = fig.add_subplot()
+    ax.bar(range(len(rows)), ppl, color=[C_PROTECTED if n == "original" else C_SELECTED for n in names])
+    for i, v in enumerate(ppl):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title("Comparison: held-out perplexity per plan", fontsize=9)
+    figs = {"comparison_perplexity": fig}
+    xkey = "decode tok/s (median)" if speed_trusted else "parameters"
+    xs = np.array([float(r.get(xkey) if r.get(xkey) is not None else np.nan) for r in rows])
+    if len(rows) > 1 and np.isfinite(xs).all():
+        xo = xs if speed_trusted else -xs
+        pareto = [not any(xo[j] >= xo[i] and ppl[j] <= ppl[i] and (xo[j] > xo[i] or ppl[j] < ppl[i])
+                          for j in range(len(xs))) for i in range(len(xs))]
+        fig2 = _fig(5.5, 3.6)
+        ax2 = fig2.add_subplot()
+        ax2.scatter(xs, ppl, c=[C_SELECTED if p else C_NORMAL for p in pareto],
+                    edgecolors=["#222" if p else "none" for p in pareto], s=36)
+        for x, y, n in zip(xs, ppl, names):
+            ax2.annotate(n, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax2.set_xlabel("decode tokens/s (median, higher is better)" if speed_trusted
+                       else "parameters (fewer is better; latency was noise)")
+        ax2.set_ylabel("perplexity (lower is better)")
+        ax2.set_title("Quality vs " + ("speed" if speed_trusted else "size") + " (red outlined = Pareto-optimal)",
+                      fontsize=9)
+        figs["comparison_pareto"] = fig2
+    return figs
+
+
 # ---- all, and writing ------------------------------------------------------------------------------------
 def all_figures(run=None, eval_result: dict | None = None, sweep_result: dict | None = None) -> dict[str, Figure]:
     figs: dict[str, Figure] = {}

@@ -88,15 +88,28 @@ def _dec_or_pre(res: dict | None) -> dict:
     return row0.get("decode_tokens_per_s") or row0.get("prefill_tokens_per_s") or {}
 
 
-def _speed_flag(mine: dict, base: dict, name: str) -> str:
-    """"faster" / "slower" only when the p10–p90 ranges are apart; else "within noise"."""
-    from analysis.evaluate import overlapping
+def _speed_flag(mine_res: dict | None, base_res: dict | None, name: str) -> str:
+    """The speed verdict, naming its metric: "faster (decode tok/s)" only when both latencies can be read and their
+    p10–p90 ranges are apart; "within noise" when they overlap; "no verdict: <why>" when the load or the spread
+    says the numbers are noise (:func:`analysis.evaluate.cost.speed_verdict`)."""
+    from analysis.evaluate.cost import speed_verdict
 
-    if name == "original" or not mine or not base or "p10" not in mine:
+    if name == "original" or not mine_res or not base_res:
         return "—"
-    if overlapping(mine, base):
-        return "within noise (ranges overlap)"
-    return "faster" if mine["median"] > base["median"] else "slower"
+    mine, base = mine_res.get("latency"), base_res.get("latency")
+    metric = "decode" if (((mine or {}).get("rows") or [{}])[0]).get("decode_tokens_per_s") else "prefill"
+    v = speed_verdict(mine, base, metric)
+    if v["verdict"] == "no verdict":
+        return f"no verdict ({v['reason']})"
+    return f"{v['verdict']} ({v['metric']})"
+
+
+def latency_trusted(results: dict) -> bool:
+    """True when every plan's latency can be read (no busy machine, spreads converged): only then are speed
+    verdicts and the speed axis of the Pareto view drawn from it."""
+    from analysis.evaluate.cost import latency_noise
+
+    return all(latency_noise((r or {}).get("latency")) is None for r in results.values())
 
 
 def comparison_row(name: str, drops: str, res: dict, base: dict | None) -> dict:
@@ -115,7 +128,7 @@ def comparison_row(name: str, drops: str, res: dict, base: dict | None) -> dict:
         "prefill tok/s (p10–p90)": _range(pre),
         "decode tok/s (median)": round(dec.get("median", float("nan")), 1),
         "decode tok/s (p10–p90)": _range(dec),
-        "speed vs original": _speed_flag(dec or pre, _dec_or_pre(base), name),
+        "speed vs original": _speed_flag(res, base, name),
         "parameters": res["params"]["total"],
         "params removed %": round(100 * res["params"]["removed_fraction"], 2),
         "layers": res["params"]["layers"], "attention layers": res["params"]["attention_layers"],
@@ -142,8 +155,10 @@ def latency_text(lat: dict) -> str:
             f"tokens, {lat.get('new_tokens')} greedy decode steps with KV cache; median and p10–p90 of {done} "
             f"repeats after {lat.get('warmup')} warm-up (repeats are added until the p10–p90 spread is within "
             f"{100 * lat.get('target_spread', 0.1):.0f} % of the median{'' if tight else ' — not reached in time'}). "
-            "Pruned models are physically pruned copies, so dropped blocks cost nothing; a plan is called faster or "
-            "slower only when its p10–p90 range does not overlap the original's.")
+            "Pruned models are physically pruned copies, so dropped blocks cost nothing. A plan is called faster or "
+            "slower (the verdict names the throughput it reads) only when the machine was quiet before and after the "
+            "repeats, the spreads settled, and its p10–p90 range does not overlap the original's; otherwise the "
+            "table says \"no verdict\" and the Pareto view uses parameters instead of speed.")
 
 
 def busy_warning(results: dict) -> str | None:
@@ -153,7 +168,8 @@ def busy_warning(results: dict) -> str | None:
     if not busy:
         return None
     return (f"The machine was busy while latency was measured (load {max(x or 0 for x in busy):.1f} per core): "
-            "other work slows some repeats, so only differences whose p10–p90 ranges do not overlap mean anything.")
+            "other work slows some repeats, so these speeds are noise: no plan is called faster or slower and the Pareto "
+            "view uses parameters instead. Re-run the comparison on a quiet machine for speed verdicts.")
 
 
 # ---- jobs: the comparison and the generation (app_support.jobs) ---------------------------------------------

@@ -89,6 +89,68 @@ def figures_zip(result, sweep: dict | None = None, formats=FIGURE_FORMATS) -> by
     return buf.getvalue()
 
 
+def session_zip(runs: dict, plans: dict, script: str, comparison: dict | None = None, tables: dict | None = None,
+                charts: dict | None = None, sweep: dict | None = None, formats=("png", "svg")) -> bytes:
+    """The whole session in one zip: every run (JSON and static figures of *that* run), every kept plan, the
+    comparison (raw results, table and static charts incl. the Pareto view), the tables, every interactive chart
+    of the session as self-contained HTML (comparison, Pareto, ground truth …), the last sweep and the
+    reproduce script.
+
+    ``runs``: ``{run_id: RunRecord}``; ``plans``: ``{name: PlanRecord}``; ``comparison``: the Prune & compare
+    page's last comparison (``{"names", "results", ...}``); ``tables``/``charts``: the session's registered
+    ``{name: (DataFrame | figure, caption)}``."""
+    import io
+    import json
+    import zipfile
+
+    from analysis.figures import comparison_figures, figure_bytes, run_figures, sweep_figures
+    from analysis.store.jsonio import clean_json
+
+    from .evaluation import comparison_row, latency_trusted
+
+    buf = io.BytesIO()
+    listing = []
+
+    def put(name: str, data, what: str) -> None:
+        z.writestr(name, data)
+        listing.append(f"{name}  —  {what}")
+
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        put("reproduce.sh", script, "the CLI commands that rebuild the plans from their own runs")
+        for rid, rec in (runs or {}).items():
+            put(f"runs/{rid}.json", json.dumps(clean_json(rec.result.to_dict()), indent=1),
+                f"run {rid} ({getattr(rec, 'label', '')}): curves, per-sequence values, settings")
+            put(f"runs/{rid}.settings.json", json.dumps(clean_json({"model": rec.model, "data": rec.data,
+                                                                    "analysis": rec.config}), indent=1),
+                f"the model, data and analysis settings of run {rid}")
+            for name, fig in run_figures(rec.result).items():
+                for fmt in formats:
+                    put(f"figures/{rid}/{name}.{fmt}", figure_bytes(fig, fmt), f"static chart of run {rid}")
+        for name, prec in (plans or {}).items():
+            put(f"plans/{name}.plan.json", json.dumps(clean_json({**prec.plan.to_dict(), "run_id": prec.run_id}),
+                                                      indent=1), f"plan {name!r} (from run {prec.run_id})")
+        results = (comparison or {}).get("results") or {}
+        if results:
+            put("evaluations/comparison.json", json.dumps(clean_json(comparison), indent=1),
+                "the comparison's raw results (perplexity protocol, KL/top-1, latency with machine load)")
+            base = results.get("original")
+            rows = [comparison_row(n, "", results[n], base) for n in comparison.get("names", results) if n in results]
+            for name, fig in comparison_figures(rows, latency_trusted(results)).items():
+                for fmt in formats:
+                    put(f"figures/comparison/{name}.{fmt}", figure_bytes(fig, fmt), "static comparison chart")
+        if sweep and sweep.get("rows"):
+            put("evaluations/sweep.json", json.dumps(clean_json(sweep), indent=1), "the last sweep")
+            for name, fig in sweep_figures(sweep).items():
+                for fmt in formats:
+                    put(f"figures/sweep/{name}.{fmt}", figure_bytes(fig, fmt), "static sweep chart")
+        for name, (df, caption) in (tables or {}).items():
+            put(f"tables/{name}.csv", df.to_csv(index=False), caption or name)
+        for name, (fig, caption) in (charts or {}).items():
+            put(f"charts/{name}.html", fig_html(fig, caption), "interactive chart (offline HTML): " + (caption or name))
+        z.writestr("CONTENTS.txt", "Entroscope session export (block indices 0-based)\n\n" + "\n".join(listing) + "\n")
+    return buf.getvalue()
+
+
 #: server-side settings (environment variables; never settable from the browser)
 EXPORT_ROOT_ENV = "ENTROSCOPE_EXPORT_ROOT"             # where per-session export folders live
 SERVER_PATHS_ENV = "ENTROSCOPE_EXPORT_SERVER_PATHS"    # "1": let the browser type server folders (single user)

@@ -47,10 +47,10 @@ def render_mi(result, protected) -> None:
     mat = mi.get("matrix")
     if mat:
         m = np.array([[np.nan if x is None else x for x in row] for row in mat], dtype=float)
-        chart(plots.mi_heatmap(m, "MI between residual boundaries", "boundary Z^j (0 = embeddings)",
-                               "boundary Z^i (0 = embeddings)"),
-              f"MI(Z^i, Z^j) between every pair of residual boundaries ({mi.get('matrix_tokens')} token states): "
-              "Z^0 = embeddings, Z^(l+1) = output of block l (0-based). Dropping blocks j…k costs −MI(Z^j, Z^(k+1)) "
+        chart(plots.mi_heatmap(m, "MI between residual boundaries", "boundary Z<sup>j</sup> (0 = embeddings)",
+                               "boundary Z<sup>i</sup> (0 = embeddings)"),
+              f"$\\mathrm{{MI}}(Z^i, Z^j)$ between every pair of residual boundaries ({mi.get('matrix_tokens')} token states): "
+              "$Z^0$ = embeddings, $Z^{l+1}$ = output of block l (0-based). Dropping blocks j…k costs $-\\mathrm{MI}(Z^j, Z^{k+1})$ "
               "(Fast-Block-Select's run score).", name="mi_matrix", key="mi_matrix")
         dpi = mi.get("dpi") or {}
         if dpi.get("rate") is not None:

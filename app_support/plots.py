@@ -69,7 +69,7 @@ def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], ro
                            text="no compression stage detected")
     if sink_onset is not None:
         fig.add_vline(x=sink_onset - 0.5, line_dash="dot", line_color=C_SELECTED,
-                      annotation_text=f"massive activation at Z^{sink_onset}", annotation_position="top right")
+                      annotation_text=f"massive activation at Z<sup>{sink_onset}</sup>", annotation_position="top right")
     vl = _view_label(view)
     for p in points:
         fig.add_trace(go.Scatter(x=x, y=_finite(ent[p]), mode="lines+markers",
@@ -153,7 +153,7 @@ def domain_heatmap(result, est: str, normalise: bool = True) -> tuple[go.Figure,
     fig = go.Figure(go.Heatmap(z=z, x=[f"Z{i}" for i in range(L + 1)], y=labels, colorscale="Viridis",
                                colorbar=dict(title="min–max" if normalise else "nats"),
                                hovertemplate="%{y}<br>%{x}: %{z:.3g}<extra></extra>"))
-    fig.update_xaxes(title="residual boundary Z^i (Z0 = embeddings, Z^(l+1) = output of block l)")
+    fig.update_xaxes(title="residual boundary Z<sup>i</sup> (Z<sup>0</sup> = embeddings, Z<sup>l+1</sup> = output of block l)")
     return _layout(fig, height=120 + 40 * max(1, len(labels)), hovermode="closest"), labels
 
 
@@ -181,7 +181,7 @@ def estimator_comparison(result, estimators: Sequence[str]) -> go.Figure:
                                  line=dict(color=palette[i % len(palette)]),
                                  customdata=c, hovertemplate=e + " Z%{x}: %{customdata:.4g} nats "
                                  "(normalised %{y:.2f})<extra></extra>"))
-    fig.update_xaxes(title="residual boundary Z^i (0 = embeddings; Z^(l+1) = output of block l, 0-based)")
+    fig.update_xaxes(title="residual boundary Z<sup>i</sup> (0 = embeddings; Z<sup>l+1</sup> = output of block l, 0-based)")
     fig.update_yaxes(title="H, min–max normalised per estimator")
     return _layout(fig)
 
@@ -193,7 +193,7 @@ def estimator_small_multiples(result, estimators: Sequence[str]) -> go.Figure:
     for i, e in enumerate(estimators):
         fig.add_trace(go.Scatter(x=list(range(L + 1)), y=_finite(result.entropy(e)["boundary"]),
                                  mode="lines", name=e, showlegend=False), row=1, col=i + 1)
-        fig.update_xaxes(title_text="Z^i (0-based)", row=1, col=i + 1)
+        fig.update_xaxes(title_text="Z<sup>i</sup> (0-based)", row=1, col=i + 1)
     fig.update_yaxes(title_text="H (nats)", row=1, col=1)
     return _layout(fig, height=300)
 
@@ -294,11 +294,11 @@ def norms_chart(result) -> go.Figure:
     m = _finite(result.norms["mid"])
     L = result.num_layers
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=list(range(L + 1)), y=b, mode="lines+markers", name="boundary Z^i (resid_pre/post)",
+    fig.add_trace(go.Scatter(x=list(range(L + 1)), y=b, mode="lines+markers", name="boundary Z<sup>i</sup> (resid_pre/post)",
                              line=dict(color=POINT_COLORS["resid_pre"])))
     fig.add_trace(go.Scatter(x=[i + 0.5 for i in range(L)], y=m, mode="markers", name="resid_mid (block i, x=i+0.5)",
                              marker=dict(color=POINT_COLORS["resid_mid"], size=6)))
-    fig.update_xaxes(title="residual boundary Z^i (0 = embeddings; 0-based)")
+    fig.update_xaxes(title="residual boundary Z<sup>i</sup> (0 = embeddings; 0-based)")
     fig.update_yaxes(title="RMS token norm", type="log")
     return _layout(fig)
 
@@ -366,15 +366,17 @@ def sweep_chart(df, metric: str = "perplexity", metric_label: str = "perplexity"
 
 
 def pareto_chart(df, x: str, y: str, size: str | None, x_label: str, y_label: str,
-                 y_higher_better: bool = False, y_err: str | None = None) -> go.Figure:
+                 y_higher_better: bool = False, y_err: str | None = None, x_higher_better: bool = True) -> go.Figure:
     """Quality vs speed (marker size = parameters); the Pareto-optimal points are outlined.
-    ``y_higher_better`` for accuracy as the quality axis; ``y_err``: a column of ± error bars."""
+    ``y_higher_better`` for accuracy as the quality axis; ``y_err``: a column of ± error bars;
+    ``x_higher_better=False`` for a cost axis such as parameters (the fallback when latency is noise)."""
     fig = go.Figure()
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
     if y_higher_better:
         ys = -ys
-    # x: higher is better (tok/s); y: lower is better (perplexity)
-    pareto = [not any((xs[j] >= xs[i] and ys[j] <= ys[i]) and (xs[j] > xs[i] or ys[j] < ys[i])
+    xo = xs if x_higher_better else -xs
+    # x: higher is better after orientation (tok/s, or −parameters); y: lower is better (perplexity)
+    pareto = [not any((xo[j] >= xo[i] and ys[j] <= ys[i]) and (xo[j] > xo[i] or ys[j] < ys[i])
                       for j in range(len(xs))) for i in range(len(xs))]
     sizes = None
     if size and size in df:

@@ -126,11 +126,52 @@ def sidebar_status() -> None:
                   help="Forget this session's model choice, data, runs, plans and evaluations")
 
 
+#: CLI flags that error hints name → where the same setting lives in the app (longest first when matching).
+APP_PLACES = {
+    "--protect none": "Protected blocks on the Entropy page's analysis settings",
+    "--sinks keep or first": "Sinks → keep or first (Entropy page, analysis settings)",
+    "--sinks keep": "Sinks → keep (Entropy page, analysis settings)",
+    "--heal distill": "the distill heal on Prune & compare",
+    "--device cpu": "Device → cpu (Model & data)",
+    "--trust-remote-code": "“Trust remote code” (Model & data)",
+    "--skip-first-token": "Sinks → first (Entropy page)",
+    "--seq-len": "the window length (Model & data)",
+    "--text-field": "the text field (Model & data)",
+    "--multiple-of": "“round to a multiple of” (Channels page)",
+    "--overwrite": "the overwrite option",
+    "--also": "“Also compute (same pass)” on the Entropy page with",
+    "--mi": "MI-PRUN in the Entropy page's analysis settings",
+    "--k": "KNN k (Entropy page, analysis settings)",
+}
+
+
+def app_message(exc: BaseException) -> str:
+    """An error's one line for the app: its hint speaks of the app's settings, not of CLI flags.
+
+    Hints are written for the command line (``--mi``, ``python -m analysis …``); here each known flag becomes the
+    place of the same setting in the app (:data:`APP_PLACES`), and a hint that tells the user to run a CLI command
+    is dropped (the Export page gives the commands, for those who want them)."""
+    import re
+
+    msg = getattr(exc, "message", None) or str(exc)
+    hint = getattr(exc, "hint", None)
+    if not hint:
+        return msg
+    if "python -m analysis" in hint or re.search(r"`[^`]*analysis [a-z]+[^`]*`", hint):
+        return msg
+    out = hint
+    for flag in sorted(APP_PLACES, key=len, reverse=True):
+        out = re.sub(re.escape(flag) + r"(?![\w-])(\s+[A-Z0-9_.]+(?=\W|$))?", APP_PLACES[flag], out)
+    if re.search(r"(?<![\w-])--[a-z]", out):      # a flag with no app counterpart: a CLI-only remedy
+        return msg
+    return f"{msg} ({out})"
+
+
 def show_error(exc: BaseException, what: str = "") -> None:
     """EntroscopeError → its one-line message; anything else → one line plus a details expander."""
     prefix = f"{what}: " if what else ""
     if isinstance(exc, EntroscopeError):
-        st.error(f"{prefix}{exc}", icon=":material/error:")
+        st.error(f"{prefix}{app_message(exc)}", icon=":material/error:")
         return
     if is_oom(exc):
         st.error(f"{prefix}{oom_error(exc)}", icon=":material/memory:")
@@ -204,8 +245,15 @@ def explain_criterion(name: str) -> None:
     if c.stochastic:
         bits.append("stochastic (seeded)")
     if c.params:
-        bits.append("parameters: " + ", ".join(f"{k}={v}" for k, v in c.params.items()))
+        bits.append("parameters: " + ", ".join(f"{k} = {_param_default(k, v)}" for k, v in c.params.items()))
     st.caption(" · ".join(bits) + (f" · {c.reference}" if c.reference else ""))
+
+
+def _param_default(name: str, value) -> str:
+    """A parameter's default in words: ``None`` means the run's own choice (e.g. the run's primary estimator)."""
+    if value is None:
+        return "the run's own" + (" primary estimator" if name == "estimator" else " setting")
+    return str(value)
 
 
 def explainer_popover(label: str = ":material/function: How is this computed?", estimators=(), criteria=()) -> None:

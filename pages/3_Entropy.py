@@ -348,9 +348,9 @@ with T["Domains"], guarded("Domains"):
         est_d = d1.selectbox("Estimator  ", r.estimators, key="dom_est")
         norm = d2.toggle("Normalise each domain to [0, 1]", value=True, key="dom_norm")
         fig, labels = plots.domain_heatmap(r, est_d, norm)
-        chart(fig, "Mean boundary entropy H(Z^i) per calibration domain (rows = the windows of that domain in this "
+        chart(fig, "Mean boundary entropy H($Z^i$) per calibration domain (rows = the windows of that domain in this "
                    "hybrid run; n = windows). Normalised: each row min–max scaled so the shapes compare. "
-                   "Z0 = embeddings, Z^(l+1) = output of block l (0-based).", name="domain_heatmap", key="dom_chart")
+                   "$Z^0$ = embeddings, $Z^{l+1}$ = output of block l (0-based).", name="domain_heatmap", key="dom_chart")
         bd = plots.domain_argmins(r, est_d)
         table(pd.DataFrame({"domain": list(bd), "detected boundary (block, 0-based)": list(bd.values()),
                             "windows": [r.domains.count(d) for d in bd]}),
@@ -365,7 +365,7 @@ with T["Estimators"], guarded("Estimators"):
     else:
         explainer_popover(estimators=r.estimators)
         chart(plots.estimator_comparison(r, r.estimators),
-              f"Boundary entropy H(Z^i) from each estimator on the same {r.n_sequences} sequences, min–max normalised "
+              f"Boundary entropy H($Z^i$) from each estimator on the same {r.n_sequences} sequences, min–max normalised "
               "per estimator (hover for nats): where they agree on the shape, the boundary is not an estimator "
               "artefact.", name="estimator_comparison", key="est_cmp")
         chart(plots.estimator_small_multiples(r, r.estimators), "The same curves in raw nats, side by side.",

@@ -191,6 +191,10 @@ except Exception as exc:  # noqa: BLE001 - e.g. k larger than the unprotected bl
         st.info("This run has no mutual-information data. MI-PRUN needs the analysis re-run with MI.")
 
         def _rerun_with_mi() -> None:
+            # the run on screen's own settings (not whatever the Entropy page shows now), plus MI
+            for key_, val_ in rec.config.items():
+                if key_ != "seed":
+                    state.set_value(f"an.{key_}", val_)
             state.set_value("an.mi", True)
             s["es.autorun"] = True
 

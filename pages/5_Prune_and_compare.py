@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_support import healing, plots, state
 from app_support.evaluation import (busy_warning, comparison_job, comparison_row, eval_cfg, eval_data,
-                                    generation_job, latency_text, protocol_text)
+                                    generation_job, latency_text, latency_trusted, protocol_text)
 from app_support.jobs import Job, attached, follow, forget, start_job
 from app_support.runs import adjusted_result
 from app_support.tasks import (accuracy_axes, accuracy_chart, task_columns, task_picker,
@@ -105,11 +105,12 @@ else:
             rows = [{**comparison_row(n, healing.drops_of(n, plans), last["results"][n], base),
                      **task_columns(ts.get(n))} for n in last["names"] if n in last["results"]]
             df = pd.DataFrame(rows)
-            m = st.columns(min(4, len(rows)))
-            for col, row in zip(m, rows[:4]):
-                col.metric(f"Perplexity · {row['plan']}", f"{row['perplexity']:.2f}",
-                           None if row["plan"] == "original" else f"{row['Δ perplexity %']:+.1f} %",
-                           delta_color="inverse")
+            for start_ in range(0, len(rows), 4):          # a metric card for every row (healed rows too)
+                chunk_ = rows[start_:start_ + 4]
+                for col, row in zip(st.columns(4), chunk_):
+                    col.metric(f"Perplexity · {row['plan']}", f"{row['perplexity']:.2f}",
+                               None if row["plan"] == "original" else f"{row['Δ perplexity %']:+.1f} %",
+                               delta_color="inverse")
             task_cols = [c for c in df.columns if c in {k for r in rows for k in task_columns(ts.get(r["plan"]))}]
             quality = ["plan", "drops (0-based)", "perplexity", "Δ perplexity %", "KL (nats/token)",
                        "top-1 agreement", *task_cols]
@@ -128,13 +129,20 @@ else:
                 quality = st.radio("Pareto quality axis", ["perplexity", *accuracy_axes(df.columns)], horizontal=True,
                                    key="pareto_quality")
                 acc = quality != "perplexity"
-                chart(plots.pareto_chart(df, "decode tok/s (median)", quality, "parameters",
-                                         "decode tokens/s (median, higher is better)",
+                speed_ok = latency_trusted(last["results"])
+                x_col, x_label = (("decode tok/s (median)", "decode tokens/s (median, higher is better)") if speed_ok
+                                  else ("parameters", "parameters (lower is better; latency was noise)"))
+                chart(plots.pareto_chart(df, x_col, quality, "parameters", x_label,
                                          f"{quality} ({'higher' if acc else 'lower'} is better)", y_higher_better=acc,
-                                         y_err=quality.rsplit(" ", 1)[0] + " ±" if acc else None),
-                      f"Pareto view: quality ({quality}) vs speed (decode tokens/s), marker size = parameters. "
-                      "Outlined red points are Pareto-optimal (no other plan is both faster and better). "
-                      "Protocols as in the table above.", name="pareto", key="pareto_chart")
+                                         y_err=quality.rsplit(" ", 1)[0] + " ±" if acc else None,
+                                         x_higher_better=speed_ok),
+                      (f"Pareto view: quality ({quality}) vs speed (decode tokens/s), marker size = parameters. "
+                       "Outlined red points are Pareto-optimal (no other plan is both faster and better). "
+                       if speed_ok else
+                       f"Pareto view: quality ({quality}) vs parameters — the latency measurements were noise (busy "
+                       "machine or spreads that did not settle), so no point is called faster; outlined points are "
+                       "Pareto-optimal for quality and size. ") + "Protocols as in the table above.",
+                      name="pareto", key="pareto_chart")
 
 # ---- side-by-side generation ---------------------------------------------------------------------------------
 with guarded("Generation"):

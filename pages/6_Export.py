@@ -47,12 +47,13 @@ with guarded("Reproduce"):
     eval_settings = {k: state.get(f"cmp.{k}", d) for k, d in (("window", 256), ("max_tokens", 4096),
                                                                ("prompt_len", 64), ("new_tokens", 16), ("repeats", 3))}
     script = session_script(rec, prec, protected, cmp_data, eval_settings, s.get("es.last_sweep_meta"),
-                            healing.heal_argv(healing.choice(chosen)) if prec else None)
+                            healing.heal_argv(healing.choice(chosen)) if prec else None, runs=state.runs())
     st.code(script, language="bash")
     st.caption("Each command was checked against this version's CLI parser (`python -m analysis --help`). The "
-               "analysis is deterministic for a given model, data spec and seed, so `analyze` reproduces run "
-               f"`{rec.run_id}`; `select` reproduces the criterion's top-k with this session's protected blocks "
-               f"{protected}.")
+               "analysis is deterministic for a given model, data spec and seed, so `analyze` reproduces the plan's own "
+               "run (its sinks mode, estimators, MI settings and seed), and the selection step rebuilds the plan the "
+               "way it was made: the criterion's top-k with the protection it was kept with, hand edits as "
+               "`--add`/`--remove`, or MI-PRUN's Fast-Block-Select (`miprun`).")
     c1, c2, c3 = st.columns(3)
     c1.download_button("reproduce.sh", data=script, file_name="reproduce.sh", mime="text/x-shellscript",
                        key="dl_script", on_click="ignore", icon=":material/download:")
@@ -75,6 +76,17 @@ with guarded("Reproduce"):
                        file_name=f"run-{rec.run_id}.json", mime="application/json", key="dl_run", on_click="ignore", icon=":material/download:")
     with st.expander("Manifest (model fingerprint, data protocol, versions, command)"):
         st.json(manifest, expanded=False)
+    from app_support.exporting import session_zip
+
+    st.download_button("Whole session (zip): runs, plans, comparison, tables, every chart, reproduce.sh",
+                       data=lambda: session_zip(state.runs(), plans, script, s.get("es.last_comparison"),
+                                                s.get("es.tables"), s.get("es.figures"),
+                                                (s.get("es.sweeps") or {}).get(s.get("es.last_sweep"))),
+                       file_name=f"entroscope-session-{rec.run_id}.zip", mime="application/zip", key="dl_session",
+                       on_click="ignore", icon=":material/folder_zip:",
+                       help="Every run with static figures of that run, every kept plan, the comparison's raw results "
+                            "and static charts (incl. the Pareto view), the session's tables and interactive charts "
+                            "(HTML), the last sweep and the reproduce script.")
 
 # ---- plans ---------------------------------------------------------------------------------------------------
 with guarded("Plans"):

@@ -9,7 +9,8 @@ The face below is lazy: importing one module of the package does not import the 
 from analysis.lazy import lazy_exports
 
 _LAZY = {
-    "kv_cache_report": "cost", "latency": "cost", "machine_load": "cost", "overlapping": "cost",
+    "kv_cache_report": "cost", "latency": "cost", "machine_load": "cost", "overlapping": "cost", "latency_noise": "cost", "speed_verdict": "cost",
+    "SPEED_METRICS": "cost",
     "param_report": "cost", "agreement": "quality", "eval_protocol": "quality", "generate_pair": "quality",
     "greedy_continuation": "quality", "perplexity": "quality", "SweepRow": "sweeps", "sweep": "sweeps",
     "sweep_nll": "sweeps", "DEFAULT_CORPUS": "windows", "EvalConfig": "windows", "EvalWindows": "windows",

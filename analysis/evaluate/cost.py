@@ -112,6 +112,51 @@ def overlapping(a: dict | None, b: dict | None) -> bool:
     return a["p10"] <= b["p90"] and b["p10"] <= a["p90"]
 
 
+#: The throughput a speed verdict reads, and its label (verdicts always name it).
+SPEED_METRICS = {"decode": ("decode_tokens_per_s", "decode tok/s"), "prefill": ("prefill_tokens_per_s", "prefill tok/s")}
+
+
+def latency_noise(lat: dict | None) -> str | None:
+    """Why a latency measurement (:func:`latency`'s result) is noise, or None when it can be read: the machine
+    was busy before or after the repeats (load above 0.8 per core), or the p10–p90 spread never came within the
+    target. Noise draws no verdict and no Pareto mark."""
+    if not lat or not lat.get("rows"):
+        return "not measured"
+    m = lat.get("machine") or {}
+    if m.get("busy"):
+        loads = [x for x in (m.get("load_per_core_before"), m.get("load_per_core")) if x is not None]
+        return f"the machine was busy (load {max(loads):.1f} per core)" if loads else "the machine was busy"
+    if not all(r.get("converged", True) for r in lat["rows"]):
+        return (f"the p10–p90 spread stayed above {100 * float(lat.get('target_spread', 0.1)):.0f} % of the median "
+                "within the time cap")
+    return None
+
+
+def speed_verdict(mine: dict | None, base: dict | None, metric: str = "decode") -> dict:
+    """``{"metric", "verdict", "reason"}`` comparing two :func:`latency` results on one named throughput.
+
+    ``verdict`` is ``faster``/``slower`` only when both measurements can be read (:func:`latency_noise`) and their
+    p10–p90 ranges are apart; ``within noise`` when they overlap; ``no verdict`` when either is noise (``reason``
+    says why)."""
+    key, label = SPEED_METRICS[metric]
+    out = {"metric": label, "verdict": "no verdict", "reason": ""}
+    for name, lat in (("this plan", mine), ("the original", base)):
+        why = latency_noise(lat)
+        if why:
+            out["reason"] = f"{name}: {why}"
+            return out
+    a = ((mine["rows"][0]) or {}).get(key)
+    b = ((base["rows"][0]) or {}).get(key)
+    if not a or not b:
+        out["reason"] = f"{label} not measured"
+        return out
+    if overlapping(a, b):
+        out.update(verdict="within noise", reason="p10–p90 ranges overlap")
+    else:
+        out.update(verdict="faster" if a["median"] > b["median"] else "slower", reason="p10–p90 ranges apart")
+    return out
+
+
 def latency(lm: LoadedModel, plan: Plan | None = None, batch_sizes: Sequence[int] = (1,), prompt_len: int = 128,
             new_tokens: int = 32, repeats: int = 5, warmup: int = 1, seed: int = 0, max_repeats: int | None = None,
             target_spread: float = 0.10, time_cap_s: float = 20.0) -> dict:
@@ -172,6 +217,7 @@ def latency(lm: LoadedModel, plan: Plan | None = None, batch_sizes: Sequence[int
             "new_tokens": new_tokens, "repeats": repeats, "max_repeats": max_repeats,
             "target_spread": target_spread, "warmup": warmup, "rows": rows,
             "machine": {"load_per_core": load_after["load_per_core"],
+                        "load_per_core_before": load_before["load_per_core"],
                         "busy": bool(load_before["busy"] or load_after["busy"])},
             "params": {"total": count_params(model), "non_embedding": count_params(model, non_embedding=True)},
             **kv_cache_report(model), "plan": plan.to_dict() if plan else None}

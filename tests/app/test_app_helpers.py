@@ -106,3 +106,19 @@ def test_exported_analyze_command_reproduces_the_app_config_field_by_field(mi):
     assert cli_cfg.seed == 7
     if mi:
         assert cli_cfg.mi["estimator"] == "ksg" and cli_cfg.mi["n_tokens"] == cli_cfg.state_tokens == 256
+
+
+def test_app_errors_speak_of_the_app_not_of_cli_flags():
+    """Hints written for the CLI become the place of the same setting in the app; CLI-only remedies are dropped."""
+    from analysis.errors import DataError, SelectionError
+    from app_support.widgets import app_message
+
+    m = app_message(SelectionError("This run has no MI data", hint="run the analysis with --mi"))
+    assert "MI-PRUN" in m and "--" not in m
+    m = app_message(DataError("too short", hint="use a longer seq-len or a smaller --k"))
+    assert "KNN k" in m and "--k" not in m
+    assert app_message(DataError("x", hint="compute it with `python -m analysis groundtruth --into R.json`")) == "x"
+    assert app_message(DataError("x", hint="e.g. --max-memory cpu=2GiB")) == "x"      # no app counterpart
+    assert app_message(DataError("x", hint="use bf16")) == "x (use bf16)"
+    m = app_message(SelectionError("x", hint="relax the protection (--protect none) or unprotect some blocks"))
+    assert "Protected blocks" in m and "--protect" not in m

@@ -460,9 +460,12 @@ def test_compare_perplexity_latency_generation_sweep_and_model_untouched():
     cost = frame_with(at, "params removed %")                        # speed and size: a table of its own
     assert cost["params removed %"].iloc[1] > 0 and cost["KV bytes/token"].iloc[1] < cost["KV bytes/token"].iloc[0]
     assert cost["speed vs original"].iloc[0] == "—"
-    assert cost["speed vs original"].iloc[1] in ("faster", "slower", "within noise (ranges overlap)")
+    verdict = cost["speed vs original"].iloc[1]
+    assert verdict.startswith(("faster (", "slower (", "within noise (", "no verdict (")), verdict
+    assert "tok/s" in verdict or verdict.startswith("no verdict")      # a verdict names the metric it reads
     assert "p10–p90" in texts(at)                                       # the spread is stated
     assert "disjoint windows of 32 tokens" in texts(at)               # the protocol is stated
+    _check_session_zip(at)
     at.button(key="gen_go").click().run()
     ok(at)
     assert "**Original**" in texts(at) and "Greedy decoding" in texts(at)
@@ -472,6 +475,30 @@ def test_compare_perplexity_latency_generation_sweep_and_model_untouched():
     sw = frame_with(at, "params_removed_fraction")
     assert sorted(set(sw["k"])) == [0, 1, 2]
     assert weights_hash(lm.model) == before                             # the cached model was never modified
+
+
+def _check_session_zip(at: AppTest) -> None:
+    """The Export page offers the whole session in one zip: runs with their own figures, plans, the comparison
+    (raw, table, static perplexity and Pareto charts), interactive charts and the reproduce script."""
+    import io
+    import zipfile
+
+    from app_support.exporting import session_zip
+
+    at = goto(at, "6_Export")
+    ok(at)
+    assert any(b.label.startswith("Whole session (zip)") for b in at.get("download_button"))
+    ss = at.session_state
+    data = session_zip(ss["es.runs"], ss["es.plans"], at.code[0].value, ss["es.last_comparison"],
+                       ss["es.tables"], ss["es.figures"])
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    rid = next(iter(ss["es.runs"]))
+    assert "reproduce.sh" in names and f"runs/{rid}.json" in names and "CONTENTS.txt" in names
+    assert f"figures/{rid}/entropy_curves.png" in names
+    assert any(n.startswith("plans/") for n in names) and "evaluations/comparison.json" in names
+    assert {"figures/comparison/comparison_perplexity.png", "figures/comparison/comparison_pareto.png"} <= set(names)
+    assert any(n.startswith("charts/") and n.endswith(".html") for n in names)
+    goto(at, "5_Prune_and_compare")
 
 
 def test_compare_without_plans_points_to_select():

@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=positive_int, default=4, help="blocks removed by sleb / blockpruner (default 4)")
     p.add_argument("--protect", type=int_list, default=[], help="layers sleb / blockpruner never remove")
     p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--use-windows", type=positive_int, default=None,
+                   help="use only the first N of the sampled windows (the app's ground truth on a run's first N "
+                        "calibration windows)")
     p.add_argument("--into", default=None,
                    help="also store the delta-ppl scores in this run JSON (criterion 'delta-ppl'), rewriting it")
     p.add_argument("--out", required=True, help="where to write the ground-truth JSON")
@@ -64,6 +67,11 @@ def run(args) -> int:
     if run_result is not None:
         check_recorded_model(run_result, lm, f"Run {args.into}", force=args.force)
     tokens = tokens_from_args(args, lm)
+    if args.use_windows is not None:
+        if args.use_windows > len(tokens):
+            raise SelectionError(f"--use-windows {args.use_windows} but only {len(tokens)} windows were sampled",
+                                 hint=f"use --use-windows {len(tokens)} or fewer, or sample more (--samples)")
+        tokens = tokens.subset(slice(0, args.use_windows))
     out: dict = {"model": lm.manifest(), "data": tokens.to_manifest() if hasattr(tokens, "to_manifest") else None,
                  "index_base": 0}
     if "delta-ppl" in methods:
