@@ -77,11 +77,9 @@ def entropy_curves(run, est: str | None = None, view: str | None = None) -> Figu
     x = np.arange(L)
     for p in ("resid_pre", "resid_mid", "resid_post"):
         ax.plot(x, ent[p], marker="o", ms=3, lw=1.6, color=POINT_COLORS[p], label=POINT_LABELS[p])
-    prot = sorted(set(run.protected))
-    if prot:
-        lo = np.nanmin([np.nanmin(ent[p]) for p in ("resid_pre", "resid_mid", "resid_post")])
-        ax.scatter(prot, [lo] * len(prot), marker="s", s=25, color=C_PROTECTED, edgecolor="#777",
-                   label="protected block", zorder=3)
+    for j, i in enumerate(sorted(set(run.protected))):      # a strip on the block axis, not a point that reads as data
+        ax.axvspan(i - 0.5, i + 0.5, ymin=0, ymax=0.035, facecolor=C_PROTECTED, edgecolor="#777", lw=0.5, zorder=3,
+                   label="protected block (never dropped)" if j == 0 else None)
     ax.set_xlim(-0.6, L - 0.4)
     _ticks(ax, L)
     ax.set_xlabel(BLOCK_AXIS)
@@ -164,8 +162,8 @@ def delta_h_bars(run, granularity: str, est: str | None = None) -> Figure:
         ax2.plot(range(L), cos, ls=":", marker=".", color="#333", label="LLM-Drop cos(X, Y)")
         ax2.set_ylabel("cos(X, Y)")
         h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+        h2, l2 = ax2.get_legend_handles_labels()       # below the plot: never over the bars or the cosine line
+        fig.legend(h1 + h2, l1 + l2, fontsize=7, loc="outside lower center", ncol=2, frameon=False)
     ax.set_title(f"ΔH per {granularity} block (grey = protected)")
     return fig
 

@@ -149,3 +149,28 @@ def test_sink_views_and_massive_activation_figures(figs):
     ax = figs["sink_views_knn"].axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sinks excluded", "sinks kept (reference)"]
     assert "r(Δlog norm ratio, ΔH)" in figs["massive_activations"].axes[0].get_title()
+
+
+def test_delta_h_legend_sits_outside_the_plot_and_protected_blocks_are_a_strip(run):
+    """The ΔH legend never covers the bars or the cosine line; protected blocks are marked on the block axis,
+    not as points that read like entropy values."""
+    from matplotlib.collections import PathCollection
+
+    from analysis.figures import delta_h_bars, entropy_curves
+
+    fig = delta_h_bars(run, "layer")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    assert fig.legends and not fig.axes[0].get_legend()
+    legend_box = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:                                               # the bars' axes and the cosine twin
+        assert not legend_box.overlaps(ax.get_window_extent(renderer))
+    if not run.protected:
+        run.protected = [0]
+    ax = entropy_curves(run).axes[0]
+    assert not any(isinstance(c, PathCollection) for c in ax.collections)     # no scatter markers
+    strips = [p for p in ax.patches if (p.get_label() or "").startswith("protected block")]
+    assert strips and all(p.get_height() < 0.05 for p in strips)          # axes fraction: a thin strip
