@@ -252,3 +252,19 @@ def test_missing_unshare_is_a_clear_refusal(monkeypatch):
             check_tasks(["humaneval"], TaskConfig(allow_code_execution=True))
     finally:
         sandbox._probe.cache_clear()
+
+
+def test_humaneval_through_lm_eval_uses_the_sandbox(clean_machine, monkeypatch):
+    """End to end on a tiny model: lm-eval → process_results → the sandbox (every program goes through it)."""
+    from analysis.tasks import TaskConfig, evaluate_tasks
+    from analysis.testing import tiny_loaded
+
+    sandbox.require()  # the probe (cached) runs before the count starts
+    ran = []
+    real = sandbox.run_python
+    monkeypatch.setattr(sandbox, "run_python", lambda src, lim=Limits(): ran.append(src) or real(src, lim))
+    res = evaluate_tasks(tiny_loaded("llama", layers=2, hidden=32, seed=1), "humaneval", None,
+                         TaskConfig(limit=2, max_gen_toks=8, allow_code_execution=True))
+    t = res["tasks"]["humaneval"]
+    assert t["n"] == 2 and t["metrics"]["pass@1"]["value"] == 0.0  # a random model passes nothing
+    assert len(ran) == 2 and all("def check(candidate)" in src for src in ran)
