@@ -268,3 +268,15 @@ def test_humaneval_through_lm_eval_uses_the_sandbox(clean_machine, monkeypatch):
     t = res["tasks"]["humaneval"]
     assert t["n"] == 2 and t["metrics"]["pass@1"]["value"] == 0.0  # a random model passes nothing
     assert len(ran) == 2 and all("def check(candidate)" in src for src in ran)
+
+
+def test_cli_refuses_humaneval_without_a_sandbox_in_one_line(monkeypatch, tmp_path, capsys):
+    from analysis.cli.main import main
+
+    monkeypatch.setattr(sandbox, "_probe", lambda: ("Landlock is not available in this kernel", {}))
+    out = tmp_path / "e.json"
+    rc = main(["eval", "--model", str(tmp_path / "no-such-model"), "--tasks", "humaneval", "--allow-code-execution",
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and not out.exists()  # refused before the model loads
+    assert "refusing to run model-written code: Landlock is not available" in err
