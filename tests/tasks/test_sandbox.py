@@ -66,7 +66,10 @@ def test_a_plain_program_runs_in_its_own_empty_folder(clean_machine):
 def test_no_file_outside_the_folder_is_read_or_written(clean_machine, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
-    home_file = Path(tempfile.mkstemp(prefix=".entroscope-secret-", dir=Path.home())[1])
+    try:  # a file in the user's home (where the interpreter itself may live, as with pyenv)
+        home_file = Path(tempfile.mkstemp(prefix=".entroscope-secret-", dir=Path.home())[1])
+    except OSError:  # a read-only home: a stand-in next to the work folder
+        home_file = tmp_path / "home-secret.txt"
     home_file.write_text("home secret")
     escaped = tmp_path / "escaped.txt"
     program = f"""
@@ -99,7 +102,7 @@ print(json.dumps(res))
         assert secret.read_text() == "top secret" and home_file.read_text() == "home secret"
         assert not escaped.exists() and not (tmp_path / "moved.py").exists()
     finally:
-        home_file.unlink()
+        home_file.unlink(missing_ok=True)
 
 
 def test_no_network_even_to_a_local_listener(clean_machine):
