@@ -3,7 +3,7 @@ random, on SmolLM2-135M and Qwen2.5-Coder-0.5B (CPU, fp32).
 
 Tasks (all local, see analysis/tasks): cloze-wiki (first --cloze-limit items, acc and target-word perplexity),
 math-champ (first --math-limit held-out problems, --math-fewshot examples, exact match), humaneval
-(HumanEval/0 .. HumanEval/N-1 in file order, greedy, pass@1; executes code in a limited subprocess). lm-eval seeds = --seed; random
+(HumanEval/0 .. HumanEval/N-1 in file order, greedy, pass@1; executes code in the sandbox of analysis/tasks/sandbox.py). lm-eval seeds = --seed; random
 criterion seed = 0. Calibration for the criteria: 16 wiki windows × 256 tokens (seed 0), Bucket estimator,
 fixed protection. Writes one JSON line per (model, plan) to --out as it goes.
 

@@ -9,6 +9,9 @@ pytest.importorskip("streamlit")
 from test_app_pages import _env, _with_plan, frame_with, goto, ok  # noqa: E402,F401 - _env: autouse fixture
 
 SETTINGS = {"cmp.window": 32, "cmp.max_tokens": 256, "cmp.new_tokens": 2, "cmp.repeats": 1}
+_FORKS: list[int] = []
+# the page must never fork its process (the Streamlit server): see analysis/tasks/workers.py
+__import__("os").register_at_fork(before=lambda: _FORKS.append(1))
 
 
 def test_task_accuracy_next_to_perplexity_and_as_pareto_axis():
@@ -20,8 +23,10 @@ def test_task_accuracy_next_to_perplexity_and_as_pareto_axis():
     before = weights_hash(lm.model)
     at = goto(_with_plan(**SETTINGS, **{"cmp.tasks": ["cloze-news"], "cmp.task_limit": 3}), "5_Prune_and_compare")
     ok(at)
+    _FORKS.clear()
     at.button(key="run_compare").click().run()
     ok(at)
+    assert _FORKS == []  # lm-eval's bootstrap pool used to fork here (and hang inside the real server)
     df = frame_with(at, "cloze-news acc")
     assert len(df) == 2 and "perplexity" in df and "cloze-news ±" in df
     assert df["cloze-news acc"].between(0, 1).all()

@@ -66,7 +66,10 @@ def test_a_plain_program_runs_in_its_own_empty_folder(clean_machine):
 def test_no_file_outside_the_folder_is_read_or_written(clean_machine, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
-    home_file = Path(tempfile.mkstemp(prefix=".entroscope-secret-", dir=Path.home())[1])
+    try:  # a file in the user's home (where the interpreter itself may live, as with pyenv)
+        home_file = Path(tempfile.mkstemp(prefix=".entroscope-secret-", dir=Path.home())[1])
+    except OSError:  # a read-only home: a stand-in next to the work folder
+        home_file = tmp_path / "home-secret.txt"
     home_file.write_text("home secret")
     escaped = tmp_path / "escaped.txt"
     program = f"""
@@ -99,7 +102,7 @@ print(json.dumps(res))
         assert secret.read_text() == "top secret" and home_file.read_text() == "home secret"
         assert not escaped.exists() and not (tmp_path / "moved.py").exists()
     finally:
-        home_file.unlink()
+        home_file.unlink(missing_ok=True)
 
 
 def test_no_network_even_to_a_local_listener(clean_machine):
@@ -252,3 +255,31 @@ def test_missing_unshare_is_a_clear_refusal(monkeypatch):
             check_tasks(["humaneval"], TaskConfig(allow_code_execution=True))
     finally:
         sandbox._probe.cache_clear()
+
+
+def test_humaneval_through_lm_eval_uses_the_sandbox(clean_machine, monkeypatch):
+    """End to end on a tiny model: lm-eval → process_results → the sandbox (every program goes through it)."""
+    from analysis.tasks import TaskConfig, evaluate_tasks
+    from analysis.testing import tiny_loaded
+
+    sandbox.require()  # the probe (cached) runs before the count starts
+    ran = []
+    real = sandbox.run_python
+    monkeypatch.setattr(sandbox, "run_python", lambda src, lim=Limits(): ran.append(src) or real(src, lim))
+    res = evaluate_tasks(tiny_loaded("llama", layers=2, hidden=32, seed=1), "humaneval", None,
+                         TaskConfig(limit=2, max_gen_toks=8, allow_code_execution=True))
+    t = res["tasks"]["humaneval"]
+    assert t["n"] == 2 and t["metrics"]["pass@1"]["value"] == 0.0  # a random model passes nothing
+    assert len(ran) == 2 and all("def check(candidate)" in src for src in ran)
+
+
+def test_cli_refuses_humaneval_without_a_sandbox_in_one_line(monkeypatch, tmp_path, capsys):
+    from analysis.cli.main import main
+
+    monkeypatch.setattr(sandbox, "_probe", lambda: ("Landlock is not available in this kernel", {}))
+    out = tmp_path / "e.json"
+    rc = main(["eval", "--model", str(tmp_path / "no-such-model"), "--tasks", "humaneval", "--allow-code-execution",
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and not out.exists()  # refused before the model loads
+    assert "refusing to run model-written code: Landlock is not available" in err
