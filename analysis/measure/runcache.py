@@ -86,7 +86,7 @@ def cached_capture(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig,
                    should_stop=None, checkpoint_every_s: float = 20.0, preview=None) -> CaptureStats:
     """:func:`~analysis.measure.capture.capture` with resume: finished rows are loaded, the rest computed."""
     path = cache_path(run_key(lm, input_ids, cfg))
-    sweep_temporaries(path.parent)            # left by passes that were killed while saving
+    sweep_temporaries(path.parent, r"[0-9a-f]{32}\.(\d+)\.tmp")   # left by passes killed while saving (ours only)
     n = input_ids.shape[0]
     notes: list[str] = []
     done = load_stats(path) if path.exists() else None

@@ -245,8 +245,10 @@ def gguf_checkpoint(spec: str, embedded: bool, progress=None) -> tuple[Path, str
     if found != "gguf":
         raise ModelLoadError(f"{gguf_path} is not a GGUF file (bad magic bytes; it looks like "
                              f"{'text' if found == 'text' else 'a ' + found + ' file'})")
-    for folder in (cache_root() / "models", cache_root() / "gguf", cache_root()):
-        sweep_temporaries(folder)       # left by conversions that were killed: removed by dead pid or age
+    # left by conversions that were killed: removed by dead pid or age (only names written here)
+    sweep_temporaries(cache_root() / "models", r".+-tf[^/]+\.tmp(\d+)")
+    sweep_temporaries(cache_root() / "gguf", r".+\.(\d+)\.tmp")
+    sweep_temporaries(cache_root(), r"sha256-index\.(\d+)\.tmp")
     try:
         fingerprint = cached_sha256(gguf_path)
         load_dir = gguf_cache_dir(gguf_path)

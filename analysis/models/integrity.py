@@ -140,7 +140,7 @@ def entry_digest(path: Path, full: bool = False) -> dict:
     source record itself."""
     files = {}
     for f in sorted(path.iterdir()):
-        if f.is_file() and f.name != SOURCE_FILE:
+        if f.is_file() and f.name != SOURCE_FILE and not f.name.endswith(".tmp"):
             files[f.name] = {"size": f.stat().st_size, "sample": sampled_digest(f),
                              **({"sha256": full_sha256(f)} if full else {})}
     return {"algo": DIGEST_ALGO, "files": files}
@@ -198,9 +198,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_temporaries(folder: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+def sweep_temporaries(folder: Path, pattern: str | None = None, max_age_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove ``<name>.tmp<pid>`` / ``<name>.<pid>.tmp`` files and folders in ``folder`` whose process is gone
-    (or that are older than ``max_age_s``: a reused pid); returns what was removed. Never raises."""
+    (or that are older than ``max_age_s``: a reused pid); returns what was removed. Never raises.
+
+    ``pattern`` (a regex with the pid as its one group) restricts the sweep to names Entroscope writes, for
+    folders that may hold the user's own files."""
     removed = []
     try:
         items = list(folder.iterdir())
@@ -208,10 +211,10 @@ def sweep_temporaries(folder: Path, max_age_s: float = STALE_AFTER_S) -> list[Pa
         return removed
     now = time.time()
     for p in items:
-        m = _TMP.fullmatch(p.name)
+        m = re.fullmatch(pattern, p.name) if pattern else _TMP.fullmatch(p.name)
         if not m:
             continue
-        pid = int(m.group(1) or m.group(2))
+        pid = int(next(g for g in m.groups() if g))
         try:
             old = now - p.lstat().st_mtime > max_age_s
         except OSError:

@@ -1,10 +1,16 @@
-"""pydantic schemas for the JSON files users hand back to Entroscope: run JSON (``analyze --out``) and
-plan JSON (``select``/``miprun --out``, ``entroscope-plan.json``).
+"""pydantic schemas for the JSON files users hand back to Entroscope: run JSON (``analyze --out``, with its
+MI-PRUN data in ``extras.mi``), plan JSON (``select``/``miprun --out``, ``entroscope-plan.json``), eval JSON
+and sweep JSON (``figures --eval/--sweep``). Files are read with :func:`read_run`, :func:`read_plan`,
+:func:`read_eval`, :func:`read_sweep` — all through the one strict reader
+:func:`analysis.store.jsonio.read_json` (duplicate keys, NaN/Infinity, unknown future ``schema_version``
+refused; special files refused before they are opened).
 
-Wrong types, missing fields, lengths inconsistent with ``num_layers`` and absurd nesting are refused
-with a :class:`~analysis.errors.DataError` that names the field (``per_seq.bucket.mid[2]``). Files written
-by earlier versions stay valid: unknown top-level keys of a run are ignored (the headline curves are
-recomputed), and every field added later has a default.
+Wrong types, missing fields, lengths inconsistent with ``num_layers``, degenerate values (an all-null primary
+curve, a perplexity below 1) and plans that contradict their own ``source`` are refused with a
+:class:`~analysis.errors.DataError` that names the field (``per_seq.bucket.mid[2]``); an all-null secondary
+curve is a named ``NullCurve`` warning. Files written by earlier versions stay valid: no ``schema_version``
+means version 1, unknown top-level keys of a run are ignored (the headline curves are recomputed), and
+every field added later has a default.
 """
 from __future__ import annotations
 

@@ -154,17 +154,34 @@ def test_temporaries_of_killed_processes_are_swept_and_live_ones_kept(cache, ggu
     (models / f"abc-tf5.tmp{dead}").mkdir()
     (models / f"abc-tf5.tmp{dead}" / "model.safetensors").write_bytes(b"x" * 1000)
     (cache / "gguf").mkdir()
-    (cache / "gguf" / f"qwen.gguf.{dead}.tmp").write_bytes(b"x")
-    live = models / f"other.tmp{os.getpid()}"
+    (cache / "gguf" / f"qwen.{dead}.tmp").write_bytes(b"x")
+    (cache / f"sha256-index.{dead}.tmp").write_text("{")
+    live = models / f"other-tf5.tmp{os.getpid()}"
     live.mkdir()
-    old = models / f"old.tmp{os.getpid()}"                      # a reused pid: removed by age
+    old = models / f"old-tf5.tmp{os.getpid()}"                  # a reused pid: removed by age
     old.mkdir()
     os.utime(old, (0, 0))
+    foreign = models / f"notes.tmp{dead}"                        # not a name Entroscope writes: kept
+    foreign.write_text("mine")
     embedded.gguf_checkpoint(str(gguf.path), embedded=False)
-    names = {p.name for p in models.iterdir()} | {p.name for p in (cache / "gguf").iterdir()}
-    assert f"abc-tf5.tmp{dead}" not in names and f"qwen.gguf.{dead}.tmp" not in names and old.name not in names
-    assert live.name in names
+    names = {p.name for p in models.iterdir()} | {p.name for p in (cache / "gguf").iterdir()} | \
+        {p.name for p in cache.iterdir()}
+    assert not {f"abc-tf5.tmp{dead}", f"qwen.{dead}.tmp", f"sha256-index.{dead}.tmp", old.name} & names
+    assert live.name in names and foreign.name in names
     assert sweep_temporaries(cache / "does-not-exist") == []
+
+
+def test_results_cache_temporaries_of_killed_passes_are_swept(cache):
+    from analysis.run import AnalysisConfig, analyze
+
+    dead = _dead_pid()
+    runs = cache / "runs"
+    runs.mkdir(parents=True)
+    ours, users = runs / f"{'a' * 32}.{dead}.tmp", runs / f"draft.{dead}.tmp"
+    ours.write_bytes(b"half")
+    users.write_bytes(b"mine")
+    analyze(tiny_loaded("llama", layers=2), random_tokens(2, 8), AnalysisConfig(batch_size=2), cache=True)
+    assert not ours.exists() and users.exists()
 
 
 # ---- optional cache writes never lose a finished result ------------------------------------------------------------
