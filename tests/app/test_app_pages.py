@@ -523,7 +523,7 @@ def test_export_cli_downloads_and_checkpoint(tmp_path, monkeypatch):
     ok(at)
     script = at.code[0].value
     assert "python -m analysis analyze --model tiny-llama" in script
-    assert "python -m analysis select --run run.json --criterion entrodrop" in script
+    assert "python -m analysis select --run run.json --criterion cosine" in script   # the evidence default
     assert "not accepted" not in script
     labels = [b.label for b in at.get("download_button")]
     assert {"reproduce.sh", "manifest.json", "plan.json", "blocks.csv"} <= set(labels)

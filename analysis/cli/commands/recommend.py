@@ -49,5 +49,8 @@ def run(args) -> int:
     if not args.quiet:
         for k, r in rec["recommendations"].items():
             print(r["sentence"])
+        ch = rec["choice"] or {}
+        if ch.get("heal", "none") != "none":          # the plan file holds the blocks; healing is a flag
+            print(f"the recommended plan is healed: python -m analysis eval --plan {args.out} --heal {ch['heal']} …")
         print(json.dumps({"out": args.out, "choice": rec["choice"], "seconds": round(rec["seconds"], 1)}))
     return 0
