@@ -188,7 +188,7 @@ def test_unexpected_error_is_one_line(capsys, tmp_path, tiny_dir, monkeypatch):
     ids = tmp_path / "ids.npy"
     np.save(ids, np.zeros((2, 32), dtype=np.int64))
     err = expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", str(ids), "--out", str(tmp_path / "r.json")],
-                 "unexpected ZeroDivisionError")
+                 "internal error in Entroscope (ZeroDivisionError")
     assert [l for l in err.splitlines() if l.startswith("error")] == [err.strip().splitlines()[-1]]
 
 

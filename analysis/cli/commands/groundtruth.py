@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from analysis.cli.argtypes import int_list
+from analysis.cli.argtypes import in_out_file, int_list, out_file
 from analysis.settings import positive_int
-from analysis.cli.common import add_data_args, add_model_args, load_lm, stderr_progress, tokens_from_args
+from analysis.cli.common import add_data_args, add_model_args, emit, load_lm, stderr_progress, tokens_from_args
 from analysis.indices import GRANULARITIES
 
 METHODS = ("delta-ppl", "sleb", "blockpruner")
@@ -31,9 +30,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=positive_int, default=4, help="blocks removed by sleb / blockpruner (default 4)")
     p.add_argument("--protect", type=int_list, default=[], help="layers sleb / blockpruner never remove")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--into", default=None,
+    p.add_argument("--into", default=None, type=in_out_file,
                    help="also store the delta-ppl scores in this run JSON (criterion 'delta-ppl'), rewriting it")
-    p.add_argument("--out", required=True, help="where to write the ground-truth JSON")
+    p.add_argument("--out", required=True, type=out_file, help="where to write the ground-truth JSON")
     p.add_argument("--force", action="store_true",
                    help="--into a run made with another model (prints a warning)")
     p.add_argument("--quiet", action="store_true")
@@ -86,5 +85,5 @@ def run(args) -> int:
         for m in ("sleb", "blockpruner"):
             if m in out:
                 summary[m] = out[m]["plan"]
-        print(json.dumps(summary), file=sys.stdout)
+        emit(summary)
     return 0

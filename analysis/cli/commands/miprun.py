@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli.argtypes import int_list
+from analysis.cli.argtypes import in_path, int_list, out_file
+from analysis.cli.common import emit
 from analysis.settings import bounded_int, positive_int
 
 
@@ -12,7 +13,7 @@ def register(sub) -> None:
                        description="Uses the boundary MI matrix stored by `analyze --mi` (no model, no forward "
                                    "passes): block scores s_i = -MI(H_i, H_i+1), run scores -MI(H_j, H_k+1). "
                                    "Blocks are 0-based.")
-    p.add_argument("--run", required=True, help="run JSON from `analyze --mi`")
+    p.add_argument("--run", required=True, type=in_path, help="run JSON from `analyze --mi`")
     p.add_argument("--n", type=int, required=True, help="number of layers to drop")
     p.add_argument("--method", choices=["fast", "exhaustive", "both"], default="fast",
                    help="fast = Fast-Block-Select; exhaustive = optimum over all n-subsets; both = fast plus "
@@ -28,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--protect", type=int_list, default=None,
                    help="override the protected blocks, e.g. 0,1,29 (default: the run's)")
     p.add_argument("--max-combinations", type=positive_int, default=50_000, help="exhaustive search limit")
-    p.add_argument("--out", default=None, help="write the plan JSON here (default: print it)")
+    p.add_argument("--out", default=None, type=out_file, help="write the plan JSON here (default: print it)")
     p.set_defaults(func=run)
 
 
@@ -52,7 +53,7 @@ def run(args) -> int:
         if "gap" in src:
             summary["gap"] = src["gap"]
             summary["gap_same_partition"] = src["gap_same_partition"]
-        print(json.dumps(summary))
+        emit(summary)
     else:
-        print(text)
+        emit(text)
     return 0
