@@ -506,14 +506,6 @@ def check_outputs(outputs: list[Output], inputs: dict[str, str] | None = None, o
     the same path (or one lie inside a checkpoint folder another replaces)."""
     inputs = {k: v for k, v in (inputs or {}).items() if v}
     outs = [(o, *_real_file(o.path)) for o in outputs if o.path is not None]
-    for o, given, real in outs:
-        if o.kind == "file":
-            check_out_file(o.path, f"{o.label} file", overwrite)
-        else:
-            kind = path_kind(given)
-            if kind not in (_ABSENT, "folder"):
-                raise SaveError(f"{o.label} {given} is a {kind}, not a folder; refusing to write there or replace it",
-                                hint="give a new folder name")
     for label, inp in inputs.items():
         _, in_real = _real_file(inp)
         if not (in_real.exists() or Path(inp).expanduser().is_symlink()):
@@ -534,6 +526,14 @@ def check_outputs(outputs: list[Output], inputs: dict[str, str] | None = None, o
                 if x.kind == "checkpoint" and ry.is_relative_to(rx):
                     raise SaveError(f"{y.label} {gy} lies inside {x.label} {gx}, which is replaced as a whole",
                                     hint="write it outside that folder")
+    for o, given, real in outs:
+        if o.kind == "file":
+            check_out_file(o.path, f"{o.label} file", overwrite)
+        else:
+            kind = path_kind(given)
+            if kind not in (_ABSENT, "folder"):
+                raise SaveError(f"{o.label} {given} is a {kind}, not a folder; refusing to write there or replace it",
+                                hint="give a new folder name")
 
 
 def reset_checks() -> None:
