@@ -128,7 +128,7 @@ def test_hub_dataset_offline(capsys, tmp_path, tiny_dir, monkeypatch):
 
 def test_bad_argument_values(capsys, tmp_path, tiny_dir):
     expect(capsys, ["analyze", "--model", tiny_dir, "--corpus", "wiki", "--samples", "0", "--out", "x"],
-           "positive integer")
+           "window count in 1..")
     expect(capsys, ["analyze", "--model", tiny_dir, "--corpus", "wiki", "--estimator", "magic", "--out", "x"],
            "invalid choice")
     expect(capsys, ["analyze", "--model", tiny_dir, "--corpus", "wiki", "--dtype", "fp8", "--out", "x"],
