@@ -24,7 +24,7 @@ from analysis.score.selection import PROTECT_MODES, protected_blocks
 from analysis.store.jsonio import library_versions
 from analysis.measure.mi_states import mi_extension
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, SINK_MODES, check_mode, max_sinks
-from analysis.settings import check_ranges, seed_int, setting
+from analysis.settings import check_memory, check_ranges, seed_int, setting
 
 #: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
@@ -122,6 +122,18 @@ def _check_tokens(lm: LoadedModel, ids: torch.Tensor) -> None:
         raise DataError(f"seq-len {ids.shape[1]} is beyond the model's context of {ctx} tokens")
 
 
+def memory_estimate(cfg: AnalysisConfig, n: int, t: int, num_layers: int, d: int) -> int:
+    """Bytes the analysis pass allocates beyond the model (the large parts): the sampled MI token states
+    ([rows, 2L+1, d] fp32), per-sequence statistics and cosines, and KNN's [B, T, T] distances per point."""
+    L = num_layers
+    rows = n * -(-cfg.state_tokens // n) if cfg.state_tokens and n else 0
+    states = rows * (2 * L + 1) * d * 4
+    names = {cfg.estimator, *cfg.extra_estimators}
+    per_seq = n * (2 * L + 1) * 4 * (len(names) + 2) + n * (L + 1) ** 2 * 4
+    knn = min(cfg.batch_size, n) * t * t * 4 * 2 if any(e.startswith("knn") for e in names) else 0
+    return states + per_seq + knn
+
+
 def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress: Progress | None = None,
             should_stop: Callable[[], bool] | None = None, cache: bool = False,
             preview: Callable[[CaptureStats], None] | None = None) -> AnalysisResult:
@@ -138,6 +150,8 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
     cfg.validate(ids.shape[1] if ids.ndim == 2 else None)
     _check_tokens(lm, ids)
+    check_memory(memory_estimate(cfg, *ids.shape, lm.num_layers, lm.adapter.hidden_size), "The analysis pass",
+                 hint="lower --mi-tokens, --samples, --seq-len or --batch-size")
     usable = ids.shape[1] - (1 if cfg.skip_first_token else 0)
     if usable < 2:
         raise DataError(f"Each sequence has {usable} usable token(s); entropy across tokens needs at least 2, "

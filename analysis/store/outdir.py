@@ -539,3 +539,29 @@ def check_outputs(outputs: list[Output], inputs: dict[str, str] | None = None, o
 def reset_checks() -> None:
     """Forget the outputs checked by an earlier command in this process (the CLI calls it per command)."""
     _FILE_EXPECTED.clear()
+
+
+# ---- never report non-finite results ------------------------------------------------------------------------
+
+def non_finite_fields(obj, keys: tuple[str, ...], prefix: str = "") -> list[str]:
+    """Dotted names of the ``keys`` (at any depth of dicts) whose value is a non-finite number."""
+    import math
+
+    bad = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            name = f"{prefix}{k}"
+            if k in keys and isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+                bad.append(f"{name}={v}")
+            elif isinstance(v, dict):
+                bad += non_finite_fields(v, keys, name + ".")
+    return bad
+
+
+def check_finite_results(obj: dict, keys: tuple[str, ...], what: str) -> None:
+    """Refuse to write or report ``obj`` when one of its result ``keys`` (perplexity, nll, kl, …) is NaN or
+    infinite: JSON would silently turn it into null. Raises :class:`SaveError` naming the fields."""
+    bad = non_finite_fields(obj, keys)
+    if bad:
+        raise SaveError(f"Refusing to write {what}: {', '.join(bad[:4])} is not a finite number",
+                        hint="the model's outputs overflow or are NaN; try dtype fp32 or a smaller plan")

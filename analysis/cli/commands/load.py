@@ -5,7 +5,7 @@ import json
 
 from analysis.cli.argtypes import in_path
 from analysis.cli.common import emit
-from analysis.settings import positive_int
+from analysis.settings import bounded_int
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--prompt", default=None, help="greedy-generate a continuation of this text")
-    p.add_argument("--max-new-tokens", type=positive_int, default=40)
+    p.add_argument("--max-new-tokens", type=bounded_int(1, 65_536, "a token count"), default=40)
     p.set_defaults(func=run)
 
 

@@ -77,6 +77,7 @@ def run(args) -> int:
         from analysis.tasks.sweep import add_task_accuracy
 
         add_task_accuracy(lm, res, tasks, progress)
+    _skip_non_finite(res)
     res["manifest"] = reproduction_manifest(lm, None, res["protocol"], getattr(args, "argv", None))
     write_json(res, args.out)
     if args.csv:
@@ -87,3 +88,21 @@ def run(args) -> int:
         emit({"out": args.out, "rows": len(res["rows"]), "skipped": len(res["skipped"]),
               "seconds": round(res["seconds"], 2)})
     return 0
+
+
+def _skip_non_finite(res: dict) -> None:
+    """Rows whose perplexity / nll / kl is NaN or infinite are never reported: they move to ``skipped``
+    with the reason (JSON would silently write them as null)."""
+    from analysis.cli.commands.eval import RESULT_KEYS
+    from analysis.store.outdir import non_finite_fields
+
+    kept = []
+    for row in res["rows"]:
+        bad = non_finite_fields({k: v for k, v in row.items() if k != "plan"}, RESULT_KEYS)
+        if bad:
+            res["skipped"].append({"criterion": row.get("criterion"), "k": row.get("k"), "heal": row.get("heal"),
+                                   "reason": f"{', '.join(bad)} is not a finite number (the pruned model's outputs "
+                                             "overflow or are NaN)"})
+        else:
+            kept.append(row)
+    res["rows"] = kept
