@@ -184,6 +184,14 @@ def _lock(real: Path):
     return FileLock(str(real.parent / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
 
 
+def _safetensors_reason(exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"code: (\d+)", text)
+    if m:
+        return describe_os_error(OSError(int(m[1]), os.strerror(int(m[1]))))
+    return text.splitlines()[0][:200] if text else "the safetensors writer failed"
+
+
 def check_finite_weights(folder: Path, shown: Path | None = None) -> None:
     """Refuse a checkpoint whose safetensors weights hold NaN or ±inf (named, with the count), before it is
     moved into place. Reads the files just written (memory-mapped), tensor by tensor."""
@@ -255,6 +263,11 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, root: str | os.P
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SaveError(f"Could not write {given}: {describe_os_error(exc)}") from None
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if type(exc).__name__ == "SafetensorError":      # safetensors reports disk full etc. as its own error
+            raise SaveError(f"Could not write the weights of {given}: {_safetensors_reason(exc)}") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
