@@ -519,6 +519,11 @@ def check_outputs(outputs: list[Output], inputs: dict[str, str] | None = None, o
     the same path (or one lie inside a checkpoint folder another replaces)."""
     inputs = {k: v for k, v in (inputs or {}).items() if v}
     outs = [(o, *_real_file(o.path)) for o in outputs if o.path is not None]
+    for o, given, real in outs:                 # /dev/stdout, /dev/fd/1, /proc/self/fd/…: never an output file
+        for special in _SPECIAL_ROOTS:
+            if Path(os.path.abspath(given)).is_relative_to(special) or real.is_relative_to(special):
+                raise SaveError(f"{o.label} {given} is under {special}, which holds devices and process handles, "
+                                "not files; refusing to write there", hint="give the name of a regular file")
     for label, inp in inputs.items():
         _, in_real = _real_file(inp)
         if not (in_real.exists() or Path(inp).expanduser().is_symlink()):
@@ -530,6 +535,9 @@ def check_outputs(outputs: list[Output], inputs: dict[str, str] | None = None, o
             if o.kind == "checkpoint" and in_real.is_relative_to(real):
                 raise SaveError(f"{o.label} {given} would be replaced, but it holds this command's input {label} "
                                 f"{inp}", hint="write the output under another name")
+            if in_real.is_dir() and real.is_relative_to(in_real) and (real.exists() or real.is_symlink()):
+                raise SaveError(f"{o.label} {given} would replace a file inside this command's input {label} "
+                                f"{inp}", hint="write the output outside that folder")
     for i, (a, ga, ra) in enumerate(outs):
         for b, gb, rb in outs[i + 1:]:
             if _same(ra, rb):
@@ -547,6 +555,10 @@ def check_outputs(outputs: list[Output], inputs: dict[str, str] | None = None, o
             if kind not in (_ABSENT, "folder"):
                 raise SaveError(f"{o.label} {given} is a {kind}, not a folder; refusing to write there or replace it",
                                 hint="give a new folder name")
+
+
+#: places that hold devices and process handles, never output files
+_SPECIAL_ROOTS = tuple(Path(p) for p in ("/dev", "/proc", "/sys") if os.path.isdir(p))
 
 
 def reset_checks() -> None:
