@@ -164,6 +164,9 @@ def load_model(
     elif kind == "local":
         load_dir = Path(os.path.expanduser(spec))
         if not load_dir.is_dir():
+            if load_dir.exists():                   # a file, FIFO or device: say what it is, not "not found"
+                raise ModelLoadError(f"{spec} is a file, not a model directory",
+                                     hint="give the folder a checkpoint was saved to (config.json and weights)")
             raise ModelLoadError(f"Model directory not found: {spec}")
         if not (load_dir / "config.json").is_file():
             raise ModelLoadError(f"{spec} has no config.json, so it is not a transformers checkpoint directory")

@@ -174,3 +174,8 @@ def test_stdout_is_product_only_at_the_file_descriptor_level(tmp_path, run_json)
     plan = json.loads(p.stdout)
     assert "drop_attn" in plan
     assert "fd-level noise" in p.stderr and "subprocess noise" in p.stderr and "python noise" in p.stderr
+
+
+def test_a_file_given_as_a_model_directory_is_named_as_such(capsys, run_json):
+    rc, err = run_cli(capsys, ["load", run_json])
+    assert rc == 2 and "is a file, not a model directory" in err and "not found" not in err, err
