@@ -514,32 +514,30 @@ def save_figures(figs: dict[str, Figure], out_dir: str | Path, formats: Sequence
                  overwrite: bool = False, progress: Callable[[float, str], None] | None = None) -> list[Path]:
     """Write ``out_dir/<name>.<fmt>`` for every figure and format; returns the paths written.
 
-    Existing files are never replaced unless ``overwrite`` (checked before anything is written); each file
-    is written under a temporary name and renamed into place, so a reader never sees half a figure."""
-    import os
+    Every file goes through :mod:`analysis.store.outdir` (checked before anything is written): figure files
+    Entroscope wrote are replaced, any other existing file only with ``overwrite``, and a FIFO, device or
+    folder at a figure's name is refused, never opened. Each file is written under a temporary name and
+    renamed into place, so a reader never sees half a figure."""
+    from analysis.errors import SaveError
+    from analysis.store.outdir import check_out_file, path_kind, write_bytes_atomic
 
     out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
+    kind = path_kind(out)
+    if kind not in ("absent", "folder"):
+        raise SaveError(f"Figures folder {out} is a {kind}, not a folder", hint="give a folder name for --out")
     targets = [(name, fmt, out / f"{name}.{fmt}") for name in figs for fmt in formats]
-    clash = [p.name for _, _, p in targets if p.exists()]
-    if clash and not overwrite:
-        raise DataError(f"{out} already holds {len(clash)} of these figure files ({', '.join(clash[:3])}"
-                        f"{', …' if len(clash) > 3 else ''})", hint="use --overwrite to replace them, or another --out")
+    if kind == "folder":
+        for _, _, p in targets:
+            check_out_file(p, "Figure file", overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"Cannot create {out}: {exc.strerror or exc}") from None
+        from analysis.store.outdir import describe_os_error
+
+        raise SaveError(f"Cannot create {out}: {describe_os_error(exc)}") from None
     paths = []
     for i, (name, fmt, p) in enumerate(targets):
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_bytes(figure_bytes(figs[name], fmt))
-            os.replace(tmp, p)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"Cannot write {p}: {exc.strerror or exc}") from None
-        paths.append(p)
+        paths.append(write_bytes_atomic(p, figure_bytes(figs[name], fmt), overwrite))
         if progress:
             progress((i + 1) / len(targets), f"figure {name}.{fmt}")
     return paths

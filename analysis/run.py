@@ -24,7 +24,7 @@ from analysis.score.selection import PROTECT_MODES, protected_blocks
 from analysis.store.jsonio import library_versions
 from analysis.measure.mi_states import mi_extension
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, SINK_MODES, check_mode, max_sinks
-from analysis.settings import seed_int, setting
+from analysis.settings import check_memory, check_ranges, seed_int, setting
 
 #: Post-capture extensions: name -> fn(stats, lm, cfg) -> dict merged into ``result.extras[name]``.
 #: Used by criteria that need more than per-sequence scalars (e.g. MI-PRUN on the sampled states).
@@ -36,9 +36,9 @@ class AnalysisConfig:
     estimator: str = setting("bucket", choices=ESTIMATORS, help="entropy estimator of the ranking")  # primary estimator
     extra_estimators: tuple[str, ...] = setting((), flag="also", sep=",", choices=ESTIMATORS,  # computed in the same pass
         help="extra estimators computed in the same pass, e.g. knn,renyi", clean=lambda v, s: tuple(e for e in v if e != s["estimator"]))
-    k: int = setting(KNN_K, min=1, help="KNN neighbours")  # EntroDrop Llama path
+    k: int = setting(KNN_K, min=1, max=10_000, what="a neighbour count", help="KNN neighbours")  # EntroDrop Llama path
     bins: int = setting(BUCKET_BINS, min=2, max=100_000, what="a bin count", help="Bucket bins")  # EntroDrop Mistral path
-    clip: float = setting(ROBUST_CLIP, app=False, help="bucket-robust: quantile clipped on each side")  # bins span the clip … 1−clip quantiles per dimension
+    clip: float = setting(ROBUST_CLIP, app=False, min=0, max=0.5, max_open=True, help="bucket-robust: quantile clipped on each side")  # bins span the clip … 1−clip quantiles per dimension
     alpha: float = setting(RENYI_ALPHA, min=0, min_open=True, max=1000, what="a Rényi order α > 0", help="Rényi order α > 0")
     dedup: bool = setting(False, flag="knn-dedup", app=False,  # KNN: estimate on distinct token states (False = reference, see entropy_knn)
         help="KNN: count each exactly repeated token state once (default: the reference, where a state repeated more than "
@@ -50,12 +50,12 @@ class AnalysisConfig:
     protect: str = setting("fixed", choices=PROTECT_MODES,
         help="fixed = {0, 1, L-1} as EntroDrop's code; auto = detected compression stage + last")
     protect_extra: tuple[int, ...] = ()  # more blocks never to drop
-    batch_size: int = setting(8, min=1, help="sequences per forward pass")
+    batch_size: int = setting(8, min=1, max=65_536, what="a batch size", help="sequences per forward pass")
     skip_first_token: bool = setting(False, app=False, help="same as --sinks first (kept for old scripts)")  # legacy
     sinks: str = setting("exclude", choices=SINK_MODES,  # detected sinks (analysis.measure.sinks)
         help="massive-activation (attention-sink) tokens: exclude = leave the tokens the sink rule flags out of every "
              "statistic (default); keep = every token, exactly as EntroDrop's reference code; first = leave out position 0 only")
-    sink_ratio: float = setting(DEFAULT_RATIO, app=False,  # sink rule: token norm > ratio × the sequence's median token norm
+    sink_ratio: float = setting(DEFAULT_RATIO, app=False, min=1, min_open=True, max=1e6,  # sink rule: token norm > ratio × the sequence's median token norm
         help="sink rule: a token whose norm exceeds this many times its sequence's median token norm (default 8; at most "
              "5% of a sequence's tokens are flagged)")
     sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
@@ -73,6 +73,7 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         if self.skip_first_token and self.sinks != "first":
             self.sinks = "first"
+        check_ranges(self)               # every numeric setting finite and in its stated range (settings.py)
 
     def capture_config(self) -> CaptureConfig:
         """What :func:`analyze` streams with: the capture settings of this analysis (the benches use it too)."""
@@ -133,6 +134,18 @@ def _check_tokens(lm: LoadedModel, ids: torch.Tensor) -> None:
         raise DataError(f"seq-len {ids.shape[1]} is beyond the model's context of {ctx} tokens")
 
 
+def memory_estimate(cfg: AnalysisConfig, n: int, t: int, num_layers: int, d: int) -> int:
+    """Bytes the analysis pass allocates beyond the model (the large parts): the sampled MI token states
+    ([rows, 2L+1, d] fp32), per-sequence statistics and cosines, and KNN's [B, T, T] distances per point."""
+    L = num_layers
+    rows = n * -(-cfg.state_tokens // n) if cfg.state_tokens and n else 0
+    states = rows * (2 * L + 1) * d * 4
+    names = {cfg.estimator, *cfg.extra_estimators}
+    per_seq = n * (2 * L + 1) * 4 * (len(names) + 2) + n * (L + 1) ** 2 * 4
+    knn = min(cfg.batch_size, n) * t * t * 4 * 2 if any(e.startswith("knn") for e in names) else 0
+    return states + per_seq + knn
+
+
 def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress: Progress | None = None,
             should_stop: Callable[[], bool] | None = None, cache: bool = False,
             preview: Callable[[CaptureStats], None] | None = None) -> AnalysisResult:
@@ -149,6 +162,8 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
     cfg.validate(ids.shape[1] if ids.ndim == 2 else None)
     _check_tokens(lm, ids)
+    check_memory(memory_estimate(cfg, *ids.shape, lm.num_layers, lm.adapter.hidden_size), "The analysis pass",
+                 hint="lower --mi-tokens, --samples, --seq-len or --batch-size")
     usable = ids.shape[1] - (1 if cfg.skip_first_token else 0)
     if usable < 2:
         raise DataError(f"Each sequence has {usable} usable token(s); entropy across tokens needs at least 2, "

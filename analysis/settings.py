@@ -13,8 +13,11 @@ Metadata keys (all optional except ``help``):
 * ``choices``: a registry (anything whose ``list()`` gives the names, read when the flags are built), a
   callable returning the names, or a lazy ``"module:attr"`` naming one, so choices follow the registries
   instead of hard-coded lists;
-* ``min`` / ``max`` (``min_open`` / ``max_open``) and ``what``: the CLI refuses values outside, with a
-  one-line message (or ``type``: an explicit parser of the CLI text);
+* ``min`` / ``max`` (``min_open`` / ``max_open``) and ``what``: the stated range of a number. It is enforced
+  twice from this one declaration: by the CLI's argparse type (a one-line usage error) and by
+  :func:`check_ranges`, which every config calls in ``__post_init__`` and :func:`build` calls for the app,
+  so the library, the CLI and the app refuse the same values (NaN and ±inf always). ``type``: an explicit
+  parser of the CLI text (also applied by :func:`check_ranges`);
 * ``kind``: ``"int"``, ``"float"``, ``"str"`` or ``"tuple"`` where the default (``None``: automatic) does not say;
   ``"text"``: a value the CLI passes on as text for the library to parse, written by ``to_text(value)``
   (e.g. domain weights ``{"wiki": 1.0}`` ↔ ``wiki:1``);
@@ -36,13 +39,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from analysis.errors import EntroscopeError
 from analysis.registry import is_lazy_ref
 from analysis.registry import resolve as resolve_ref
 
 SEED_MAX = 2**32 - 1          # numpy's SeedSequence / legacy seeding range; torch accepts it too
+#: the largest count any unbounded "positive integer" flag accepts (a typo such as 1e12 is refused at once)
+COUNT_MAX = 10**9
+
+
+class SettingError(EntroscopeError):
+    """A setting's value is not a finite number inside its stated range."""
 
 
 # ---- CLI value parsers: refuse NaN, infinities and out-of-domain numbers with one line ------------------
@@ -52,8 +63,8 @@ def positive_int(text: str) -> int:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    if v <= 0 or v > COUNT_MAX:
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to {COUNT_MAX}, got {v}")
     return v
 
 
@@ -67,6 +78,7 @@ def finite_float(lo: float | None = None, hi: float | None = None, lo_open: bool
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        v = v + 0.0                                   # -0.0 → 0.0 (reproduce commands never say "-0.0")
         low_bad = lo is not None and (v <= lo if lo_open else v < lo)
         high_bad = hi is not None and (v >= hi if hi_open else v > hi)
         if low_bad or high_bad:
@@ -162,12 +174,36 @@ class Spec:
         if self.kind == "int":
             if lo == 1 and hi is None and "what" not in m:
                 return positive_int
-            return int if lo is None else bounded_int(lo, hi, m.get("what", "an integer"))
-        if self.kind == "float":
-            if lo is None and hi is None:
-                return float
+            return bounded_int(-COUNT_MAX if lo is None else lo, COUNT_MAX if hi is None else hi,
+                               m.get("what", "an integer"))
+        if self.kind == "float":      # always finite, even without a range
             return finite_float(lo, hi, m.get("min_open", False), m.get("max_open", False), m.get("what", "a number"))
         return str
+
+    def check(self, value: Any, owner: str = "") -> None:
+        """Refuse ``value`` unless it is a finite number of this setting's kind inside its stated range
+        (``None`` passes where the default is ``None``: "automatic"). Raises :class:`SettingError`."""
+        name = f"{owner}.{self.name}" if owner else self.name
+        if self.kind not in ("int", "float") or (value is None and self.default is None):
+            return
+        if "type" in self.meta and "min" not in self.meta and "max" not in self.meta:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SettingError(f"{name} must be a number, got {value!r}")
+            try:
+                self.meta["type"](repr(value))
+            except argparse.ArgumentTypeError as exc:
+                if "unchecked" not in getattr(self.meta["type"], "__qualname__", ""):
+                    raise SettingError(f"{name}: {exc}") from None
+            return
+        ok_types = (numbers.Integral,) if self.kind == "int" else (numbers.Real,)
+        if isinstance(value, bool) or not isinstance(value, ok_types) or (
+                self.kind == "int" and hasattr(value, "is_integer") and not value.is_integer()):
+            raise SettingError(f"{name} must be {'a whole number' if self.kind == 'int' else 'a number'}, "
+                               f"got {value!r}")
+        try:
+            self.arg_type()(repr(int(value) if self.kind == "int" else float(value)))
+        except argparse.ArgumentTypeError as exc:
+            raise SettingError(f"{name}: {exc}", hint=self.flag and f"the CLI flag is {self.flag}") from None
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -264,7 +300,58 @@ def _make(cls, values: dict, prefix: str = ""):
     for f in dataclasses.fields(cls):
         if "derive" in f.metadata:
             setattr(cfg, f.name, f.metadata["derive"](cfg))
+    check_ranges(cfg)
     return cfg
+
+
+def check_ranges(cfg) -> None:
+    """Refuse a config whose numeric settings are not finite or lie outside their stated ``min``/``max``
+    (nested settings included, e.g. ``AnalysisConfig.mi["n_tokens"]``). Every config dataclass calls this in
+    ``__post_init__``; :func:`build` calls it too. Raises :class:`SettingError` naming the setting."""
+    owner = type(cfg).__name__
+    for s in specs(type(cfg)):
+        if s.nested:
+            d = getattr(cfg, s.nested)
+            if isinstance(d, dict) and s.name in d:
+                s.check(d[s.name], f"{owner}.{s.nested}")
+            continue
+        if s.kind != "switch":
+            s.check(getattr(cfg, s.name), owner)
+
+
+# ---- memory estimates: refuse what cannot fit, with the estimate -----------------------------------------
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to this process now (psutil, else /proc/meminfo; None when unknown)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def check_memory(need_bytes: int, what: str, hint: str, available: int | None = None) -> None:
+    """Refuse (a :class:`~analysis.errors.ResourceError`) when ``need_bytes`` exceeds the memory available
+    now (``available``: default :func:`available_memory`), saying both numbers."""
+    from analysis.errors import ResourceError
+
+    avail = available_memory() if available is None else available
+    if avail is not None and need_bytes > avail:
+        raise ResourceError(f"{what} needs about {_gib(need_bytes)} of memory, but only {_gib(avail)} is available",
+                            hint=hint)
 
 
 def to_settings(cfg, *, cli: bool | None = None, app: bool | None = None) -> dict:

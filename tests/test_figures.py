@@ -72,7 +72,7 @@ def test_cli_writes_png_svg_pdf(run, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     names = set(summary["figures"])
     assert {"entropy_curves", "eval_perplexity", "sweep", "sweep_pareto"} <= names
-    files = sorted(out.iterdir())
+    files = sorted(p for p in out.iterdir() if not p.name.startswith("."))   # not our registry and lock
     assert len(files) == summary["files"] == 3 * len(names)
     for f in files:
         data = f.read_bytes()
@@ -80,7 +80,7 @@ def test_cli_writes_png_svg_pdf(run, tmp_path, capsys):
     # nothing the user owns is replaced without --overwrite
     (out / "eval_perplexity.png").write_bytes(b"mine")
     assert main(["figures", "--eval", str(ej), "--out", str(out), "--formats", "png"]) == 2
-    assert "already holds 1 of these figure files" in capsys.readouterr().err
+    assert "Entroscope did not write it" in capsys.readouterr().err
     assert (out / "eval_perplexity.png").read_bytes() == b"mine"
     assert main(["figures", "--eval", str(ej), "--out", str(out), "--formats", "png", "--overwrite", "--quiet"]) == 0
     assert _valid((out / "eval_perplexity.png").read_bytes(), "png")

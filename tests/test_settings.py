@@ -161,7 +161,7 @@ OLD_ANALYZE_FLAGS = {
 }
 OTHER_ANALYZE_FLAGS = {"-h", "--help", "--model", "--device", "--dtype", "--device-map", "--max-memory",
                        "--offload-folder", "--trust-remote-code", "--offline", "--corpus", "--text", "--tokens",
-                       "--text-field", "--split", "--no-cache", "--out", "--quiet"}
+                       "--text-field", "--split", "--no-cache", "--out", "--overwrite", "--quiet"}
 
 
 def _analyze_parser():
@@ -180,15 +180,17 @@ def test_generated_analyze_flags_equal_the_old_flag_set():
 
 
 @pytest.mark.parametrize("flag,bad,message", [
-    ("--k", "0", "expected a positive integer, got 0"), ("--batch-size", "x", "expected a positive integer, got 'x'"),
+    ("--k", "0", "expected a neighbour count in 1..10000, got 0"), ("--batch-size", "x", "expected a batch size, got 'x'"),
     ("--bins", "1", "expected a bin count in 2..100000, got 1"), ("--alpha", "0", "0 is outside (0, 1000]"),
-    ("--alpha", "nan", "expected a finite number"), ("--mi-tokens", "-1", "expected a positive integer, got -1"),
-    ("--seed", "-1", "expected a seed (a whole number) in 0..4294967295"), ("--samples", "0", "expected a positive integer, got 0"),
+    ("--alpha", "nan", "expected a finite number"), ("--mi-tokens", "-1", "expected a token count in 1..1000000, got -1"),
+    ("--seed", "-1", "expected a seed (a whole number) in 0..4294967295"),
+    ("--samples", "0", "expected a window count in 1..1000000, got 0"),
 ])
-def test_generated_flags_refuse_bad_values_with_the_old_messages(flag, bad, message):
+def test_generated_flags_refuse_bad_values_with_the_old_messages(flag, bad, message, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["analyze", "--corpus", "wiki", "--out", "r.json", flag, bad])
-    assert f"argument {flag}: {message}" in str(exc.value)
+    assert exc.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
 
 
 def test_add_arguments_and_from_args_on_a_plain_parser():

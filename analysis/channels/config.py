@@ -8,7 +8,7 @@ from typing import Callable
 from analysis.data.domains import DOMAINS, check_weights, parse_domain_weights
 from analysis.data.windows import MODES
 from analysis.errors import DataError, SelectionError
-from analysis.settings import seed_int, setting, unchecked_float
+from analysis.settings import check_ranges, seed_int, setting, unchecked_float
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
@@ -51,13 +51,13 @@ class ChannelConfig:
     domains: dict = setting(factory=lambda: {"wiki": 1.0, "code": 1.0, "news": 1.0}, kind="text",  # name -> weight
         to_text=lambda w: ",".join(f"{d}:{x:g}" for d, x in w.items()),
         help="domain weights, e.g. wiki:1,code:1,news:1 (built-in: wiki news code docs dialogue math)")
-    n_samples: int = setting(64, flag="samples", min=1,  # split over domains in proportion to the weights (exact)
+    n_samples: int = setting(64, flag="samples", min=1, max=1_000_000, what="a window count",  # split over domains in proportion to the weights (exact)
         help="calibration windows in total")
-    seq_len: int = setting(256, min=1, help="tokens per window")
+    seq_len: int = setting(256, min=1, max=1_048_576, what="a token count", help="tokens per window")
     seed: int = setting(2024, type=seed_int, help="sampling seed (per-domain seeds derive from it)")
     sampling: str = setting("random", choices=MODES,  # corpora sampling mode
         help="random windows of random documents or consecutive windows")
-    batch_size: int = setting(8, min=1, help="windows per calibration forward")
+    batch_size: int = setting(8, min=1, max=65_536, what="a batch size", help="windows per calibration forward")
     skip_first_token: bool = setting(False, help="leave position 0 out of the statistics")  # BOS / attention sink
     # --- channel score -----------------------------------------------------------------------------------------
     method: str = setting("act_weight", choices=METHODS, help="channel score (see docs/channels.md)")
@@ -65,14 +65,14 @@ class ChannelConfig:
     # --- schedule ------------------------------------------------------------------------------------------------
     ratio: float = setting(0.25, type=unchecked_float("a number in [0, 1)"),  # of the ORIGINAL MLP channels, in the end
         help="fraction of the original MLP channels removed")
-    steps: int = setting(4, min=1,  # T: cumulative removal after step t is round(t * r / T * original)
+    steps: int = setting(4, min=1, max=1_000, what="a step count",  # T: cumulative removal after step t is round(t * r / T * original)
         help="T: calibrate/score/prune rounds (1 = one-shot)")
     allocation: str = setting("uniform", choices=ALLOCATIONS, help="uniform (per layer) or global")
     min_keep_frac: float = setting(0.1, min=0, max=1,  # every layer keeps at least this fraction of its channels
         help="global allocation: per-layer floor")
     global_norm: str = setting("none", choices=GLOBAL_NORMS,  # how scores are compared across layers
         help="global allocation: how scores are compared across layers")
-    multiple_of: int = setting(64, min=1,  # kept widths rounded to a multiple (efficient kernels)
+    multiple_of: int = setting(64, min=1, max=65_536, what="a width multiple",  # kept widths rounded to a multiple (efficient kernels)
         help="round kept widths (1 = no rounding)")
     # --- compensation --------------------------------------------------------------------------------------------
     bias_compensation: bool = setting(False,  # FLAP: add W_down[:, pruned] @ E[a_pruned] as a down_proj bias
@@ -83,8 +83,11 @@ class ChannelConfig:
     # --- evaluation -----------------------------------------------------------------------------------------------
     eval_domains: tuple | None = setting(None, kind="tuple",  # held-out perplexity on these domains
         help="comma-separated (default: the calibration domains)")
-    eval_tokens: int = setting(4096, min=1, help="held-out tokens per domain")  # token budget per domain (eval split)
-    eval_window: int = setting(512, min=1, help="tokens per perplexity window")  # disjoint windows
+    eval_tokens: int = setting(4096, min=1, max=10**9, what="a token budget", help="held-out tokens per domain")  # token budget per domain (eval split)
+    eval_window: int = setting(512, min=1, max=1_048_576, what="a token count", help="tokens per perplexity window")  # disjoint windows
+
+    def __post_init__(self) -> None:
+        check_ranges(self)               # every numeric setting finite and in its stated range (settings.py)
 
     def validated(self) -> "ChannelConfig":
         """A checked copy (domain weights parsed from ``"wiki:1,code:1"`` strings); raises EntroscopeError."""

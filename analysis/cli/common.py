@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from analysis.cli.argtypes import in_path
+
 from analysis.data.windows import SampleConfig
 from analysis.models.embedded import EMBEDDED
 from analysis.settings import add_arguments, from_args
@@ -11,7 +13,7 @@ from analysis.settings import add_arguments, from_args
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="smollm2",
+    g.add_argument("--model", default="smollm2", type=in_path,
                    help=f"embedded name ({', '.join(EMBEDDED)}), hub id, directory or .gguf")
     g.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -32,8 +34,8 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     src = g.add_mutually_exclusive_group(required=required)
     src.add_argument("--corpus", help="built-in domain (wiki, news, code, docs, dialogue, math), a mix "
                                       "like wiki:1,code:1, or hub:NAME[/CONFIG]")
-    src.add_argument("--text", help="text file: .txt, .jsonl, .csv or .parquet")
-    src.add_argument("--tokens", help="token-id file (.npy or .pt, integer [N, T]) used as-is")
+    src.add_argument("--text", type=in_path, help="text file: .txt, .jsonl, .csv or .parquet")
+    src.add_argument("--tokens", type=in_path, help="token-id file (.npy or .pt, integer [N, T]) used as-is")
     g.add_argument("--text-field", default=None, help="column holding the text (jsonl/csv/parquet)")
     # --samples / --seq-len default to None: "the SampleConfig default" (128 / 256; all rows of a token file)
     add_arguments(g, SampleConfig, only=("n_samples", "seq_len", "mode"), defaults={"n_samples": None, "seq_len": None})
@@ -101,3 +103,23 @@ def stderr_progress(quiet: bool = False):
         print(f"\r[{frac * 100:5.1f}%] {msg}".ljust(70), end=end, file=sys.stderr, flush=True)
 
     return cb
+
+
+# ---- the command's product on stdout --------------------------------------------------------------------
+_PRODUCT = None
+
+
+def set_product_stream(stream) -> None:
+    """Called by :func:`analysis.cli.main.main`: where :func:`emit` writes (stdout as it was at the start)."""
+    global _PRODUCT
+    _PRODUCT = stream
+
+
+def emit(product) -> None:
+    """Print the command's product (a JSON-able object, or text) on stdout; nothing else goes there while a
+    command runs (see :func:`analysis.cli.main.main`)."""
+    import json
+
+    text = product if isinstance(product, str) else json.dumps(product)
+    stream = _PRODUCT if _PRODUCT is not None else sys.stdout
+    print(text, file=stream, flush=True)

@@ -1,7 +1,7 @@
 """``--tasks`` options shared by ``eval`` and ``sweep``: lm-eval task accuracy (see :mod:`analysis.tasks`)."""
 from __future__ import annotations
 
-from analysis.settings import positive_int
+from analysis.settings import bounded_int, seed_int
 
 
 def add_task_args(p) -> None:
@@ -10,10 +10,11 @@ def add_task_args(p) -> None:
                    help="comma list of tasks: local cloze-wiki, cloze-news, cloze-code, cloze-docs, cloze-dialogue, "
                         "cloze-math, math-champ, humaneval (opt-in), or any lm-eval task name when the hub is "
                         "reachable")
-    g.add_argument("--limit", type=positive_int, default=None, help="first N examples of each task (default: all)")
-    g.add_argument("--task-seed", type=int, default=1234, help="lm-eval seeds (few-shot sampling, torch, numpy)")
-    g.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count")
-    g.add_argument("--max-gen-toks", type=positive_int, default=None, help="override generative tasks' token budget")
+    g.add_argument("--limit", type=bounded_int(1, 10_000_000, "an example count"), default=None,
+                   help="first N examples of each task (default: all)")
+    g.add_argument("--task-seed", type=seed_int, default=1234, help="lm-eval seeds (few-shot sampling, torch, numpy)")
+    g.add_argument("--num-fewshot", type=bounded_int(0, 256, "a few-shot count"), default=None, help="override the tasks' few-shot count")
+    g.add_argument("--max-gen-toks", type=bounded_int(1, 1_048_576, "a token count"), default=None, help="override generative tasks' token budget")
     g.add_argument("--allow-code-execution", action="store_true",
                    help="allow humaneval, which EXECUTES model-written code (contained: see docs/tasks.md)")
 

@@ -28,7 +28,7 @@ from analysis.data.streams import (
 )
 from analysis.data.tokens import TokenSet
 from analysis.errors import DataError
-from analysis.settings import seed_int, setting
+from analysis.settings import check_ranges, seed_int, setting
 
 MODES = ("random", "consecutive")
 
@@ -37,15 +37,18 @@ MODES = ("random", "consecutive")
 class SampleConfig:
     """How windows are cut from text (defaults: the EntroDrop calibration protocol)."""
 
-    n_samples: int = setting(128, flag="samples", min=1,  # N windows
+    n_samples: int = setting(128, flag="samples", min=1, max=1_000_000, what="a window count",  # N windows
         help="N windows (default 128; with --tokens: the first N rows of the file, default all)")
-    seq_len: int = setting(256, min=1, help="T tokens per window (default 256; with --tokens it must equal the file's T)")
+    seq_len: int = setting(256, min=1, max=1_048_576, what="a token count", help="T tokens per window (default 256; with --tokens it must equal the file's T)")
     seed: int = setting(2024, type=seed_int, help="seed of the windows (analyze: and of the MI state subsample)")  # EntroDrop's; same seed => identical windows
     mode: str = setting("random", flag="sampling", choices=MODES,  # "random": random window of a random doc longer than T (EntroDrop);
         help="random windows from documents longer than T (EntroDrop) or consecutive windows")
     # "consecutive": docs (order shuffled with the seed) joined with EOS, cut into consecutive windows
     add_bos: bool | None = None  # None: True when the tokenizer adds a BOS by default (Gemma).
     # When True every window is BOS + T-1 text tokens.
+
+    def __post_init__(self) -> None:
+        check_ranges(self)               # every numeric setting finite and in its stated range (settings.py)
 
 
 # --- window sampling --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from analysis.data.domains import load_corpus
 from analysis.data.streams import token_stream
 from analysis.errors import DataError
 from analysis.models.loading import LoadedModel
-from analysis.settings import setting
+from analysis.settings import check_ranges, setting
 
 Progress = Callable[[float, str], None]
 DEFAULT_CORPUS = "wiki"
@@ -24,15 +24,18 @@ DEFAULT_CORPUS = "wiki"
 class EvalConfig:
     """How perplexity is measured (defaults: disjoint 2048-token windows, remainder dropped)."""
 
-    window: int | None = setting(None, kind="int", min=1,  # tokens per window incl. BOS; None → min(2048, model context)
+    window: int | None = setting(None, kind="int", min=1, max=1_048_576, what="a token count",  # tokens per window incl. BOS; None → min(2048, model context)
         help="tokens per window (default min(2048, context))")
-    stride: int | None = setting(None, kind="int", min=1,  # None (or >= window): disjoint windows; < window: HF sliding window
+    stride: int | None = setting(None, kind="int", min=1, max=1_048_576, what="a token count",  # None (or >= window): disjoint windows; < window: HF sliding window
         help="sliding-window stride < window (default: disjoint windows, remainder dropped)")
-    max_tokens: int | None = setting(None, kind="int", min=1,  # budget of stream tokens read from the split (None: all of it)
+    max_tokens: int | None = setting(None, kind="int", min=1, max=10**10, what="a token budget",  # budget of stream tokens read from the split (None: all of it)
         help="token budget (default: the whole split)")
-    batch_size: int = setting(1, min=1, help="windows per forward pass")
+    batch_size: int = setting(1, min=1, max=65_536, what="a batch size", help="windows per forward pass")
     logits_chunk: int = 512        # positions per LM-head call: bounds logits memory to [B, chunk, vocab]
     bos: bool | None = None        # prepend BOS to every window; None → the architecture's needs_bos
+
+    def __post_init__(self) -> None:
+        check_ranges(self)               # every numeric setting finite and in its stated range (settings.py)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import numpy as np
 from analysis.errors import DataError, ExtensionStopped, SelectionError
 from analysis.indices import GRANULARITIES
 from analysis.measure.mi import MI_ESTIMATORS, get_mi_estimator, subsample_rows
-from analysis.settings import setting
+from analysis.settings import check_ranges, setting
 
 TOKEN_NORMS = ("none", "rms")
 
@@ -238,7 +238,7 @@ class MIConfig:
 
     estimator: str = setting("renyi", choices=MI_ESTIMATORS,
         help="MI estimator (default: matrix-based Rényi; see docs/mi-prun.md for how they compare)")
-    n_tokens: int = setting(256, flag="tokens", min=1, help="sampled token states kept per residual point; block MI and "
+    n_tokens: int = setting(256, flag="tokens", min=1, max=1_000_000, what="a token count", help="sampled token states kept per residual point; block MI and "
                             "the boundary matrix share them (default 256, see docs/mi-prun.md)")
     matrix_tokens: int = field(default=256, metadata={"derive": lambda m: m.n_tokens})  # settings: = n_tokens
     params: dict = field(default_factory=dict)
@@ -246,6 +246,9 @@ class MIConfig:
         help="divide each token state by its RMS before estimating MI")
     sub_blocks: bool = True
     seed: int | None = None          # None: AnalysisConfig.seed
+
+    def __post_init__(self) -> None:
+        check_ranges(self)               # every numeric setting finite and in its stated range (settings.py)
 
 
 class _PairProgress:

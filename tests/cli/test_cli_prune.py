@@ -135,4 +135,5 @@ def test_cli_errors_are_one_line(ckpt, tmp_path, capsys, argv, match):
 def test_bad_index_list_is_an_argparse_error(ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["prune", "--model", str(ckpt / "model"), "--drop-attn", "a,b", "--out", str(tmp_path / "o")])
-    assert "expected 0-based indices" in str(exc.value)
+    assert exc.value.code == 2                                  # usage errors exit 2, as documented
+    assert "expected 0-based indices" in capsys.readouterr().err

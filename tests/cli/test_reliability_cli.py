@@ -128,7 +128,7 @@ def test_hub_dataset_offline(capsys, tmp_path, tiny_dir, monkeypatch):
 
 def test_bad_argument_values(capsys, tmp_path, tiny_dir):
     expect(capsys, ["analyze", "--model", tiny_dir, "--corpus", "wiki", "--samples", "0", "--out", "x"],
-           "positive integer")
+           "window count in 1..")
     expect(capsys, ["analyze", "--model", tiny_dir, "--corpus", "wiki", "--estimator", "magic", "--out", "x"],
            "invalid choice")
     expect(capsys, ["analyze", "--model", tiny_dir, "--corpus", "wiki", "--dtype", "fp8", "--out", "x"],
@@ -188,7 +188,7 @@ def test_unexpected_error_is_one_line(capsys, tmp_path, tiny_dir, monkeypatch):
     ids = tmp_path / "ids.npy"
     np.save(ids, np.zeros((2, 32), dtype=np.int64))
     err = expect(capsys, ["analyze", "--model", tiny_dir, "--tokens", str(ids), "--out", str(tmp_path / "r.json")],
-                 "unexpected ZeroDivisionError")
+                 "internal error in Entroscope (ZeroDivisionError")
     assert [l for l in err.splitlines() if l.startswith("error")] == [err.strip().splitlines()[-1]]
 
 

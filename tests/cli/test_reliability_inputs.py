@@ -64,10 +64,10 @@ def test_select_and_channel_numbers(capsys, run_json, tiny_dir, tmp_path):
 
 
 def test_alpha_validated_in_the_library_too():
-    from analysis.errors import SelectionError
+    from analysis.errors import EntroscopeError
     from analysis.run import AnalysisConfig
 
-    with pytest.raises(SelectionError, match="alpha"):
+    with pytest.raises(EntroscopeError, match="alpha"):      # refused when the config is made (settings.check_ranges)
         AnalysisConfig(estimator="renyi", alpha=float("nan")).validate()
 
 

@@ -173,9 +173,15 @@ def test_unwritable_outputs_refused_before_the_long_computation(capsys, tmp_path
 
 
 def test_check_out_file_accepts_normal_paths(tmp_path):
+    from analysis.store.outdir import write_text_atomic
+
     check_out_file(tmp_path / "run.json")
-    (tmp_path / "run.json").write_text("{}")
-    check_out_file(tmp_path / "run.json")               # replacing a file the user named is fine
+    write_text_atomic(tmp_path / "run.json", "{}")
+    check_out_file(tmp_path / "run.json")               # replacing a file Entroscope wrote is fine
+    (tmp_path / "run.json").write_text("{ }")           # ... but once the user changed it, it is theirs
+    with pytest.raises(SaveError, match="did not write it"):
+        check_out_file(tmp_path / "run.json")
+    check_out_file(tmp_path / "run.json", overwrite=True)
     assert check_out_dir(tmp_path / "new", False, tmp_path) == "absent"
     assert not (tmp_path / "new").exists()
 
@@ -190,7 +196,7 @@ def test_concurrent_file_writers_one_success(tmp_path):
     barrier, results = threading.Barrier(2), [None, None]
 
     def command(i):
-        check_out_file(out)                     # at the start of the command
+        check_out_file(out, overwrite=True)     # at the start of the command ("old" is the user's)
         barrier.wait()
         if i == 1:
             barrier.wait()                      # the second writer finishes after the first

@@ -1,10 +1,10 @@
 """``python -m analysis analyze``: the entropy analysis pass → run.json."""
 from __future__ import annotations
 
-import json
 import sys
 
-from analysis.cli.common import add_data_args, add_model_args, load_lm, stderr_progress, tokens_from_args
+from analysis.cli.argtypes import out_file
+from analysis.cli.common import add_data_args, add_model_args, emit, load_lm, stderr_progress, tokens_from_args
 from analysis.run import AnalysisConfig
 from analysis.settings import add_arguments, from_args
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="don't use the results cache (by default statistics are saved as the pass goes, so an "
                         "interrupted run resumes where it stopped and a finished one is not recomputed)")
-    p.add_argument("--out", required=True, help="where to write the run JSON")
+    p.add_argument("--out", required=True, type=out_file, help="where to write the run JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -59,7 +59,7 @@ def run(args) -> int:
     if not args.quiet:
         for w in result.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        print(json.dumps({"out": args.out, "num_layers": result.num_layers, "boundary": result.boundary,
+        emit({"out": args.out, "num_layers": result.num_layers, "boundary": result.boundary,
                           "stages": result.stage_text(), "sinks": result.sinks.get("mode"),
-                          "protected": result.protected, "drop_order": result.drop_order}))
+                          "protected": result.protected, "drop_order": result.drop_order})
     return 0

@@ -2,11 +2,10 @@
 calibration set (:mod:`analysis.channels`). Writes the pruned model and ``channels-report.json`` to --out."""
 from __future__ import annotations
 
-import json
-import sys
 
 from analysis.channels.config import ChannelConfig
-from analysis.cli.common import add_model_args, stderr_progress
+from analysis.cli.argtypes import out_checkpoint
+from analysis.cli.common import add_model_args, emit, stderr_progress
 from analysis.settings import add_arguments, from_args
 
 
@@ -29,7 +28,7 @@ def register(sub) -> None:
     e.add_argument("--latency", action="store_true", help="measure prefill/decode tokens/s, dense and pruned")
     e.add_argument("--ablation", action="store_true",
                    help="also run hybrid vs each single domain vs one-shot at this ratio (report['ablation'])")
-    p.add_argument("--out", required=True, help="output directory for the pruned model and the report")
+    p.add_argument("--out", required=True, type=out_checkpoint, help="output directory for the pruned model and the report")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -60,5 +59,5 @@ def run(args) -> int:
                "loader": read_channels_meta(path)["loader"],
                "perplexity": {d: {"before": v["before"], "after": v["after"]}
                               for d, v in (report.get("evaluation") or {}).get("domains", {}).items()}}
-    print(json.dumps(clean_json(summary, fallback=str)), file=sys.stdout)
+    emit(clean_json(summary, fallback=str))
     return 0

@@ -1,23 +1,27 @@
 """``python -m analysis eval``: perplexity (and agreement, latency) of a model or a pruning plan → eval.json."""
 from __future__ import annotations
 
-import json
 import time
 
-from analysis.settings import positive_int
+from analysis.settings import bounded_int
 from analysis.cli.healargs import add_heal_args
-from analysis.cli.common import add_model_args, load_lm, stderr_progress
+from analysis.cli.argtypes import in_path, out_file
+from analysis.cli.common import add_model_args, emit, load_lm, stderr_progress
 from analysis.cli.commands.prune import add_plan_args, check_plan_provenance, plan_from_cli, quiet_transformers
 from analysis.cli.taskargs import add_task_args, prepare_tasks, run_tasks
 from analysis.evaluate.windows import EvalConfig
 from analysis.settings import add_arguments, from_args
+
+_latency_batch = bounded_int(1, 4096, "a batch size")
+#: results that must be finite numbers before an evaluation is written or reported
+RESULT_KEYS = ("perplexity", "nll", "kl", "top1", "perplexity_original", "recovered_fraction")
 
 
 def add_eval_data_args(p) -> None:
     g = p.add_argument_group("evaluation data (default: the wiki corpus, held-out eval split)")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--corpus", default=None, help="built-in domain (wiki, news, code, ...) or hub:NAME[/CONFIG]")
-    src.add_argument("--text", default=None, help="text file: .txt, .jsonl, .csv or .parquet")
+    src.add_argument("--text", default=None, type=in_path, help="text file: .txt, .jsonl, .csv or .parquet")
     g.add_argument("--text-field", default=None, help="column holding the text (jsonl/csv/parquet)")
     g.add_argument("--split", choices=["eval", "calib", "all"], default="eval")
     add_arguments(g, EvalConfig, only=("max_tokens", "window", "stride", "batch_size"))
@@ -49,14 +53,14 @@ def register(sub) -> None:
     add_plan_args(p)
     add_eval_data_args(p)
     p.add_argument("--latency", action="store_true", help="also measure prefill/decode throughput")
-    p.add_argument("--latency-batch-sizes", type=lambda s: [positive_int(x) for x in s.split(",")], default=[1])
-    p.add_argument("--prompt-len", type=positive_int, default=128)
-    p.add_argument("--new-tokens", type=positive_int, default=32)
-    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--latency-batch-sizes", type=lambda s: [_latency_batch(x) for x in s.split(",")], default=[1])
+    p.add_argument("--prompt-len", type=bounded_int(1, 1_048_576, "a token count"), default=128)
+    p.add_argument("--new-tokens", type=bounded_int(1, 65_536, "a token count"), default=32)
+    p.add_argument("--repeats", type=bounded_int(1, 10_000, "a repeat count"), default=5)
     p.add_argument("--prompt", default=None, help="also compare greedy generations for this prompt")
     add_task_args(p)
-    p.add_argument("--out", required=True, help="where to write the evaluation JSON")
-    p.add_argument("--csv", default=None, help="also write the result as a one-row CSV")
+    p.add_argument("--out", required=True, type=out_file, help="where to write the evaluation JSON")
+    p.add_argument("--csv", default=None, type=out_file, help="also write the result as a one-row CSV")
     p.add_argument("--quiet", action="store_true")
     add_heal_args(p)
     p.set_defaults(func=run)
@@ -68,7 +72,7 @@ def run(args) -> int:
     from analysis.evaluate.windows import prepare_eval
     from analysis.export import evaluation_rows, reproduction_manifest, rows_to_csv, write_json
 
-    from analysis.store.outdir import check_out_file
+    from analysis.store.outdir import check_finite_results, check_out_file
 
     plan = plan_from_cli(args)
     tasks = prepare_tasks(args)  # bad task names, offline hub tasks, code without opt-in: refused before loading
@@ -110,6 +114,7 @@ def run(args) -> int:
     if tasks:
         out["tasks"] = run_tasks(lm, plan, tasks)
     out["manifest"] = reproduction_manifest(lm, plan, res["protocol"], getattr(args, "argv", None))
+    check_finite_results({k: v for k, v in out.items() if k != "manifest"}, RESULT_KEYS, args.out)
     write_json(out, args.out)
     if args.csv:
         from analysis.tasks import flat_columns
@@ -120,8 +125,8 @@ def run(args) -> int:
         keys = ("perplexity", "perplexity_original", "kl", "top1", "tokens")
         healed = {f"{k}_healed": out["healed"][k] for k in ("perplexity", "kl", "recovered_fraction")} \
             if "healed" in out else {}
-        print(json.dumps({"out": args.out, **{k: out[k] for k in keys if k in out}, **healed,
-                          "plan": out["plan_description"], **_task_summary(out)}))
+        emit({"out": args.out, **{k: out[k] for k in keys if k in out}, **healed,
+              "plan": out["plan_description"], **_task_summary(out)})
     return 0
 
 

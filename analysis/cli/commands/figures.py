@@ -1,18 +1,20 @@
 """``python -m analysis figures``: every chart of a run (and an eval / sweep) as PNG, SVG and PDF files."""
 from __future__ import annotations
 
-import json
 import sys
+
+from analysis.cli.argtypes import in_path, out_folder
+from analysis.cli.common import emit
 
 
 def register(sub) -> None:
     p = sub.add_parser("figures", help="save every chart as PNG/SVG/PDF (offline, matplotlib)",
                        description="Render the app's charts from a run JSON (and optionally an eval and a sweep "
                                    "JSON) to static files: one file per chart and format in --out.")
-    p.add_argument("--run", default=None, help="run JSON from `analyze`")
-    p.add_argument("--eval", default=None, help="eval JSON from `eval` (perplexity before/after)")
-    p.add_argument("--sweep", default=None, help="sweep JSON from `sweep` (perplexity vs k, Pareto)")
-    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--run", default=None, type=in_path, help="run JSON from `analyze`")
+    p.add_argument("--eval", default=None, type=in_path, help="eval JSON from `eval` (perplexity before/after)")
+    p.add_argument("--sweep", default=None, type=in_path, help="sweep JSON from `sweep` (perplexity vs k, Pareto)")
+    p.add_argument("--out", required=True, type=out_folder, help="output folder (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace figure files that already exist in --out")
     p.add_argument("--formats", default="png,svg,pdf", help="comma list of png, svg, pdf (default: all three)")
     p.add_argument("--quiet", action="store_true")
@@ -41,5 +43,5 @@ def run(args) -> int:
     figs = all_figures(r, ev, sw)
     paths = save_figures(figs, args.out, formats, overwrite=args.overwrite)
     if not args.quiet:
-        print(json.dumps({"out": args.out, "figures": list(figs), "files": len(paths)}))
+        emit({"out": args.out, "figures": list(figs), "files": len(paths)})
     return 0

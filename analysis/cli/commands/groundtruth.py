@@ -1,12 +1,10 @@
 """``python -m analysis groundtruth``: drop-one ΔPPL, SLEB and BlockPruner baselines on calibration windows → gt.json."""
 from __future__ import annotations
 
-import json
-import sys
 
-from analysis.cli.argtypes import int_list
-from analysis.settings import positive_int
-from analysis.cli.common import add_data_args, add_model_args, load_lm, stderr_progress, tokens_from_args
+from analysis.cli.argtypes import in_out_file, int_list, out_file
+from analysis.settings import bounded_int
+from analysis.cli.common import add_data_args, add_model_args, emit, load_lm, stderr_progress, tokens_from_args
 from analysis.indices import GRANULARITIES
 
 METHODS = ("delta-ppl", "sleb", "blockpruner")
@@ -28,15 +26,15 @@ def register(sub) -> None:
                    help="blocks scored by delta-ppl (sleb: layers; blockpruner: sub-blocks)")
     p.add_argument("--methods", default="delta-ppl",
                    help=f"comma-separated subset of {', '.join(METHODS)} (default delta-ppl)")
-    p.add_argument("--n", type=positive_int, default=4, help="blocks removed by sleb / blockpruner (default 4)")
+    p.add_argument("--n", type=bounded_int(1, 100_000, "a block count"), default=4, help="blocks removed by sleb / blockpruner (default 4)")
     p.add_argument("--protect", type=int_list, default=[], help="layers sleb / blockpruner never remove")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--use-windows", type=positive_int, default=None,
+    p.add_argument("--batch-size", type=bounded_int(1, 65_536, "a batch size"), default=8)
+    p.add_argument("--use-windows", type=bounded_int(1, 1_000_000, "a window count"), default=None,
                    help="use only the first N of the sampled windows (the app's ground truth on a run's first N "
                         "calibration windows)")
-    p.add_argument("--into", default=None,
+    p.add_argument("--into", default=None, type=in_out_file,
                    help="also store the delta-ppl scores in this run JSON (criterion 'delta-ppl'), rewriting it")
-    p.add_argument("--out", required=True, help="where to write the ground-truth JSON")
+    p.add_argument("--out", required=True, type=out_file, help="where to write the ground-truth JSON")
     p.add_argument("--force", action="store_true",
                    help="--into a run made with another model (prints a warning)")
     p.add_argument("--quiet", action="store_true")
@@ -94,5 +92,5 @@ def run(args) -> int:
         for m in ("sleb", "blockpruner"):
             if m in out:
                 summary[m] = out[m]["plan"]
-        print(json.dumps(summary), file=sys.stdout)
+        emit(summary)
     return 0

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import json
 
-from analysis.settings import positive_int
+from analysis.cli.argtypes import in_path
+from analysis.cli.common import emit
+from analysis.settings import bounded_int
 
 
 def register(sub) -> None:
     p = sub.add_parser("load", help="load a pruned model directory (restoring sub-block drops) and summarise it")
-    p.add_argument("dir", help="directory written by `prune` (or any transformers checkpoint)")
+    p.add_argument("dir", type=in_path, help="directory written by `prune` (or any transformers checkpoint)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--prompt", default=None, help="greedy-generate a continuation of this text")
-    p.add_argument("--max-new-tokens", type=positive_int, default=40)
+    p.add_argument("--max-new-tokens", type=bounded_int(1, 65_536, "a token count"), default=40)
     p.set_defaults(func=run)
 
 
@@ -44,5 +46,5 @@ def run(args) -> int:
             out = lm.model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad,
                                     temperature=None, top_p=None, top_k=None)
         summary["generation"] = lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    print(json.dumps(summary, indent=1))
+    emit(json.dumps(summary, indent=1))
     return 0

@@ -7,18 +7,17 @@ output projections (see :mod:`analysis.models.checkpoint`), and ``python -m anal
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from analysis.cli.argtypes import int_list
+from analysis.cli.argtypes import in_path, int_list, out_checkpoint, out_file
 from analysis.cli.healargs import add_heal_args
-from analysis.cli.common import add_model_args, load_lm, stderr_progress
+from analysis.cli.common import add_model_args, emit, load_lm, stderr_progress
 
 
 def add_plan_args(p, required: bool = False) -> None:
     """--plan FILE or --drop-layers / --drop-attn / --drop-mlp index lists (0-based)."""
     g = p.add_argument_group("plan (0-based blocks; a plan file or index lists)")
-    g.add_argument("--plan", default=None, help="plan JSON from `select` (drop_attn / drop_mlp / drop_layers)")
+    g.add_argument("--plan", default=None, type=in_path, help="plan JSON from `select` (drop_attn / drop_mlp / drop_layers)")
     g.add_argument("--drop-layers", type=int_list, default=None, metavar="IDS", help="whole layers, e.g. 20,21")
     g.add_argument("--drop-attn", type=int_list, default=None, metavar="IDS", help="attention sub-blocks, e.g. 5,7")
     g.add_argument("--drop-mlp", type=int_list, default=None, metavar="IDS", help="MLP sub-blocks, e.g. 9 or 3-5")
@@ -58,15 +57,15 @@ def register(sub) -> None:
                                    "(weights, config, tokenizer, entroscope-plan.json).")
     add_model_args(p)
     add_plan_args(p, required=True)
-    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--out", required=True, type=out_checkpoint, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     p.add_argument("--root", default=None,
                    help="refuse to write anywhere outside this folder (e.g. a shared output root)")
-    p.add_argument("--mergekit", default=None, metavar="FILE",
+    p.add_argument("--mergekit", default=None, metavar="FILE", type=out_file,
                    help="also write a mergekit passthrough YAML (whole-layer plans; for models with per-layer config "
                         "fields such as layer_types also the FILE-stem-mergekit-source/ folder it reads). Skipped, "
                         "with one line saying why, when the plan cannot be expressed that way")
-    p.add_argument("--eval", default=None, metavar="FILE",
+    p.add_argument("--eval", default=None, metavar="FILE", type=in_path,
                    help="an `eval` result JSON for this plan (perplexity, --tasks accuracy): its numbers and protocol "
                         "go into the checkpoint's model card (README.md)")
     p.add_argument("--quiet", action="store_true")
@@ -198,5 +197,5 @@ def run(args) -> int:
                "size": _sizes(lm, plan, out), **{k: v for k, v in checkpoint.items() if v is not None}, **exports}
     if healed is not None:
         summary["healing"] = {"method": healed.method, "seconds": round(healed.report.get("seconds", 0), 2)}
-    print(json.dumps(summary))
+    emit(summary)
     return 0

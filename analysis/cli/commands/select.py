@@ -2,11 +2,10 @@
 (:meth:`analysis.models.plan.Plan.from_selection`)."""
 from __future__ import annotations
 
-import json
-
 from analysis.cli.argtypes import block_window
 from analysis.settings import seed_int
-from analysis.cli.argtypes import int_list
+from analysis.cli.argtypes import in_path, int_list, out_file
+from analysis.cli.common import emit
 from analysis.indices import GRANULARITIES
 
 
@@ -15,7 +14,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("select", help="pick k blocks to drop from a run with a criterion",
                        description="Blocks are 0-based. Criteria: " + ", ".join(CRITERIA))
-    p.add_argument("--run", required=True, help="run JSON from `analyze`")
+    p.add_argument("--run", required=True, type=in_path, help="run JSON from `analyze`")
     p.add_argument("--criterion", default="entrodrop")
     p.add_argument("--k", type=int, required=True, help="number of blocks to drop")
     p.add_argument("--granularity", choices=GRANULARITIES, default=None,
@@ -29,7 +28,7 @@ def register(sub) -> None:
                    help="hand edits: also drop these blocks after the criterion's top-k, e.g. 7,9 (0-based)")
     p.add_argument("--remove", type=int_list, default=[],
                    help="hand edits: keep these blocks of the criterion's top-k after all (0-based)")
-    p.add_argument("--out", default=None, help="write the plan JSON here (default: print it)")
+    p.add_argument("--out", default=None, type=out_file, help="write the plan JSON here (default: print it)")
     p.set_defaults(func=run)
 
 
@@ -66,9 +65,9 @@ def run(args) -> int:
     text = plan.to_json()
     if args.out:
         write_text_atomic(args.out, text)
-        print(json.dumps({"out": args.out, "blocks": sel.blocks, "granularity": sel.granularity}))
+        emit({"out": args.out, "blocks": sel.blocks, "granularity": sel.granularity})
     else:
-        print(text)
+        emit(text)
     return 0
 
 

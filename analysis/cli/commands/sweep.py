@@ -1,12 +1,10 @@
 """``python -m analysis sweep``: perplexity for k = 0..K blocks dropped by several criteria → sweep.json."""
 from __future__ import annotations
 
-import json
-
 from analysis.settings import seed_int
-from analysis.cli.argtypes import int_list
+from analysis.cli.argtypes import in_path, int_list, out_file
 from analysis.cli.healargs import add_heal_args
-from analysis.cli.common import add_model_args, load_lm, stderr_progress
+from analysis.cli.common import add_model_args, emit, load_lm, stderr_progress
 from analysis.cli.commands.eval import add_eval_data_args, eval_config, eval_corpus
 from analysis.cli.commands.prune import quiet_transformers
 from analysis.cli.taskargs import add_task_args, prepare_tasks
@@ -19,7 +17,7 @@ def register(sub) -> None:
                                    "block are computed once and reused (results equal plain evaluation exactly).")
     add_model_args(p)
     p.set_defaults(model=None)
-    p.add_argument("--run", required=True, help="run JSON from `analyze` (default model: the run's)")
+    p.add_argument("--run", required=True, type=in_path, help="run JSON from `analyze` (default model: the run's)")
     p.add_argument("--criteria", default="entrodrop", help="comma list, e.g. entrodrop,cosine,random")
     p.add_argument("--k", type=int_list, default=list(range(13)), help="ks to evaluate, e.g. 0-12 or 0,2,4")
     p.add_argument("--granularity", choices=GRANULARITIES, default=None,
@@ -29,8 +27,8 @@ def register(sub) -> None:
     p.add_argument("--latency", action="store_true", help="also time each plan (slow)")
     add_eval_data_args(p)
     add_task_args(p)
-    p.add_argument("--out", required=True, help="where to write the sweep JSON")
-    p.add_argument("--csv", default=None, help="also write the rows as CSV")
+    p.add_argument("--out", required=True, type=out_file, help="where to write the sweep JSON")
+    p.add_argument("--csv", default=None, type=out_file, help="also write the rows as CSV")
     p.add_argument("--force", action="store_true",
                    help="use the run with a model other than the one it was made with (prints a warning)")
     p.add_argument("--quiet", action="store_true")
@@ -79,6 +77,7 @@ def run(args) -> int:
         from analysis.tasks.sweep import add_task_accuracy
 
         add_task_accuracy(lm, res, tasks, progress)
+    _skip_non_finite(res)
     res["manifest"] = reproduction_manifest(lm, None, res["protocol"], getattr(args, "argv", None))
     write_json(res, args.out)
     if args.csv:
@@ -86,6 +85,24 @@ def run(args) -> int:
     if not args.quiet:
         for s in res["skipped"]:
             print(f"warning: skipped {s['criterion']} k={s['k']}: {s['reason']}", file=__import__("sys").stderr)
-        print(json.dumps({"out": args.out, "rows": len(res["rows"]), "skipped": len(res["skipped"]),
-                          "seconds": round(res["seconds"], 2)}))
+        emit({"out": args.out, "rows": len(res["rows"]), "skipped": len(res["skipped"]),
+              "seconds": round(res["seconds"], 2)})
     return 0
+
+
+def _skip_non_finite(res: dict) -> None:
+    """Rows whose perplexity / nll / kl is NaN or infinite are never reported: they move to ``skipped``
+    with the reason (JSON would silently write them as null)."""
+    from analysis.cli.commands.eval import RESULT_KEYS
+    from analysis.store.outdir import non_finite_fields
+
+    kept = []
+    for row in res["rows"]:
+        bad = non_finite_fields({k: v for k, v in row.items() if k != "plan"}, RESULT_KEYS)
+        if bad:
+            res["skipped"].append({"criterion": row.get("criterion"), "k": row.get("k"), "heal": row.get("heal"),
+                                   "reason": f"{', '.join(bad)} is not a finite number (the pruned model's outputs "
+                                             "overflow or are NaN)"})
+        else:
+            kept.append(row)
+    res["rows"] = kept
