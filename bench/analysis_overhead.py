@@ -7,9 +7,11 @@ Bare forward = the base model (embeddings → decoder layers → final norm, no 
 
 Every path is an ``AnalysisConfig`` built from the product's own defaults (never restated here):
 
-* ``reference``  — the CLI's default estimator and cosines with ``sinks=keep`` and one view: EntroDrop's semantics;
+* ``reference``  — ``python -m analysis analyze --sinks keep``: the CLI's default estimator and the cosines over
+  every token, EntroDrop's semantics;
+* ``reference + other view`` — the same with ``--both-views`` (the sinks-excluded view in the same pass);
 * ``default``    — the app's default analysis (``app_support.state.default_analysis``), as the Entropy page runs it;
-* ``default, primary view only`` — the same with ``one_view`` (what the other sinks view costs is the difference);
+* ``default, primary view only`` — the same without the other sinks view (its cost is the difference);
 * ``+ <lens>``   — the primary-view default plus one more registered estimator (``--extra``, default: the lenses
   ``matrix`` and ``logit-lens``), each measured separately;
 * ``cli default`` — ``python -m analysis analyze`` with no analysis flags.
@@ -42,13 +44,14 @@ def paths(extra: list[str]) -> dict:
     """name -> AnalysisConfig of every measured path, from the product's defaults."""
     app = analysis_config(app=True)
     out = {
-        "reference": analysis_config(app=False, sinks="keep", one_view=True),
+        "reference": analysis_config(app=False, sinks="keep", both_views=False),
+        "reference + other view": analysis_config(app=False, sinks="keep", both_views=True),
         "default": app,
-        "default, primary view only": analysis_config(app=True, one_view=True),
+        "default, primary view only": analysis_config(app=True, both_views=False),
     }
     for name in extra:
         if name not in (app.estimator, *app.extra_estimators):
-            out[f"+ {name}"] = analysis_config(app=True, one_view=True,
+            out[f"+ {name}"] = analysis_config(app=True, both_views=False,
                                                extra_estimators=(*app.extra_estimators, name))
     out["cli default"] = analysis_config(app=False)
     return out

@@ -226,7 +226,7 @@ st.radio("Sinks view", VIEWS, horizontal=True, key="entropy_view",
          help="Every run computes its estimators with massive-activation tokens excluded and kept, in the same pass: "
               "switch or overlay without a re-run. The primary view (the --sinks setting) drives the boundary, the "
               "protection and the criteria." if len(VIEWS) > 1 else
-              "This run holds one view (made with --one-view or before both were computed).")
+              "This run holds one view (made without --both-views, or before both were computed).")
 view = s["entropy_view"] if s["entropy_view"] != "both" else r.sink_mode
 overlay = next((v for v in r.sink_views if v != r.sink_mode), None) if s["entropy_view"] == "both" else None
 

@@ -61,7 +61,7 @@ def _lm_zero_head(arch):
 def test_uniform_logits_give_log_v(arch):
     lm = _lm_zero_head(arch)
     V = lm.model.get_output_embeddings().weight.shape[0]
-    r = analyze(lm, random_tokens(3, 20), AnalysisConfig(estimator="logit-lens", extra_estimators=("matrix",)))
+    r = analyze(lm, random_tokens(3, 20), AnalysisConfig(estimator="logit-lens", extra_estimators=("matrix",), both_views=True))
     for view in r.sink_views:
         np.testing.assert_allclose(r.entropy("logit-lens", view=view)["boundary"], math.log(V), rtol=1e-6)
         m = r.entropy("matrix", view=view)["boundary"]
@@ -107,7 +107,7 @@ def test_logit_lens_positions_are_seeded_and_masked_positions_leave_the_mean():
 
 def test_lenses_rank_blocks_as_criteria():
     lm = tiny_loaded("llama", layers=4)
-    r = analyze(lm, random_tokens(3, 24), AnalysisConfig(extra_estimators=("matrix", "logit-lens")))
+    r = analyze(lm, random_tokens(3, 24), AnalysisConfig(extra_estimators=("matrix", "logit-lens"), both_views=True))
     m = scores_for(r, "matrix", "attention")
     np.testing.assert_allclose(m, r.delta_h("attention", "matrix"))
     ll = scores_for(r, "logit-lens", "layer", view="keep")
