@@ -18,7 +18,7 @@ Every path is an ``AnalysisConfig`` built from the product's own defaults (never
 
 Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
-printed. ``--write`` replaces the "Analysis overhead" section of docs/benchmarks.md (only then).
+printed. ``--write`` replaces the "Analysis pass overhead" section of docs/benchmarks.md (only then).
 
     .venv/bin/python bench/analysis_overhead.py                      # the product's defaults (figures: quiet machine)
     .venv/bin/python bench/analysis_overhead.py --samples 8 --seq-len 64 --paths reference,default   # a quick check
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from bench.common import analysis_config, app_defaults, calib_tokens, describe, loadavg, machine, print_ratio, write_section  # noqa: E402
 
-SECTION = "## Analysis overhead (bench/analysis_overhead.py)"
+SECTION = "## Analysis pass overhead (bench/analysis_overhead.py)"
 
 
 def paths(extra: list[str]) -> dict:
