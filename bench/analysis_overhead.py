@@ -29,6 +29,10 @@ CONFIGS = {  # name -> (estimators, sinks mode); "keep" is the reference path, "
     "bucket+cosine sinks=exclude": ({"bucket": {"bins": 80}}, "exclude"),
     "knn+cosine sinks=exclude": ({"knn": {"k": 25}}, "exclude"),
     "bucket+knn+cos sinks=excl": ({"bucket": {"bins": 80}, "knn": {"k": 25}}, "exclude"),
+    # the other sinks view in the same pass (what `analyze` does by default; --one-view turns it off)
+    "bucket+knn+cos both views": ({"bucket": {"bins": 80}, "knn": {"k": 25}}, "exclude", {"alt_view": True}),
+    # the lenses (analysis.measure.lenses), both views
+    "matrix+logit-lens both": ({"matrix": {}, "logit-lens": {"lens_positions": 16}}, "exclude", {"alt_view": True}),
 }
 
 
@@ -54,8 +58,8 @@ def main() -> None:
         sync()
 
     def analysed(batch, cfg):
-        est, sinks = cfg
-        capture(lm, batch, CaptureConfig(estimators=est, batch_size=len(batch), sinks=sinks))
+        est, sinks, *extra = cfg
+        capture(lm, batch, CaptureConfig(estimators=est, batch_size=len(batch), sinks=sinks, **(extra[0] if extra else {})))
         sync()
 
     batches = list(ids.split(args.batch_size))

@@ -110,25 +110,27 @@ def bind_view(name: str, params: dict, mode: str, head=None):
     An estimator that decodes states through the model's head (``needs_head``) gets ``head`` bound.
     ``None`` when the estimator has no form for ``mode``."""
     info = get_estimator(name)
-    extra = {"head": head} if getattr(info, "needs_head", False) else {}
+    head_fn = getattr(info, "needs_head", False)
     if mode != "exclude":
         fn = info.bind(**params)
-        if extra:
+        if head_fn:      # decoded through the head; ``memo`` shares per-position work between the views of one point
             kw = {k: v for k, v in info.params(**params).items() if v is not None}
             f = info.function
-            return lambda x, keep=None: f(x, **kw, **extra)
-        return lambda x, keep=None: fn(x)
+            return lambda x, keep=None, memo=None: f(x, **kw, head=head, memo=memo)
+        return lambda x, keep=None, memo=None: fn(x)
     masked = getattr(info, "masked", None)
     if masked is not None:
         from analysis.registry import resolve
 
         f = resolve(masked) if isinstance(masked, str) else masked
         kw = {k: v for k, v in info.params(**params).items() if v is not None}
-        return lambda x, keep: f(x, keep, **kw, **extra)
+        if head_fn:
+            return lambda x, keep, memo=None: f(x, keep, **kw, head=head, memo=memo)
+        return lambda x, keep, memo=None: f(x, keep, **kw)
     if name not in MASKED:
         return None
     fn = bind_masked(name, params)
-    return lambda x, keep: fn(x, keep)
+    return lambda x, keep, memo=None: fn(x, keep)
 
 
 class _Recorder:
@@ -212,17 +214,18 @@ class _Recorder:
         if self.flag_first and kind == "boundary":
             self.first_flags[col] = sink[0]
         keep = None
+        memo = {} if self.alt else None          # per point: work an estimator can share between the two views
         if self.mode == "exclude":
             keep = ~sink
             norms = full
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(x, keep)
+                self.entropy[name][kind][r, col] = fn(x, keep, memo=memo)
             ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         else:
             xs = self._view(x)
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(xs)
+                self.entropy[name][kind][r, col] = fn(xs, memo=memo)
             ms = norms.pow(2).mean(-1)
         if self.seq_means is not None:
             for v, means in self.seq_means.items():
@@ -233,7 +236,7 @@ class _Recorder:
         if self.alt:
             ka = ~sink if self.alt_mode == "exclude" else None
             for name, fn in self.alt.items():
-                self.entropy_alt[name][kind][r, col] = fn(x, ka) if ka is not None else fn(x)
+                self.entropy_alt[name][kind][r, col] = fn(x, ka, memo=memo) if ka is not None else fn(x, memo=memo)
         self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
         (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
         if self.states is not None:

@@ -132,3 +132,28 @@ def test_dataset_entropy_of_a_run_is_over_the_sequence_means_in_each_view():
     h = np.asarray(r.extras["dataset_entropy"]["keep"]["boundary"])
     np.testing.assert_allclose(h, dataset_entropy(means).numpy(), rtol=1e-4, atol=1e-5)
     assert (h >= 0).all() and (h <= math.log(5)).all()
+
+
+@pytest.mark.parametrize("mode", ["exclude", "keep"])
+def test_lens_views_in_one_pass_equal_separate_runs(mode):
+    lm = tiny_loaded("llama", layers=3)
+
+    def hook(m, a, out):                                   # a massive token 3 in every sequence from block 1 on
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[:, 3] *= 500.0
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    lm.adapter.layers[1].register_forward_hook(hook)
+    ids = random_tokens(2, 24)
+    est = {"matrix": {}, "logit-lens": {"lens_positions": 24, "seed": 0}}   # every position: the sink is decoded
+    both = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=mode, alt_view=True))
+    other = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=both.alt_mode))
+    alone = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=mode))
+    for e in est:
+        for k in ("boundary", "mid"):
+            assert torch.equal(both.entropy_alt[e][k], other.entropy[e][k])
+            assert torch.equal(both.entropy[e][k], alone.entropy[e][k])
+    kept = both.entropy if mode == "keep" else both.entropy_alt
+    excl = both.entropy_alt if mode == "keep" else both.entropy
+    assert (kept["matrix"]["boundary"][:, -1] < excl["matrix"]["boundary"][:, -1] - 0.3).all()
+    assert not torch.equal(kept["logit-lens"]["boundary"][:, -1], excl["logit-lens"]["boundary"][:, -1])
