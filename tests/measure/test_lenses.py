@@ -157,3 +157,28 @@ def test_lens_views_in_one_pass_equal_separate_runs(mode):
     excl = both.entropy_alt if mode == "keep" else both.entropy
     assert (kept["matrix"]["boundary"][:, -1] < excl["matrix"]["boundary"][:, -1] - 0.3).all()
     assert not torch.equal(kept["logit-lens"]["boundary"][:, -1], excl["logit-lens"]["boundary"][:, -1])
+
+
+def test_cli_also_matrix_logit_lens_gives_finite_in_range_curves(tmp_path, monkeypatch):
+    from analysis.cli.main import main
+    from analysis.score.result import AnalysisResult
+    from analysis.testing import save_tiny_checkpoint
+
+    monkeypatch.setenv("ENTROSCOPE_RUNS", str(tmp_path / "runs"))
+    d = tmp_path / "m"
+    save_tiny_checkpoint(d, "llama", layers=3)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, random_tokens(3, 32).numpy())
+    out = tmp_path / "run.json"
+    assert main(["analyze", "--model", str(d), "--tokens", str(ids), "--also", "matrix,logit-lens",
+                 "--lens-positions", "8", "--out", str(out), "--quiet"]) == 0
+    r = AnalysisResult.load(out)
+    from analysis.testing import tiny_config
+
+    V = tiny_config("llama").vocab_size
+    for view in ("exclude", "keep"):
+        m = np.concatenate([x.ravel() for x in r.seq_entropy("matrix", view=view)])
+        ll = np.concatenate([x.ravel() for x in r.seq_entropy("logit-lens", view=view)])
+        assert np.isfinite(m).all() and (m >= 0).all() and (m <= math.log(32)).all()
+        assert np.isfinite(ll).all() and (ll >= 0).all() and (ll <= math.log(V) + 1e-6).all()
+    assert r.manifest["estimator_params"]["logit-lens"]["lens_positions"] == 8
