@@ -182,3 +182,27 @@ def test_cli_also_matrix_logit_lens_gives_finite_in_range_curves(tmp_path, monke
         assert np.isfinite(m).all() and (m >= 0).all() and (m <= math.log(32)).all()
         assert np.isfinite(ll).all() and (ll >= 0).all() and (ll <= math.log(V) + 1e-6).all()
     assert r.manifest["estimator_params"]["logit-lens"]["lens_positions"] == 8
+
+
+@pytest.mark.slow
+def test_smollm2_cliff_is_the_massive_token_and_lenses_are_in_range(smollm2):
+    """The finding the Home tour teaches, on the real model: with sinks kept, Bucket and matrix entropy fall at
+    block 11 in one step, where the first token's norm jumps; the change of log norm ratio and of entropy
+    correlate strongly negatively with it kept and not with it excluded."""
+    from analysis.data import SampleConfig, load_corpus, sample_windows
+    from analysis.score.massive import norm_entropy_correlation
+    from app_support.story import cliff
+
+    tokens = sample_windows(load_corpus("wiki"), smollm2.tokenizer, SampleConfig(n_samples=8, seq_len=128, seed=2024))
+    r = analyze(smollm2, tokens, AnalysisConfig(estimator="bucket", extra_estimators=("matrix", "logit-lens")))
+    V = smollm2.model.get_output_embeddings().weight.shape[0]
+    for est, top in (("matrix", math.log(128)), ("logit-lens", math.log(V))):
+        for view in ("exclude", "keep"):
+            b, m = r.seq_entropy(est, view=view)
+            assert np.isfinite(b).all() and np.isfinite(m).all() and b.min() >= 0 and max(b.max(), m.max()) <= top
+    for est in ("bucket", "matrix"):
+        c = cliff(r.entropy(est, view="keep")["boundary"])
+        assert c is not None and c["block"] == 11 and c["down"]
+        kept = norm_entropy_correlation(r, est, "keep", form="changes", n_boot=200)
+        excl = norm_entropy_correlation(r, est, "exclude", form="changes", n_boot=200)
+        assert kept["hi"] < -0.7 and excl["r"] > kept["r"] + 0.5
