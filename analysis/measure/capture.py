@@ -78,7 +78,7 @@ class CaptureStats:
     massive: {"boundary": [N, L+1], "mid": [N, L]} largest token norm / median token norm of each sequence
     first_flags: [L+1, T] bool, the sink flags of the first sequence (offset 0) at every boundary, or None
     seq_means: {view: {"boundary": [N, L+1, d], "mid": [N, L, d]}} mean token state of every sequence (float32),
-        per sinks view, when the ``matrix`` estimator is on (its dataset entropy, analysis.measure.lenses)
+        per sinks view, when an estimator with a ``pooled`` (dataset-level) form is on, e.g. ``matrix``
     """
 
     num_layers: int
@@ -172,8 +172,8 @@ class _Recorder:
         self.massive = {"boundary": z(n, L + 1), "mid": z(n, L)}   # max token norm / median token norm
         self.first_flags: Tensor | None = None  # [L+1, T] bool, set when the pass holds sequence 0 (offset 0)
         self.flag_first = False                 # the current batch's row 0 is the set's first sequence
-        self.seq_means = None                   # view -> point -> [N, P, d] (matrix: dataset entropy)
-        if "matrix" in cfg.estimators:
+        self.seq_means = None                   # view -> point -> [N, P, d] (estimators with a pooled form)
+        if any(getattr(get_estimator(name), "pooled", None) is not None for name in cfg.estimators):
             d = lm.adapter.hidden_size
             self.seq_means = {v: {"boundary": z(n, L + 1, d), "mid": z(n, L, d)}
                               for v in dict.fromkeys(m for m in (self.mode, self.alt_mode) if m is not None)}

@@ -129,7 +129,7 @@ def test_dataset_entropy_of_a_run_is_over_the_sequence_means_in_each_view():
     torch.testing.assert_close(st.seq_means["keep"]["boundary"], means, rtol=1e-5, atol=1e-5)
     assert set(st.seq_means) == {"keep", "exclude"}
     r = analyze(lm, ids, AnalysisConfig(estimator="matrix", sinks="keep"))
-    h = np.asarray(r.extras["dataset_entropy"]["keep"]["boundary"])
+    h = np.asarray(r.extras["dataset_entropy"]["matrix"]["keep"]["boundary"])
     np.testing.assert_allclose(h, dataset_entropy(means).numpy(), rtol=1e-4, atol=1e-5)
     assert (h >= 0).all() and (h <= math.log(5)).all()
 
