@@ -292,11 +292,15 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     extras = {}
-    if stats.seq_means:               # matrix lens: dataset entropy over the per-sequence mean states, per view
-        from analysis.measure.lenses import dataset_entropy
+    if stats.seq_means:               # dataset-level entropies over the per-sequence mean states: est -> view -> point
+        from analysis.registry import resolve
 
-        extras["dataset_entropy"] = {v: {k: dataset_entropy(t).double().numpy() for k, t in d.items()}
-                                     for v, d in stats.seq_means.items()}
+        for name in stats.entropy:
+            pooled = get_estimator(name).pooled
+            if pooled is not None:
+                fn = resolve(pooled) if isinstance(pooled, str) else pooled
+                extras.setdefault("dataset_entropy", {})[name] = {
+                    v: {k: fn(t).double().numpy() for k, t in d.items()} for v, d in stats.seq_means.items()}
     return AnalysisResult(
         num_layers=L, estimator=cfg.estimator, granularity=cfg.granularity, protect=cfg.protect,
         per_seq=per_seq, angular=angular, boundary=boundary, protected=protected,

@@ -179,7 +179,8 @@ if job is not None and job.running:
             shown = pv["n_done"]
             live.plotly_chart(plots.partial_curves(pv["boundary"], pv["mid"], shown, len(job.tokens.input_ids)
                                                    if hasattr(job.tokens, "input_ids") else len(job.tokens),
-                                                   pv["estimator"]), width="stretch", key=f"live_{shown}")
+                                                   pv["estimator"], settings.get("sinks")),
+                              width="stretch", key=f"live_{shown}")
         time.sleep(0.25)
     finish_job()
     st.rerun()
