@@ -59,9 +59,10 @@ class AnalysisConfig:
         help="sink rule: a token whose norm exceeds this many times its sequence's median token norm (default 8; at most "
              "5% of a sequence's tokens are flagged)")
     sink_max_frac: float = DEFAULT_MAX_FRAC  # ... and among its ⌊frac·T⌋ largest norms
-    one_view: bool = setting(False, app=False,  # default: both sinks views in one pass (result.views)
-        help="compute the estimators in the --sinks view only (default: also the other view — sinks kept when "
-             "excluded, excluded when kept — in the same pass, so both curves can be compared without a re-run)")
+    both_views: bool = setting(False, app=False,  # also the other sinks view in the same pass (result.views); the app: on
+        help="also compute every estimator in the other sinks view (sinks kept when excluded, excluded when kept; "
+             "first → kept) in the same pass, so both curves compare without a re-run; it costs about as much "
+             "again as the --sinks view (bench/analysis_overhead.py)")
     state_tokens: int = field(default=0, metadata={  # keep this many sampled token states per point (for MI criteria)
         "derive": lambda c: int(c.mi.get("n_tokens", 0)) if c.mi else 0})      # settings: exactly what MI uses
     extensions: tuple[str, ...] = field(default=(), metadata={  # names in EXTENSIONS to run after the pass
@@ -80,7 +81,7 @@ class AnalysisConfig:
         names = dict.fromkeys((self.estimator, *self.extra_estimators))
         return CaptureConfig(estimators={n: self.estimator_params(n) for n in names}, batch_size=self.batch_size,
                              sinks=self.sinks, sink_ratio=self.sink_ratio, sink_max_frac=self.sink_max_frac,
-                             state_tokens=self.state_tokens, seed=self.seed, alt_view=not self.one_view)
+                             state_tokens=self.state_tokens, seed=self.seed, alt_view=self.both_views)
 
     def estimator_params(self, name: str) -> dict:
         info = get_estimator(name)
@@ -307,11 +308,15 @@ def build_result(lm: LoadedModel, stats: CaptureStats, cfg: AnalysisConfig, toke
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     extras = {}
-    if stats.seq_means:               # matrix lens: dataset entropy over the per-sequence mean states, per view
-        from analysis.measure.lenses import dataset_entropy
+    if stats.seq_means:               # dataset-level entropies over the per-sequence mean states: est -> view -> point
+        from analysis.registry import resolve
 
-        extras["dataset_entropy"] = {v: {k: dataset_entropy(t).double().numpy() for k, t in d.items()}
-                                     for v, d in stats.seq_means.items()}
+        for name in stats.entropy:
+            pooled = get_estimator(name).pooled
+            if pooled is not None:
+                fn = resolve(pooled) if isinstance(pooled, str) else pooled
+                extras.setdefault("dataset_entropy", {})[name] = {
+                    v: {k: fn(t).double().numpy() for k, t in d.items()} for v, d in stats.seq_means.items()}
     return AnalysisResult(
         num_layers=L, estimator=cfg.estimator, granularity=cfg.granularity, protect=cfg.protect,
         per_seq=per_seq, angular=angular, boundary=boundary, protected=protected,

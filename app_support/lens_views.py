@@ -37,14 +37,14 @@ def render_lenses(result, on_rerun) -> None:
         st.caption(f":material/casino: The logit lens decodes {ll.get('lens_positions')} seeded token positions per "
                    f"sequence (seed {ll.get('seed')}), the same positions at every residual point, through the "
                    "model's final norm and unembedding.")
-    ds = (result.extras or {}).get("dataset_entropy")
+    ds = (result.extras or {}).get("dataset_entropy") or {}
     if ds:
-        rows = {f"dataset entropy, {plots._view_label(v)}": np.round(np.asarray(d["boundary"], dtype=float), 4)
-                for v, d in ds.items()}
+        rows = {f"{est}, {plots._view_label(v)}": np.round(np.asarray(d["boundary"], dtype=float), 4)
+                for est, by_view in ds.items() for v, d in by_view.items()}
         df = pd.DataFrame({"boundary Z^i": range(result.num_layers + 1), **rows})
         with st.expander("Dataset entropy (matrix entropy of the per-sequence mean states)"):
-            table(df, f"Matrix-based α = 1 entropy over the {result.n_sequences} sequence means at each boundary "
-                      "(Skean et al.'s dataset entropy; at most log of the number of sequences).",
+            table(df, f"Dataset entropy: the estimator's pooled form over the {result.n_sequences} sequence means at "
+                      "each boundary (matrix: Skean et al.'s dataset entropy, at most log of the number of sequences).",
                   name="dataset_entropy")
 
 

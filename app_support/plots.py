@@ -96,7 +96,8 @@ def entropy_curves(result, est: str, boundary: int, protected: Sequence[int], ro
     return _layout(fig, title)
 
 
-def partial_curves(boundary: np.ndarray, mid: np.ndarray, n_done: int, total: int, est: str) -> go.Figure:
+def partial_curves(boundary: np.ndarray, mid: np.ndarray, n_done: int, total: int, est: str,
+                   view: str | None = None) -> go.Figure:
     """The entropy curves while the pass runs: means over the ``n_done`` sequences finished so far.
 
     ``boundary`` is ``[L+1]`` (``resid_pre[0]``, then every ``resid_post``), ``mid`` is ``[L]``."""
@@ -110,7 +111,8 @@ def partial_curves(boundary: np.ndarray, mid: np.ndarray, n_done: int, total: in
                                  hovertemplate=f"block %{{x}}<br>{p}: %{{y:.4g}} nats<extra></extra>"))
     fig.update_xaxes(title=BLOCK_AXIS, dtick=1 if L <= 32 else 2, range=[-0.6, L - 0.4])
     fig.update_yaxes(title=f"entropy H (nats, {est})")
-    return _layout(fig, f"Live: mean over the first {n_done} of {total} sequences (still running)")
+    return _layout(fig, f"Live: mean over the first {n_done} of {total} sequences (still running)"
+                        + (f" · {_view_label(view)}" if view else ""))
 
 
 def delta_h_bars(result, est: str, granularity: str, protected: Sequence[int], cosine: np.ndarray | None = None,

@@ -52,6 +52,8 @@ def start_run(settings: dict | None = None) -> str:
 
 
 def _add(rid: str, result, meta: dict, tokens=None) -> state.RunRecord:
+    from analysis.score.result import view_label
+
     from .data import data_label
 
     # the session's own copy of the mutable parts (ground truth is stored into extras/baselines later);
@@ -59,7 +61,9 @@ def _add(rid: str, result, meta: dict, tokens=None) -> state.RunRecord:
     result = dataclasses.replace(result, extras=copy.deepcopy(result.extras), baselines=copy.deepcopy(result.baselines))
     stopped = "" if result.manifest.get("completed", True) else " · stopped early"
     label = (f"{rid} · {meta['model']['spec']} · {data_label(meta['data']).split(' · ')[0]} · "
-             f"{result.estimator} · {result.n_sequences} seq{stopped} · {time.strftime('%H:%M:%S')}")
+             f"{result.estimator} · {view_label(result.sink_mode)}"
+             + (" (+ other view)" if len(result.sink_views) > 1 else "")
+             + f" · {result.n_sequences} seq{stopped} · {time.strftime('%H:%M:%S')}")
     rec = state.RunRecord(rid, result, meta["model"], meta["data"], meta["config"], label, tokens=tokens)
     state.add_run(rec)
     return rec

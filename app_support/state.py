@@ -31,7 +31,7 @@ DEFAULT_DATA = {"source": "builtin", "weights": {"wiki": 1.0}, "n_samples": 32, 
                 "mode": "random", "split": "calib"}
 #: the Entropy page's defaults where they differ from AnalysisConfig's (KNN is computed alongside by default
 #: because EntroDrop ranks with it); every other default is the dataclass's, see :func:`default_analysis`
-ANALYSIS_APP_DEFAULTS = {"extra_estimators": ("knn",)}
+ANALYSIS_APP_DEFAULTS = {"extra_estimators": ("knn",), "both_views": True}   # the page's sinks-view toggle
 
 
 def default_analysis() -> dict:

@@ -7,16 +7,18 @@ Bare forward = the base model (embeddings → decoder layers → final norm, no 
 
 Every path is an ``AnalysisConfig`` built from the product's own defaults (never restated here):
 
-* ``reference``  — the CLI's default estimator and cosines with ``sinks=keep`` and one view: EntroDrop's semantics;
+* ``reference``  — ``python -m analysis analyze --sinks keep``: the CLI's default estimator and the cosines over
+  every token, EntroDrop's semantics;
+* ``reference + other view`` — the same with ``--both-views`` (the sinks-excluded view in the same pass);
 * ``default``    — the app's default analysis (``app_support.state.default_analysis``), as the Entropy page runs it;
-* ``default, primary view only`` — the same with ``one_view`` (what the other sinks view costs is the difference);
+* ``default, primary view only`` — the same without the other sinks view (its cost is the difference);
 * ``+ <lens>``   — the primary-view default plus one more registered estimator (``--extra``, default: the lenses
   ``matrix`` and ``logit-lens``), each measured separately;
 * ``cli default`` — ``python -m analysis analyze`` with no analysis flags.
 
 Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
-printed. ``--write`` replaces the "Analysis overhead" section of docs/benchmarks.md (only then).
+printed. ``--write`` replaces the "Analysis pass overhead" section of docs/benchmarks.md (only then).
 
     .venv/bin/python bench/analysis_overhead.py                      # the product's defaults (figures: quiet machine)
     .venv/bin/python bench/analysis_overhead.py --samples 8 --seq-len 64 --paths reference,default   # a quick check
@@ -35,20 +37,21 @@ import torch  # noqa: E402
 
 from bench.common import analysis_config, app_defaults, calib_tokens, describe, loadavg, machine, print_ratio, write_section  # noqa: E402
 
-SECTION = "## Analysis overhead (bench/analysis_overhead.py)"
+SECTION = "## Analysis pass overhead (bench/analysis_overhead.py)"
 
 
 def paths(extra: list[str]) -> dict:
     """name -> AnalysisConfig of every measured path, from the product's defaults."""
     app = analysis_config(app=True)
     out = {
-        "reference": analysis_config(app=False, sinks="keep", one_view=True),
+        "reference": analysis_config(app=False, sinks="keep", both_views=False),
+        "reference + other view": analysis_config(app=False, sinks="keep", both_views=True),
         "default": app,
-        "default, primary view only": analysis_config(app=True, one_view=True),
+        "default, primary view only": analysis_config(app=True, both_views=False),
     }
     for name in extra:
         if name not in (app.estimator, *app.extra_estimators):
-            out[f"+ {name}"] = analysis_config(app=True, one_view=True,
+            out[f"+ {name}"] = analysis_config(app=True, both_views=False,
                                                extra_estimators=(*app.extra_estimators, name))
     out["cli default"] = analysis_config(app=False)
     return out

@@ -83,7 +83,7 @@ def describe(cfg) -> str:
     """One line naming what an ``AnalysisConfig`` computes in its pass."""
     est = "+".join(dict.fromkeys((cfg.estimator, *cfg.extra_estimators)))
     other = getattr(cfg, "both_views", None)
-    other = (not getattr(cfg, "one_view", True)) if other is None else other
+    other = (not getattr(cfg, "one_view", True)) if other is None else other       # trees before both_views
     views = f"sinks={cfg.sinks}" + ("+other view" if other else "")
     return f"{est}+cosine {views}" + (f" mi.n_tokens={cfg.state_tokens}" if cfg.state_tokens else "")
 

@@ -179,7 +179,8 @@ if job is not None and job.running:
             shown = pv["n_done"]
             live.plotly_chart(plots.partial_curves(pv["boundary"], pv["mid"], shown, len(job.tokens.input_ids)
                                                    if hasattr(job.tokens, "input_ids") else len(job.tokens),
-                                                   pv["estimator"]), width="stretch", key=f"live_{shown}")
+                                                   pv["estimator"], settings.get("sinks")),
+                              width="stretch", key=f"live_{shown}")
         time.sleep(0.25)
     finish_job()
     st.rerun()
@@ -226,7 +227,7 @@ st.radio("Sinks view", VIEWS, horizontal=True, key="entropy_view",
          help="Every run computes its estimators with massive-activation tokens excluded and kept, in the same pass: "
               "switch or overlay without a re-run. The primary view (the --sinks setting) drives the boundary, the "
               "protection and the criteria." if len(VIEWS) > 1 else
-              "This run holds one view (made with --one-view or before both were computed).")
+              "This run holds one view (made without --both-views, or before both were computed).")
 view = s["entropy_view"] if s["entropy_view"] != "both" else r.sink_mode
 overlay = next((v for v in r.sink_views if v != r.sink_mode), None) if s["entropy_view"] == "both" else None
 

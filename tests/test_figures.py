@@ -24,7 +24,7 @@ def _valid(data: bytes, fmt: str) -> bool:
 @pytest.fixture(scope="module")
 def run():
     lm = tiny_loaded("llama", layers=4)
-    r = analyze(lm, random_tokens(6, 32, seed=1), AnalysisConfig(estimator="knn", k=5, extra_estimators=("bucket",)))
+    r = analyze(lm, random_tokens(6, 32, seed=1), AnalysisConfig(estimator="knn", k=5, extra_estimators=("bucket",), both_views=True))
     r.domains = ["wiki", "wiki", "code", "code", "news", "news"]
     return AnalysisResult.from_dict(json.loads(json.dumps(r.to_dict())))    # through JSON, as the CLI reads it
 

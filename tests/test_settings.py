@@ -139,7 +139,7 @@ def test_to_argv_writes_only_non_defaults_in_field_order_and_one_shared_flag_onc
 
 def test_app_defaults_are_the_dataclass_defaults():
     d = default_analysis()
-    assert d == {**defaults(AnalysisConfig, app=True), "extra_estimators": ("knn",)}
+    assert d == {**defaults(AnalysisConfig, app=True), "extra_estimators": ("knn",), "both_views": True}
     assert d["k"] == AnalysisConfig().k and d["mi.n_tokens"] == MIConfig().n_tokens
     assert dataclasses.asdict(make_config({})) == dataclasses.asdict(AnalysisConfig())
     with pytest.raises(KeyError, match="mi_tokens"):
@@ -157,7 +157,7 @@ OLD_ANALYZE_FLAGS = {
     "--batch-size": (8, None), "--mi": (False, None), "--mi-estimator": ("renyi", {"renyi", "gaussian", "ksg", "cka"}),
     "--mi-token-norm": ("none", {"none", "rms"}), "--mi-tokens": (256, None),
     "--samples": (None, None), "--seq-len": (None, None), "--sampling": ("random", {"random", "consecutive"}),
-    "--seed": (2024, None), "--one-view": (False, None), "--lens-positions": (16, None),
+    "--seed": (2024, None), "--both-views": (False, None), "--lens-positions": (16, None),
 }
 OTHER_ANALYZE_FLAGS = {"-h", "--help", "--model", "--device", "--dtype", "--device-map", "--max-memory",
                        "--offload-folder", "--trust-remote-code", "--offline", "--corpus", "--text", "--tokens",

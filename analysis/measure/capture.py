@@ -78,7 +78,7 @@ class CaptureStats:
     massive: {"boundary": [N, L+1], "mid": [N, L]} largest token norm / median token norm of each sequence
     first_flags: [L+1, T] bool, the sink flags of the first sequence (offset 0) at every boundary, or None
     seq_means: {view: {"boundary": [N, L+1, d], "mid": [N, L, d]}} mean token state of every sequence (float32),
-        per sinks view, when the ``matrix`` estimator is on (its dataset entropy, analysis.measure.lenses)
+        per sinks view, when an estimator with a ``pooled`` (dataset-level) form is on, e.g. ``matrix``
     """
 
     num_layers: int
@@ -110,25 +110,27 @@ def bind_view(name: str, params: dict, mode: str, head=None):
     An estimator that decodes states through the model's head (``needs_head``) gets ``head`` bound.
     ``None`` when the estimator has no form for ``mode``."""
     info = get_estimator(name)
-    extra = {"head": head} if getattr(info, "needs_head", False) else {}
+    head_fn = getattr(info, "needs_head", False)
     if mode != "exclude":
         fn = info.bind(**params)
-        if extra:
+        if head_fn:      # decoded through the head; ``memo`` shares per-position work between the views of one point
             kw = {k: v for k, v in info.params(**params).items() if v is not None}
             f = info.function
-            return lambda x, keep=None: f(x, **kw, **extra)
-        return lambda x, keep=None: fn(x)
+            return lambda x, keep=None, memo=None: f(x, **kw, head=head, memo=memo)
+        return lambda x, keep=None, memo=None: fn(x)
     masked = getattr(info, "masked", None)
     if masked is not None:
         from analysis.registry import resolve
 
         f = resolve(masked) if isinstance(masked, str) else masked
         kw = {k: v for k, v in info.params(**params).items() if v is not None}
-        return lambda x, keep: f(x, keep, **kw, **extra)
+        if head_fn:
+            return lambda x, keep, memo=None: f(x, keep, **kw, head=head, memo=memo)
+        return lambda x, keep, memo=None: f(x, keep, **kw)
     if name not in MASKED:
         return None
     fn = bind_masked(name, params)
-    return lambda x, keep: fn(x, keep)
+    return lambda x, keep, memo=None: fn(x, keep)
 
 
 class _Recorder:
@@ -174,8 +176,8 @@ class _Recorder:
         self.massive = {"boundary": z(n, L + 1), "mid": z(n, L)}   # max token norm / median token norm
         self.first_flags: Tensor | None = None  # [L+1, T] bool, set when the pass holds sequence 0 (offset 0)
         self.flag_first = False                 # the current batch's row 0 is the set's first sequence
-        self.seq_means = None                   # view -> point -> [N, P, d] (matrix: dataset entropy)
-        if "matrix" in cfg.estimators:
+        self.seq_means = None                   # view -> point -> [N, P, d] (estimators with a pooled form)
+        if any(getattr(get_estimator(name), "pooled", None) is not None for name in cfg.estimators):
             d = lm.adapter.hidden_size
             self.seq_means = {v: {"boundary": z(n, L + 1, d), "mid": z(n, L, d)}
                               for v in dict.fromkeys(m for m in (self.mode, self.alt_mode) if m is not None)}
@@ -231,18 +233,19 @@ class _Recorder:
         if self.flag_first and kind == "boundary":
             self.first_flags[col] = sink[0]
         keep = None
+        memo = {} if self.alt else None          # per point: work an estimator can share between the two views
         if self.mode == "exclude":
             keep = kept
             norms = full
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep)
+                self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep, memo=memo)
             ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         else:
             xs = self._view(x)
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
             xs32 = self._view(x32)
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32)
+                self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
             ms = norms.pow(2).mean(-1)
         if self.seq_means is not None:
             for v, means in self.seq_means.items():
@@ -254,7 +257,7 @@ class _Recorder:
             ka = kept if self.alt_mode == "exclude" else None
             for name, fn in self.alt.items():
                 xv = x if name in self.raw else x32
-                self.entropy_alt[name][kind][r, col] = fn(xv, ka) if ka is not None else fn(xv)
+                self.entropy_alt[name][kind][r, col] = fn(xv, ka, memo=memo) if ka is not None else fn(xv, memo=memo)
         self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
         (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
         if self.states is not None:

@@ -226,6 +226,7 @@ class EstimatorInfo:
     masked: Callable[..., Tensor] | str | None = None   # sink-masked form fn(x, keep, **params) (else sinks.MASKED)
     needs_head: bool = False    # fn(x, head=...) decodes states through the model's final norm + unembedding
     bounds: str = ""            # known range, e.g. "0 ≤ H ≤ log N" (explainer)
+    pooled: Callable[..., Tensor] | str | None = None   # dataset-level form over per-sequence mean states [N, P, d] -> [P]
 
     def bind(self, **params) -> Callable[[Tensor], Tensor]:
         """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
@@ -288,6 +289,7 @@ register_estimator(EstimatorInfo(
 register_estimator(EstimatorInfo(
     "matrix", "Matrix entropy (von Neumann, α=1)", "analysis.measure.lenses:entropy_matrix", {},
     scale_invariant=True, masked="analysis.measure.lenses:entropy_matrix_masked", bounds="0 ≤ H ≤ log N",
+    pooled="analysis.measure.lenses:dataset_entropy",
     formula=r"H_1=-\sum_i \frac{\lambda_i(K)}{\operatorname{tr}K}\log\frac{\lambda_i(K)}{\operatorname{tr}K},\;"
             r"K=ZZ^\top,\;z_t=\frac{x_t-\bar x}{\|x_t-\bar x\|}",
     notes="Matrix-based prompt entropy of Skean et al. 2025 (Rényi order α = 1): centre the sequence's token "

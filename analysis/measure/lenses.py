@@ -118,21 +118,30 @@ def _next_token_entropy(h: Tensor, head) -> Tensor:
 
 
 def entropy_logit_lens_masked(x: Tensor, keep: Tensor, head=None, lens_positions: int = LENS_POSITIONS,
-                              seed: int = LENS_SEED) -> Tensor:
-    """Mean next-token entropy of the sampled kept positions of each sequence (NaN when none is kept): ``[B]``."""
+                              seed: int = LENS_SEED, memo: dict | None = None) -> Tensor:
+    """Mean next-token entropy of the sampled kept positions of each sequence (NaN when none is kept): ``[B]``.
+
+    ``memo``: a dict the caller keeps for one residual point (the same ``x``); the per-position entropies are
+    decoded once there and reused by the other sinks view, which only changes the mask."""
     if head is None:
         raise SelectionError("the logit lens needs the model's head (capture binds it)")
     b, t, d = x.shape
     pos = sample_positions(b, t, int(lens_positions), int(seed)).to(x.device)      # [B, m]
     m = pos.shape[1]
-    picked = torch.gather(x, 1, pos.unsqueeze(-1).expand(b, m, d))                # [B, m, d]
-    h = _next_token_entropy(picked.reshape(b * m, d), head).view(b, m)
+    key = ("logit-lens", tuple(x.shape), int(lens_positions), int(seed), id(head))
+    h = memo.get(key) if memo is not None else None
+    if h is None:
+        picked = torch.gather(x, 1, pos.unsqueeze(-1).expand(b, m, d))            # [B, m, d]
+        h = _next_token_entropy(picked.reshape(b * m, d), head).view(b, m)        # [B, m]
+        if memo is not None:
+            memo[key] = h
     k = torch.gather(keep, 1, pos).to(torch.float32)                              # [B, m]
     cnt = k.sum(1)
     return torch.where(cnt > 0, (h * k).sum(1) / cnt.clamp_min(1), torch.full_like(cnt, math.nan))
 
 
-def entropy_logit_lens(x: Tensor, head=None, lens_positions: int = LENS_POSITIONS, seed: int = LENS_SEED) -> Tensor:
+def entropy_logit_lens(x: Tensor, head=None, lens_positions: int = LENS_POSITIONS, seed: int = LENS_SEED,
+                       memo: dict | None = None) -> Tensor:
     """Mean next-token entropy (nats) of ``lens_positions`` seeded positions per sequence through the head: ``[B]``."""
     return entropy_logit_lens_masked(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), head,
-                                     lens_positions, seed)
+                                     lens_positions, seed, memo)

@@ -76,13 +76,13 @@ class AnalysisResult:
     @property
     def sink_views(self) -> list[str]:
         """Every sinks view this run holds, the primary first (old runs: the primary only)."""
-        return [self.sink_mode, *[v for v in (self.views or {}) if v != self.sink_mode]]
+        return [self.sink_mode, *[v for v in (getattr(self, "views", None) or {}) if v != self.sink_mode]]
 
     def has_view(self, est: str | None, view: str | None) -> bool:
         name = est or self.estimator
         if view is None or view == self.sink_mode:
             return name in self.per_seq and not name.startswith("cos_")
-        return name in (self.views or {}).get(view, {})
+        return name in (getattr(self, "views", None) or {}).get(view, {})
 
     def seq_entropy(self, est: str | None = None, rows=None, view: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(boundary [N, L+1], mid [N, L]) per-sequence entropies, in sinks ``view`` (None: the primary)."""

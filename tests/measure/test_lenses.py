@@ -61,7 +61,7 @@ def _lm_zero_head(arch):
 def test_uniform_logits_give_log_v(arch):
     lm = _lm_zero_head(arch)
     V = lm.model.get_output_embeddings().weight.shape[0]
-    r = analyze(lm, random_tokens(3, 20), AnalysisConfig(estimator="logit-lens", extra_estimators=("matrix",)))
+    r = analyze(lm, random_tokens(3, 20), AnalysisConfig(estimator="logit-lens", extra_estimators=("matrix",), both_views=True))
     for view in r.sink_views:
         np.testing.assert_allclose(r.entropy("logit-lens", view=view)["boundary"], math.log(V), rtol=1e-6)
         m = r.entropy("matrix", view=view)["boundary"]
@@ -107,7 +107,7 @@ def test_logit_lens_positions_are_seeded_and_masked_positions_leave_the_mean():
 
 def test_lenses_rank_blocks_as_criteria():
     lm = tiny_loaded("llama", layers=4)
-    r = analyze(lm, random_tokens(3, 24), AnalysisConfig(extra_estimators=("matrix", "logit-lens")))
+    r = analyze(lm, random_tokens(3, 24), AnalysisConfig(extra_estimators=("matrix", "logit-lens"), both_views=True))
     m = scores_for(r, "matrix", "attention")
     np.testing.assert_allclose(m, r.delta_h("attention", "matrix"))
     ll = scores_for(r, "logit-lens", "layer", view="keep")
@@ -129,6 +129,80 @@ def test_dataset_entropy_of_a_run_is_over_the_sequence_means_in_each_view():
     torch.testing.assert_close(st.seq_means["keep"]["boundary"], means, rtol=1e-5, atol=1e-5)
     assert set(st.seq_means) == {"keep", "exclude"}
     r = analyze(lm, ids, AnalysisConfig(estimator="matrix", sinks="keep"))
-    h = np.asarray(r.extras["dataset_entropy"]["keep"]["boundary"])
+    h = np.asarray(r.extras["dataset_entropy"]["matrix"]["keep"]["boundary"])
     np.testing.assert_allclose(h, dataset_entropy(means).numpy(), rtol=1e-4, atol=1e-5)
     assert (h >= 0).all() and (h <= math.log(5)).all()
+
+
+@pytest.mark.parametrize("mode", ["exclude", "keep"])
+def test_lens_views_in_one_pass_equal_separate_runs(mode):
+    lm = tiny_loaded("llama", layers=3)
+
+    def hook(m, a, out):                                   # a massive token 3 in every sequence from block 1 on
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[:, 3] *= 500.0
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    lm.adapter.layers[1].register_forward_hook(hook)
+    ids = random_tokens(2, 24)
+    est = {"matrix": {}, "logit-lens": {"lens_positions": 24, "seed": 0}}   # every position: the sink is decoded
+    both = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=mode, alt_view=True))
+    other = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=both.alt_mode))
+    alone = capture(lm, ids, CaptureConfig(estimators=est, batch_size=2, sinks=mode))
+    for e in est:
+        for k in ("boundary", "mid"):
+            assert torch.equal(both.entropy_alt[e][k], other.entropy[e][k])
+            assert torch.equal(both.entropy[e][k], alone.entropy[e][k])
+    kept = both.entropy if mode == "keep" else both.entropy_alt
+    excl = both.entropy_alt if mode == "keep" else both.entropy
+    assert (kept["matrix"]["boundary"][:, -1] < excl["matrix"]["boundary"][:, -1] - 0.3).all()
+    assert not torch.equal(kept["logit-lens"]["boundary"][:, -1], excl["logit-lens"]["boundary"][:, -1])
+
+
+def test_cli_also_matrix_logit_lens_gives_finite_in_range_curves(tmp_path, monkeypatch):
+    from analysis.cli.main import main
+    from analysis.score.result import AnalysisResult
+    from analysis.testing import save_tiny_checkpoint
+
+    monkeypatch.setenv("ENTROSCOPE_RUNS", str(tmp_path / "runs"))
+    d = tmp_path / "m"
+    save_tiny_checkpoint(d, "llama", layers=3)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, random_tokens(3, 32).numpy())
+    out = tmp_path / "run.json"
+    assert main(["analyze", "--model", str(d), "--tokens", str(ids), "--also", "matrix,logit-lens",
+                 "--lens-positions", "8", "--both-views", "--out", str(out), "--quiet"]) == 0
+    r = AnalysisResult.load(out)
+    from analysis.testing import tiny_config
+
+    V = tiny_config("llama").vocab_size
+    for view in ("exclude", "keep"):
+        m = np.concatenate([x.ravel() for x in r.seq_entropy("matrix", view=view)])
+        ll = np.concatenate([x.ravel() for x in r.seq_entropy("logit-lens", view=view)])
+        assert np.isfinite(m).all() and (m >= 0).all() and (m <= math.log(32)).all()
+        assert np.isfinite(ll).all() and (ll >= 0).all() and (ll <= math.log(V) + 1e-6).all()
+    assert r.manifest["estimator_params"]["logit-lens"]["lens_positions"] == 8
+
+
+@pytest.mark.slow
+def test_smollm2_cliff_is_the_massive_token_and_lenses_are_in_range(smollm2):
+    """The finding the Home tour teaches, on the real model: with sinks kept, Bucket and matrix entropy fall at
+    block 11 in one step, where the first token's norm jumps; the change of log norm ratio and of entropy
+    correlate strongly negatively with it kept and not with it excluded."""
+    from analysis.data import SampleConfig, load_corpus, sample_windows
+    from analysis.score.massive import norm_entropy_correlation
+    from app_support.story import cliff
+
+    tokens = sample_windows(load_corpus("wiki"), smollm2.tokenizer, SampleConfig(n_samples=8, seq_len=128, seed=2024))
+    r = analyze(smollm2, tokens, AnalysisConfig(estimator="bucket", extra_estimators=("matrix", "logit-lens"), both_views=True))
+    V = smollm2.model.get_output_embeddings().weight.shape[0]
+    for est, top in (("matrix", math.log(128)), ("logit-lens", math.log(V))):
+        for view in ("exclude", "keep"):
+            b, m = r.seq_entropy(est, view=view)
+            assert np.isfinite(b).all() and np.isfinite(m).all() and b.min() >= 0 and max(b.max(), m.max()) <= top
+    for est in ("bucket", "matrix"):
+        c = cliff(r.entropy(est, view="keep")["boundary"])
+        assert c is not None and c["block"] == 11 and c["down"]
+        kept = norm_entropy_correlation(r, est, "keep", form="changes", n_boot=200)
+        excl = norm_entropy_correlation(r, est, "exclude", form="changes", n_boot=200)
+        assert kept["hi"] < -0.7 and excl["r"] > kept["r"] + 0.5

@@ -77,9 +77,9 @@ def test_massive_ratio_and_first_sequence_flags():
 def test_views_round_trip_and_select_by_view(tmp_path):
     lm = _injected()
     ids = random_tokens(2, 40)
-    r = analyze(lm, ids, AnalysisConfig(extra_estimators=("knn",), k=5))
+    r = analyze(lm, ids, AnalysisConfig(extra_estimators=("knn",), k=5, both_views=True))
     assert r.sink_mode == "exclude" and r.sink_views == ["exclude", "keep"]
-    keep = analyze(lm, ids, AnalysisConfig(extra_estimators=("knn",), k=5, sinks="keep", one_view=True))
+    keep = analyze(lm, ids, AnalysisConfig(extra_estimators=("knn",), k=5, sinks="keep"))
     assert keep.views == {}
     for e in ("bucket", "knn"):
         np.testing.assert_array_equal(r.entropy(e, view="keep")["boundary"], keep.entropy(e)["boundary"])
