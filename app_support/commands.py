@@ -91,7 +91,7 @@ def select_argv(plan_rec, protected: list[int], run_file: str = "run.json", out:
         argv += ["--seed", str(p["seed"])]
     if "window" in p:
         argv += ["--window", str(p["window"])]
-    if plan_rec.edited:
+    if getattr(plan_rec, "edited", False):
         top = [int(b) for b in ((plan_rec.plan.source or {}).get("criterion_top_k") or [])]
         kept = [int(b) for b in plan_rec.blocks]
         add = sorted(set(kept) - set(top))

@@ -9,6 +9,8 @@ the Hub and ``ModelCard.load`` read it.
 """
 from __future__ import annotations
 
+from analysis.store.jsonio import loads_strict
+
 import json
 
 #: hub ids and licences (Hub identifiers) of the embedded models
@@ -166,7 +168,7 @@ def checkpoint_card(model_or_lm, stored_plan, zeroed: dict | None, folder, extra
     heal = None
     text = (extra_files or {}).get("entroscope-heal.json")
     if text:
-        heal = json.loads(text)
+        heal = loads_strict(text)
         if heal.get("plan_in_original_indices") and (stored_plan is None or stored_plan.is_empty):
             stored_plan = Plan.from_dict(heal["plan_in_original_indices"], "entroscope-heal.json")
     ck = (stored_plan.source or {}).get("checkpoint", {}) if stored_plan is not None else {}

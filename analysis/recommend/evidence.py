@@ -8,6 +8,8 @@ The table: ``{"default": {"criterion", "model", "k", "why"}, "source": ..., "mod
 """
 from __future__ import annotations
 
+from analysis.store.jsonio import loads_strict
+
 import json
 from pathlib import Path
 
@@ -18,7 +20,7 @@ FALLBACK = {"criterion": "cosine", "model": None, "k": None, "why": "no evidence
 def load_evidence(path: str | Path | None = None) -> dict:
     """The evidence table (an empty one when the file is missing or unreadable)."""
     try:
-        return json.loads(Path(path or EVIDENCE).read_text(encoding="utf-8"))
+        return loads_strict(Path(path or EVIDENCE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {"default": dict(FALLBACK), "models": {}}
 

@@ -3,6 +3,8 @@ disjoint from the calibration windows, and the summed NLL of every window under 
 :mod:`analysis.models.prefix`), cached on disk so a stopped bake-off resumes."""
 from __future__ import annotations
 
+from analysis.store.jsonio import loads_strict
+
 import hashlib
 import json
 import os
@@ -111,7 +113,7 @@ class NLLCache:
         self.rows: dict[str, list] = {}
         if enabled and self.path.exists():
             try:
-                self.rows = json.loads(self.path.read_text())
+                self.rows = loads_strict(self.path.read_text())
             except (OSError, ValueError):
                 self.rows = {}
 

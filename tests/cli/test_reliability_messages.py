@@ -178,4 +178,4 @@ def test_stdout_is_product_only_at_the_file_descriptor_level(tmp_path, run_json)
 
 def test_a_file_given_as_a_model_directory_is_named_as_such(capsys, run_json):
     rc, err = run_cli(capsys, ["load", run_json])
-    assert rc == 2 and "is a file, not a model directory" in err and "not found" not in err, err
+    assert rc == 2 and "is a file, not a" in err and "directory" in err and "not found" not in err, err

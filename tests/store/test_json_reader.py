@@ -176,6 +176,8 @@ ALLOWED = {
     "analysis/tasks/scoring.py": "the sandbox's own stdin/stdout protocol with its child process",
     "analysis/tasks/data.py": "task data shipped in pinned packages (tasks/ is the sandbox helper's)",
     "analysis/store/outdir.py": "our own ownership marker, read with its own fallback (outdir is relA's)",
+    "analysis/tasks/jail.py": "runs inside the sandbox with the standard library only: its argv from the parent",
+    "analysis/tasks/sandbox.py": "the sandbox's own status protocol with its child process",
 }
 
 
