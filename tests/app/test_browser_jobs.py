@@ -113,8 +113,9 @@ def test_reload_reattaches_jobs_and_stop_keeps_what_finished(server):
             page.get_by_text("Evaluation settings").click()
             _number(page, "Token budget", 2048)
             page.get_by_text("Heal the pruned models").click()
-            heal_box = page.get_by_test_id("stSelectbox").filter(has_text="Heal · ").first
-            heal_box.locator("[data-baseweb='select']").click()
+            heal_box = page.get_by_test_id("stSelectbox").filter(has_text=re.compile(r"^Heal")).first
+            expect(heal_box).to_be_visible()
+            heal_box.get_by_role("combobox").click()
             page.get_by_role("option", name="linear").click()
             _wait_idle(page)
             page.locator(".st-key-run_compare button:visible").click()
@@ -131,7 +132,8 @@ def test_reload_reattaches_jobs_and_stop_keeps_what_finished(server):
             expect(table).to_be_visible(timeout=MODEL_WAIT_MS)
             _wait_idle(page)
             page.get_by_text("Heal the pruned models").click()
-            expect(page.get_by_test_id("stSelectbox").filter(has_text="Heal · ").first).to_contain_text("linear")
+            expect(page.get_by_test_id("stSelectbox").filter(has_text=re.compile(r"^Heal")).first).to_contain_text(
+                "linear")
             page.screenshot(path=str(OUT / "jobs-02-compare-after-f5.png"), full_page=True)
 
             # --- Stop on the comparison keeps the models done -----------------------------------------
