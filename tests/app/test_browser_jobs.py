@@ -125,7 +125,7 @@ def test_reload_reattaches_jobs_and_stop_keeps_what_finished(server):
             page.reload()
             expect(table).to_be_visible(timeout=MODEL_WAIT_MS)          # re-attached; the table arrives
             _wait_idle(page)
-            expect(page.get_by_text(re.compile(r"\+ linear")).first).to_be_visible()   # the healed row
+            expect(page.get_by_test_id("stMetric").filter(has_text="+ linear").first).to_be_visible()  # healed row
             cmp_jobs = _jobs(db, "comparison")
             assert len(cmp_jobs) == 1 and cmp_jobs[0]["starts"] == 1, cmp_jobs
 
