@@ -161,18 +161,20 @@ class Job:
                 self.error_detail = traceback.format_exc()
         finally:
             self.finished = time.time()
-            self.done_event.set()
-            if self.on_change is not None:
-                self.on_change(self)
+            try:
+                if self.on_change is not None:
+                    self.on_change(self)          # the store sees the final status before anyone waiting does
+            finally:
+                self.done_event.set()
 
     @property
     def running(self) -> bool:
-        return not self.done_event.is_set()
+        return self.finished is None
 
     @property
     def ok(self) -> bool:
         """Finished, not stopped, no error: a later start of the same key can reuse it."""
-        return self.done_event.is_set() and not self.stopped and self.error is None
+        return not self.running and not self.stopped and self.error is None
 
     @property
     def status(self) -> str:

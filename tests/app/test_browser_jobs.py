@@ -113,9 +113,11 @@ def test_reload_reattaches_jobs_and_stop_keeps_what_finished(server):
             page.get_by_text("Evaluation settings").click()
             _number(page, "Token budget", 2048)
             page.get_by_text("Heal the pruned models").click()
-            heal_box = page.locator("[class*='st-key-heal_method_'] [data-baseweb='select']").first
-            heal_box.click()
-            page.get_by_role("option", name="linear").click()
+            heal_box = page.get_by_test_id("stSelectbox").filter(has_text=re.compile(r"^Heal")).first
+            expect(heal_box).to_be_visible()
+            heal_box.get_by_role("combobox").click()
+            page.keyboard.type("linear")
+            page.keyboard.press("Enter")
             _wait_idle(page)
             page.locator(".st-key-run_compare button:visible").click()
             table = page.get_by_text(re.compile(r"Perplexity · original"))
@@ -123,7 +125,7 @@ def test_reload_reattaches_jobs_and_stop_keeps_what_finished(server):
             page.reload()
             expect(table).to_be_visible(timeout=MODEL_WAIT_MS)          # re-attached; the table arrives
             _wait_idle(page)
-            expect(page.get_by_text(re.compile(r"\+ linear")).first).to_be_visible()   # the healed row
+            expect(page.get_by_test_id("stMetric").filter(has_text="+ linear").first).to_be_visible()  # healed row
             cmp_jobs = _jobs(db, "comparison")
             assert len(cmp_jobs) == 1 and cmp_jobs[0]["starts"] == 1, cmp_jobs
 
@@ -131,7 +133,8 @@ def test_reload_reattaches_jobs_and_stop_keeps_what_finished(server):
             expect(table).to_be_visible(timeout=MODEL_WAIT_MS)
             _wait_idle(page)
             page.get_by_text("Heal the pruned models").click()
-            expect(page.locator("[class*='st-key-heal_method_']").first).to_contain_text("linear")
+            expect(page.get_by_test_id("stSelectbox").filter(has_text=re.compile(r"^Heal")).first).to_contain_text(
+                "linear")
             page.screenshot(path=str(OUT / "jobs-02-compare-after-f5.png"), full_page=True)
 
             # --- Stop on the comparison keeps the models done -----------------------------------------
