@@ -116,8 +116,10 @@ def test_reload_reattaches_jobs_and_stop_keeps_what_finished(server):
             heal_box = page.get_by_test_id("stSelectbox").filter(has_text=re.compile(r"^Heal")).first
             expect(heal_box).to_be_visible()
             heal_box.get_by_role("combobox").click()
-            page.keyboard.type("linear")
-            page.keyboard.press("Enter")
+            option = page.get_by_role("option", name="linear", exact=True)
+            expect(option).to_be_visible()
+            option.click()
+            expect(heal_box).to_contain_text("linear")
             _wait_idle(page)
             page.locator(".st-key-run_compare button:visible").click()
             table = page.get_by_text(re.compile(r"Perplexity · original"))
