@@ -59,11 +59,19 @@ def heal_widgets(plan_names: list[str], data_spec: dict | None) -> None:
         lr = d3.number_input("Learning rate", 1e-6, 1e-1, format="%.0e",
                              key=state.wkey("heal.lr", DISTILL_DEFAULTS["lr"]))
         state.sync("heal.steps", "heal.rank", "heal.lr")
+        changed = False
         for i, name in enumerate(plan_names):
             method = cols[i % len(cols)].selectbox(f"Heal · {name}", METHODS, key=f"heal_method_{name}",
                                                    index=METHODS.index(choice(name)["method"]))
             opts = {"steps": int(steps), "rank": int(rank), "lr": float(lr)} if method == "distill" else {}
-            choices()[name] = {"method": method, "options": opts, "corpus": corpus}
+            new = {"method": method, "options": opts, "corpus": corpus}
+            if choices().get(name) != new:
+                choices()[name] = new
+                changed = True
+        if changed:               # stored now, so an F5 right after choosing finds it
+            from . import session_store
+
+            session_store.save()
 
 
 class _HealedCache:

@@ -344,3 +344,15 @@ def test_reload_during_an_analysis_reattaches_to_the_running_job(monkeypatch):
     ta.join(120)
     assert "error" not in box, box.get("error")
     assert calls == [1] and registry().store.job(job.key)["starts"] == 1   # the work ran once
+
+
+def test_heal_choice_comes_back_after_a_reload():
+    """A plan's Heal choice is the session's: F5 (a new session on the same sid) shows it again."""
+    from test_app_pages import _with_plan
+
+    at = goto(_with_plan(**SMALL), "5_Prune_and_compare")
+    plan_name = at.multiselect(key="cmp_plans").value[0]
+    at.selectbox(key=f"heal_method_{plan_name}").set_value("linear").run()
+    ok(at)
+    again = _reload(_sid(at), "5_Prune_and_compare")
+    assert again.selectbox(key=f"heal_method_{plan_name}").value == "linear"
