@@ -40,7 +40,8 @@ def run_model(name: str, n: int, t: int, positions: int):
 
     lm = load_model(name, dtype="fp32")
     tokens = sample_windows(load_corpus("wiki"), lm.tokenizer, SampleConfig(n_samples=n, seq_len=t, seed=2024))
-    cfg = AnalysisConfig(estimator="bucket", extra_estimators=("matrix", "logit-lens"), lens_positions=positions)
+    cfg = AnalysisConfig(estimator="bucket", extra_estimators=("matrix", "logit-lens"), lens_positions=positions,
+                         both_views=True)       # the lesson needs sinks kept *and* excluded
     return analyze(lm, tokens, cfg)
 
 
