@@ -153,9 +153,10 @@ def test_defaults_and_boundaries_are_accepted():
     from analysis.run import AnalysisConfig
     from analysis.settings import SEED_MAX
 
-    AnalysisConfig()
-    AnalysisConfig(k=10_000, bins=100_000, clip=-0.0, seed=SEED_MAX, mi={"n_tokens": 1_000_000})
-    AnalysisConfig(k=np.int64(5), alpha=np.float32(2.0))              # numpy numbers are numbers
+    assert AnalysisConfig().k > 0
+    edge = AnalysisConfig(k=10_000, bins=100_000, clip=-0.0, seed=SEED_MAX, mi={"n_tokens": 1_000_000})
+    assert edge.k == 10_000 and edge.seed == SEED_MAX
+    assert AnalysisConfig(k=np.int64(5), alpha=np.float32(2.0)).k == 5     # numpy numbers are numbers
 
 
 def test_memory_is_estimated_before_the_pass(capsys, tmp_path, monkeypatch, tiny_dir, ids_file):

@@ -370,6 +370,7 @@ IDS = [c[0] for c in CASES]
 
 @pytest.mark.parametrize("name, x, keep", CASES, ids=IDS)
 def test_masked_kernels_are_bit_identical(name, x, keep):
+    """Every sink-masked kernel equals the frozen copy bit for bit (``_same`` asserts)."""
     _same(S.entropy_bucket_masked(x, keep), ref_entropy_bucket_masked(x, keep))
     _same(S.entropy_bucket_masked(x, keep, bins=7), ref_entropy_bucket_masked(x, keep, bins=7))
     _same(S.entropy_bucket_robust_masked(x, keep), ref_entropy_bucket_robust_masked(x, keep))
@@ -386,6 +387,7 @@ def test_masked_kernels_are_bit_identical(name, x, keep):
 @pytest.mark.parametrize("name, x, keep", [c for c in CASES if c[0].endswith("-all")],
                          ids=[i for i in IDS if i.endswith("-all")])
 def test_plain_kernels_are_bit_identical(name, x, keep):
+    """Every plain kernel equals the frozen copy bit for bit (``_same`` asserts)."""
     _same(E.entropy_bucket(x), ref_entropy_bucket(x))
     _same(E.entropy_bucket(x, bins=3), ref_entropy_bucket(x, bins=3))
     _same(S.entropy_bucket_robust(x), ref_entropy_bucket_robust(x))
