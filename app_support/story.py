@@ -27,6 +27,11 @@ SINKS_SENTENCE = ("Massive-activation tokens (a token whose norm is over 8× its
 CLIFF_SHARE = 0.5
 
 
+
+def z(i) -> str:
+    """Residual boundary ``Z^i`` for the app's markdown (rendered as a superscript, never a literal ``^``)."""
+    return f"$Z^{{{i}}}$"
+
 def view_label(view: str | None) -> str:
     from analysis.score.result import view_label as _vl
 
@@ -83,14 +88,14 @@ def onset_text(facts: dict) -> str:
     parts = []
     if facts.get("pos0_onset") is not None:
         a, b = facts["pos0_onset"], facts["pos0_last"]
-        where = f"Z^{a} (the output of block {a - 1})" if a > 0 else "Z^0 (the embeddings)"
-        parts.append(f"the sink rule flags the first token (position 0) in most windows from {where} to Z^{b}")
+        where = f"{z(a)} (the output of block {a - 1})" if a > 0 else "$Z^0$ (the embeddings)"
+        parts.append(f"the sink rule flags the first token (position 0) in most windows from {where} to {z(b)}")
     if facts.get("any_onset") is not None and facts["any_onset"] != facts.get("pos0_onset"):
         a = facts["any_onset"]
-        parts.append(f"a flagged token (any position) appears in most windows from Z^{a}")
+        parts.append(f"a flagged token (any position) appears in most windows from {z(a)}")
     if facts.get("peak") and facts["peak"] >= 8:
         at = facts["peak_at"]
-        parts.append(f"the largest token norm peaks at {facts['peak']:.0f}× the median at Z^{at}"
+        parts.append(f"the largest token norm peaks at {facts['peak']:.0f}× the median at {z(at)}"
                      + (f" (the output of block {at - 1})" if at > 0 else ""))
     return "; ".join(parts)
 
@@ -136,7 +141,7 @@ def shape_sentence(result, est: str | None = None, view: str | None = None, boun
                          else f"{_trend(curve[: i + 1], curve)} over block 0")
         verb = "falls" if c["down"] else "jumps"
         where = f"the last block, {i}" if i == L - 1 else f"block {i}"
-        cl = (f"{verb} by {abs(c['step']):.3g} nats at {where} (Z^{i} → Z^{i + 1}, {c['share']:.0%} of "
+        cl = (f"{verb} by {abs(c['step']):.3g} nats at {where} ({z(i)} → {z(i + 1)}, {c['share']:.0%} of "
               f"the curve's whole range in one block)")
         m = result.massive
         if m is not None and c["down"]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .story import cliff, onset_text, sink_facts, view_label
+from .story import cliff, onset_text, sink_facts, view_label, z
 
 TOUR_RUN = Path(__file__).resolve().parent / "tour" / "smollm2.json"
 TOUR_CMD = ".venv/bin/python bench/lenses.py --model smollm2 --n 8 --t 128 --tour app_support/tour/smollm2.json"
@@ -42,13 +42,13 @@ def tour_steps(r, est: str = "bucket") -> list[tuple[str, str, object]]:
     steps.append(("1 · The curve, every token kept",
                   f"EntroDrop's reference keeps every token: on {model} ({n} Wikipedia windows × {t} tokens) the "
                   f"{est} entropy of the residual stream goes from {kept[0]:.4g} nats at the embeddings to a low of "
-                  f"{kept[lo]:.4g} at Z^{lo} and a high of {kept[hi]:.4g} at Z^{hi} — it looks like a fall and a rise.",
+                  f"{kept[lo]:.4g} at {z(lo)} and a high of {kept[hi]:.4g} at {z(hi)} — it looks like a fall and a rise.",
                   plots.entropy_curves(r, est, 0, [], view="keep", points=("resid_pre", "resid_post"))))
     # 2 — the cliff
     if c is not None:
         i = c["block"]
         s2 = (f"But it does not fall gradually: one block, block {i}, takes it down by {abs(c['step']):.4g} nats "
-              f"(Z^{i} → Z^{i + 1}), {c['share']:.0%} of the curve's whole range. That is a cliff, not a compression "
+              f"({z(i)} → {z(i + 1)}), {c['share']:.0%} of the curve's whole range. That is a cliff, not a compression "
               "stage.")
     else:
         s2 = "No single block dominates this curve: the change is spread over several blocks."
@@ -73,7 +73,7 @@ def tour_steps(r, est: str = "bucket") -> list[tuple[str, str, object]]:
         shape = "the curve keeps its shape"
         moral = ""
     s4 = (f"Leave the flagged tokens out ({view_label(other)}; same pass, no re-run) and {shape}: the curve goes "
-          f"{'up' if ex[L - 1] > ex[0] else 'down'} from {ex[0]:.4g} to {ex[L - 1]:.4g} nats by Z^{L - 1}.{moral}")
+          f"{'up' if ex[L - 1] > ex[0] else 'down'} from {ex[0]:.4g} to {ex[L - 1]:.4g} nats by {z(L - 1)}.{moral}")
     steps.append(("4 · The same curve, sinks excluded", s4,
                   plots.entropy_curves(r, est, 0, [], view=other, overlay="keep", points=("resid_post",))))
     # 5 — the other lenses

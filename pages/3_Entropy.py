@@ -297,7 +297,7 @@ with T["Entropy curves"], guarded("Entropy curves"):
                    f"output (resid_post); each sequence's tokens are the samples"
                    + (f"; dashed = {view_label(overlay)} (same pass)" if overlay else "") + f". Shaded: {stage}"
                    + (f", band = 90 % bootstrap interval of the boundary ({bi['lo']}…{bi['hi']})" if bi and bi.get("detected") else "")
-                   + (f"; red dotted = the massive activation appears (Z^{jump})" if jump is not None else "")
+                   + (f"; red dotted = the massive activation appears ($Z^{{{jump}}}$)" if jump is not None else "")
                    + "; lock = protected. Blocks 0-based.",
               name="entropy_curves", key="entropy_curves_chart")
 

@@ -33,7 +33,7 @@ def test_a_flat_curve_with_one_cliff_is_called_a_cliff_at_the_sink():
     assert cliff(curve)["block"] == 3
     f = sink_facts(r)
     assert f["pos0_onset"] == 4 and f["peak_at"] == 4
-    assert "from Z^4 (the output of block 3)" in story(r)
+    assert "from $Z^{4}$ (the output of block 3)" in story(r)
 
 
 def test_a_gradual_two_stage_curve_is_two_stages_and_a_rising_curve_has_no_stage():
