@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIG = ROOT / "docs" / "figures" / "models"
 DOC = ROOT / "docs" / "models.md"
 EST = ("bucket", "bucket-robust", "knn", "knn-norm")
+LENSES = ("matrix", "logit-lens")     # entropy lenses: EntroDrop under them is a bake-off candidate too
 MODES = ("exclude", "keep")
 CALIB = "wiki"
 ORDER = ["smollm2", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
@@ -58,6 +59,7 @@ def run_model(name: str, n: int, t: int, cfg, save=lambda res: None) -> dict:
     from analysis.models.loading import load_model
     from analysis.recommend.bakeoff import recommend
     from analysis.run import AnalysisConfig, analyze
+    from analysis.settings import build
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
@@ -68,8 +70,12 @@ def run_model(name: str, n: int, t: int, cfg, save=lambda res: None) -> dict:
     tokens = sample_windows(load_corpus(CALIB), lm.tokenizer, SampleConfig(n_samples=n, seq_len=t, seed=2024))
     runs = {}
     for mode in MODES:
-        acfg = AnalysisConfig(estimator="bucket", extra_estimators=EST[1:], granularity=cfg.granularity, sinks=mode,
-                              protect=cfg.protect, batch_size=4)
+        # the sinks-excluded run is the bake-off's: it also carries the entropy lenses and, with --with-mi, the
+        # MI states, so EntroDrop under every estimator and MI-PRUN (incl. Fast-Block-Select) are candidates
+        extra = EST[1:] + (LENSES if mode == "exclude" else ())
+        acfg = build(AnalysisConfig, {"estimator": "bucket", "extra_estimators": extra, "granularity": cfg.granularity,
+                                      "sinks": mode, "protect": cfg.protect, "batch_size": 4,
+                                      "mi": bool(cfg.mi and mode == "exclude")})
         r = analyze(lm, tokens, acfg, cache=True)
         runs[mode] = r
         info = {}
