@@ -251,6 +251,9 @@ def report(paths: list[Path], write: bool = False) -> str:
             md.append("**Recommendation** (`python -m analysis recommend`):\n")
             md += [f"- {r['sentence']}" for r in rec["recommendations"].values()]
             md.append("")
+        chk = paths[0].parent / f"{name}.check.json"
+        if rec and chk.exists():
+            md.append(check_text(json.loads(chk.read_text())))
     md.append(_findings(recs))
     text = "\n".join(md)
     if write:
@@ -261,6 +264,24 @@ def report(paths: list[Path], write: bool = False) -> str:
             write_evidence(recs, "docs/models.md, written by bench/models.py --report --write")
         print(f"wrote docs/models.md and analysis/recommend/evidence.json ({len(results)} models)")
     return text
+
+
+def check_text(c: dict) -> str:
+    """The recommendation followed on a third text (``bench/recommend_check.py``), as markdown."""
+    lvl = round(100 * c["level"])
+    out = [f"**Followed on text neither calibration nor judging saw** (`bench/recommend_check.py`): {c['tokens']} tokens "
+           f"({c['windows']} windows) of `{c['text']}` ({len(c['files'])} files); load average {c.get('load')}.\n",
+           f"| k | recommended | its ΔPPL there [{lvl} %] | best fixed criterion there | its ΔPPL [{lvl} %] | "
+           f"difference, pp [{lvl} %] | random median | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for k, e in c["ks"].items():
+        cm, r = e["comparison"], e["recommended"]
+        h = "" if cm["heal"] == "none" else f" + {cm['heal']}"
+        rnd = f"{e['random_median']:+.1f} %" if e.get("random_median") is not None else "—"
+        out.append(f"| {k} | {r['label']}{h} | {cm['recommended']['dppl']:+.1f} % [{cm['recommended']['lo']:.0f}, "
+                   f"{cm['recommended']['hi']:.0f}] | {e['best_fixed']}{h} | {cm['best_fixed']['dppl']:+.1f} % "
+                   f"[{cm['best_fixed']['lo']:.0f}, {cm['best_fixed']['hi']:.0f}] | [{cm['difference_pp'][0]:+.1f}, "
+                   f"{cm['difference_pp'][1]:+.1f}] | {rnd} | {cm['verdict']} |")
+    return "\n".join(out) + "\n"
 
 
 def _findings(recs: list[dict]) -> str:
@@ -290,10 +311,11 @@ HEADER = """# Four real models: entropy curves, sinks, boundary and a held-out b
 
 Written by `bench/models.py` (run alone on a quiet machine; the load average of each run is recorded below):
 
-    bench/models.py --model smollm2
-    bench/models.py --model gemma3-270m --heal none,distill --heal-top 2   # linear cannot fold past its sandwich norms
-    bench/models.py --model qwen2.5-coder-0.5b
-    bench/models.py --model qwen2.5-coder-1.5b
+    bench/models.py --model smollm2 --with-mi
+    bench/models.py --model gemma3-270m --with-mi --heal none,distill --heal-top 2   # linear cannot fold past its sandwich norms
+    bench/models.py --model qwen2.5-coder-0.5b --with-mi
+    bench/models.py --model qwen2.5-coder-1.5b --with-mi
+    bench/recommend_check.py --model M --write      # each model: the recommendation followed on a third text
     bench/models.py --report --write
 
 Defaults: 32 × 256 calibration tokens of `wiki` (calibration split), ≥ 4,096 held-out tokens judged. Blocks
@@ -343,7 +365,7 @@ def main() -> None:
         save(run_model(args.model, args.n, args.t, cfg, save))
     if args.report or not args.model:
         paths = sorted(out_dir.glob("*.json"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
-        text = report([p for p in paths if p.stem != "summary"], write=args.write)
+        text = report([p for p in paths if p.stem != "summary" and not p.stem.endswith(".check")], write=args.write)
         if not args.write:
             print(text)
 
