@@ -309,7 +309,9 @@ def _findings(recs: list[dict]) -> str:
 
 HEADER = """# Four real models: entropy curves, sinks, boundary and a held-out bake-off
 
-Written by `bench/models.py` (run alone on a quiet machine; the load average of each run is recorded below):
+Written by `bench/models.py`, one model per process, at full scale (32 × 256 calibration tokens, ≥ 4,096
+held-out tokens). The load average at the start and end of each run is recorded below: held-out perplexities,
+intervals and rankings are deterministic and do not depend on the load; the run times do:
 
     bench/models.py --model smollm2 --with-mi
     bench/models.py --model gemma3-270m --with-mi --heal none,distill --heal-top 2   # linear cannot fold past its sandwich norms
