@@ -51,7 +51,7 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_model(name: str, n: int, t: int, cfg, save=lambda res: None) -> dict:
+def run_model(name: str, n: int, t: int, cfg, save=lambda res: None, dtype: str = "fp32") -> dict:
     import torch
 
     from analysis.data import SampleConfig, load_corpus, sample_windows
@@ -64,7 +64,8 @@ def run_model(name: str, n: int, t: int, cfg, save=lambda res: None) -> dict:
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     out = {"model": name, "calib": {"domain": CALIB, "n": n, "t": t}, "runs": {}, "load": {"start": load()}}
-    lm = load_model(name, device="cpu", dtype="fp32")
+    lm = load_model(name, device="cpu", dtype=dtype)
+    out["dtype"] = str(lm.dtype).replace("torch.", "")
     out["layers"] = L = lm.num_layers
     log(f"{name}: loaded, {L} layers")
     tokens = sample_windows(load_corpus(CALIB), lm.tokenizer, SampleConfig(n_samples=n, seq_len=t, seed=2024))
@@ -230,7 +231,8 @@ def report(paths: list[Path], write: bool = False) -> str:
         rec = res.get("recommend")
         md.append(f"## {name} ({L} blocks)\n")
         ld = res.get("load") or {}
-        md.append(f"Calibration: {res['calib']['n']} × {res['calib']['t']} tokens of `{res['calib']['domain']}`. "
+        md.append(f"Weights in {res.get('dtype', 'float32')}. "
+                  f"Calibration: {res['calib']['n']} × {res['calib']['t']} tokens of `{res['calib']['domain']}`. "
                   + (f"Judged on {rec['judging']['tokens']} held-out tokens ({rec['judging']['windows']} windows of "
                      f"{rec['judging']['window']}) of {', '.join(rec['judging']['domains'])} (eval split; no judging "
                      f"window shares {rec['judging']['disjoint']['ngram']} consecutive tokens with calibration), full "
@@ -346,6 +348,8 @@ def main() -> None:
     ap.add_argument("--model", help="one embedded model (one per process)")
     ap.add_argument("--n", type=int, default=32, help="calibration windows")
     ap.add_argument("--t", type=int, default=256, help="tokens per calibration window")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "auto"),
+                    help="model dtype (fp32 by default; bf16 where the CPU runs it natively makes the largest model affordable)")
     ap.add_argument("--report", action="store_true", help="print the markdown built from the JSON files present")
     ap.add_argument("--dir", default=str(FIG), help="where the per-model JSON files go (default docs/figures/models; "
                                                    "a check run with tiny sizes should write elsewhere)")
@@ -364,7 +368,7 @@ def main() -> None:
         def save(res: dict) -> None:
             (out_dir / f"{args.model}.json").write_text(json.dumps(res, default=float))
 
-        save(run_model(args.model, args.n, args.t, cfg, save))
+        save(run_model(args.model, args.n, args.t, cfg, save, dtype=args.dtype))
     if args.report or not args.model:
         paths = sorted(out_dir.glob("*.json"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
         text = report([p for p in paths if p.stem != "summary" and not p.stem.endswith(".check")], write=args.write)

@@ -82,7 +82,7 @@ def check(model: str, text: str, tokens: int, window: int, level: float, n_boot:
     rec = res["recommend"]
     gkey = {"attention": "drop_attn", "mlp": "drop_mlp", "layer": "drop_layers"}[rec["granularity"]]
     torch.set_grad_enabled(False)
-    lm = load_model(model, device="cpu", dtype="fp32")
+    lm = load_model(model, device="cpu", dtype={"bfloat16": "bf16"}.get(res.get("dtype"), "fp32"))  # as the bake-off ran
     texts, names = read_texts(text)
     w = prepare_eval(lm, texts, EvalConfig(window=window, max_tokens=tokens, batch_size=1), "all")
     rows_ = [(ids[0], first) for ids, first in w.batches]
