@@ -47,10 +47,16 @@ def _student(lm, plan: Plan, init: str, tokens: Tensor, progress, stop) -> nn.Mo
     return prune_copy(lm.model, plan)
 
 
-def heal_distill(lm, plan: Plan, tokens: Tensor, progress=None, stop=None, steps: int = 50, rank: int = 8,
-                 lr: float = 5e-4, batch_size: int = 2, temperature: float = 1.0, init: str = "none",
-                 seed: int = 0) -> Healed:
-    """LoRA KL distillation of the pruned model towards the original; adapters merged at the end."""
+def heal_distill(lm, plan: Plan, tokens: Tensor, progress=None, stop=None, **options) -> Healed:
+    """LoRA KL distillation of the pruned model towards the original; adapters merged at the end. Training needs
+    autograd: it runs with it on even when the caller turned it off (``no_grad`` / ``inference_mode``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _heal_distill(lm, plan, tokens, progress, stop, **options)
+
+
+def _heal_distill(lm, plan: Plan, tokens: Tensor, progress=None, stop=None, steps: int = 50, rank: int = 8,
+                  lr: float = 5e-4, batch_size: int = 2, temperature: float = 1.0, init: str = "none",
+                  seed: int = 0) -> Healed:
     from peft import LoraConfig, get_peft_model
     for name, v, lo in (("steps", steps, 1), ("rank", rank, 1), ("batch_size", batch_size, 1)):
         if not isinstance(v, int) or v < lo:

@@ -195,6 +195,20 @@ def test_distill_reduces_kl_and_merges():
     assert weights_hash(lm.model) == before
 
 
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_distill_trains_when_the_caller_turned_autograd_off(context):
+    """bench/models.py (and any caller) may run under no_grad / inference_mode: distillation still trains."""
+    lm = tiny_loaded(layers=4)
+    tok = random_tokens(4, 16)
+    ctx = torch.no_grad() if context == "no_grad" else torch.inference_mode()
+    plan = Plan(drop_layers=[2])
+    unhealed = compare(lm, pruned_view(lm.model, plan), tok)["kl"]
+    with ctx:
+        h = heal(lm, plan, "distill", tok, steps=3, lr=3e-3)
+        assert not torch.is_grad_enabled()              # the caller's mode is restored
+    assert compare(lm, h.model, tok)["kl"] != unhealed    # the adapters were trained and merged
+
+
 def test_distill_stop_flag():
     import threading
 
