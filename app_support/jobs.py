@@ -308,7 +308,8 @@ def follow(job: Job, title: str, stop_key: str, stop_help: str = "Stops after th
     work stops at its next step. Leaving the page interrupts only the polling, never the job.
     """
     bar = st.progress(min(job.frac, 1.0), text=f"{title} … {job.status_text()}")
-    if st.button("Stop", icon=":material/stop:", key=stop_key, help=stop_help, disabled=job.stopped):
+    stop_slot = st.empty()                     # cleared with the bar: no Stop button outlives its job
+    if stop_slot.button("Stop", icon=":material/stop:", key=stop_key, help=stop_help, disabled=job.stopped):
         job.stop()
         st.toast("Stopping after the current step …")
     while job.running:
@@ -317,6 +318,7 @@ def follow(job: Job, title: str, stop_key: str, stop_help: str = "Stops after th
             on_tick(job)
         time.sleep(poll)
     bar.empty()
+    stop_slot.empty()
 
 
 class AnalysisJob(Job):

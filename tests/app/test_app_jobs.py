@@ -144,3 +144,22 @@ def test_test_hold_hook_waits_for_stop_and_only_for_named_kinds(monkeypatch):
     assert reports == [True] and job.result == "what finished" and job.status == "stopped"
     monkeypatch.delenv("ENTROSCOPE_TEST_JOB_HOLD")
     assert job_hold_seconds("held") == 0.0
+
+
+def test_follow_leaves_no_stop_button_once_the_job_ended():
+    """The progress bar and its Stop button go away together when the followed job ends (no orphan Stop)."""
+    from streamlit.testing.v1 import AppTest
+
+    def script():
+        import streamlit as st
+
+        from app_support.jobs import Job, follow
+
+        job = Job("k-follow", lambda job: job.progress(1.0, "done") or "ok", kind="probe").start()
+        follow(job, "Probing", "probe_stop", poll=0.05)
+        st.write(f"result: {job.result}")
+
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.markdown] == ["result: ok"]
+    assert not [b for b in at.button if b.key == "probe_stop"]
