@@ -147,25 +147,33 @@ def fill_text(page, label: str, value: str) -> None:
     wait_idle(page)
 
 
-def choose(page, label: str, option: str) -> None:
+def choose(page, label: str, option: str, attempts: int = 3) -> None:
     """Pick ``option`` (its shown text) in the selectbox labelled ``label``.
 
     Streamlit's selectbox is a baseweb select: its visible input has role combobox (named by the label) and
     its options are ``[role=option]`` items of a listbox rendered in a popover at the end of the document, only
-    once the box is open (and virtualised: only the visible rows exist). Typing into the input filters the
-    list, so the wanted option is rendered whatever the list's length; the click then lands on it.
+    while the box is open (and virtualised: only the visible rows exist). Typing into the input filters the
+    list, so the wanted option is rendered whatever the list's length. The box is first scrolled to the middle
+    of the window: a box near the bottom opens its list below the fold, and the scroll that a click there
+    needs closes the list ("option not found"). Should the list close anyway (a rerun landing meanwhile), the
+    pick is tried again; it ends with the box showing ``option``.
     """
-    from playwright.sync_api import expect
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout, expect
 
     box = page.get_by_role("combobox", name=label, exact=True)
-    box.scroll_into_view_if_needed()
-    box.click()
-    box.fill(option)
-    opt = page.get_by_role("option", name=option, exact=True)
-    expect(opt.first).to_be_visible()
-    opt.first.click()
+    for _ in range(attempts):
+        wait_idle(page)
+        if box.input_value() == option:
+            break
+        box.evaluate("el => el.scrollIntoView({block: 'center'})")
+        box.click()
+        box.fill(option)
+        try:
+            page.get_by_role("option", name=option, exact=True).first.click(timeout=20_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
     wait_idle(page)
-    expect(page.get_by_role("combobox", name=label, exact=True)).to_have_value(option)
+    expect(box).to_have_value(option)
 
 
 def wait_text(page, pattern: str | re.Pattern, timeout: float = UI_WAIT_MS):
