@@ -13,10 +13,15 @@ between steps and returns what finished. Switching pages interrupts only the pol
 
 Finished results are also kept in a process-wide cache (``st.cache_resource``) keyed by the model
 fingerprint, the token set's sha256 and the analysis config, so repeating a run is instant.
+
+Test hook (browser tests only): ``ENTROSCOPE_TEST_JOB_HOLD="ground-truth:120,comparison:10"`` makes every
+progress report of a job of those kinds wait that many seconds, or until Stop is pressed, so a test can press
+Stop while the job runs however fast the machine is (:func:`job_hold_seconds`). Unset, nothing waits.
 """
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import traceback
@@ -32,6 +37,16 @@ def fmt_seconds(sec: float) -> str:
     """``42 s`` / ``3 min 05 s``."""
     sec = int(round(sec))
     return f"{sec} s" if sec < 90 else f"{sec // 60} min {sec % 60:02d} s"
+
+
+def job_hold_seconds(kind: str) -> float:
+    """Seconds each progress report of a ``kind`` job waits (or until Stop) under the test hook
+    ``ENTROSCOPE_TEST_JOB_HOLD`` (``"kind:seconds,…"``; a kind without seconds waits 30 s); 0 when unset."""
+    for part in os.environ.get("ENTROSCOPE_TEST_JOB_HOLD", "").split(","):
+        name, _, sec = part.strip().partition(":")
+        if name and name == kind:
+            return float(sec or 30)
+    return 0.0
 
 
 @st.cache_resource(show_spinner=False)
@@ -125,6 +140,9 @@ class Job:
         self.smoother.update(time.time(), self.frac)
         if self.on_change is not None:
             self.on_change(self)
+        hold = job_hold_seconds(self.kind)
+        if hold:                                  # test hook only (module docstring): Stop ends the wait
+            self.stop_event.wait(hold)
 
     def should_stop(self) -> bool:
         return self.stop_event.is_set()
@@ -290,7 +308,8 @@ def follow(job: Job, title: str, stop_key: str, stop_help: str = "Stops after th
     work stops at its next step. Leaving the page interrupts only the polling, never the job.
     """
     bar = st.progress(min(job.frac, 1.0), text=f"{title} … {job.status_text()}")
-    if st.button("Stop", icon=":material/stop:", key=stop_key, help=stop_help, disabled=job.stopped):
+    stop_slot = st.empty()                     # cleared with the bar: no Stop button outlives its job
+    if stop_slot.button("Stop", icon=":material/stop:", key=stop_key, help=stop_help, disabled=job.stopped):
         job.stop()
         st.toast("Stopping after the current step …")
     while job.running:
@@ -299,6 +318,7 @@ def follow(job: Job, title: str, stop_key: str, stop_help: str = "Stops after th
             on_tick(job)
         time.sleep(poll)
     bar.empty()
+    stop_slot.empty()
 
 
 class AnalysisJob(Job):

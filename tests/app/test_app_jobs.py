@@ -122,3 +122,44 @@ def test_errors_are_one_line():
     job = Job("e1", boom).start()
     job.wait(30)
     assert job.status == "error" and job.error == "Unexpected ValueError: bad thing"
+
+
+def test_test_hold_hook_waits_for_stop_and_only_for_named_kinds(monkeypatch):
+    """ENTROSCOPE_TEST_JOB_HOLD (the browser tests' hook): a held kind's progress report waits until Stop."""
+    from app_support.jobs import job_hold_seconds
+
+    monkeypatch.setenv("ENTROSCOPE_TEST_JOB_HOLD", "held:600, other")
+    assert (job_hold_seconds("held"), job_hold_seconds("other"), job_hold_seconds("comparison")) == (600.0, 30.0, 0.0)
+    reports = []
+
+    def work(job):
+        job.progress(0.5, "half")                 # held here until Stop
+        reports.append(job.should_stop())
+        return "what finished"
+
+    job = Job("k-held", work, kind="held").start()
+    assert not job.wait(3)                        # 600 s hold: still waiting (a broken hook returns at once)
+    job.stop()
+    assert job.wait(120)
+    assert reports == [True] and job.result == "what finished" and job.status == "stopped"
+    monkeypatch.delenv("ENTROSCOPE_TEST_JOB_HOLD")
+    assert job_hold_seconds("held") == 0.0
+
+
+def test_follow_leaves_no_stop_button_once_the_job_ended():
+    """The progress bar and its Stop button go away together when the followed job ends (no orphan Stop)."""
+    from streamlit.testing.v1 import AppTest
+
+    def script():
+        import streamlit as st
+
+        from app_support.jobs import Job, follow
+
+        job = Job("k-follow", lambda job: job.progress(1.0, "done") or "ok", kind="probe").start()
+        follow(job, "Probing", "probe_stop", poll=0.05)
+        st.write(f"result: {job.result}")
+
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.markdown] == ["result: ok"]
+    assert not [b for b in at.button if b.key == "probe_stop"]

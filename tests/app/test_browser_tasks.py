@@ -7,20 +7,11 @@ Skipped only when ``/usr/bin/chromium`` is absent (``make browser`` installs it)
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-import time
-import urllib.request
 
-import pytest
+from browser_helpers import BROWSER_MARKS, OUT, ROOT
 
-from test_browser_e2e import ARGS, CHROMIUM, OUT, ROOT, START_WAIT_S, _free_port
-
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
-                                 reason=f"{CHROMIUM} not installed (run `make browser`)")]
+pytestmark = BROWSER_MARKS
 
 WAIT_MS = 600_000  # generous: a loaded 2-core machine; a hang never ends
 
@@ -55,43 +46,17 @@ st.write(f"task columns done: {sorted(cols['drop 1'])}; forks of the server: {le
 """
 
 
-def test_a_task_column_finishes_inside_the_real_server(tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_a_task_column_finishes_inside_the_real_server(tmp_path, launch_app, new_page):
     page_file = tmp_path / "task_column.py"
     page_file.write_text(textwrap.dedent(PAGE))
-    port = _free_port()
     # the user's environment: none of the switches the test suite sets
-    env = {k: v for k, v in os.environ.items() if k not in ("DISABLE_MULTIPROC", "TOKENIZERS_PARALLELISM")}
-    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    OUT.mkdir(exist_ok=True)
-    with open(OUT / "streamlit-tasks.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(page_file), "--server.headless", "true",
-                                 "--server.port", str(port), "--server.address", "127.0.0.1",
-                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + START_WAIT_S
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"streamlit did not start within {START_WAIT_S} s (see test-output/streamlit-tasks.log)")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page()
-            page.goto(url)
-            done = page.get_by_text("task columns done")
-            done.wait_for(timeout=WAIT_MS)
-            text = done.inner_text()
-            page.screenshot(path=str(OUT / "task_column.png"))
-            browser.close()
-        assert "'cloze-news acc'" in text and "'cloze-news ±'" in text
-        assert text.endswith("forks of the server: 0")
-    finally:
-        os.killpg(proc.pid, 9)  # the server and anything it started
-        proc.wait()
+    server = launch_app(page_file, "streamlit-tasks.log", env={"PYTHONPATH": str(ROOT)},
+                        drop=("DISABLE_MULTIPROC", "TOKENIZERS_PARALLELISM"))
+    page = new_page(viewport=(1280, 720))
+    page.goto(server.url)
+    done = page.get_by_text("task columns done")
+    done.wait_for(timeout=WAIT_MS)
+    text = done.inner_text()
+    page.screenshot(path=str(OUT / "task_column.png"))
+    assert "'cloze-news acc'" in text and "'cloze-news ±'" in text
+    assert text.endswith("forks of the server: 0")
