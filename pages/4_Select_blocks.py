@@ -174,13 +174,13 @@ if c.params:
     for i, (p, default) in enumerate(c.params.items()):
         key = f"sel.param.{crit}.{p}"
         if p == "estimator":
-            from app_support.story import RANKING_DEFAULT, RANKING_WHY
+            from app_support.story import ranking_estimator, ranking_why
 
             opts = r.estimators
-            pref = RANKING_DEFAULT["estimator"] if RANKING_DEFAULT["estimator"] in opts else r.estimator
+            pref = ranking_estimator() if ranking_estimator() in opts else r.estimator
             if state.get(key) not in opts:
                 state.set_value(key, pref)
-            params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, pref), help=RANKING_WHY)
+            params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, pref), help=ranking_why())
         elif isinstance(default, bool):
             params[p] = pc[i].checkbox(p, key=state.wkey(key, default))
         elif isinstance(default, int):
