@@ -221,7 +221,9 @@ def comparison_job(lms: dict, chosen: list[str], plans: dict, settings: dict, da
     def work(job):
         out = job.partial
         out.update(names=[*todo, *(healing.healed_name(n, heal_choices[n]["method"]) for n in heal_todo)],
-                   results={}, settings=dict(settings), tasks={}, interrupted=None)
+                   results={}, settings=dict(settings), tasks={}, interrupted=None,
+                   plans={n: plan_key(plans[n].plan) for n in chosen},     # what each row measured (model card)
+                   heal={n: heal_choices.get(n) for n in heal_todo})
         for i, name in enumerate(todo):
             if job.should_stop():
                 return out
