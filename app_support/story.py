@@ -28,7 +28,8 @@ def _entrodrop_best(entry: dict, k: str) -> tuple[str, list] | None:
 
 def ranking_estimator(ev: dict | None = None) -> str:
     """The estimator EntroDrop ranks with by default: the one whose EntroDrop variant had the lowest held-out ΔPPL
-    on the most models of the repository's evidence (at each model's largest k), else KNN (EntroDrop's Llama path)."""
+    on the most models of the repository's evidence (at each model's largest k; a tie, or no such evidence: KNN,
+    EntroDrop's Llama path)."""
     from collections import Counter
 
     from analysis.recommend.evidence import load_evidence
@@ -40,7 +41,9 @@ def ranking_estimator(ev: dict | None = None) -> str:
         best = _entrodrop_best(entry, k) if k else None
         if best and "[" in best[0]:
             wins[best[0].split("[", 1)[1].rstrip("]")] += 1
-    return wins.most_common(1)[0][0] if wins else RANKING_DEFAULT["estimator"]
+    if not wins:
+        return RANKING_DEFAULT["estimator"]
+    return max(wins, key=lambda e: (wins[e], e == RANKING_DEFAULT["estimator"]))   # a tie: KNN, the reference
 
 
 def _fmt(v: list) -> str:
