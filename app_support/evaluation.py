@@ -178,13 +178,33 @@ def _data_key(data):
     return data if isinstance(data, str) else state.stable_hash(data)
 
 
+class StoppedMidway(Exception):
+    """Raised from a step's progress callback when Stop was pressed: the library calls it after every window
+    batch, so one long evaluation ends within one batch. The step's partial sums are dropped (never cached,
+    never shown as a result); the steps already finished are kept."""
+
+
+def stoppable(job, tick):
+    """``tick`` that ends the step with :class:`StoppedMidway` when ``job`` was asked to stop; the exception
+    carries the progress message of the batch just done (e.g. ``windows 24/64``): where the step stopped."""
+
+    def cb(f: float, msg: str) -> None:
+        if job.should_stop():
+            raise StoppedMidway(msg)
+        tick(f, msg)
+
+    return cb
+
+
 def comparison_job(lms: dict, chosen: list[str], plans: dict, settings: dict, data, task_settings: dict,
                    heal_choices: dict, evals: dict, task_evals: dict):
     """The comparison of the original and the ``chosen`` plans (then each plan's healed model) as a
     :class:`~app_support.jobs.Job`, keyed by everything it depends on. ``lms[name]``: each plan's model
     (``"original"`` included). ``evals`` / ``task_evals``: copies of the session's caches (the job fills
     them; the page copies them back). The result (and, while it runs or after Stop, ``job.partial``) is
-    ``{"names", "results", "settings", "tasks"}``; Stop keeps the models already evaluated."""
+    ``{"names", "results", "settings", "tasks", "interrupted"}``. Stop is checked between evaluation windows
+    (and between healing steps): it keeps the models already evaluated; the model being evaluated is left
+    out and named in ``interrupted`` (``{"name", "at"}``: where it stopped), never shown as a result."""
     from . import healing
     from .jobs import Job
     from .tasks import evaluate_plan_tasks
@@ -201,7 +221,9 @@ def comparison_job(lms: dict, chosen: list[str], plans: dict, settings: dict, da
     def work(job):
         out = job.partial
         out.update(names=[*todo, *(healing.healed_name(n, heal_choices[n]["method"]) for n in heal_todo)],
-                   results={}, settings=dict(settings), tasks={})
+                   results={}, settings=dict(settings), tasks={}, interrupted=None,
+                   plans={n: plan_key(plans[n].plan) for n in chosen},     # what each row measured (model card)
+                   heal={n: heal_choices.get(n) for n in heal_todo})
         for i, name in enumerate(todo):
             if job.should_stop():
                 return out
@@ -211,8 +233,16 @@ def comparison_job(lms: dict, chosen: list[str], plans: dict, settings: dict, da
                              stage="evaluate")
             tick(0.0, "starting")
             plan_ = None if name == "original" else plans[name].plan
-            out["results"][name] = evaluate_plan(lms[name], plan_, settings, data, progress=tick, store=evals)
+            try:
+                out["results"][name] = evaluate_plan(lms[name], plan_, settings, data, progress=stoppable(job, tick),
+                                                     store=evals)
+            except StoppedMidway as exc:
+                out["interrupted"] = {"name": name, "at": str(exc)}
+                return out
             if task_settings.get("tasks"):
+                if job.should_stop():                  # its quality is done, its task accuracy never started
+                    out["interrupted"] = {"name": name, "at": "task accuracy"}
+                    return out
                 tick(1.0, "task accuracy (lm-evaluation-harness)")
             out["tasks"][name] = evaluate_plan_tasks(lms[name], plan_, task_settings, store=task_evals)
         for j, name in enumerate(heal_todo):
@@ -231,12 +261,18 @@ def comparison_job(lms: dict, chosen: list[str], plans: dict, settings: dict, da
             tick(0.0, f"healing ({ch['method']})")
             healed = healing.healed_model(lms[name], plans[name].plan, ch, progress=tick, stop=job.should_stop,
                                           cache=healed_cache)
+            hname = healing.healed_name(name, ch["method"])
             if job.should_stop():                      # stopped part way through healing: not a result
+                out["interrupted"] = {"name": hname, "at": "healing"}
                 return out
-            res = dict(healing.evaluate_healed(lms[name], healed, settings, data, with_latency=False, store=evals,
-                                               progress=tick2))
+            try:
+                res = dict(healing.evaluate_healed(lms[name], healed, settings, data, with_latency=False, store=evals,
+                                                   progress=stoppable(job, tick2)))
+            except StoppedMidway as exc:
+                out["interrupted"] = {"name": hname, "at": str(exc)}
+                return out
             res["latency"] = (out["results"].get(name) or {}).get("latency")
-            out["results"][healing.healed_name(name, ch["method"])] = res
+            out["results"][hname] = res
         return out
 
     job = Job(key, work, kind="comparison", label="the comparison")

@@ -195,9 +195,36 @@ def zip_bytes(folder: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool, healed=None) -> Path:
+def card_evaluation(comparison: dict | None, plan_name: str, plan, heal_choice: dict | None = None) -> dict | None:
+    """The Prune & compare results of ``plan_name`` for its model card, as ``prune --eval`` puts them there: the
+    perplexity with its protocol (and the original's on the same tokens) and, unhealed, the task accuracy with
+    its standard error. None when the comparison did not measure this very plan (same blocks, same healing) to
+    the end: a stopped model's partial sums are never a result, and a plan kept again under the same name with
+    other blocks is not the one measured."""
+    from .evaluation import plan_key
+    from .healing import healed_name
+
+    if not comparison or plan_key(plan) != (comparison.get("plans") or {}).get(plan_name):
+        return None
+    method = (heal_choice or {}).get("method", "none")
+    if method != "none":
+        if (comparison.get("heal") or {}).get(plan_name) != heal_choice:
+            return None
+        row, tasks = (comparison.get("results") or {}).get(healed_name(plan_name, method)), None
+    else:
+        row, tasks = (comparison.get("results") or {}).get(plan_name), (comparison.get("tasks") or {}).get(plan_name)
+    if not row or row.get("perplexity") is None:
+        return None
+    out = {k: row[k] for k in ("perplexity", "perplexity_original", "kl", "top1", "protocol") if k in row}
+    if tasks:
+        out["tasks"] = tasks
+    out["source"] = "Entroscope app, Prune & compare"
+    return out
+
+
+def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool, healed=None, card: dict | None = None) -> Path:
     """Save the pruned model (``healed``: the healed one, with its settings) under ``root/name`` (refuses
-    paths outside ``root``)."""
+    paths outside ``root``). ``card``: model-card extras (``{"evaluation": card_evaluation(...)}``)."""
     from analysis.errors import DataError
     from analysis.models.surgery import save_pruned
 
@@ -211,8 +238,8 @@ def save_checkpoint(lm, plan, root: str, name: str, overwrite: bool, healed=None
     if healed is not None:
         from analysis.heal import save_healed
 
-        return save_healed(lm, healed, root_p / name, overwrite=overwrite, root=root_p)
-    return save_pruned(lm, plan, root_p / name, overwrite=overwrite, root=root_p)
+        return save_healed(lm, healed, root_p / name, overwrite=overwrite, root=root_p, card=card)
+    return save_pruned(lm, plan, root_p / name, overwrite=overwrite, root=root_p, card=card)
 
 
 def dir_listing(path: Path) -> list[dict]:

@@ -1,7 +1,7 @@
 """Long work as jobs: background threads with progress, a smoothed time left and a Stop that keeps what is done.
 
-Every long step of the app (the analysis pass, MI-PRUN, ground truth, healing, the comparison, sweeps,
-generation — and any other page's work through :func:`start_job`) runs as a :class:`Job` keyed by its
+Every long step of the app (the analysis pass, MI-PRUN, ground truth, the bake-off, healing, the comparison,
+sweeps, generation — and any other page's work through :func:`start_job`) runs as a :class:`Job` keyed by its
 inputs (a hash of the model fingerprint, the data and the settings). Jobs live in a process-wide
 :class:`JobRegistry`; each session remembers its jobs' keys in ``es.jobs`` (kept by the session store),
 so a reload (F5) or a second visit re-attaches to the running job and shows its progress, and starting

@@ -1,9 +1,12 @@
 """Block selection helpers for the Select page: chart clicks → blocks, the working selection, agreement."""
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 import streamlit as st
+
+from .jobs import Job
 
 
 def points_to_blocks(points: Iterable[dict]) -> list[int]:
@@ -52,11 +55,6 @@ def working_selection(run_id: str, sig: tuple, default_blocks: Sequence[int]) ->
 
 # ---- the bake-off (analysis.recommend) for the loaded model ---------------------------------------------
 
-import threading  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
 #: the bake-off settings the Select page shows (the rest stay at RecommendConfig's defaults)
 BAKEOFF_SHOWN = ("ks", "heal", "heldout_tokens", "seeds")
 
@@ -72,7 +70,7 @@ def bakeoff_key(lm, tokens, run_id: str, cfg) -> str:
 
     from .state import stable_hash
 
-    return stable_hash({"model": lm.fingerprint, "dtype": str(lm.dtype), "run": run_id,
+    return stable_hash({"kind": "bakeoff", "model": lm.fingerprint, "dtype": str(lm.dtype), "run": run_id,
                         "tokens": tokens.sha256() if hasattr(tokens, "sha256") else None, "cfg": asdict(cfg)}, 12)
 
 
@@ -84,75 +82,56 @@ def bakeoff_config(settings: dict):
     return build(RecommendConfig, settings)
 
 
-@dataclass
-class BakeoffJob:
-    """``analysis.recommend.recommend`` in a background thread, with progress, time left and Stop."""
+def bakeoff_slot(run_id: str) -> str:
+    """The session's job slot of the bake-off of run ``run_id`` (one per run, re-attached after a reload)."""
+    return f"bakeoff.{run_id}"
 
-    key: str
-    lm: object
-    tokens: object
-    run: object                      # the page's AnalysisResult (a copy: the bake-off adds drop-one ΔPPL to it)
-    cfg: object
-    frac: float = 0.0
-    message: str = "starting"
-    result: dict | None = None
-    error: str | None = None
-    error_detail: str | None = None
-    stopped: bool = False
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    done_event: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> "BakeoffJob":
-        threading.Thread(target=self._run, name=f"entroscope-bakeoff-{self.key}", daemon=True).start()
-        return self
+class BakeoffJob(Job):
+    """``analysis.recommend.recommend`` as a :class:`~app_support.jobs.Job` keyed by its inputs (model, data,
+    run and settings): a second start joins the first, a reload re-attaches, the time left is the runner's
+    smoothed one (restarted at each stage: analysis, ground truth, judging, healing).
+
+    Stop: a bake-off stopped while healing returns the finished rows (every unhealed plan judged, the healed
+    rows done so far) with ``"stopped"`` set — labelled partial by the page, never cached as the result;
+    stopped before the judging finished, it returns ``{"stopped": why, "rows": []}`` (the windows measured
+    are cached on disk and a new start resumes there)."""
+
+    def __init__(self, key: str, lm, tokens, run, cfg, run_id: str) -> None:
+        super().__init__(key=key, kind="bakeoff", label="the bake-off")
+        self.lm, self.tokens, self.run, self.cfg, self.run_id = lm, tokens, run, cfg, run_id
 
     def _progress(self, frac: float, msg: str) -> None:
-        self.frac, self.message = float(frac), msg
+        stage = msg.split(":", 1)[0]
+        self.progress(frac, re.sub(r" · about [^·]* left", "", msg), stage)   # the runner's smoothed time left
 
-    def _run(self) -> None:
-        from analysis.errors import EntroscopeError
+    def _work(self):
+        import copy
+
         from analysis.recommend.bakeoff import recommend
         from analysis.recommend.judge import Stopped
 
+        run = copy.deepcopy(self.run)            # the bake-off adds drop-one ΔPPL to it; the page's run stays
         try:
-            self.result = recommend(self.lm, self.tokens, self.cfg, run=self.run, progress=self._progress,
-                                    should_stop=self.stop_event.is_set)
-            bakeoff_cache()[self.key] = self.result
+            res = recommend(self.lm, self.tokens, self.cfg, run=run, progress=self._progress,
+                            should_stop=self.should_stop, partial=True)
         except Stopped as exc:
-            self.stopped, self.error = True, str(exc)
-        except EntroscopeError as exc:
-            self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - shown as one line + details
-            self.error = f"Unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self.error_detail = traceback.format_exc()
-        finally:
-            self.finished = time.time()
-            self.done_event.set()
-
-    @property
-    def running(self) -> bool:
-        return not self.done_event.is_set()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def status_text(self) -> str:
-        el = (self.finished or time.time()) - self.started
-        return f"{self.message} · {el:.0f} s" + (" · stopping" if self.stop_event.is_set() else "")
+            return {"stopped": str(exc), "rows": []}
+        if not res.get("stopped"):
+            bakeoff_cache()[self.key] = res
+        return res
 
 
 def start_bakeoff(lm, tokens, run_id: str, run, settings: dict) -> tuple[str, "BakeoffJob | None"]:
-    """``("cached", None)`` when this bake-off ran before, else ``("started", job)``."""
-    import copy
-
+    """``(key, None)`` when this bake-off ran before (its result is in :func:`bakeoff_cache`), else
+    ``(key, job)``: a job not yet started (start it with :func:`app_support.jobs.start_job`, which joins a
+    running one with the same key)."""
     cfg = bakeoff_config(settings)
     cfg.validate()
     key = bakeoff_key(lm, tokens, run_id, cfg)
     if key in bakeoff_cache():
         return key, None
-    return key, BakeoffJob(key, lm, tokens, copy.deepcopy(run), cfg).start()
+    return key, BakeoffJob(key, lm, tokens, run, cfg, run_id)
 
 
 def recommended_selection(rec: dict) -> dict:

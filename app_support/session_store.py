@@ -46,7 +46,8 @@ from . import state
 KEPT = ("es.persist", "es.runs", "es.protect", "es.selection", "es.plans", "es.evals", "es.sweeps",
         "es.generations", "es.figures", "es.tables", "es.current_run", "es.model", "es.data", "es.tokens",
         "es.heal", "es.jobs", "es.last_comparison", "es.last_generation", "es.last_sweep", "es.last_sweep_meta",
-        "es.last_sweep_result", "es.task_evals")
+        "es.last_sweep_result", "es.task_evals", "es.bakeoff", "es.bakeoff_results",
+        "es.bakeoff_applied")
 #: kept keys whose entries are re-derived on every render: the last writer's entry wins in a merge
 DERIVED = ("es.figures", "es.tables")
 RECENT_S = 24 * 3600.0

@@ -7,15 +7,92 @@ from __future__ import annotations
 
 import numpy as np
 
-#: which EntroDrop variant the app ranks with by default, and why (from docs/models.md, bench/models.py)
+#: which EntroDrop variant the app ranks with by default (the estimator: :func:`ranking_estimator`, from the evidence)
 RANKING_DEFAULT = {"estimator": "knn", "sinks": "exclude"}
-RANKING_WHY = ("EntroDrop ranks blocks with the KNN estimator, sinks excluded (computed in the same pass as the "
-               "Bucket curve) when the run has it: in the held-out perplexity table of docs/models.md (calibrated on "
-               "wiki, evaluated on news, k = 4 and 8 attention blocks, SmolLM2 / Gemma-3-270M / Qwen2.5-Coder-0.5B) "
-               "it had the lowest geometric-mean ΔPPL of the EntroDrop variants (+417 %; Bucket with sinks kept "
-               "+1458 %). The same table shows the LLM-Drop cosine criterion lower still (+177 %) and better than "
-               "every EntroDrop variant at k = 8 on every model — pick `cosine` on the Select page when the goal is "
-               "the smallest perplexity loss.")
+
+
+def _best_k(entry: dict) -> str | None:
+    ks = sorted((entry.get("best") or {}), key=int)
+    return ks[-1] if ks else None
+
+
+def _entrodrop_best(entry: dict, k: str) -> tuple[str, list] | None:
+    """The EntroDrop variant (unhealed) with the lowest held-out ΔPPL at ``k`` in one model's evidence entry."""
+    rows = {lab: by_k[k] for lab, by_k in (entry.get("dppl") or {}).items()
+            if lab.startswith("entrodrop") and "+" not in lab and k in by_k}
+    if not rows:
+        return None
+    lab = min(rows, key=lambda n: rows[n][0])
+    return lab, rows[lab]
+
+
+def ranking_estimator(ev: dict | None = None) -> str:
+    """The estimator EntroDrop ranks with by default: the one whose EntroDrop variant had the lowest held-out ΔPPL
+    on the most models of the repository's evidence (at each model's largest k; a tie, or no such evidence: KNN,
+    EntroDrop's Llama path)."""
+    from collections import Counter
+
+    from analysis.recommend.evidence import load_evidence
+
+    ev = load_evidence() if ev is None else ev
+    wins = Counter()
+    for entry in (ev.get("models") or {}).values():
+        k = _best_k(entry)
+        best = _entrodrop_best(entry, k) if k else None
+        if best and "[" in best[0]:
+            wins[best[0].split("[", 1)[1].rstrip("]")] += 1
+    if not wins:
+        return RANKING_DEFAULT["estimator"]
+    return max(wins, key=lambda e: (wins[e], e == RANKING_DEFAULT["estimator"]))   # a tie: KNN, the reference
+
+
+def _fmt(v: list) -> str:
+    return f"{v[0]:+.0f} % [{v[1]:.0f}, {v[2]:.0f}]"
+
+
+def ranking_why(ev: dict | None = None) -> str:
+    """Why EntroDrop ranks with this estimator, sinks excluded, and what the repository's evidence says about it and
+    about the criterion it recommends — every number from ``analysis/recommend/evidence.json`` (the table
+    ``bench/models.py --report --write`` regenerates), so the sentence follows the evidence."""
+    from analysis.recommend.evidence import load_evidence
+
+    ev = load_evidence() if ev is None else ev
+    models = ev.get("models") or {}
+    est = ranking_estimator(ev)
+    d = ev.get("default") or {}
+    crit = d.get("criterion")
+    if not models:
+        return (f"EntroDrop ranks blocks with the {est.upper()} estimator, sinks excluded (computed in the same pass as "
+                "the Bucket curve) when the run has it. The repository's evidence table holds no per-model bake-off "
+                f"yet; its default criterion is `{crit}` ({d.get('why') or 'no reason recorded'}). Run the bake-off on "
+                "the Select page to measure the loaded model.")
+    parts = []
+    for name, entry in models.items():
+        k = _best_k(entry)
+        if k is None:
+            continue
+        rec = entry["best"][k]
+        rec_v = ((entry.get("dppl") or {}).get(rec) or {}).get(k)
+        ed = _entrodrop_best(entry, k)
+        if ed is not None:
+            ed_text = f"the best EntroDrop variant {ed[0]} {_fmt(ed[1])}"
+        else:                                        # an older table without ΔPPL: the standing against random
+            st_ = {lab: by_k[k] for lab, by_k in (entry.get("standing") or {}).items()
+                   if lab.startswith("entrodrop") and k in by_k}
+            ed_text = ("EntroDrop " + ", ".join(f"{lab} {v}" for lab, v in sorted(st_.items()))) if st_ else ""
+        jd = entry.get("judging") or {}
+        on = f" ({jd['tokens']:,} held-out tokens of {', '.join(jd['domains'])})" if jd.get("tokens") else ""
+        parts.append(f"{name}, k = {k}{on}: recommended {rec}" + (f" {_fmt(rec_v)}" if rec_v else "")
+                     + (f", {ed_text}" if ed_text else ""))
+    measured = any(_entrodrop_best(e, _best_k(e)) for e in models.values() if _best_k(e))
+    lead = (f"EntroDrop ranks blocks with the {est.upper()} estimator, sinks excluded (computed in the same pass as the "
+            "Bucket curve) when the run has it" + (": the EntroDrop variant with the lowest held-out ΔPPL on the most "
+                                                   "models of the repository's evidence" if measured else ""))
+    tail = (f". Over models and k the bake-off recommends `{crit}` most often" if crit else "")
+    if crit and crit != "entrodrop":
+        tail += " — pick it on the Select page when the goal is the smallest perplexity loss"
+    return lead + " (held-out ΔPPL with its paired interval; " + "; ".join(parts) + ")" + tail + "."
+
 
 SINKS_SENTENCE = ("Massive-activation tokens (a token whose norm is over 8× its window's median, often the first) "
                   "dominate per-dimension ranges and distances; *exclude* leaves them out of every statistic, "

@@ -1,8 +1,6 @@
 """Entropy dynamics: run the analysis (live progress, Stop) and explore the per-layer curves."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -11,10 +9,14 @@ from app_support import plots, state
 from app_support.runs import adjusted_result, analysis_settings, effective_protected, finish_job, protection, start_run
 from app_support.widgets import INDEX_NOTE, chart, explainer_popover, guarded, link, need, page_setup, show_error, table
 
-page_setup("Entropy dynamics", ":material/monitoring:", "How the entropy of the residual stream changes block by block. "
-           "EntroDrop reports a fall then a rise (two stages); whether a run shows one depends on the model, the "
-           "estimator and the massive-activation tokens — every run holds both views (sinks kept and excluded), "
-           "and the story above the charts says what this run's curve actually does. " + INDEX_NOTE)
+page_setup("Entropy dynamics", ":material/monitoring:")
+# while an analysis runs, its progress and growing curve are the first thing under the title (filled below,
+# once the run control has started or re-attached the job); the page's intro and settings come after
+LIVE = st.container()
+st.caption("How the entropy of the residual stream changes block by block. EntroDrop reports a fall then a rise "
+           "(two stages); whether a run shows one depends on the model, the estimator and the massive-activation "
+           "tokens — every run holds both views (sinks kept and excluded), and the story above the charts says what "
+           "this run's curve actually does. " + INDEX_NOTE)
 
 s = st.session_state
 
@@ -116,10 +118,10 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                    "boundary matrix for Fast-Block-Select; after the token pass the progress bar counts MI pairs and "
                    "Stop works there too (the token pass is kept).")
     state.sync(*(f"an.{key}" for key in DEFAULTS))
-    from app_support.story import RANKING_WHY, SINKS_SENTENCE
+    from app_support.story import SINKS_SENTENCE, ranking_why
 
     st.caption(":material/bolt: " + SINKS_SENTENCE)
-    st.caption(":material/leaderboard: Default ranking: " + RANKING_WHY)
+    st.caption(":material/leaderboard: Default ranking: " + ranking_why())
 
 settings = analysis_settings()
 
@@ -164,24 +166,25 @@ if clicked or autorun:
         show_error(exc, "Could not start the analysis")
 
 job = s.get("es.job")
-if job is not None and job.running:
-    bar = st.progress(min(job.frac, 1.0), text=f"Analysing … {job.message}")
-    if st.button("Stop", icon=":material/stop:", key="stop_analysis",
-                 help="Stops after the current batch (or MI pair); keeps what was analysed"):
-        job.stop()
-        st.toast("Stopping after the current batch …")
-    live = st.empty()
-    shown = None
-    while job.running:
-        bar.progress(min(job.frac, 1.0), text=f"Analysing … {job.status_text()}")
-        pv = job.preview
-        if pv is not None and pv["n_done"] != shown:          # the curve as it fills, batch by batch
-            shown = pv["n_done"]
-            live.plotly_chart(plots.partial_curves(pv["boundary"], pv["mid"], shown, len(job.tokens.input_ids)
-                                                   if hasattr(job.tokens, "input_ids") else len(job.tokens),
-                                                   pv["estimator"], settings.get("sinks")),
-                              width="stretch", key=f"live_{shown}")
-        time.sleep(0.25)
+if job is not None and job.running:                     # started just now, or re-attached after a reload (F5)
+    from app_support.jobs import follow
+
+    n_total = len(job.tokens.input_ids) if hasattr(job.tokens, "input_ids") else len(job.tokens)
+    with LIVE:
+        progress_box, live = st.container(), st.empty()
+        shown = {"n": None}
+
+        def _draw_live(j) -> None:
+            pv = j.preview
+            if pv is not None and pv["n_done"] != shown["n"]:     # the curve as it fills, batch by batch
+                shown["n"] = pv["n_done"]
+                live.plotly_chart(plots.partial_curves(pv["boundary"], pv["mid"], pv["n_done"], n_total,
+                                                       pv["estimator"], settings.get("sinks")),
+                                  width="stretch", key=f"live_{pv['n_done']}")
+
+        with progress_box:
+            follow(job, "Analysing", "stop_analysis", "Stops after the current batch (or MI pair); keeps what was "
+                   "analysed", on_tick=_draw_live)
     finish_job()
     st.rerun()
 

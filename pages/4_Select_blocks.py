@@ -31,16 +31,43 @@ st.caption(f"Run `{rid}` ({rec.label}) · protection **{prot_info['mode']}**, bo
            f":material/lock: {protected or 'none'} (change on the Entropy page).")
 
 # ---- the evidence: the bake-off for this model, or the repository's evidence until it has run ----------------
-from app_support.selecting import (BAKEOFF_SHOWN, bakeoff_cache, bakeoff_rows, recommended_selection,  # noqa: E402
-                                   standing_line, start_bakeoff)
+from app_support.jobs import attached, follow, forget, start_job  # noqa: E402
+from app_support.selecting import (BAKEOFF_SHOWN, bakeoff_cache, bakeoff_rows, bakeoff_slot,  # noqa: E402
+                                   recommended_selection, standing_line, start_bakeoff)
 from analysis.recommend.evidence import default_criterion  # noqa: E402
 
 model_name = (rec.model or {}).get("spec")
 bo_keys = s.setdefault("es.bakeoff", {})                    # run id → key of its finished bake-off
-bo = bakeoff_cache().get(bo_keys.get(rid)) if bo_keys.get(rid) else None
+bo_results = s.setdefault("es.bakeoff_results", {})         # run id → its bake-off (kept by the session store)
+bo_slot = bakeoff_slot(rid)
+
+
+bo_applied = s.setdefault("es.bakeoff_applied", {})         # run id → key of the bake-off already pre-selected
+
+
+def _keep_bakeoff(key: str, res: dict) -> None:
+    """Keep a bake-off's result for this run (a complete one is pre-selected once, below)."""
+    bo_keys[rid], bo_results[rid] = key, res
+
+
+bjob = attached(bo_slot)                                    # running, or finished while the page was away
+if bjob is not None and not bjob.running:
+    forget(bo_slot)
+    if bjob.error:
+        state.flash("error", f"The bake-off failed: {bjob.error}")
+    elif (bjob.result or {}).get("rows"):
+        _keep_bakeoff(bjob.key, bjob.result)
+        if bjob.result.get("stopped"):
+            state.flash("warning", f"Bake-off stopped: {bjob.result['stopped']}. The rows below are what finished "
+                                   "(partial: no recommendation is pre-selected).")
+    else:
+        state.flash("info", f"Bake-off stopped: {(bjob.result or {}).get('stopped') or 'before any row finished'}.")
+    st.rerun()
+bo = bo_results.get(rid) or (bakeoff_cache().get(bo_keys.get(rid)) if bo_keys.get(rid) else None)
+bo_partial = bool(bo and bo.get("stopped"))
 ev_crit, ev_why = default_criterion(model_name)
-default_crit = recommended_selection(bo)["criterion"] if bo else ev_crit
-with st.expander("Which criterion, k and healing for this model? — the bake-off", expanded=bo is not None,
+default_crit = recommended_selection(bo)["criterion"] if bo and not bo_partial else ev_crit
+with st.expander("Which criterion, k and healing for this model? — the bake-off", expanded=bo is not None or bjob is not None,
                  icon=":material/science:"):
     st.caption("Every registered criterion this run supports, at several k, with and without healing, judged on held-out "
                "text of the built-in domains the calibration did not use, against the full model and a band of random "
@@ -59,7 +86,6 @@ with st.expander("Which criterion, k and healing for this model? — the bake-of
     state.sync("bo.ks", "bo.heal", "bo.heldout_tokens", "bo.seeds")
     bsettings = dict(zip(BAKEOFF_SHOWN, (bk, tuple(dict.fromkeys(["none", *bheal])), int(btok), int(bseeds))))
     bsettings.update(granularity=state.get("sel.gran", r.granularity), protect=r.protect)
-    bjob = s.get("es.bakeoff_job")
     if st.button("Run the bake-off", type="primary", icon=":material/play_arrow:", key="run_bakeoff",
                  disabled=bjob is not None and bjob.running):
         try:
@@ -67,49 +93,39 @@ with st.expander("Which criterion, k and healing for this model? — the bake-of
 
             if rec.tokens is None:
                 raise SelectionError("This run has no calibration windows in this session", hint="re-run the analysis")
-            key, bjob = start_bakeoff(get_model(rec.model), rec.tokens, rid, adj, bsettings)
-            if bjob is None:
-                bo_keys[rid] = key
-                s["es.bakeoff_preselect"] = True
+            key, new_job = start_bakeoff(get_model(rec.model), rec.tokens, rid, adj, bsettings)
+            if new_job is None:                              # ran before with these inputs: its result at once
+                _keep_bakeoff(key, bakeoff_cache()[key])
                 st.rerun()
-            s["es.bakeoff_job"], s["es.bakeoff_run"] = bjob, rid
+            bjob, joined = start_job(bo_slot, new_job)       # the same inputs running elsewhere: join it
+            if joined:
+                st.toast("This bake-off is already running (same model, data and settings): showing it.")
         except Exception as exc:  # noqa: BLE001 - shown; the page continues
             show_error(exc, "Could not start the bake-off")
-    bjob = s.get("es.bakeoff_job")
     if bjob is not None and bjob.running:
-        import time as _time
-
-        bar = st.progress(min(bjob.frac, 1.0), text=f"Bake-off … {bjob.message}")
-        if st.button("Stop", icon=":material/stop:", key="stop_bakeoff",
-                     help="Stops after the current batch; what was measured is cached and a new run resumes there"):
-            bjob.stop()
-        while bjob.running:
-            bar.progress(min(bjob.frac, 1.0), text=f"Bake-off … {bjob.status_text()}")
-            _time.sleep(0.25)
+        follow(bjob, "Bake-off", "stop_bakeoff",
+               "Stops after the current batch. Stopped while healing, the rows that finished are kept (labelled "
+               "partial); earlier, the windows measured are cached and a new run resumes there")
         st.rerun()
-    if bjob is not None and not bjob.running and s.get("es.bakeoff_run") == rid:
-        s["es.bakeoff_job"] = None
-        if bjob.result is not None:
-            bo_keys[rid] = bjob.key
-            s["es.bakeoff_preselect"] = True
-            st.rerun()
-        elif bjob.stopped:
-            st.info(f"Bake-off stopped: {bjob.error}")
-        else:
-            st.error(f"The bake-off failed: {bjob.error}", icon=":material/error:")
     if bo is not None:
+        if bo_partial:
+            st.warning(f"**Partial bake-off** — {bo['stopped']}. Every unhealed plan was judged; healed rows that "
+                       "did not finish are missing, so this is not the full comparison and nothing is pre-selected. "
+                       "Run the bake-off again to finish it (what was measured is cached).", icon=":material/pause:")
         for k_, rk in bo["recommendations"].items():
             st.markdown(f"- {rk['sentence']}")
         ch = bo["choice"]
-        st.success(f"Recommended: **{ch['label']}** at **k = {ch['k']}**"
+        (st.info if bo_partial else st.success)(f"Recommended: **{ch['label']}** at **k = {ch['k']}**"
                    + (f" with **{ch['heal']}** healing (apply it on Prune & compare)" if ch["heal"] != "none" else "")
-                   + f" — {ch['why']}. Judged on {bo['judging']['tokens']} held-out tokens of "
+                   + f" — {ch['why']}" + (" among the rows that finished" if bo_partial else "")
+                   + f". Judged on {bo['judging']['tokens']} held-out tokens of "
                      f"{', '.join(bo['judging']['domains'])} ({bo['judging']['windows']} windows), never on calibration text.")
         table(pd.DataFrame(bakeoff_rows(bo)), "Held-out ΔPPL against the full model for every plan, with its paired "
               "bootstrap interval and its standing against the random band. Blocks 0-based.", name="bakeoff", height=300)
     else:
         st.caption(ev_why + " (run the bake-off to measure this model).")
-if s.pop("es.bakeoff_preselect", False) and bo is not None:     # pre-select the recommendation once
+if bo is not None and not bo_partial and bo_applied.get(rid) != bo_keys.get(rid):  # pre-select it once
+    bo_applied[rid] = bo_keys.get(rid)
     pick = recommended_selection(bo)
     state.set_value("sel.crit", pick["criterion"])
     state.set_value("sel.gran", pick["granularity"])
@@ -128,8 +144,8 @@ crit = c1.selectbox("Criterion", names, key=state.wkey("sel.crit", default_crit)
                     format_func=lambda n: CRITERIA[n].title + ("" if avail[n] else " (unavailable for this run)"))
 first_class = dict.fromkeys([crit, "entrodrop", "mi-prun"])
 lines = [f"**{CRITERIA[n].title}** — {line}" for n in first_class if (line := standing_line(bo, model_name, n))]
-c1.caption(("Recommended by the bake-off on this model" if bo and crit == default_crit else
-            ev_why if not bo and crit == ev_crit else f"{ev_why}; you picked {crit}")
+c1.caption(("Recommended by the bake-off on this model" if bo and not bo_partial and crit == default_crit else
+            ev_why if (not bo or bo_partial) and crit == ev_crit else f"{ev_why}; you picked {crit}")
            + (". " + " · ".join(lines) if lines else ""))
 c = get_criterion(crit)
 grans = list(c.granularities)
@@ -158,13 +174,13 @@ if c.params:
     for i, (p, default) in enumerate(c.params.items()):
         key = f"sel.param.{crit}.{p}"
         if p == "estimator":
-            from app_support.story import RANKING_DEFAULT, RANKING_WHY
+            from app_support.story import ranking_estimator, ranking_why
 
             opts = r.estimators
-            pref = RANKING_DEFAULT["estimator"] if RANKING_DEFAULT["estimator"] in opts else r.estimator
+            pref = ranking_estimator() if ranking_estimator() in opts else r.estimator
             if state.get(key) not in opts:
                 state.set_value(key, pref)
-            params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, pref), help=RANKING_WHY)
+            params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, pref), help=ranking_why())
         elif isinstance(default, bool):
             params[p] = pc[i].checkbox(p, key=state.wkey(key, default))
         elif isinstance(default, int):

@@ -80,8 +80,8 @@ else:
     cjob = attached("comparison")
     if cjob is not None:
         if cjob.running:                              # also after a reload (F5): re-attached to the same job
-            follow(cjob, "Comparing", "cmp_stop", "Stops after the current step; the models already evaluated "
-                                                  "stay in the table")
+            follow(cjob, "Comparing", "cmp_stop", "Stops after the current window batch; the models already "
+                                                  "evaluated stay in the table, the one being evaluated is left out")
         s[ckey] = cjob.result if cjob.result is not None else dict(cjob.partial)
         s.setdefault("es.evals", {}).update(getattr(cjob, "evals", {}))
         s.setdefault("es.task_evals", {}).update(getattr(cjob, "task_evals", {}))
@@ -92,11 +92,22 @@ else:
                 with st.expander("Details (for a bug report)"):
                     st.code(cjob.error_detail[-6000:], language="text")
     last = s.get(ckey)
+    intr = (last or {}).get("interrupted")                 # the model whose evaluation Stop cut short
+    if last and "original" not in last["results"] and intr:
+        st.warning(f"Stopped during the evaluation of {intr['name']} (stopped at {intr['at']}): nothing finished, and a "
+                   "partial evaluation is not a result. Run the comparison again.", icon=":material/stop:")
     if last and "original" in last["results"]:
         with guarded("Comparison table"):
-            missing = [n for n in last["names"] if n not in last["results"]]
-            if missing:
-                st.warning(f"Stopped: {', '.join(missing)} not evaluated; the table shows what finished.")
+            missing = [n for n in last["names"] if n not in last["results"] and not (intr and n == intr["name"])]
+            parts = [f"{', '.join(missing)} not evaluated"] if missing else []
+            if intr and intr["name"] in last["results"]:
+                parts.insert(0, f"{intr['name']}: task accuracy not measured (stopped before it)")
+            elif intr:
+                parts.insert(0, f"{intr['name']} stopped part way (at {intr['at']}; a partial evaluation is not a "
+                                "result, so it is left out)")
+            if parts:
+                st.warning(f"Stopped — a partial comparison: {'; '.join(parts)}. The table shows what finished.",
+                           icon=":material/stop:")
             base = last["results"]["original"]
             busy = busy_warning(last["results"])
             if busy:

@@ -10,8 +10,8 @@ from app_support import healing, state
 from app_support.commands import analyze_argv, session_script
 from analysis.errors import EntroscopeError
 from app_support.exporting import (FIGURE_FORMATS, dir_listing, fig_html, figures_zip, llama_cpp_routes, mergekit_yaml,
-                                   png_export_works, save_checkpoint, server_paths_allowed, session_folder,
-                                   zip_bytes)
+                                   card_evaluation, png_export_works, save_checkpoint, server_paths_allowed,
+                                   session_folder, zip_bytes)
 from app_support.runs import adjusted_result, effective_protected
 from app_support.widgets import INDEX_NOTE, guarded, link, need, page_setup, show_error
 
@@ -153,9 +153,12 @@ with guarded("Checkpoint"):
                 with st.spinner("Healing and writing the checkpoint …" if ch["method"] != "none" else
                                 "Writing the checkpoint …"):
                     healed = healing.healed_model(ck_lm, plans[ck_plan].plan, ch) if ch["method"] != "none" else None
-                    out = save_checkpoint(ck_lm, plans[ck_plan].plan, root, folder, overwrite, healed)
+                    evaluation = card_evaluation(s.get("es.last_comparison"), ck_plan, plans[ck_plan].plan, ch)
+                    out = save_checkpoint(ck_lm, plans[ck_plan].plan, root, folder, overwrite, healed,
+                                          card={"evaluation": evaluation} if evaluation else None)
                 s["es.last_checkpoint"] = str(out)
-                state.flash("success", f"Saved {ck_plan} to {out if server_paths_allowed() else out.name}")
+                state.flash("success", f"Saved {ck_plan} to {out if server_paths_allowed() else out.name}"
+                            + (" — its model card carries the Prune & compare results" if evaluation else ""))
                 st.rerun()
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Could not save the checkpoint")
@@ -175,9 +178,10 @@ with guarded("Checkpoint"):
                 with st.expander("Model card (README.md: Hugging Face front matter, plan, source model, licence)"):
                     with open(card, encoding="utf-8") as f:
                         st.code(f.read(), language="markdown")
-                    st.caption("Add perplexity and task accuracy to it from the command line: "
-                               "`python -m analysis eval --plan plan.json … --out eval.json`, then "
-                               "`python -m analysis prune --plan plan.json --eval eval.json …`.")
+                    st.caption("The card carries this plan's Prune & compare results (perplexity with its protocol; "
+                               "task accuracy ± standard error) when the comparison measured this very plan to the "
+                               "end before saving. From the command line: `python -m analysis eval --plan plan.json … "
+                               "--out eval.json`, then `python -m analysis prune --plan plan.json --eval eval.json …`.")
     else:
         st.caption("Keep a plan first.")
 

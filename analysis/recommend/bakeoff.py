@@ -122,13 +122,15 @@ def _analysis(lm, tokens, cfg: RecommendConfig, progress, should_stop):
 
 
 def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None, cache: bool = True) -> dict:
+              should_stop: Callable[[], bool] | None = None, cache: bool = True, partial: bool = False) -> dict:
     """Run the bake-off for ``lm`` calibrated on ``tokens`` (a TokenSet; its domains are never judged on) and
     return the table, the random band, a recommendation per k and the recommended ``plan`` (see module doc).
 
     ``run``: an :class:`~analysis.score.result.AnalysisResult` of ``lm`` on ``tokens`` to reuse (else one
     analysis pass is made, from the results cache when it ran before). ``should_stop()`` true → :class:`Stopped`
-    (what was measured is cached; a new call resumes)."""
+    (what was measured is cached; a new call resumes). With ``partial=True`` a stop while healing returns the
+    finished rows instead (every unhealed plan, the healed rows done) with ``"stopped"`` saying why; a complete
+    result has ``"stopped": None``."""
     from analysis.heal.registry import HealError, heal
 
     cfg = cfg or RecommendConfig()
@@ -202,33 +204,42 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
     heal_rows: dict[tuple[str, int, str], np.ndarray] = {}
     heal_methods = [h for h in cfg.heal if h != "none"]
     tables = {k: _table(cfg, dense, ntok, per_plan, heal_rows, k) for k in ks}
+    stopped = None                                  # why the healing was cut short (partial=True)
     if heal_methods:
         todo = [(k, lab) for k in ks for lab in _best(tables[k], cfg.heal_top)]
         heal_cb = clock.stage("healing")
         n_h = len(todo) * len(heal_methods)
         i = 0
-        for k, lab in todo:
-            for m in heal_methods:
-                plan = plans[(lab, k)]
-                key = row_key(plan, m)
-                got = nll_cache.get(key, W)
-                if got is None:
-                    if should_stop and should_stop():
-                        raise Stopped("stopped while healing; run it again to resume (judged plans are cached)")
-                    heal_cb(i / n_h, f"{m} healing of {lab} at k = {k}")
-                    try:
-                        healed = heal(lm, plan, m, tokens=ids, stop=should_stop)
-                    except HealError as exc:          # e.g. linear on Gemma-3's sandwich norms: a row skipped
-                        skipped.append({"criterion": lab, "k": k, "heal": m, "reason": str(exc)})
-                        i += 1
-                        continue
-                    got = model_nll(healed.model, windows, lm.device, should_stop=should_stop)
-                    del healed
-                    nll_cache.put(key, got.tolist())
-                    nll_cache.save()
-                heal_rows[(lab, k, m)] = got
-                i += 1
-                heal_cb(i / n_h, f"{m} healing: {i}/{n_h} plans")
+        try:
+            for k, lab in todo:
+                for m in heal_methods:
+                    plan = plans[(lab, k)]
+                    key = row_key(plan, m)
+                    got = nll_cache.get(key, W)
+                    if got is None:
+                        if should_stop and should_stop():
+                            raise Stopped("stopped while healing; run it again to resume (judged plans are cached)")
+                        heal_cb(i / n_h, f"{m} healing of {lab} at k = {k}")
+                        try:
+                            healed = heal(lm, plan, m, tokens=ids, stop=should_stop)
+                        except HealError as exc:          # e.g. linear on Gemma-3's sandwich norms: a row skipped
+                            if should_stop and should_stop():   # … but a heal cut short by Stop is not "skipped"
+                                raise Stopped("stopped while healing; run it again to resume (judged plans are "
+                                              "cached)") from exc
+                            skipped.append({"criterion": lab, "k": k, "heal": m, "reason": str(exc)})
+                            i += 1
+                            continue
+                        got = model_nll(healed.model, windows, lm.device, should_stop=should_stop)
+                        del healed
+                        nll_cache.put(key, got.tolist())
+                        nll_cache.save()
+                    heal_rows[(lab, k, m)] = got
+                    i += 1
+                    heal_cb(i / n_h, f"{m} healing: {i}/{n_h} plans")
+        except Stopped as exc:
+            if not partial:
+                raise
+            stopped = str(exc)
         tables = {k: _table(cfg, dense, ntok, per_plan, heal_rows, k) for k in ks}
     # ---- rows, recommendations, the plan ----
     rows, recs = [], {}
@@ -259,7 +270,7 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
         "rows": rows, "random": {k: tables[k]["random"] for k in ks}, "recommendations": recs,
         "choice": choice, "plan": recs[choice["k"]]["plan"] if choice else None,
         "sentence": recs[choice["k"]]["sentence"] if choice else "no recommendation",
-        "skipped": skipped, "settings": asdict(cfg), "run_manifest": _slim(run.manifest),
+        "skipped": skipped, "settings": asdict(cfg), "run_manifest": _slim(run.manifest), "stopped": stopped,
         "seconds": time.perf_counter() - t0,
     }
 

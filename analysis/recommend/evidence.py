@@ -4,7 +4,8 @@ its default criterion until the bake-off has run for the loaded model.
 
 The table: ``{"default": {"criterion", "model", "k", "why"}, "source": ..., "models": {model: {"granularity",
 "best": {k: label}, "standing": {label: {k: "better than random" | "worse than random" |
-"not distinguishable from random"}}, "sentence": ...}}}``.
+"not distinguishable from random"}}, "dppl": {label: {k: [ΔPPL %, lo, hi]}}, "sentence": ...}}}`` (``dppl``: held-out
+ΔPPL with its paired interval per row, healed rows as ``label+method``; tables written before it lack it).
 """
 from __future__ import annotations
 
@@ -58,10 +59,14 @@ def evidence_entry(rec: dict) -> dict:
     """One model's entry from a ``recommend`` result."""
     best = {str(k): r["label"] + (f"+{r['heal']}" if r["heal"] != "none" else "") for k, r in rec["recommendations"].items()}
     standing: dict = {}
+    dppl: dict = {}                              # label (+heal) → k → [ΔPPL %, lo, hi]: what the app's sentences quote
     for row in rec["rows"]:
         if row["heal"] == "none":
             standing.setdefault(row["label"], {})[str(row["k"])] = row["standing"]
-    return {"granularity": rec["granularity"], "best": best, "standing": standing, "sentence": rec["sentence"],
+        lab = row["label"] + (f"+{row['heal']}" if row["heal"] != "none" else "")
+        dppl.setdefault(lab, {})[str(row["k"])] = [round(float(row[x]), 2) for x in ("dppl", "lo", "hi")]
+    return {"granularity": rec["granularity"], "best": best, "standing": standing, "dppl": dppl,
+            "sentence": rec["sentence"],
             "judging": {k: rec["judging"][k] for k in ("domains", "tokens", "windows")},
             "calibration": rec["calibration"]["windows"]}
 

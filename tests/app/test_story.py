@@ -44,3 +44,49 @@ def test_a_gradual_two_stage_curve_is_two_stages_and_a_rising_curve_has_no_stage
     t = shape_sentence(up)
     assert "no compression stage detected" in t and "the curve rises" in t
     assert "sinks kept (reference)" in story(up)
+
+
+# ---- the default-ranking sentence is built from the evidence table, never hard-coded ------------------------
+
+def _fake_rec(model: str, knn: float, bucket: float, cos: float, k: int = 8) -> dict:
+    """A ``recommend`` result as far as :func:`analysis.recommend.evidence.evidence_entry` reads it."""
+    def row(label, d, standing="worse than random"):
+        return {"label": label, "k": k, "heal": "none", "dppl": d, "lo": d - 10.0, "hi": d + 10.0, "standing": standing}
+
+    return {"model": model, "granularity": "attention",
+            "recommendations": {k: {"label": "cosine", "heal": "none", "dppl": cos}},
+            "rows": [row("entrodrop[knn]", knn), row("entrodrop[bucket]", bucket),
+                     row("cosine", cos, "better than random")],
+            "sentence": f"cosine, k = {k}: {cos:+.0f} %", "judging": {"domains": ["news"], "tokens": 4096, "windows": 16},
+            "calibration": {"windows": [32, 256]}}
+
+
+def test_ranking_sentence_follows_the_evidence_table(tmp_path):
+    from analysis.recommend.evidence import load_evidence, write_evidence
+    from app_support.story import ranking_estimator, ranking_why
+
+    path = tmp_path / "evidence.json"
+    write_evidence([_fake_rec("smollm2", 123.4, 456.7, 21.0), _fake_rec("gemma3-270m", 300.0, 250.0, 33.0)],
+                   "a fake table", path)
+    ev = load_evidence(path)
+    text = ranking_why(ev)
+    assert "+123 % [113, 133]" in text and "+21 % [11, 31]" in text       # numbers from the table …
+    assert "entrodrop[bucket] +250 %" in text and "gemma3-270m, k = 8" in text
+    assert "417" not in text and "1458" not in text                       # … none of the old hard-coded ones
+    assert "`cosine` most often" in text
+    assert ranking_estimator(ev) == "knn"                                 # one win each: a tie goes to KNN
+    write_evidence([_fake_rec("smollm2", 500.0, 90.0, 21.0)], "regenerated", path)   # regenerated tonight …
+    ev2 = load_evidence(path)
+    assert ranking_estimator(ev2) == "bucket"                             # … the default and the sentence follow
+    assert "EntroDrop ranks blocks with the BUCKET estimator" in ranking_why(ev2)
+    assert "+90 % [80, 100]" in ranking_why(ev2)
+
+
+def test_ranking_sentence_without_per_model_evidence_says_so():
+    from app_support.story import ranking_estimator, ranking_why
+
+    ev = {"default": {"criterion": "cosine", "model": "smollm2", "why": "lowest ΔPPL in docs/models.md"}, "models": {}}
+    assert ranking_estimator(ev) == "knn"
+    text = ranking_why(ev)
+    assert "no per-model bake-off yet" in text and "`cosine` (lowest ΔPPL in docs/models.md)" in text
+    assert "%" not in text                                                # no number the table does not hold
