@@ -124,9 +124,11 @@ class BakeoffJob:
             self.stopped, self.error = True, str(exc)
         except EntroscopeError as exc:
             self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - shown as one line + details
-            self.error = f"Unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self.error_detail = traceback.format_exc()
+        except Exception as exc:  # noqa: BLE001 - last resort: the specific reason, else a bug logged with the step
+            from .failures import describe
+
+            self.error, bug = describe(exc, "the bake-off")
+            self.error_detail = traceback.format_exc() if bug else None
         finally:
             self.finished = time.time()
             self.done_event.set()
