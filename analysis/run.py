@@ -149,7 +149,8 @@ def memory_estimate(cfg: AnalysisConfig, n: int, t: int, num_layers: int, d: int
 
 def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress: Progress | None = None,
             should_stop: Callable[[], bool] | None = None, cache: bool = False,
-            preview: Callable[[CaptureStats], None] | None = None) -> AnalysisResult:
+            preview: Callable[[CaptureStats], None] | None = None,
+            write_out: Callable[[AnalysisResult], None] | None = None) -> AnalysisResult:
     """Run the streaming analysis pass and compute every registered per-block criterion.
 
     ``tokens`` is a :class:`~analysis.data.tokens.TokenSet` (or a raw ``[N, T]`` LongTensor). If
@@ -158,6 +159,9 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
     the results cache as the pass goes (:mod:`analysis.measure.runcache`): an interrupted run resumes where it
     stopped and a finished one is never recomputed. ``preview(partial_stats)`` receives the statistics of the
     sequences finished so far during the pass (see :func:`~analysis.measure.capture.capture`), to draw live curves.
+    ``write_out(result)``: the caller's own output (the CLI's ``--out``), written as soon as the result is complete
+    and *before* the results cache's last write, so a failing, slow or interrupted cache write never costs the
+    finished result (a ``CacheWriteFailed`` warning from that write is added to ``result.warnings`` afterwards).
     """
     cfg = cfg or AnalysisConfig()
     ids = tokens.input_ids if hasattr(tokens, "input_ids") else torch.as_tensor(tokens)
@@ -183,7 +187,8 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         elif cache:
             from analysis.measure.runcache import cached_capture
 
-            stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop, preview=preview)
+            stats = cached_capture(lm, ids, ccfg, progress=progress, should_stop=should_stop, preview=preview,
+                                   defer_final=True)
         else:
             stats = capture(lm, ids, ccfg, progress=progress, should_stop=should_stop, preview=preview)
     except Exception as exc:
@@ -220,6 +225,13 @@ def analyze(lm: LoadedModel, tokens, cfg: AnalysisConfig | None = None, progress
         from analysis.measure.distributed import world
 
         result.manifest["timings"]["world_size"] = world()[1]   # data-parallel pass (timing context only)
+    pending = getattr(stats, "cache_pending", None)
+    try:
+        if write_out is not None:
+            write_out(result)                  # the user's output first ...
+    finally:
+        if pending is not None:                # ... then the results cache (optional: a failure is a warning)
+            result.warnings.extend(pending())
     return result
 
 

@@ -203,7 +203,8 @@ class Spec:
         try:
             self.arg_type()(repr(int(value) if self.kind == "int" else float(value)))
         except argparse.ArgumentTypeError as exc:
-            raise SettingError(f"{name}: {exc}", hint=self.flag and f"the CLI flag is {self.flag}") from None
+            raise SettingError(f"{name}: {exc}", hint=f"the CLI flag is {self.flag}"
+                               if self.flag and self.meta.get("cli", True) else None) from None
 
 
 def _field_default(f: dataclasses.Field) -> Any:

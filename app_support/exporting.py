@@ -32,7 +32,11 @@ def png_export_works() -> bool:
 
         go.Figure().to_image(format="png", width=10, height=10)
         return True
-    except Exception:  # noqa: BLE001 - any failure means: offer HTML only
+    except Exception:  # noqa: BLE001 - a capability probe: any failure means HTML only; the reason is logged
+        import logging
+
+        logging.getLogger("entroscope.app").warning("PNG/SVG/PDF chart export is not available here (plotly's "
+                                                    "kaleido probe failed); offering HTML only", exc_info=True)
         return False
 
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 import streamlit as st
 
-from analysis.errors import EntroscopeError, is_oom, oom_error
+from analysis.errors import EntroscopeError
 
 
 def fmt_seconds(sec: float) -> str:
@@ -171,11 +171,11 @@ class Job:
             self.result = self._work()
         except EntroscopeError as exc:
             self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - shown as one line + details expander
-            if is_oom(exc):
-                self.error = str(oom_error(exc, self.label or f"the {self.kind}"))
-            else:
-                self.error = f"Unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        except Exception as exc:  # noqa: BLE001 - last resort: the specific reason, else a bug logged with the step
+            from .failures import describe
+
+            self.error, bug = describe(exc, self.label or f"the {self.kind}")
+            if bug:
                 self.error_detail = traceback.format_exc()
         finally:
             self.finished = time.time()

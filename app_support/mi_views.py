@@ -9,6 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from analysis.errors import EntroscopeError
+
 from . import plots, state
 from .widgets import chart, table
 
@@ -125,7 +127,7 @@ def render_ground_truth(rec, adj, protected, granularity: str, lm, tokens) -> No
     for name in ("mi-prun", "entrodrop", "block-influence", "cosine", "angular"):
         try:
             sc = np.asarray(scores_for(adj, name, granularity), dtype=float)
-        except Exception:  # noqa: BLE001 - criterion not available for this run/granularity
+        except EntroscopeError:          # this criterion is not available for this run / granularity
             continue
         from analysis.score.criteria import CRITERIA
 

@@ -14,7 +14,7 @@ import os
 
 import streamlit as st
 
-from analysis.errors import ModelLoadError
+from analysis.errors import EntroscopeError, ModelLoadError
 
 TINY_PREFIX = "tiny-"
 TINY_ARCHS = ("llama", "qwen2", "mistral", "qwen3", "gemma3")
@@ -126,7 +126,7 @@ def describe_model(spec: str) -> dict:
 
     try:
         return describe(spec)
-    except Exception as exc:  # noqa: BLE001 - a description is best-effort
+    except (EntroscopeError, OSError) as exc:      # a description is best-effort; a bug is not hidden
         return {"name": spec, "params": None, "note": f"size unknown until loaded ({type(exc).__name__})"}
 
 

@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.errors import EntroscopeError, is_oom, oom_error
 
-from . import session_store, state
+from . import failures, session_store, state
 
 PAGES = {
     "home": ("app.py", "Home", ":material/home:"),
@@ -88,9 +88,11 @@ def link(page: str, label: str | None = None, **kw) -> None:
     """A page link; falls back to plain text when the page is not reachable (a page run on its own)."""
     path, title, icon = PAGES[page]
     target = _PAGE_OBJECTS.get(page, path)
+    from streamlit.errors import StreamlitPageNotFoundError
+
     try:
         st.page_link(target, label=label or title, icon=icon, **kw)
-    except Exception:  # noqa: BLE001 - StreamlitPageNotFoundError outside the multipage app
+    except StreamlitPageNotFoundError:    # a page run on its own (AppTest), outside the multipage app
         st.markdown(f"{icon} {label or title} (open it from the sidebar)")
 
 
@@ -168,7 +170,9 @@ def app_message(exc: BaseException) -> str:
 
 
 def show_error(exc: BaseException, what: str = "") -> None:
-    """EntroscopeError → its one-line message; anything else → one line plus a details expander."""
+    """A step failed: its specific reason in one line (an EntroscopeError's message, out of memory, the OS
+    reason and path of an OSError); anything else is a bug in Entroscope — logged on the server with its
+    traceback and the step, shown as "internal error …" plus a details expander (:mod:`app_support.failures`)."""
     prefix = f"{what}: " if what else ""
     if isinstance(exc, EntroscopeError):
         st.error(f"{prefix}{app_message(exc)}", icon=":material/error:")
@@ -176,8 +180,11 @@ def show_error(exc: BaseException, what: str = "") -> None:
     if is_oom(exc):
         st.error(f"{prefix}{oom_error(exc)}", icon=":material/memory:")
         return
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    st.error(f"{prefix}Unexpected {type(exc).__name__}: {first[:300]}", icon=":material/bug_report:")
+    text, bug = failures.describe(exc, what)
+    if not bug:
+        st.error(f"{prefix}{text}", icon=":material/error:")
+        return
+    st.error(f"{prefix}{text}", icon=":material/bug_report:")
     with st.expander("Details (for a bug report)"):
         st.code("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-6000:], language="text")
 
@@ -185,10 +192,12 @@ def show_error(exc: BaseException, what: str = "") -> None:
 @contextlib.contextmanager
 def guarded(what: str = ""):
     """Run a block; show errors instead of tracebacks. Streamlit's rerun/stop signals pass through
-    (they are BaseExceptions). What was rendered before the error stays on the page."""
+    (they are BaseExceptions). What was rendered before the error stays on the page. The last resort for a
+    page section: specific failures are caught where they arise; what reaches here unnamed is a bug, logged
+    with ``what`` as the step (:func:`show_error`)."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - shown to the user
+    except Exception as exc:  # noqa: BLE001 - last resort: specific reason, else logged as a bug with the step
         show_error(exc, what)
 
 

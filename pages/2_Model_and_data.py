@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from analysis.errors import DataError
 from app_support import state
 from app_support.data import build_tokens, data_label, data_spec, store_upload
 from app_support.models import load_note, describe_model, embedded_choices, load_into_session, model_label, model_settings
@@ -88,7 +89,7 @@ with left:
                                        f"{lm.manifest()['params'] / 1e6:,.1f} M parameters on {lm.device} "
                                        f"({load_note(lm)}).")
                 st.rerun()
-            except Exception as exc:  # noqa: BLE001 - shown, previous model kept
+            except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
                 show_error(exc, "Could not load the model")
 
         if loaded:
@@ -174,7 +175,7 @@ with right:
                 state.flash("success", f"Sampled {len(tokens)} windows × {tokens.seq_len} tokens "
                                        f"({data_label(spec)}).")
                 st.rerun()
-            except Exception as exc:  # noqa: BLE001 - shown; previous tokens kept
+            except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
                 show_error(exc, "Could not prepare the calibration data")
 
 # ---- current token set ---------------------------------------------------------------------------
@@ -183,7 +184,7 @@ st.divider()
 if tokens is None:
     try:
         _now = data_label(data_spec())
-    except Exception as exc:  # noqa: BLE001 - e.g. no file uploaded yet: say what is missing
+    except DataError as exc:           # no file uploaded yet: say what is missing
         _now = str(exc)
     _btn = "Load model & sample" if not st.session_state.get("es.model") else "Sample calibration windows"
     st.info(f"No calibration windows yet. Press **{_btn}** above — or go straight to the Entropy page, which "

@@ -59,6 +59,7 @@ def _reset_boundary(rid: str, detected: int, mode: str) -> None:
 # ---- settings ----------------------------------------------------------------------------------------
 # Every widget is an AnalysisConfig setting (analysis.settings): its default, choices and the key it is
 # persisted under (``an.<key>``) come from the dataclass, so the page, the CLI and the export cannot drift.
+from analysis.errors import DataError, SelectionError  # noqa: E402
 from analysis.indices import GRANULARITIES  # noqa: E402
 from analysis.measure.estimators import ESTIMATORS  # noqa: E402
 from analysis.run import AnalysisConfig  # noqa: E402
@@ -141,7 +142,7 @@ with r2:
         from app_support.data import data_spec
 
         what_data = data_label(s.get("es.data")) if s.get("es.tokens") is not None else data_label(data_spec())
-    except Exception as exc:  # noqa: BLE001 - e.g. upload missing; the run will explain
+    except DataError as exc:           # no file uploaded yet; the run will explain
         what_data = str(exc)
     st.caption(f"Model **{model_label(s.get('es.model') or model_settings())}** · data **{what_data}** · "
                f"estimator **{settings['estimator']}**"
@@ -162,7 +163,7 @@ if clicked or autorun:
         if outcome == "cached":
             state.flash("info", "Identical run found in the cache: shown instantly.")
             st.rerun()
-    except Exception as exc:  # noqa: BLE001 - shown; earlier results stay
+    except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
         show_error(exc, "Could not start the analysis")
 
 job = s.get("es.job")
@@ -314,7 +315,7 @@ with T["ΔH per block"], guarded("ΔH"):
     cos = None
     try:
         cos = r.seq_cos(gran).mean(0)
-    except Exception:  # noqa: BLE001 - runs without cosine statistics
+    except SelectionError:             # a run without cosine statistics (written by an older version)
         pass
     dh_view = view if r.has_view(est_dh, view) else r.sink_mode
     chart(plots.delta_h_bars(r, est_dh, gran, protected, cos, "LLM-Drop cos(X, Y)", view=dh_view),

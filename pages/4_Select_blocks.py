@@ -100,7 +100,7 @@ with st.expander("Which criterion, k and healing for this model? — the bake-of
             bjob, joined = start_job(bo_slot, new_job)       # the same inputs running elsewhere: join it
             if joined:
                 st.toast("This bake-off is already running (same model, data and settings): showing it.")
-        except Exception as exc:  # noqa: BLE001 - shown; the page continues
+        except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
             show_error(exc, "Could not start the bake-off")
     if bjob is not None and bjob.running:
         follow(bjob, "Bake-off", "stop_bakeoff",
@@ -199,7 +199,7 @@ with st.expander(f"About {c.title}"):
 sel = None
 try:
     sel = select(adj, crit, int(k), gran, protected=protected, **params)
-except Exception as exc:  # noqa: BLE001 - e.g. k larger than the unprotected blocks; shown, page continues
+except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
     if crit == "delta-ppl" and not (r.extras.get("criteria_scores") or {}).get("delta-ppl", {}).get(gran):
         st.info(f"Drop-one ΔPPL is measured, not estimated: press **Compute drop-one ΔPPL for {gran} blocks** "
                 "under *Compare with ground truth* below; the ranking appears here when it is done.")
@@ -314,7 +314,7 @@ if sel is not None:
                     list(protected), dict(params))
                 state.flash("success", f"Kept plan **{name}**: {plan.describe()}.")
                 st.rerun()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
                 show_error(exc, "Could not keep the plan")
 
 # ---- kept plans ------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ else:
             if joined:
                 st.toast("The same comparison is already running or done: showing it instead of starting it "
                          "again.")
-        except Exception as exc:  # noqa: BLE001 - shown; earlier results kept
+        except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
             show_error(exc, "Comparison failed")
     cjob = attached("comparison")
     if cjob is not None:
@@ -170,7 +170,7 @@ with guarded("Generation"):
             try:
                 gjob, _ = start_job("generation", generation_job(lm, gplan, plans[gplan].plan, prompt, int(n_new),
                                                                  healing.choice(gplan)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
                 show_error(exc, "Generation failed")
         gjob = attached("generation")
         if gjob is not None:

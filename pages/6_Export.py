@@ -160,7 +160,7 @@ with guarded("Checkpoint"):
                 state.flash("success", f"Saved {ck_plan} to {out if server_paths_allowed() else out.name}"
                             + (" — its model card carries the Prune & compare results" if evaluation else ""))
                 st.rerun()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
                 show_error(exc, "Could not save the checkpoint")
         last = s.get("es.last_checkpoint")
         if last and os.path.isdir(last):

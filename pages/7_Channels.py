@@ -166,7 +166,7 @@ if st.button("Run channel pruning", icon=":material/content_cut:", type="primary
         run = CH.run_channels(lm, cfg, latency=bool(do_latency), progress=_progress)
         s[RESULT_KEY] = {"report": run.report, "pruned": run.pruned, "model_fp": lm.fingerprint, "saved": None,
                          "command": shell(channels_argv(s["es.model"], cfg, latency=bool(do_latency)))}
-    except Exception as exc:  # noqa: BLE001 - one line, no traceback
+    except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
         show_error(exc, "Channel pruning failed")
 
 res = s.get(RESULT_KEY)
@@ -253,7 +253,7 @@ if res is not None:
                     out = CH.save_channel_pruned(res["pruned"], root_p / name, report=rep, overwrite=overwrite,
                                                  root=root_p)
                 res["saved"] = str(out)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - last resort: show_error names the reason, or logs a bug with the step
                 show_error(exc, "Could not save")
         if res.get("saved"):
             meta = read_channels_meta(res["saved"])

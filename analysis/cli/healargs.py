@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from analysis.heal.models import heal_tokens, recovered
-from analysis.heal.registry import HEAL_METHODS, get_heal_method
+from analysis.heal.registry import HEAL_METHODS, DistillHealSettings, LinearHealSettings, get_heal_method, settings_spec
 
 #: CLI option -> method parameter
 _OPTIONS = {"heal_ridge": "ridge", "heal_steps": "steps", "heal_rank": "rank", "heal_lr": "lr",
@@ -12,7 +12,7 @@ _OPTIONS = {"heal_ridge": "ridge", "heal_steps": "steps", "heal_rank": "rank", "
 
 
 def add_heal_args(p) -> None:
-    from analysis.settings import bounded_int, finite_float, seed_int
+    from analysis.settings import bounded_int, seed_int
 
     g = p.add_argument_group("healing (repair the pruned model; the base model is never modified)")
     g.add_argument("--heal", default="none", choices=list(HEAL_METHODS),
@@ -24,14 +24,16 @@ def add_heal_args(p) -> None:
     g.add_argument("--heal-seq-len", type=bounded_int(2, 1_048_576, "a token count"), default=256,
                    help="tokens per window (default 256)")
     g.add_argument("--heal-seed", type=seed_int, default=2024)
-    g.add_argument("--heal-ridge", type=finite_float(0, 1e6, what="a ridge ≥ 0"), default=None, help="linear: ridge towards identity (default 1e-4)")
+    lin, dis = (lambda n: settings_spec(LinearHealSettings, n).arg_type()), \
+        (lambda n: settings_spec(DistillHealSettings, n).arg_type())      # ranges stated once, in the library
+    g.add_argument("--heal-ridge", type=lin("ridge"), default=None, help="linear: ridge towards identity (default 1e-4)")
     g.add_argument("--heal-skip-first-token", action="store_const", const=True, default=None,
                    help="linear: leave position 0 (the attention-sink token with a massive activation) out of the "
                         "fit; helps when the dropped run creates that activation (docs/healing.md)")
-    g.add_argument("--heal-steps", type=bounded_int(1, 1_000_000, "a step count"), default=None, help="distill: optimizer steps (default 50)")
-    g.add_argument("--heal-rank", type=bounded_int(1, 65_536, "a LoRA rank"), default=None, help="distill: LoRA rank (default 8)")
-    g.add_argument("--heal-lr", type=finite_float(0, 10, lo_open=True, what="a learning rate > 0"), default=None, help="distill: learning rate (default 5e-4)")
-    g.add_argument("--heal-batch-size", type=bounded_int(1, 65_536, "a batch size"), default=None, help="windows per step / batch")
+    g.add_argument("--heal-steps", type=dis("steps"), default=None, help="distill: optimizer steps (default 50)")
+    g.add_argument("--heal-rank", type=dis("rank"), default=None, help="distill: LoRA rank (default 8)")
+    g.add_argument("--heal-lr", type=dis("lr"), default=None, help="distill: learning rate (default 5e-4)")
+    g.add_argument("--heal-batch-size", type=lin("batch_size"), default=None, help="windows per step / batch")
     g.add_argument("--heal-init", choices=["none", "linear"], default=None,
                    help="distill: start from the bare pruned model (none) or the linear-healed one")
 

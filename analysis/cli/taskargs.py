@@ -1,7 +1,12 @@
 """``--tasks`` options shared by ``eval`` and ``sweep``: lm-eval task accuracy (see :mod:`analysis.tasks`)."""
 from __future__ import annotations
 
-from analysis.settings import bounded_int, seed_int
+def _type(name: str):
+    """The argparse type of a :class:`~analysis.tasks.runner.TaskConfig` field (its range, stated once there)."""
+    from analysis.settings import specs
+    from analysis.tasks.runner import TaskConfig
+
+    return next(s for s in specs(TaskConfig) if s.name == name).arg_type()
 
 
 def add_task_args(p) -> None:
@@ -10,11 +15,11 @@ def add_task_args(p) -> None:
                    help="comma list of tasks: local cloze-wiki, cloze-news, cloze-code, cloze-docs, cloze-dialogue, "
                         "cloze-math, math-champ, humaneval (opt-in), or any lm-eval task name when the hub is "
                         "reachable")
-    g.add_argument("--limit", type=bounded_int(1, 10_000_000, "an example count"), default=None,
+    g.add_argument("--limit", type=_type("limit"), default=None,
                    help="first N examples of each task (default: all)")
-    g.add_argument("--task-seed", type=seed_int, default=1234, help="lm-eval seeds (few-shot sampling, torch, numpy)")
-    g.add_argument("--num-fewshot", type=bounded_int(0, 256, "a few-shot count"), default=None, help="override the tasks' few-shot count")
-    g.add_argument("--max-gen-toks", type=bounded_int(1, 1_048_576, "a token count"), default=None, help="override generative tasks' token budget")
+    g.add_argument("--task-seed", type=_type("seed"), default=1234, help="lm-eval seeds (few-shot sampling, torch, numpy)")
+    g.add_argument("--num-fewshot", type=_type("num_fewshot"), default=None, help="override the tasks' few-shot count")
+    g.add_argument("--max-gen-toks", type=_type("max_gen_toks"), default=None, help="override generative tasks' token budget")
     g.add_argument("--allow-code-execution", action="store_true",
                    help="allow humaneval, which EXECUTES model-written code (contained: see docs/tasks.md)")
 

@@ -83,8 +83,13 @@ def load_stats(path: Path) -> CaptureStats | None:
 
 
 def cached_capture(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig, progress=None,
-                   should_stop=None, checkpoint_every_s: float = 20.0, preview=None) -> CaptureStats:
-    """:func:`~analysis.measure.capture.capture` with resume: finished rows are loaded, the rest computed."""
+                   should_stop=None, checkpoint_every_s: float = 20.0, preview=None,
+                   defer_final: bool = False) -> CaptureStats:
+    """:func:`~analysis.measure.capture.capture` with resume: finished rows are loaded, the rest computed.
+
+    ``defer_final=True``: the last write of the cache is not made here but left to the caller as
+    ``stats.cache_pending()`` (it returns the ``CacheWriteFailed`` warnings it adds), so the caller can write the
+    user's own output first (:func:`analysis.run.analyze`'s ``write_out``)."""
     path = cache_path(run_key(lm, input_ids, cfg))
     sweep_temporaries(path.parent, r"[0-9a-f]{32}\.(\d+)\.tmp")   # left by passes killed while saving (ours only)
     n = input_ids.shape[0]
@@ -106,6 +111,14 @@ def cached_capture(lm: LoadedModel, input_ids: torch.Tensor, cfg: CaptureConfig,
                    checkpoint=ckpt, checkpoint_every_s=checkpoint_every_s, preview=show if preview else None)
     stats = rest if done is None else merge_stats(done, rest)
     stats.completed = stats.n_done >= n
-    _try_save(path, stats, notes)
-    stats.cache_warnings = notes              # shown with the result (run.build_result); never a lost result
+    if defer_final:
+        def pending() -> list[str]:
+            before = len(notes)
+            _try_save(path, stats, notes)
+            return notes[before:]
+
+        stats.cache_pending = pending
+    else:
+        _try_save(path, stats, notes)
+    stats.cache_warnings = list(notes)        # shown with the result (run.build_result); never a lost result
     return stats

@@ -106,6 +106,35 @@ def read_head(path: str | os.PathLike, n: int = 4096) -> bytes:
         os.close(fd)
 
 
+#: kernel filesystems whose files report a size that is not their content's (/proc: 0 bytes, /sys: 4096)
+PSEUDO_ROOTS = ("/proc", "/sys")
+
+
+def _refuse_pseudo_file(p: Path, st: os.stat_result, what: str) -> None:
+    """Refuse a kernel pseudo-file (``/proc/self/status``, a ``/sys`` attribute, also through a symlink): it is a
+    "regular file" whose size is not real (0 bytes for a /proc file full of text), so neither the size checks nor
+    "empty" would tell the truth about it. A zero-size file elsewhere that still has content (another virtual
+    filesystem) is refused the same way; a truly empty file is left to the caller's "empty" check."""
+    real = os.path.realpath(p)
+    root = next((r for r in PSEUDO_ROOTS if real == r or real.startswith(r + "/")), None)
+    if root is None and st.st_size == 0:
+        try:
+            has_content = bool(read_head(p, 1))
+        except BlockingIOError:
+            has_content = True                  # would block: not a plain empty file either
+        except OSError:
+            has_content = False                 # unreadable: the read below names the reason
+        if not has_content:
+            return
+    elif root is None:
+        return
+    where = f"under {root}" if root else "of a virtual filesystem"
+    size = f"{st.st_size} bytes"
+    raise DataError(f"{what} {p} is a kernel pseudo-file {where} (it reports a size of {size}, but its content is "
+                    "generated as it is read), not a regular file with a real size",
+                    hint=f"copy it to a regular file first (cp {p} copy.txt) and give that")
+
+
 def check_input_file(path: str | os.PathLike, kind: str = "input file", *, expect: str | None = "auto",
                      max_bytes: int | None = None, directory: bool = False, allow_empty: bool = False) -> str:
     """Check ``path`` before anything opens it; return what it is (a :func:`sniff` name, or ``directory``).
@@ -134,6 +163,7 @@ def check_input_file(path: str | os.PathLike, kind: str = "input file", *, expec
         hint = "Entroscope reads only regular files; a pipe or device could block forever or never end" \
             if other != "a directory" else None
         raise DataError(f"{what} {p} is {other}, not a regular file", hint=hint)
+    _refuse_pseudo_file(p, st, what)
     if st.st_size == 0 and not allow_empty:
         raise DataError(f"{what} {p.name} is empty (0 bytes)")
     if max_bytes is not None and st.st_size > max_bytes:

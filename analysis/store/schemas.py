@@ -15,9 +15,9 @@ every field added later has a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError, field_validator, model_validator
 
 from analysis.errors import DataError
 from analysis.indices import GRANULARITIES, GRANULARITY_KEY
@@ -26,7 +26,10 @@ from analysis.store.jsonio import validate, validation_message
 
 MAX_LAYERS = 4096
 PLAN_KEYS = ("drop_attn", "drop_mlp", "drop_layers")
-Num = Optional[float]                                  # JSON null = NaN
+#: a JSON number, strictly: an int or a float, never the string "12" or true (pydantic's lax mode would coerce
+#: them); every file Entroscope writes holds real numbers, so only a hand-edited or foreign file is refused
+StrictNumber = Annotated[float, Strict()]
+Num = Optional[StrictNumber]                           # JSON null = NaN
 
 
 class PerSeqEntropy(BaseModel):
@@ -195,7 +198,7 @@ class PlanModel(BaseModel):
         return self
 
 
-Finite = Optional[float]                               # finite by parsing (NaN/Infinity refused); null allowed
+Finite = Optional[StrictNumber]                        # finite by parsing (NaN/Infinity refused); null allowed
 
 
 class EvalModel(BaseModel):

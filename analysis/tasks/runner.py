@@ -23,6 +23,7 @@ from typing import Sequence
 
 from analysis.errors import DataError
 from analysis.models.plan import Plan
+from analysis.settings import SEED_MAX, check_ranges, setting
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CODE_TASKS = frozenset({"humaneval"})
@@ -45,14 +46,22 @@ CODE_WARNING = ("warning: humaneval EXECUTES model-written Python code on this m
 class TaskConfig:
     """How tasks are run. ``limit``: the first N examples of each task (None: all)."""
 
-    limit: int | None = None
-    seed: int = 1234                       # lm-eval's python/numpy/torch/few-shot seeds
-    num_fewshot: int | None = None         # None: each task's own default
-    batch_size: int = 1
-    max_gen_toks: int | None = None        # override the generative tasks' budget
+    limit: int | None = setting(None, flag="limit", kind="int", min=1, max=10_000_000, what="an example count",
+                                help="first N examples of each task (default: all)")
+    seed: int = setting(1234, flag="task-seed", min=0, max=SEED_MAX, what="a seed (a whole number)",
+                        help="lm-eval seeds (few-shot sampling, torch, numpy)")
+    num_fewshot: int | None = setting(None, kind="int", min=0, max=256, what="a few-shot count",
+                                      help="override the tasks' few-shot count (default: each task's own)")
+    batch_size: int = setting(1, min=1, max=65_536, what="a batch size", cli=False, help="lm-eval batch size")
+    max_gen_toks: int | None = setting(None, kind="int", min=1, max=1_048_576, what="a token count",
+                                       help="override generative tasks' token budget")
     allow_code_execution: bool = False     # humaneval only runs with this
-    bootstrap_iters: int = 1000            # stderr of non-mean metrics (perplexity)
+    bootstrap_iters: int = setting(1000, min=0, max=1_000_000, what="an iteration count", cli=False,
+                                   help="bootstrap iterations for the stderr of non-mean metrics (perplexity)")
     include_path: Sequence[str] = field(default_factory=tuple)  # extra task-config folders
+
+    def __post_init__(self) -> None:      # the CLI's ranges, for library callers too, before any model work
+        check_ranges(self)
 
     def describe(self) -> dict:
         d = asdict(self)

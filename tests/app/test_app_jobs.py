@@ -121,7 +121,7 @@ def test_errors_are_one_line():
 
     job = Job("e1", boom).start()
     job.wait(30)
-    assert job.status == "error" and job.error == "Unexpected ValueError: bad thing"
+    assert job.status == "error" and job.error.startswith("internal error in Entroscope (ValueError: bad thing); ")
 
 
 def test_test_hold_hook_waits_for_stop_and_only_for_named_kinds(monkeypatch):

@@ -310,7 +310,7 @@ def test_unexpected_errors_are_one_line_plus_details():
 
     at = AppTest.from_function(script, default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert at.error[0].value == "Demo: Unexpected ValueError: something odd"
+    assert at.error[0].value.startswith("Demo: internal error in Entroscope (ValueError: something odd); please report")
     assert at.expander[0].label == "Details (for a bug report)"
 
 

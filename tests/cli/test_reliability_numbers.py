@@ -124,6 +124,18 @@ LIBRARY_CASES = [
     ("analysis.measure.mi_states:MIConfig", {"n_tokens": 0}, "MIConfig.n_tokens"),
     ("analysis.channels.config:ChannelConfig", {"steps": 10**6}, "ChannelConfig.steps"),
     ("analysis.channels.config:ChannelConfig", {"min_keep_frac": float("nan")}, "ChannelConfig.min_keep_frac"),
+    # the task and heal libraries state their ranges themselves (before: only the CLI checked them)
+    ("analysis.tasks.runner:TaskConfig", {"limit": 0}, "TaskConfig.limit"),
+    ("analysis.tasks.runner:TaskConfig", {"num_fewshot": -1}, "TaskConfig.num_fewshot"),
+    ("analysis.tasks.runner:TaskConfig", {"seed": 2**32}, "TaskConfig.seed"),
+    ("analysis.tasks.runner:TaskConfig", {"max_gen_toks": float("nan")}, "TaskConfig.max_gen_toks"),
+    ("analysis.tasks.runner:TaskConfig", {"batch_size": 0}, "TaskConfig.batch_size"),
+    ("analysis.heal.registry:DistillHealSettings", {"lr": float("nan")}, "DistillHealSettings.lr"),
+    ("analysis.heal.registry:DistillHealSettings", {"rank": 0}, "DistillHealSettings.rank"),
+    ("analysis.heal.registry:DistillHealSettings", {"temperature": 0.0}, "DistillHealSettings.temperature"),
+    ("analysis.heal.registry:DistillHealSettings", {"steps": 2.5}, "whole number"),
+    ("analysis.heal.registry:LinearHealSettings", {"ridge": -1.0}, "LinearHealSettings.ridge"),
+    ("analysis.heal.registry:LinearHealSettings", {"batch_size": 0}, "LinearHealSettings.batch_size"),
 ]
 
 
@@ -134,6 +146,24 @@ def test_configs_refuse_out_of_range_numbers_in_the_library(ref, kwargs, pattern
     cls = resolve(ref)
     with pytest.raises(EntroscopeError, match=pattern.replace(".", r"\.")):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("method,options,pattern", [
+    ("distill", {"lr": float("inf")}, "DistillHealSettings.lr"),
+    ("distill", {"steps": -5}, "DistillHealSettings.steps"),
+    ("linear", {"ridge": float("nan")}, "LinearHealSettings.ridge"),
+])
+def test_heal_checks_its_options_before_any_model_work(method, options, pattern):
+    """``heal()`` from the library refuses a bad option first: before the calibration tokens are even looked at
+    (none are given here, which would be the next error) and before the method runs."""
+    from analysis.heal.registry import heal
+    from analysis.models.plan import Plan
+    from analysis.settings import SettingError
+    from analysis.testing import tiny_loaded
+
+    lm = tiny_loaded(layers=2)
+    with pytest.raises(SettingError, match=pattern.replace(".", r"\.")):
+        heal(lm, Plan(drop_layers=[1]), method, tokens=None, **options)
 
 
 @pytest.mark.parametrize("ref,settings", [

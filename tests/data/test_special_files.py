@@ -137,6 +137,12 @@ CASES = [
     ("model", lambda t: _put(t / "e.gguf", b""), "is empty (0 bytes)"),
     ("text", lambda t: _sparse(t / "huge.txt", 3 * 2**30), "MB; the limit for a text file is"),
     ("run", lambda t: _sparse(t / "huge.json", 600 * 2**20), "MB; the limit for a run file is"),
+    # kernel pseudo-files: "regular" files whose size (0 bytes) is not their content's
+    ("plan", lambda t: "/proc/self/status", "is a kernel pseudo-file under /proc (it reports a size of 0 bytes"),
+    ("run", lambda t: "/proc/version", "is a kernel pseudo-file under /proc"),
+    ("tokens", lambda t: "/proc/self/cmdline", "is a kernel pseudo-file under /proc"),
+    ("text", lambda t: (t / "status.txt").symlink_to("/proc/self/status") or t / "status.txt",
+     "is a kernel pseudo-file under /proc"),
     # missing files are named as missing, globs are never expanded
     ("text", lambda t: _put(t / "a1.txt", DOCS).with_name("a*.txt"), "not found"),
     ("run", lambda t: t / "nope" / "run.json", "not found"),

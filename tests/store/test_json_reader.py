@@ -95,6 +95,15 @@ BAD = [
     ("sweep", _mut(SWEEP, lambda d: d["rows"][0].update(k=-1)), "rows[0].k"),
     ("sweep", _mut(SWEEP, lambda d: d["rows"][0].update(params_removed_fraction=3)), "params_removed_fraction"),
     ("sweep", _mut(SWEEP, lambda d: d.update(rows=[])), "has no rows"),
+    # numbers as strings or booleans: refused, not coerced (pydantic's lax mode took "12" for 12.0)
+    ("eval", _mut(EVAL, lambda d: d.update(perplexity="12")), "perplexity"),
+    ("eval", _mut(EVAL, lambda d: d.update(kl="0.1")), "kl"),
+    ("eval", _mut(EVAL, lambda d: d.update(top1=True)), "top1"),
+    ("eval", _mut(EVAL, lambda d: d.update(perplexity_original="10")), "perplexity_original"),
+    ("sweep", _mut(SWEEP, lambda d: d["rows"][1].update(perplexity="12")), "rows[1].perplexity"),
+    ("sweep", _mut(SWEEP, lambda d: d["rows"][0].update(params_removed_fraction="0")), "params_removed_fraction"),
+    ("run", _mut(RUN, lambda d: d["per_seq"]["bucket"]["mid"][0].__setitem__(0, "1.2")), "per_seq"),
+    ("run", _mut(RUN, lambda d: d.update(norms={"boundary": [1.0, "2", 3.0], "mid": [1.0, 2.0]})), "norms"),
     # not JSON objects at all / not UTF-8
     ("eval", "[1, 2]", "expected a JSON object"),
     ("sweep", '{"rows": [', "not valid sweep JSON (line 1"),

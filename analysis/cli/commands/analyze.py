@@ -52,10 +52,12 @@ def run(args) -> int:
     progress = stderr_progress(args.quiet or rank != 0)
     lm = load_lm(args, progress)
     tokens = tokens_from_args(args, lm)
-    result = analyze(lm, tokens, cfg, progress=progress, cache=not args.no_cache)
+    # rank 0 writes the run; --out is written before the results cache's last write (a failing cache write
+    # never costs the finished result)
+    result = analyze(lm, tokens, cfg, progress=progress, cache=not args.no_cache,
+                     write_out=(lambda r: r.save(args.out)) if rank == 0 else None)
     if rank != 0:
-        return 0                     # rank 0 writes the run
-    result.save(args.out)
+        return 0
     if not args.quiet:
         for w in result.warnings:
             print(f"warning: {w}", file=sys.stderr)
