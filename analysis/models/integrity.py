@@ -236,9 +236,49 @@ def sweep_temporaries(folder: Path, pattern: str | None = None, max_age_s: float
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
+def _bin_files(path: Path) -> list[str] | None:
+    """The PyTorch ``.bin`` weight files of a checkpoint folder (hub style: ``pytorch_model.bin`` or the shards
+    its index names); None when there are none."""
+    index = path / "pytorch_model.bin.index.json"
+    if index.is_file():
+        return sorted(set(read_json(index, kind="weight index").get("weight_map", {}).values()))
+    if (path / "pytorch_model.bin").is_file():
+        return ["pytorch_model.bin"]
+    return None
+
+
+def bin_shapes(path: Path, files: list[str]) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes of PyTorch ``.bin`` weight files without reading their data: ``torch.load(mmap=True,
+    weights_only=True)`` maps the file (nothing is unpickled but tensors; no weight is copied into memory).
+    None for a legacy (pre-zip) file, which cannot be mapped: the real load still checks it."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in files:
+        f = path / name
+        if not zipfile.is_zipfile(f):
+            return None                       # legacy torch.save format: no mmap; left to the loader's own check
+        try:
+            sd = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise ModelLoadError(f"{f} is not a readable PyTorch weight file ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:120] if str(exc) else ''})",
+                                 hint="the checkpoint is incomplete, corrupted or holds more than tensors; "
+                                      "re-save it (safetensors preferred)") from None
+        if not isinstance(sd, dict):
+            raise ModelLoadError(f"{f} holds a {type(sd).__name__}, not a state dict of tensors",
+                                 hint="save the model with save_pretrained")
+        shapes.update({k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)})
+        del sd
+    return shapes
+
+
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
-    """Tensor shapes from the safetensors headers of a checkpoint folder (no tensor is read); None when the
-    weights are not safetensors."""
+    """Tensor shapes from the safetensors headers of a checkpoint folder (no tensor is read), or else from its
+    PyTorch ``.bin`` files mapped without reading them (:func:`bin_shapes`); None when neither can say."""
     from safetensors import safe_open
 
     index = path / "model.safetensors.index.json"
@@ -247,7 +287,8 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        return None
+        bins = _bin_files(path)
+        return bin_shapes(path, bins) if bins else None
     shapes = {}
     for name in files:
         try:
@@ -262,7 +303,8 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
 
 def check_config_against_headers(path: Path, config, where: str) -> None:
     """Refuse a checkpoint whose config.json disagrees with its weights' shapes or depth, reading only the
-    safetensors headers and an empty (meta-device) model: nothing large is allocated."""
+    safetensors headers (or the ``.bin`` files' tensor metadata, mapped) and an empty (meta-device) model:
+    nothing large is allocated."""
     import torch
     from transformers import AutoModelForCausalLM
 

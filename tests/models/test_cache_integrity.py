@@ -322,3 +322,59 @@ def test_a_matching_checkpoint_still_loads(tmp_path):
     lm = loading.load_model(str(d), device="cpu")
     assert lm.num_layers == 2 and torch.isfinite(next(lm.model.parameters())).all()
 
+
+def _bin_checkpoint(path, layers: int = 2, shards: bool = False):
+    """A tiny checkpoint in the hub's PyTorch style: ``pytorch_model.bin`` (or two shards and their index)."""
+    from safetensors.torch import load_file
+
+    d = save_tiny_checkpoint(path, layers=layers)
+    sd = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    if not shards:
+        torch.save(sd, d / "pytorch_model.bin")
+        return d
+    keys = sorted(sd)
+    parts = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+             "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+    for name, ks in parts.items():
+        torch.save({k: sd[k] for k in ks}, d / name)
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: n for n, ks in parts.items() for k in ks}}))
+    return d
+
+
+@pytest.mark.parametrize("shards,edit,pattern", [
+    (False, lambda c: c.update(num_hidden_layers=6), "missing (model.layers.2."),
+    (False, lambda c: c.update(intermediate_size=96), "with the wrong shape (model.layers.0.mlp.down_proj.weight"),
+    (True, lambda c: c.update(vocab_size=512), "model.embed_tokens.weight (260, 64) vs (512, 64)"),
+])
+def test_bin_checkpoint_that_contradicts_its_config_is_refused_before_allocation(tmp_path, monkeypatch, shards, edit,
+                                                                                  pattern):
+    """Hub-style ``.bin`` weights get the safetensors pre-check too: shapes read from the mapped file."""
+    from transformers import AutoModelForCausalLM
+
+    d = _bin_checkpoint(tmp_path / "ck", shards=shards)
+    cfg = json.loads((d / "config.json").read_text())
+    edit(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+    def allocate(*a, **k):
+        raise AssertionError("weights were allocated before the check")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", allocate)
+    with pytest.raises(ModelLoadError, match=r"config.json and the weight files disagree") as e:
+        loading.load_model(str(d), device="cpu")
+    assert pattern in str(e.value) and "refused before loading any weights" in str(e.value)
+
+
+def test_bin_checkpoint_that_is_not_a_torch_archive_is_refused_and_a_matching_one_loads(tmp_path):
+    import zipfile
+
+    d = _bin_checkpoint(tmp_path / "ok", shards=True)
+    lm = loading.load_model(str(d), device="cpu")
+    assert lm.num_layers == 2 and torch.isfinite(next(lm.model.parameters())).all()
+    bad = _bin_checkpoint(tmp_path / "bad")
+    with zipfile.ZipFile(bad / "pytorch_model.bin", "w") as z:      # a zip, but not a torch archive (truncated save)
+        z.writestr("archive/version", "3")
+    with pytest.raises(ModelLoadError, match="is not a readable PyTorch weight file"):
+        loading.load_model(str(bad), device="cpu")
