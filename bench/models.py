@@ -270,19 +270,23 @@ def report(paths: list[Path], write: bool = False) -> str:
 
 def check_text(c: dict) -> str:
     """The recommendation followed on a third text (``bench/recommend_check.py``), as markdown."""
+    from bench.recommend_check import verdict
+
     lvl = round(100 * c["level"])
     out = [f"**Followed on text neither calibration nor judging saw** (`bench/recommend_check.py`): {c['tokens']} tokens "
            f"({c['windows']} windows) of `{c['text']}` ({len(c['files'])} files); load average {c.get('load')}.\n",
-           f"| k | recommended | its ΔPPL there [{lvl} %] | best fixed criterion there | its ΔPPL [{lvl} %] | "
-           f"difference, pp [{lvl} %] | random median | verdict |", "|---|---|---|---|---|---|---|---|"]
+           f"| k | recommended | its ΔPPL there [{lvl} %] | best fixed criterion there (lowest unhealed ΔPPL on this "
+           f"text), healed the same way | its ΔPPL [{lvl} %] | difference, pp [{lvl} %] (paired) | random median "
+           f"(unhealed) | verdict |", "|---|---|---|---|---|---|---|---|"]
     for k, e in c["ks"].items():
         cm, r = e["comparison"], e["recommended"]
+        same = e["rows"][r["label"]]["blocks"] == e["rows"][e["best_fixed"]]["blocks"]
         h = "" if cm["heal"] == "none" else f" + {cm['heal']}"
         rnd = f"{e['random_median']:+.1f} %" if e.get("random_median") is not None else "—"
         out.append(f"| {k} | {r['label']}{h} | {cm['recommended']['dppl']:+.1f} % [{cm['recommended']['lo']:.0f}, "
                    f"{cm['recommended']['hi']:.0f}] | {e['best_fixed']}{h} | {cm['best_fixed']['dppl']:+.1f} % "
                    f"[{cm['best_fixed']['lo']:.0f}, {cm['best_fixed']['hi']:.0f}] | [{cm['difference_pp'][0]:+.1f}, "
-                   f"{cm['difference_pp'][1]:+.1f}] | {rnd} | {cm['verdict']} |")
+                   f"{cm['difference_pp'][1]:+.1f}] | {rnd} | {verdict(*cm['difference_pp'], same)} |")
     return "\n".join(out) + "\n"
 
 
