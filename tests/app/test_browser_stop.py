@@ -80,7 +80,7 @@ def test_stop_keeps_what_finished_on_ground_truth_and_comparison(server, new_pag
     button(page, "run_compare").click()
     wait_any_text(page, "model 2/3")
     button(page, "cmp_stop").click()
-    stopped = wait_text(page, re.compile(r"^Stopped: .* not evaluated; the table shows what finished"), MODEL_WAIT_MS)
+    stopped = wait_text(page, re.compile(r"^Stopped — a partial comparison: .*The table shows what finished"), MODEL_WAIT_MS)
     wait_idle(page)
     assert second in stopped.inner_text() or first in stopped.inner_text(), stopped.inner_text()
     cmp = server.jobs("comparison")
