@@ -322,7 +322,7 @@ intervals and rankings are deterministic and do not depend on the load; the run 
     bench/models.py --model smollm2 --with-mi
     bench/models.py --model gemma3-270m --with-mi --heal none,distill --heal-top 2   # linear cannot fold past its sandwich norms
     bench/models.py --model qwen2.5-coder-0.5b --with-mi
-    bench/models.py --model qwen2.5-coder-1.5b --with-mi
+    bench/models.py --model qwen2.5-coder-1.5b --with-mi --heal none --dtype bf16   # bf16: native on this CPU; no healing, to finish
     bench/recommend_check.py --model M --write      # each model: the recommendation followed on a third text
     bench/models.py --report --write
 
