@@ -98,5 +98,5 @@ def test_stop_keeps_what_finished_on_ground_truth_and_comparison(server, new_pag
     page.reload()
     expect(original).to_be_visible(timeout=MODEL_WAIT_MS)
     wait_idle(page)
-    expect(page.get_by_text(re.compile(r"^Stopped: .* not evaluated"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^Stopped — a partial comparison: "))).to_be_visible()
     assert server.jobs("comparison")[0]["starts"] == 1
