@@ -237,9 +237,11 @@ def report(paths: list[Path], write: bool = False) -> str:
                      f"{rec['judging']['window']}) of {', '.join(rec['judging']['domains'])} (eval split; no judging "
                      f"window shares {rec['judging']['disjoint']['ngram']} consecutive tokens with calibration), full "
                      f"model {rec['judging']['dense_ppl']:.2f}. " if rec else "The bake-off was not run for this model. ")
-                  + (f"Run time {res['seconds'] / 60:.1f} min" if res.get("seconds") else "")
+                  + (f"Run time {res['seconds'] / 60:.1f} min" if res.get("seconds") else "Run time not recorded")
                   + (f"; load average (1, 5, 15 min) {ld['start']} at the start, {ld.get('end')} at the end"
                      if ld.get("start") else "; load average not recorded") + ".\n")
+        if res.get("note"):
+            md.append(f"> {res['note']}\n")
         md.append(f"![{name} curves](figures/models/{name}.png)\n")
         md.append("| estimator | boundary, sinks excluded [90 % interval] (share of resamples with a stage) "
                   "| sinks kept |\n|---|---|---|")
