@@ -215,6 +215,15 @@ def sample(page, n: int, t: int) -> None:
     wait_idle(page)
 
 
+def keep_plan(page) -> str:
+    """Press Keep plan on the Select page and return the kept plan's name."""
+    button(page, "keep_plan").click()
+    kept = wait_text(page, re.compile(r"^Kept plan \S"))
+    name = re.match(r"Kept plan (\S+):", kept.inner_text()).group(1)
+    wait_idle(page)
+    return name
+
+
 def run_analysis(page) -> None:
     """Entropy dynamics: run the analysis and wait for its result."""
     nav(page, "Entropy dynamics")

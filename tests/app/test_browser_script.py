@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_helpers import BROWSER_MARKS, OUT, button, choose, fill_text, nav, number, open_app, run_analysis, \
+from browser_helpers import BROWSER_MARKS, keep_plan, OUT, button, choose, fill_text, nav, number, open_app, run_analysis, \
     sample, wait_idle, wait_text
 from test_reproduce_script import _run_script
 
@@ -37,14 +37,6 @@ def _selected(page) -> int:
 def _selection(page) -> list[int]:
     cap = page.get_by_text(re.compile(r"^Selection: \[")).first.inner_text()
     return [int(b) for b in re.search(r"\[([\d, ]*)\]", cap).group(1).replace(" ", "").split(",") if b]
-
-
-def _keep(page) -> str:
-    button(page, "keep_plan").click()
-    kept = wait_text(page, re.compile(r"^Kept plan \S"))
-    name = re.match(r"Kept plan (\S+):", kept.inner_text()).group(1)
-    wait_idle(page)
-    return name
 
 
 def _click_bar(page, block: int) -> None:
@@ -80,7 +72,7 @@ def test_downloaded_script_rebuilds_mi_prun_and_hand_edited_plans(server, new_pa
     nav(page, "Select blocks")
     choose(page, "Criterion", "MI-PRUN −MI(in, out)")
     number(page, "k", 2)
-    plans = {"mi-topk": _keep(page)}
+    plans = {"mi-topk": keep_plan(page)}
     button(page, "keep_fbs").click()
     plans["fbs"] = re.match(r"Kept plan (\S+):", wait_text(page, re.compile(r"^Kept plan mi-prun-fbs")).inner_text()) \
         .group(1)
@@ -98,7 +90,7 @@ def test_downloaded_script_rebuilds_mi_prun_and_hand_edited_plans(server, new_pa
                 break
     assert _selected(page) == 2
     expect(page.get_by_test_id("stMetric").filter(has_text="Source")).to_contain_text("hand edits")
-    plans["edited"] = _keep(page)
+    plans["edited"] = keep_plan(page)
     assert plans["edited"].endswith("-edited"), plans
     page.screenshot(path=str(OUT / "script-01-plans.png"), full_page=True)
 

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from browser_helpers import BROWSER_MARKS, MODEL_WAIT_MS, OUT, button, choose, nav, number, open_app, run_analysis, \
+from browser_helpers import BROWSER_MARKS, keep_plan, MODEL_WAIT_MS, OUT, button, choose, nav, number, open_app, run_analysis, \
     sample, wait_any_text, wait_idle, wait_text
 
 pytestmark = BROWSER_MARKS
@@ -28,14 +28,6 @@ TINY = "tiny-llama — Tiny random llama (8 layers, test hook)"
 def server(launch_app):
     return launch_app(log_name="streamlit-stop.log", drop=(),
                       env={"ENTROSCOPE_ALLOW_TINY": "1", "ENTROSCOPE_TEST_JOB_HOLD": HOLD})
-
-
-def _keep(page) -> str:
-    button(page, "keep_plan").click()
-    kept = wait_text(page, re.compile(r"^Kept plan \S"))
-    name = re.match(r"Kept plan (\S+):", kept.inner_text()).group(1)
-    wait_idle(page)
-    return name
 
 
 def test_stop_keeps_what_finished_on_ground_truth_and_comparison(server, new_page):
@@ -67,9 +59,9 @@ def test_stop_keeps_what_finished_on_ground_truth_and_comparison(server, new_pag
     expect(button(page, "keep_plan")).to_be_enabled()
 
     # --- two plans, Stop the comparison while the second of three models is evaluated ---------------------
-    first = _keep(page)
+    first = keep_plan(page)
     number(page, "k", 1)
-    second = _keep(page)
+    second = keep_plan(page)
     assert first != second
     nav(page, "Prune & compare")
     page.get_by_text("Evaluation settings").click()

@@ -293,17 +293,10 @@ def test_ctrl_c_during_the_results_cache_write_keeps_the_finished_output(cache, 
 
 
 # ---- config.json against the weights: refused before any weight is allocated ------------------------------------------
-@pytest.mark.parametrize("edit,pattern", [
-    (lambda c: c.update(num_hidden_layers=6), "missing (model.layers.2."),
-    (lambda c: c.update(num_hidden_layers=1), "unexpected (model.layers.1."),
-    (lambda c: c.update(intermediate_size=96), "with the wrong shape (model.layers.0.mlp.down_proj.weight"),
-    (lambda c: c.update(hidden_size=128, head_dim=32), "with the wrong shape"),
-    (lambda c: c.update(vocab_size=512), "model.embed_tokens.weight (260, 64) vs (512, 64)"),
-])
-def test_config_that_contradicts_the_weights_is_refused_before_allocation(tmp_path, monkeypatch, edit, pattern):
+def _refused_before_allocation(d, edit, pattern: str, monkeypatch) -> None:
+    """Edit ``d``'s config.json with ``edit``; loading must be refused, naming ``pattern``, before any weights load."""
     from transformers import AutoModelForCausalLM
 
-    d = save_tiny_checkpoint(tmp_path / "ck", layers=2)
     cfg = json.loads((d / "config.json").read_text())
     edit(cfg)
     (d / "config.json").write_text(json.dumps(cfg))
@@ -315,6 +308,18 @@ def test_config_that_contradicts_the_weights_is_refused_before_allocation(tmp_pa
     with pytest.raises(ModelLoadError, match=r"config.json and the weight files disagree") as e:
         loading.load_model(str(d), device="cpu")
     assert pattern in str(e.value) and "refused before loading any weights" in str(e.value)
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda c: c.update(num_hidden_layers=6), "missing (model.layers.2."),
+    (lambda c: c.update(num_hidden_layers=1), "unexpected (model.layers.1."),
+    (lambda c: c.update(intermediate_size=96), "with the wrong shape (model.layers.0.mlp.down_proj.weight"),
+    (lambda c: c.update(hidden_size=128, head_dim=32), "with the wrong shape"),
+    (lambda c: c.update(vocab_size=512), "model.embed_tokens.weight (260, 64) vs (512, 64)"),
+])
+def test_config_that_contradicts_the_weights_is_refused_before_allocation(tmp_path, monkeypatch, edit, pattern):
+    d = save_tiny_checkpoint(tmp_path / "ck", layers=2)
+    _refused_before_allocation(d, edit, pattern, monkeypatch)
 
 
 def test_a_matching_checkpoint_still_loads(tmp_path):
@@ -351,20 +356,8 @@ def _bin_checkpoint(path, layers: int = 2, shards: bool = False):
 def test_bin_checkpoint_that_contradicts_its_config_is_refused_before_allocation(tmp_path, monkeypatch, shards, edit,
                                                                                   pattern):
     """Hub-style ``.bin`` weights get the safetensors pre-check too: shapes read from the mapped file."""
-    from transformers import AutoModelForCausalLM
-
     d = _bin_checkpoint(tmp_path / "ck", shards=shards)
-    cfg = json.loads((d / "config.json").read_text())
-    edit(cfg)
-    (d / "config.json").write_text(json.dumps(cfg))
-
-    def allocate(*a, **k):
-        raise AssertionError("weights were allocated before the check")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", allocate)
-    with pytest.raises(ModelLoadError, match=r"config.json and the weight files disagree") as e:
-        loading.load_model(str(d), device="cpu")
-    assert pattern in str(e.value) and "refused before loading any weights" in str(e.value)
+    _refused_before_allocation(d, edit, pattern, monkeypatch)
 
 
 def test_bin_checkpoint_that_is_not_a_torch_archive_is_refused_and_a_matching_one_loads(tmp_path):
