@@ -148,18 +148,18 @@ def verdict(lo: float, hi: float, same: bool) -> str:
 
 
 def _random_blocks(rec: dict, k: int) -> list[list[int]]:
-    """The random band's block choices at ``k``, re-drawn exactly as the bake-off drew them (seeded keys)."""
-    from analysis.score.criteria import _random, get_criterion, rank_blocks
+    """The random band's block choices at ``k``: as the bake-off stored them, else (a rec.json written before
+    it stored them) re-drawn exactly as it drew them (the same seeded keys)."""
+    from analysis.score.criteria import get_criterion, random_key, rank_blocks
+
+    band = (rec.get("random") or {}).get(str(k)) or (rec.get("random") or {}).get(k) or {}
+    if band.get("blocks"):
+        return [sorted(int(b) for b in bl) for bl in band["blocks"]]
 
     st, L = rec["settings"], rec["num_layers"]
-
-    class _R:                        # _random reads only num_layers
-        num_layers = L
-
     out = []
     for s in range(st["seeds"]):
-        order = rank_blocks(_random(_R, rec["granularity"], seed=st["seed"] + s), get_criterion("random").redundant,
-                            rec["protected"])
+        order = rank_blocks(random_key(L, seed=st["seed"] + s), get_criterion("random").redundant, rec["protected"])
         out.append(sorted(int(b) for b in order[:k]))
     return out
 

@@ -267,12 +267,20 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
         "judging": {"domains": domains, "split": "eval", "windows": W, "tokens": int(ntok.sum()),
                     "window": cfg.window, "per_domain": windows.meta.get("domains"), "disjoint": disjoint,
                     "shared_domains": overlap, "dense_ppl": base_ppl},
-        "rows": rows, "random": {k: tables[k]["random"] for k in ks}, "recommendations": recs,
+        "rows": rows, "random": {k: _band(tables[k]["random"], plans, k, cfg) for k in ks}, "recommendations": recs,
         "choice": choice, "plan": recs[choice["k"]]["plan"] if choice else None,
         "sentence": recs[choice["k"]]["sentence"] if choice else "no recommendation",
         "skipped": skipped, "settings": asdict(cfg), "run_manifest": _slim(run.manifest), "stopped": stopped,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _band(band: dict | None, plans: dict, k: int, cfg) -> dict | None:
+    """The random band at ``k`` with the blocks each seed dropped (what a re-check on other text re-uses)."""
+    if band is None:
+        return None
+    seeds = [f"random#{cfg.seed + s}" for s in range(cfg.seeds)]
+    return {**band, "blocks": [plans[(lab, k)].to_dict()[_gkey(cfg.granularity)] for lab in seeds]}
 
 
 def _gkey(g: str) -> str:

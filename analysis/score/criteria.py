@@ -138,8 +138,14 @@ register_criterion(Criterion(
     reference="Gromov et al. 2024, arXiv 2403.17887", score_label="angular distance", params={"window": 1}))
 
 
+def random_key(num_layers: int, seed: int = 0) -> np.ndarray:
+    """The ``random`` criterion's seeded key per block (the lowest keys are dropped first): the one draw that
+    :func:`select`, the bake-off's random band and its re-check on other text share."""
+    return np.random.default_rng(seed).random(num_layers)
+
+
 def _random(r: AnalysisResult, g: str, seed: int = 0, **_) -> np.ndarray:
-    return np.random.default_rng(seed).random(r.num_layers)
+    return random_key(r.num_layers, seed)
 
 
 register_criterion(Criterion(

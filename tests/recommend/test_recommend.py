@@ -225,3 +225,15 @@ def test_gemma3_bos_windows_and_a_healing_that_does_not_apply_is_skipped():
     bad = [s for s in r["skipped"] if s.get("heal") == "linear"]
     assert bad and "sandwich norm" in bad[0]["reason"]               # linear cannot fold past Gemma-3's norms
     assert all(row["heal"] == "none" for row in r["rows"])
+
+
+def test_the_check_on_other_text_redraws_the_bake_offs_random_band(rec):
+    """bench/recommend_check.py re-draws the random band from rec.json alone; it must be the bake-off's own draw."""
+    from bench.recommend_check import _random_blocks
+
+    stored = {"settings": rec["settings"], "num_layers": rec["num_layers"], "protected": rec["protected"]}  # no band
+    drawn = {k: _random_blocks(stored, k) for k in rec["ks"]}
+    for k in rec["ks"]:
+        assert len(drawn[k]) == rec["settings"]["seeds"] == 5
+        assert all(len(b) == k and not set(b) & set(rec["protected"]) for b in drawn[k])
+        assert drawn[k] == rec["random"][k]["blocks"]
