@@ -17,6 +17,7 @@ import time
 import torch
 from torch import Tensor, nn
 
+from analysis.models.forward import row_blocks
 from analysis.models.plan import Plan
 from analysis.models.surgery import prune_copy
 from analysis.heal.registry import Healed, HealError, should_stop
@@ -29,12 +30,43 @@ def _logits(model: nn.Module, ids: Tensor) -> Tensor:
     return out.logits if hasattr(out, "logits") else out[0]
 
 
+class _RowBlockKL(torch.autograd.Function):
+    """``Σ_rows KL(softmax(t/T) ‖ softmax(s/T))`` over ``[R, vocab]`` logits, a few rows at a time (the rows of
+    :func:`~analysis.models.forward.row_blocks`): neither pass makes a float32 copy, a log-softmax or a gradient
+    temporary of the whole ``[R, vocab]`` tensor (262k-token vocabularies made those gigabytes per step).
+    The gradient is the closed form ``∂/∂s = (softmax(s/T) − softmax(t/T)) / T``."""
+
+    @staticmethod
+    def forward(ctx, teacher: Tensor, student: Tensor, temperature: float) -> Tensor:
+        rows = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
+        for a, b in row_blocks(student.shape[0], student.device):
+            lt = torch.log_softmax(teacher[a:b].float() / temperature, -1)
+            ls = torch.log_softmax(student[a:b].float() / temperature, -1)
+            rows[a:b] = (lt.exp() * (lt - ls)).sum(-1)
+        ctx.save_for_backward(teacher, student)
+        ctx.temperature = temperature
+        return rows.sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        teacher, student = ctx.saved_tensors
+        t = ctx.temperature
+        out = torch.empty_like(student)
+        scale = grad.float() / t
+        for a, b in row_blocks(student.shape[0], student.device):
+            ps = torch.softmax(student[a:b].float() / t, -1)
+            ps -= torch.softmax(teacher[a:b].float() / t, -1)
+            out[a:b] = ps.mul_(scale)
+        return None, out, None
+
+
 def kl_loss(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Mean over positions of KL(teacher ‖ student) in nats (× T², the usual distillation scaling)."""
-    lt = torch.log_softmax(teacher_logits.float() / temperature, -1)        # [B, T, vocab]
-    ls = torch.log_softmax(student_logits.float() / temperature, -1)
-    kl = (lt.exp() * (lt - ls)).sum(-1)                                      # [B, T]
-    return kl.mean() * temperature ** 2
+    """Mean over positions of KL(teacher ‖ student) in nats (× T², the usual distillation scaling).
+    ``[B, T, vocab]`` logits in any dtype (each row upcast to float32 on its own); only the student's get a gradient."""
+    v = student_logits.shape[-1]
+    t = teacher_logits.detach().reshape(-1, v)
+    s = student_logits.reshape(-1, v)
+    return _RowBlockKL.apply(t, s, float(temperature)) / s.shape[0] * temperature ** 2
 
 
 def _student(lm, plan: Plan, init: str, tokens: Tensor, progress, stop) -> nn.Module:
@@ -96,7 +128,7 @@ def _heal_distill(lm, plan: Plan, tokens: Tensor, progress=None, stop=None, step
             pos += batch_size
             ids = tokens[idx].to(dev)
             with torch.inference_mode():
-                teacher = _logits(lm.model, ids).float()
+                teacher = _logits(lm.model, ids)       # model dtype: kl_loss upcasts a few rows at a time
             teacher = teacher.clone()                  # an ordinary tensor usable in autograd
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = kl_loss(teacher, _logits(peft_model, ids), temperature)

@@ -59,7 +59,8 @@ def logit_chunks(first: int, n: int, size: int) -> Iterable[tuple[int, int]]:
 NLL_ROWS_CPU = 8
 
 
-def _row_blocks(rows: int, device: torch.device) -> Iterable[tuple[int, int]]:
+def row_blocks(rows: int, device: torch.device) -> Iterable[tuple[int, int]]:
+    """Ranges ``[a, b)`` of rows processed together: :data:`NLL_ROWS_CPU` on the CPU, all at once elsewhere."""
     step = NLL_ROWS_CPU if device.type == "cpu" else max(rows, 1)
     for s in range(0, rows, step):
         yield s, min(s + step, rows)
@@ -71,7 +72,7 @@ def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
     Each row is ``cross_entropy(logits[r].float(), targets[r])``, computed a few rows at a time on the CPU
     (:data:`NLL_ROWS_CPU`), so no float32 copy of the whole logits tensor is ever made."""
     out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    for s, e in _row_blocks(logits.shape[0], logits.device):
+    for s, e in row_blocks(logits.shape[0], logits.device):
         out[s:e] = F.cross_entropy(logits[s:e].float(), targets[s:e], reduction="none")
     return out
 
@@ -110,7 +111,7 @@ def compare_sums(model_a: nn.Module, hidden_a: Tensor, model_b: nn.Module, hidde
         tgt = ids[:, s + 1:e + 1].reshape(-1)
         rows = torch.empty(3, za.shape[0], dtype=torch.float32, device=za.device)   # NLL a, NLL b, KL per row
         same = torch.zeros((), dtype=torch.int64, device=za.device)
-        for r0, r1 in _row_blocks(za.shape[0], za.device):
+        for r0, r1 in row_blocks(za.shape[0], za.device):
             fa, fb = za[r0:r1].float(), zb[r0:r1].float()
             la, lb = torch.log_softmax(fa, -1), torch.log_softmax(fb, -1)
             t = tgt[r0:r1].unsqueeze(1)

@@ -238,3 +238,26 @@ def test_what_if_leaves_base_bit_identical():
         _logits(hl.model, ids)
     assert _same_state(lm.model, state)
     assert torch.equal(_logits(lm.model, ids), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kl_loss_value_and_gradient_match_the_whole_tensor_formula(dtype, temperature):
+    """Row-blocked KL with its closed-form gradient = autograd through the whole-tensor log-softmax formula."""
+    from analysis.heal.distill import kl_loss
+
+    g = torch.Generator().manual_seed(3)
+    t = (torch.randn(2, 13, 501, generator=g) * 3).to(dtype)      # 26 rows: not a multiple of the row block
+    s0 = (torch.randn(2, 13, 501, generator=g) * 3).to(dtype)
+    s_ref, s_new = s0.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+    lt = torch.log_softmax(t.float() / temperature, -1)
+    ls = torch.log_softmax(s_ref.float() / temperature, -1)
+    ref = (lt.exp() * (lt - ls)).sum(-1).mean() * temperature ** 2
+    ref.backward()
+    got = kl_loss(t, s_new, temperature)
+    got.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5) and got.item() > 0
+    assert s_new.grad.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(s_new.grad.float(), s_ref.grad.float(), rtol=tol, atol=tol * s_ref.grad.abs().max().item())
+    assert kl_loss(t, t.clone().requires_grad_(True), temperature).item() == pytest.approx(0, abs=1e-6)
