@@ -32,8 +32,12 @@ def softcap_logits(logits: Tensor, config) -> Tensor:
 
 
 def head_logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    """LM-head logits for final hidden states (with Gemma's final logit soft-capping)."""
-    return softcap_logits(model.get_output_embeddings()(hidden), model.config)
+    """LM-head logits for final hidden states (with Gemma's final logit soft-capping).
+
+    ``hidden`` is made contiguous first: a position slice ``hidden[:, s:e]`` of a batch is a strided view, and
+    on the CPU a bf16 ``linear`` over a strided 3-D input takes a fallback ~6× slower than over the same
+    rows laid out densely (SmolLM2's head: 1.50 s vs 0.23 s for 8 × 255 positions, one thread)."""
+    return softcap_logits(model.get_output_embeddings()(hidden.contiguous()), model.config)
 
 
 def _base(model: nn.Module) -> nn.Module:
