@@ -223,7 +223,7 @@ def report(paths: list[Path], write: bool = False) -> str:
     md = [HEADER]
     if DOC.exists():
         md += kept_sections(DOC.read_text(encoding="utf-8"))
-    recs = []
+    recs, checks = [], {}
     for res in results:
         name, L = res["model"], res["layers"]
         if write:
@@ -257,8 +257,10 @@ def report(paths: list[Path], write: bool = False) -> str:
             md.append("")
         chk = paths[0].parent / f"{name}.check.json"
         if rec and chk.exists():
-            md.append(check_text(json.loads(chk.read_text())))
+            checks[name] = (json.loads(chk.read_text()), (rec.get("choice") or {}).get("k"))
+            md.append(check_text(checks[name][0]))
     md.append(_findings(recs))
+    md.append(_checks_summary(checks))
     text = "\n".join(md)
     if write:
         from analysis.recommend.evidence import write_evidence
@@ -268,6 +270,31 @@ def report(paths: list[Path], write: bool = False) -> str:
             write_evidence(recs, "docs/models.md, written by bench/models.py --report --write")
         print(f"wrote docs/models.md and analysis/recommend/evidence.json ({len(results)} models)")
     return text
+
+
+def _checks_summary(checks: dict) -> str:
+    """Across the models checked on a third text: how often following the recommendation held up (computed)."""
+    if not checks:
+        return ""
+    cells, held, chosen_ok, worse = 0, 0, 0, []
+    for name, (c, choice_k) in checks.items():
+        for k, e in c["ks"].items():
+            lo = e["comparison"]["difference_pp"][0]
+            ok = lo <= 0            # the same plan, better, or not distinguishable (the interval reaches 0 or below)
+            cells, held = cells + 1, held + ok
+            if str(k) == str(choice_k):
+                chosen_ok += ok
+            if not ok:
+                cm = e["comparison"]
+                worse.append(f"{name} at k = {k} ({e['recommended']['label']} {cm['recommended']['dppl']:+.0f} % vs "
+                             f"{e['best_fixed']} {cm['best_fixed']['dppl']:+.0f} % there"
+                             + ("" if str(k) == str(choice_k) else f"; `recommend` chose k = {choice_k}") + ")")
+    out = [f"**Followed on a third text** (`bench/recommend_check.py`, {len(checks)} model(s)): the plan `recommend` "
+           f"chooses (rec.json's `plan`, the app's pre-selection) is at least as good as the best fixed criterion "
+           f"there for **{chosen_ok} of {len(checks)}** models; over every k compared, {held} of {cells}."]
+    if worse:
+        out.append(" Worse than the best fixed criterion there: " + "; ".join(worse) + ".")
+    return "".join(out) + "\n"
 
 
 def check_text(c: dict) -> str:
