@@ -152,7 +152,8 @@ def _random_blocks(rec: dict, k: int) -> list[list[int]]:
     it stored them) re-drawn exactly as it drew them (the same seeded keys)."""
     from analysis.score.criteria import get_criterion, random_key, rank_blocks
 
-    band = (rec.get("random") or {}).get(str(k)) or (rec.get("random") or {}).get(k) or {}
+    bands = rec.get("random") or {}                # JSON keys are strings; a rec dict in memory has ints
+    band = bands.get(str(k)) or bands.get(k) or {}
     if band.get("blocks"):
         return [sorted(int(b) for b in bl) for bl in band["blocks"]]
 

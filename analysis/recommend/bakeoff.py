@@ -121,6 +121,10 @@ def _analysis(lm, tokens, cfg: RecommendConfig, progress, should_stop):
     return analyze(lm, tokens, acfg, progress=progress, should_stop=should_stop, cache=True)
 
 
+#: why a stopped bake-off ended while healing (the Stopped message; judged plans stay cached)
+STOPPED_HEALING = "stopped while healing; run it again to resume (judged plans are cached)"
+
+
 def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress: Progress | None = None,
               should_stop: Callable[[], bool] | None = None, cache: bool = True, partial: bool = False) -> dict:
     """Run the bake-off for ``lm`` calibrated on ``tokens`` (a TokenSet; its domains are never judged on) and
@@ -218,14 +222,13 @@ def recommend(lm, tokens, cfg: RecommendConfig | None = None, run=None, progress
                     got = nll_cache.get(key, W)
                     if got is None:
                         if should_stop and should_stop():
-                            raise Stopped("stopped while healing; run it again to resume (judged plans are cached)")
+                            raise Stopped(STOPPED_HEALING)
                         heal_cb(i / n_h, f"{m} healing of {lab} at k = {k}")
                         try:
                             healed = heal(lm, plan, m, tokens=ids, stop=should_stop)
                         except HealError as exc:          # e.g. linear on Gemma-3's sandwich norms: a row skipped
                             if should_stop and should_stop():   # … but a heal cut short by Stop is not "skipped"
-                                raise Stopped("stopped while healing; run it again to resume (judged plans are "
-                                              "cached)") from exc
+                                raise Stopped(STOPPED_HEALING) from exc
                             skipped.append({"criterion": lab, "k": k, "heal": m, "reason": str(exc)})
                             i += 1
                             continue
