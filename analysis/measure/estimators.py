@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
+from analysis.measure import histogram
 from analysis.registry import Registry, resolve
 
 # Estimator parameter defaults, the one place each is written (estimator functions, registry, AnalysisConfig)
@@ -38,6 +39,9 @@ def entropy_bucket(x: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     """
     x = as_float32(x)                                                    # [B, N, d]
     b, n, d = x.shape
+    fused = histogram.counts(x, bins)                                    # [B, d, bins] on the CPU, else None
+    if fused is not None:
+        return counts_plogp(fused.view(-1), n).view(b, d * bins).sum(dim=1).neg_()
     lo = x.amin(dim=1, keepdim=True)                               # [B, 1, d]
     scale = bins / (x.amax(dim=1, keepdim=True) - lo).clamp_min_(torch.finfo(torch.float32).tiny)
     # int32 bin index (the max lands on `bins` and is clamped into the last bin; NaN → clamped, and
@@ -64,7 +68,12 @@ def cell_counts(idx: Tensor, cells: int) -> Tensor:
 
 def cell_plogp(idx: Tensor, cells: int, n) -> Tensor:
     """``p log p`` of every histogram cell, ``p = count / n`` clamped to >= 1e-10: ``[cells]`` (sum and negate)."""
-    p = (cell_counts(idx, cells).to(torch.float32) / n).clamp_min_(1e-10)
+    return counts_plogp(cell_counts(idx, cells), n)
+
+
+def counts_plogp(counts: Tensor, n) -> Tensor:
+    """``p log p`` of integer cell counts, ``p = count / n`` clamped to >= 1e-10 (same shape as ``counts``)."""
+    p = (counts.to(torch.float32) / n).clamp_min_(1e-10)
     return p.log().mul_(p)
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
+from analysis.measure import histogram
 from analysis.measure.estimators import BUCKET_BINS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, _centered, as_float32, cell_counts, cell_offsets, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
 
 SINK_MODES = ("exclude", "keep", "first")
@@ -83,8 +84,12 @@ def _bucket_idx(x: Tensor, lo: Tensor, hi: Tensor, keep: Tensor, bins: int) -> T
 
 def _bucket_from_idx(idx: Tensor, keep: Tensor, b: int, d: int, bins: int) -> Tensor:
     cells = b * d * (bins + 1)
-    counts = cell_counts(idx, cells).view(b, d, bins + 1)[..., :bins].to(torch.float32)
-    p = (counts / _count(keep).clamp_min(1).view(b, 1, 1)).clamp_min_(1e-10)
+    return _bucket_from_counts(cell_counts(idx, cells).view(b, d, bins + 1)[..., :bins], keep)
+
+
+def _bucket_from_counts(counts: Tensor, keep: Tensor) -> Tensor:
+    """``counts [B, d, bins]`` (integer) of the kept tokens → Bucket entropy ``[B]``."""
+    p = (counts.to(torch.float32) / _count(keep).clamp_min(1).view(-1, 1, 1)).clamp_min_(1e-10)
     return p.log().mul_(p).sum(dim=(1, 2)).neg_()
 
 
@@ -107,6 +112,9 @@ def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> T
     """:func:`~analysis.measure.estimators.entropy_bucket` over the kept tokens only (ranges from kept tokens)."""
     x = as_float32(x)
     b, n, d = x.shape
+    fused = histogram.counts(x, bins, keep)                              # [B, d, bins] on the CPU, else None
+    if fused is not None:
+        return _bucket_from_counts(fused, keep)
     lo, hi = kept_range(x, keep)
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
 
@@ -129,6 +137,9 @@ def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BIN
     b, n, d = x.shape
     lo, hi = _quantile_range(x, keep, clip)
     lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
+    fused = histogram.counts(x, bins, keep, lo, hi)
+    if fused is not None:
+        return _bucket_from_counts(fused, keep)
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
 
 
