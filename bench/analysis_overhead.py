@@ -14,7 +14,9 @@ Every path is an ``AnalysisConfig`` built from the product's own defaults (never
 * ``default, primary view only`` — the same without the other sinks view (its cost is the difference);
 * ``+ <lens>``   — the primary-view default plus one more registered estimator (``--extra``, default: the lenses
   ``matrix`` and ``logit-lens``), each measured separately;
-* ``cli default`` — ``python -m analysis analyze`` with no analysis flags.
+* ``cli default`` — ``python -m analysis analyze`` with no analysis flags;
+* ``default, PyTorch Bucket`` — the default path with the Bucket counts in their PyTorch form
+  (``ENTROSCOPE_FUSED_BUCKET=0``; the fused kernel of :mod:`analysis.measure.histogram` is what it saves).
 
 Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
@@ -54,7 +56,13 @@ def paths(extra: list[str]) -> dict:
             out[f"+ {name}"] = analysis_config(app=True, both_views=False,
                                                extra_estimators=(*app.extra_estimators, name))
     out["cli default"] = analysis_config(app=False)
+    for name in FORMS:
+        out[name] = analysis_config(app=True)
     return out
+
+
+#: the default path again with the Bucket counts in their PyTorch form (issue 28's fused kernel off), same run
+FORMS = {"default, PyTorch Bucket": {"ENTROSCOPE_FUSED_BUCKET": "0"}}
 
 
 def main() -> None:
@@ -95,15 +103,24 @@ def main() -> None:
             base(input_ids=batch.to(lm.device), use_cache=False)
         sync()
 
-    def analysed(batch, ccfg):
+    def analysed(batch, ccfg, env=None):
         ccfg.batch_size = len(batch)
-        capture(lm, batch, ccfg)
-        sync()
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
+        try:
+            capture(lm, batch, ccfg)
+            sync()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     batches = list(ids.split(batch_size))
     bare(batches[0])  # warm-up
-    for c in ccfgs.values():
-        analysed(batches[0], c)
+    for name, c in ccfgs.items():
+        analysed(batches[0], c, FORMS.get(name))
     times = {name: [] for name in ccfgs}
     bare_t = {name: [] for name in ccfgs}
     for batch in batches:
@@ -112,7 +129,7 @@ def main() -> None:
             bare(batch)
             bare_t[name].append(time.perf_counter() - t)
             t = time.perf_counter()
-            analysed(batch, c)
+            analysed(batch, c, FORMS.get(name))
             times[name].append(time.perf_counter() - t)
     load1 = loadavg()
     ratios = {name: sum(times[name]) / sum(bare_t[name]) for name in ccfgs}

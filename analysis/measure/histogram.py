@@ -19,11 +19,12 @@ from __future__ import annotations
 import os
 import platform
 
+import numpy as np
 import torch
 from torch import Tensor
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
-_KERNELS = None          # (plain, masked) numba kernels, compiled on first use; False when numba is missing
+_KERNELS = None          # name -> numba kernel, compiled on first use; False when numba is missing
 
 
 def _kernels():
@@ -38,34 +39,83 @@ def _kernels():
 
 def _compile():
     import numpy as np
-    from numba import njit
+    from numba import njit, prange
 
     f32 = np.float32
     tiny = f32(np.finfo(np.float32).tiny)
     big = f32(2147483648.0)            # 2^31: float → int32 is defined (truncation) strictly inside ±2^31
 
     @njit(nogil=True, cache=True)
-    def plain(x, bins, out):  # pragma: no cover - compiled
-        """Bucket counts of ``x [B, N, d]`` over every token: ``out [B, d, bins]`` += ."""
-        nb, n, d = x.shape
-        w = d
-        lo = np.empty(w, np.float32)
-        hi = np.empty(w, np.float32)
-        bad = np.empty(w, np.bool_)
-        scale = np.empty(w, np.float32)
-        idx = np.empty(w, np.int32)
+    def plain_seq(x, b, bins, out):  # pragma: no cover - compiled
+        """Sequence ``b`` of ``x [B, N, d]``, every token: ``out[b] [d, bins]`` += its Bucket counts."""
+        n, d = x.shape[1], x.shape[2]
+        lo = np.empty(d, np.float32)
+        hi = np.empty(d, np.float32)
+        bad = np.zeros(d, np.bool_)
+        scale = np.empty(d, np.float32)
+        idx = np.empty(d, np.int32)
         base = np.arange(d).astype(np.int32) * np.int32(bins)
         last = np.int32(bins - 1)
         zero = f32(0.0)
-        fb = f32(bins)
-        for b in range(nb):
-            flat = out[b].reshape(-1)                # [d · bins] this sequence's cells
-            for j in range(w):
+        flat = out[b].reshape(-1)                    # [d · bins] this sequence's cells
+        for j in range(d):
+            lo[j] = np.inf
+            hi[j] = -np.inf
+        for t in range(n):                           # amin / amax over tokens (NaN propagates, as in PyTorch)
+            for j in range(d):
+                v = x[b, t, j]
+                if v < lo[j]:
+                    lo[j] = v
+                if v > hi[j]:
+                    hi[j] = v
+                if v != v:
+                    bad[j] = True
+        for j in range(d):
+            if bad[j]:
+                lo[j] = np.nan
+                hi[j] = np.nan
+            r = hi[j] - lo[j]
+            if r < tiny:                              # clamp_min(tiny); NaN stays NaN
+                r = tiny
+            scale[j] = (f32(1.0) / r) * f32(bins)
+        for t in range(n):
+            for j in range(d):                       # branch-free, so it vectorises
+                f = (x[b, t, j] - lo[j]) * scale[j]
+                # x86's cvttps2dq: NaN and |f| >= 2^31 give INT32_MIN, which the clamp sends to 0
+                g = f if (f >= zero) & (f < big) else zero
+                idx[j] = min(np.int32(g), last) + base[j]
+            for j in range(d):
+                flat[idx[j]] += 1
+
+    @njit(nogil=True, cache=True)
+    def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover - compiled
+        """Sequence ``b``, kept tokens only. Range: ``lo_in``/``hi_in [B, d]`` when ``given``, else the kept tokens'
+        min/max with :func:`~analysis.measure.sinks.kept_range`'s semantics (0 where none is kept, NaN/±inf → 0).
+        Bin: ``nan_to_num`` (NaN → 0, ±inf → ±max), clamp to ``[0, bins − 1]`` in float, truncate."""
+        n, d = x.shape[1], x.shape[2]
+        lo = np.empty(d, np.float32)
+        hi = np.empty(d, np.float32)
+        bad = np.zeros(d, np.bool_)
+        scale = np.empty(d, np.float32)
+        idx = np.empty(d, np.int32)
+        base = np.arange(d).astype(np.int32) * np.int32(bins)
+        zero = f32(0.0)
+        top = f32(bins - 1)
+        flat = out[b].reshape(-1)
+        if given:
+            for j in range(d):
+                lo[j] = lo_in[b, j]
+                hi[j] = hi_in[b, j]
+        else:
+            some = False
+            for j in range(d):
                 lo[j] = np.inf
                 hi[j] = -np.inf
-                bad[j] = False
-            for t in range(n):                       # amin / amax over tokens (NaN propagates, as in PyTorch)
-                for j in range(w):
+            for t in range(n):
+                if not keep[b, t]:
+                    continue
+                some = True
+                for j in range(d):
                     v = x[b, t, j]
                     if v < lo[j]:
                         lo[j] = v
@@ -73,84 +123,68 @@ def _compile():
                         hi[j] = v
                     if v != v:
                         bad[j] = True
-            for j in range(w):
-                if bad[j]:
-                    lo[j] = np.nan
-                    hi[j] = np.nan
-                r = hi[j] - lo[j]
-                if r < tiny:                          # clamp_min(tiny); NaN stays NaN
-                    r = tiny
-                scale[j] = (f32(1.0) / r) * fb
-            for t in range(n):
-                for j in range(w):                   # branch-free, so it vectorises
-                    f = (x[b, t, j] - lo[j]) * scale[j]
-                    # this CPU's cvttps2dq: NaN and |f| >= 2^31 give INT32_MIN, which the clamp sends to 0
-                    g = f if (f >= zero) & (f < big) else zero
-                    idx[j] = min(np.int32(g), last) + base[j]
-                for j in range(w):
-                    flat[idx[j]] += 1
+            for j in range(d):
+                if not some or bad[j] or lo[j] == np.inf or lo[j] == -np.inf:
+                    lo[j] = zero
+                if not some or bad[j] or hi[j] == np.inf or hi[j] == -np.inf:
+                    hi[j] = zero
+        for j in range(d):
+            r = hi[j] - lo[j]
+            if r < tiny:
+                r = tiny
+            scale[j] = (f32(1.0) / r) * f32(bins)
+        for t in range(n):
+            if not keep[b, t]:
+                continue
+            for j in range(d):                       # nan_to_num → clamp in float → truncate, branch-free
+                f = (x[b, t, j] - lo[j]) * scale[j]
+                g = f if f > zero else zero          # NaN, -inf and negatives → 0
+                idx[j] = np.int32(min(g, top)) + base[j]
+            for j in range(d):
+                flat[idx[j]] += 1
+
+    @njit(nogil=True, cache=True)
+    def plain(x, bins, out):  # pragma: no cover - compiled
+        for b in range(x.shape[0]):
+            plain_seq(x, b, bins, out)
 
     @njit(nogil=True, cache=True)
     def masked(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
-        """Counts over the kept tokens. Range: ``lo_in``/``hi_in [B, d]`` when ``given``, else the kept tokens'
-        min/max with :func:`~analysis.measure.sinks.kept_range`'s semantics (0 where none is kept, NaN/±inf → 0).
-        Bin: ``nan_to_num`` (NaN → 0, ±inf → ±max), clamp to ``[0, bins − 1]`` in float, truncate."""
-        nb, n, d = x.shape
-        w = d
-        lo = np.empty(w, np.float32)
-        hi = np.empty(w, np.float32)
-        bad = np.empty(w, np.bool_)
-        scale = np.empty(w, np.float32)
-        idx = np.empty(w, np.int32)
-        base = np.arange(d).astype(np.int32) * np.int32(bins)
-        zero = f32(0.0)
-        fb = f32(bins)
-        top = f32(bins - 1)
-        for b in range(nb):
-            flat = out[b].reshape(-1)
-            if given:
-                for j in range(w):
-                    lo[j] = lo_in[b, j]
-                    hi[j] = hi_in[b, j]
-            else:
-                some = False
-                for j in range(w):
-                    lo[j] = np.inf
-                    hi[j] = -np.inf
-                    bad[j] = False
-                for t in range(n):
-                    if not keep[b, t]:
-                        continue
-                    some = True
-                    for j in range(w):
-                        v = x[b, t, j]
-                        if v < lo[j]:
-                            lo[j] = v
-                        if v > hi[j]:
-                            hi[j] = v
-                        if v != v:
-                            bad[j] = True
-                for j in range(w):
-                    if not some or bad[j] or lo[j] == np.inf or lo[j] == -np.inf:
-                        lo[j] = f32(0.0)
-                    if not some or bad[j] or hi[j] == np.inf or hi[j] == -np.inf:
-                        hi[j] = f32(0.0)
-            for j in range(w):
-                r = hi[j] - lo[j]
-                if r < tiny:
-                    r = tiny
-                scale[j] = (f32(1.0) / r) * fb
-            for t in range(n):
-                if not keep[b, t]:
-                    continue
-                for j in range(w):                   # nan_to_num → clamp in float → truncate, branch-free
-                    f = (x[b, t, j] - lo[j]) * scale[j]
-                    g = f if f > zero else zero      # NaN, -inf and negatives → 0
-                    idx[j] = np.int32(min(g, top)) + base[j]
-                for j in range(w):
-                    flat[idx[j]] += 1
+        for b in range(x.shape[0]):
+            masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
 
-    return plain, masked
+    @njit(nogil=True, cache=True, parallel=True)
+    def plain_par(x, bins, out):  # pragma: no cover - compiled
+        for b in prange(x.shape[0]):                 # sequences write disjoint cells: the same counts
+            plain_seq(x, b, bins, out)
+
+    @njit(nogil=True, cache=True, parallel=True)
+    def masked_par(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
+        for b in prange(x.shape[0]):
+            masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
+
+    return {"plain": plain, "masked": masked, "plain_par": plain_par, "masked_par": masked_par}
+
+
+_PARALLEL: bool | None = None   # numba has a thread-safe threading layer (OpenMP or TBB) for the parallel kernels
+
+
+def _parallel(x: Tensor) -> bool:
+    """Split the sequences over threads? Only with more than one intra-op thread and more than one sequence, and only
+    on a thread-safe numba layer: the app analyses from several threads at once, and numba's ``workqueue`` layer
+    aborts the process on concurrent launches. A layer the user chose (``NUMBA_THREADING_LAYER``) is kept; the
+    default becomes ``threadsafe`` (OpenMP or TBB), and where neither loads the serial kernels run."""
+    global _PARALLEL
+    if x.shape[0] < 2 or torch.get_num_threads() < 2 or os.environ.get("ENTROSCOPE_BUCKET_PARALLEL", "1") == "0":
+        return False
+    if _PARALLEL is None:
+        import numba
+
+        layer = numba.config.THREADING_LAYER
+        if layer == "default":
+            numba.config.THREADING_LAYER = layer = "threadsafe"
+        _PARALLEL = layer in ("threadsafe", "omp", "tbb")
+    return _PARALLEL
 
 
 def _enabled(x: Tensor) -> bool:
@@ -167,19 +201,33 @@ def counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor | None =
     (the robust form's quantiles). Without ``keep``: every token, :func:`entropy_bucket`'s rules."""
     if not _enabled(x):
         return None
-    plain, masked = _kernels()
+    k = _kernels()
     b, n, d = x.shape
     out = torch.zeros(b, d, bins, dtype=torch.int32)
     xa, oa = x.detach().numpy(), out.numpy()
+    par = _parallel(x)
     if keep is None:
-        plain(xa, bins, oa)
-        return out
-    ka = keep.detach().to(device="cpu").contiguous().numpy()
-    given = lo is not None
-    if given:
-        la = lo.detach().reshape(b, d).contiguous().numpy()
-        ha = hi.detach().reshape(b, d).contiguous().numpy()
+        args = (xa, bins, oa)
     else:
-        la = ha = torch.zeros(1, 1, dtype=torch.float32).numpy()
-    masked(xa, ka, la, ha, given, bins, oa)
+        ka = keep.detach().to(device="cpu").contiguous().numpy()
+        given = lo is not None
+        if given:
+            la = lo.detach().reshape(b, d).contiguous().numpy()
+            ha = hi.detach().reshape(b, d).contiguous().numpy()
+        else:
+            la = ha = np.zeros((1, 1), np.float32)
+        args = (xa, ka, la, ha, given, bins, oa)
+    name = "plain" if keep is None else "masked"
+    if par:
+        global _PARALLEL
+        try:
+            import numba
+
+            numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+            k[name + "_par"](*args)
+            return out
+        except ValueError:              # no thread-safe threading layer loads here: serial from now on
+            _PARALLEL = False
+            out.zero_()
+    k[name](*args)
     return out

@@ -48,7 +48,10 @@ def _torch_form(monkeypatch, fn, *args):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("bins", [80, 7, 1])
-def test_fused_counts_equal_the_pytorch_form_on_hostile_values(monkeypatch, seed, bins):
+@pytest.mark.parametrize("parallel", ["1", "0"])
+def test_fused_counts_equal_the_pytorch_form_on_hostile_values(monkeypatch, seed, bins, parallel):
+    """Both drivers (sequences split over threads, and serial) give the PyTorch form's entropies bit for bit."""
+    monkeypatch.setenv("ENTROSCOPE_BUCKET_PARALLEL", parallel)
     x, keep = _hostile(seed)
     assert histogram.counts(x, bins) is not None, "the fused path must run here (CPU, float32, x86)"
     views = {"whole": (x, keep), "strided": (x[:, 1:], keep[:, 1:]), "one-sequence": (x[:1], keep[:1])}
@@ -78,3 +81,28 @@ def test_the_pytorch_form_is_used_where_the_kernel_does_not_apply(monkeypatch):
     assert histogram.counts(x.to(torch.bfloat16), 80) is None
     monkeypatch.setenv("ENTROSCOPE_FUSED_BUCKET", "0")
     assert histogram.counts(x, 80) is None
+
+
+def test_the_parallel_driver_runs_on_a_thread_safe_layer():
+    """With two intra-op threads and several sequences the sequences are split over threads, on numba's OpenMP or
+    TBB layer, never on ``workqueue`` (which aborts on the concurrent launches the app makes)."""
+    import numba
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: the serial driver runs")
+    x = torch.randn(4, 20, 8)
+    assert histogram._parallel(x)
+    histogram.counts(x, 80)
+    assert numba.threading_layer() in ("omp", "tbb")
+
+
+def test_concurrent_callers_get_their_own_counts():
+    """Analyses run from several threads at once (app sessions): each call's counts are its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = [torch.randn(3, 50, 16, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    want = [histogram.counts(x, 80) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: histogram.counts(x, 80), xs * 4))
+    for i, g in enumerate(got):
+        assert torch.equal(g, want[i % len(xs)])
