@@ -16,7 +16,7 @@ Every path is an ``AnalysisConfig`` built from the product's own defaults (never
   ``matrix`` and ``logit-lens``), each measured separately;
 * ``cli default`` — ``python -m analysis analyze`` with no analysis flags;
 * ``default, PyTorch Bucket`` — the default path with the Bucket counts in their PyTorch form
-  (``ENTROSCOPE_FUSED_BUCKET=0``; the fused kernel of :mod:`analysis.measure.histogram` is what it saves).
+  (``ENTROSCOPE_FUSED_KERNELS=0``; the fused kernel of :mod:`analysis.measure.kernels` is what it saves).
 
 Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
@@ -62,7 +62,7 @@ def paths(extra: list[str]) -> dict:
 
 
 #: the default path again with the Bucket counts in their PyTorch form (issue 28's fused kernel off), same run
-FORMS = {"default, PyTorch Bucket": {"ENTROSCOPE_FUSED_BUCKET": "0"}}
+FORMS = {"default, PyTorch Bucket": {"ENTROSCOPE_FUSED_KERNELS": "0"}}
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.capture` (forward hooks on ``resid_pre``/``resid_mid``/``resid_post``, streaming statistics),
 :mod:`.runcache` (resumable results cache), :mod:`.estimators` (``ESTIMATORS``: Bucket, KNN, Rényi, ...),
-:mod:`.sinks` (massive-activation tokens and the masked estimators), :mod:`.boundary` (compression →
+:mod:`.sinks` (massive-activation tokens and the masked estimators), :mod:`.kernels` (compiled CPU kernels, bit-identical
+to their PyTorch forms: the Bucket counts), :mod:`.boundary` (compression →
 expansion boundary with a bootstrap interval), :mod:`.mi` (``MI_ESTIMATORS``), :mod:`.mi_states` (state MI,
 DPI, the ``mi`` analysis extension), :mod:`.distributed` (data-parallel capture under torchrun).
 The face is lazy (see :mod:`analysis.lazy`); inside ``analysis/`` import from the defining module.

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
-from analysis.measure import histogram
+from analysis.measure import kernels
 from analysis.registry import Registry, resolve
 
 # Estimator parameter defaults, the one place each is written (estimator functions, registry, AnalysisConfig)
@@ -39,7 +39,7 @@ def entropy_bucket(x: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     """
     x = as_float32(x)                                                    # [B, N, d]
     b, n, d = x.shape
-    fused = histogram.counts(x, bins)                                    # [B, d, bins] on the CPU, else None
+    fused = kernels.bucket_counts(x, bins)                               # [B, d, bins] on the CPU, else None
     if fused is not None:
         return counts_plogp(fused.view(-1), n).view(b, d * bins).sum(dim=1).neg_()
     lo = x.amin(dim=1, keepdim=True)                               # [B, 1, d]

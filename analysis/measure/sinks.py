@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
-from analysis.measure import histogram
+from analysis.measure import kernels
 from analysis.measure.estimators import BUCKET_BINS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, _centered, as_float32, cell_counts, cell_offsets, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
 
 SINK_MODES = ("exclude", "keep", "first")
@@ -112,7 +112,7 @@ def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> T
     """:func:`~analysis.measure.estimators.entropy_bucket` over the kept tokens only (ranges from kept tokens)."""
     x = as_float32(x)
     b, n, d = x.shape
-    fused = histogram.counts(x, bins, keep)                              # [B, d, bins] on the CPU, else None
+    fused = kernels.bucket_counts(x, bins, keep)                              # [B, d, bins] on the CPU, else None
     if fused is not None:
         return _bucket_from_counts(fused, keep)
     lo, hi = kept_range(x, keep)
@@ -137,7 +137,7 @@ def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BIN
     b, n, d = x.shape
     lo, hi = _quantile_range(x, keep, clip)
     lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
-    fused = histogram.counts(x, bins, keep, lo, hi)
+    fused = kernels.bucket_counts(x, bins, keep, lo, hi)
     if fused is not None:
         return _bucket_from_counts(fused, keep)
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)

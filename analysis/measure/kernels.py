@@ -1,18 +1,20 @@
-"""Fused Bucket histograms on the CPU: range, bin index and count in two passes over each sequence, no index tensor.
+"""Compiled CPU kernels (numba) for the analysis pass, each exactly its PyTorch form (today: the Bucket counts).
 
-The PyTorch form of :func:`~analysis.measure.estimators.entropy_bucket` makes an ``int32`` bin index per
-token and dimension (five elementwise passes and two reductions over ``[B, N, d]``), then counts them with a
-serial ``index_add_``. Here one compiled loop per sequence takes each dimension's range, then bins and counts
-every token, with that sequence's histogram in cache: about 3× faster at SmolLM2's ``[8, 256, 576]``.
+**Bucket counts** (:func:`bucket_counts`). The PyTorch form of :func:`~analysis.measure.estimators.entropy_bucket`
+makes an ``int32`` bin index per token and dimension (five elementwise passes and two reductions over
+``[B, N, d]``), then counts them with a serial ``index_add_``. Here one compiled loop per sequence takes each
+dimension's range, then bins and counts every token, with that sequence's histogram in cache. The *counts* are
+integers, so they equal the PyTorch form's exactly, and the entropy that follows (``p = count / N``, ``p log p``,
+the sum) stays in PyTorch. Every float operation is the PyTorch form's, in float32 and in its order:
+``scale = reciprocal(max(hi − lo, tiny)) · bins`` (PyTorch computes ``bins / t`` as ``t.reciprocal() * bins``),
+``(x − lo) · scale``, then x86's float → int32 conversion (NaN and ``|f| ≥ 2³¹`` give ``INT32_MIN``, which the
+clamp sends to bin 0).
 
-The *counts* are integers, so they equal the PyTorch form's exactly, and the entropy that follows
-(``p = count / N``, ``p log p``, the sum) stays in PyTorch: the results are bit-identical
-(``tests/measure/test_kernels_identical.py``). Every float operation is the PyTorch form's, in float32 and in
-its order: ``scale = reciprocal(max(hi − lo, tiny)) · bins`` (PyTorch computes ``bins / t`` as
-``t.reciprocal() * bins``), ``(x − lo) · scale``, then x86's float → int32 conversion (NaN and ``|f| ≥ 2³¹``
-give ``INT32_MIN``, which the clamp sends to bin 0). Other processors convert differently, so there (and for
-tensors not on the CPU, not float32, when numba is missing, or with ``ENTROSCOPE_FUSED_BUCKET=0``)
-:func:`counts` returns ``None`` and the caller runs the PyTorch form.
+The results are bit-identical to the PyTorch form (``tests/measure/test_kernels.py``,
+``tests/measure/test_kernels_identical.py``). Elsewhere — tensors not on the CPU or not float32, processors other
+than x86 (they convert float → int differently), numba missing, or ``ENTROSCOPE_FUSED_KERNELS=0`` — the functions
+return ``None`` and the caller runs the PyTorch form. Sequences are split over threads on numba's thread-safe
+layer (OpenMP or TBB); ``ENTROSCOPE_KERNELS_PARALLEL=0`` keeps them serial.
 """
 from __future__ import annotations
 
@@ -175,7 +177,7 @@ def _parallel(x: Tensor) -> bool:
     aborts the process on concurrent launches. A layer the user chose (``NUMBA_THREADING_LAYER``) is kept; the
     default becomes ``threadsafe`` (OpenMP or TBB), and where neither loads the serial kernels run."""
     global _PARALLEL
-    if x.shape[0] < 2 or torch.get_num_threads() < 2 or os.environ.get("ENTROSCOPE_BUCKET_PARALLEL", "1") == "0":
+    if x.shape[0] < 2 or torch.get_num_threads() < 2 or os.environ.get("ENTROSCOPE_KERNELS_PARALLEL", "1") == "0":
         return False
     if _PARALLEL is None:
         import numba
@@ -189,10 +191,10 @@ def _parallel(x: Tensor) -> bool:
 
 def _enabled(x: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 3 and x.numel() > 0 and _X86
-            and os.environ.get("ENTROSCOPE_FUSED_BUCKET", "1") != "0" and bool(_kernels()))
+            and os.environ.get("ENTROSCOPE_FUSED_KERNELS", "1") != "0" and bool(_kernels()))
 
 
-def counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor | None = None,
+def bucket_counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor | None = None,
            hi: Tensor | None = None) -> Tensor | None:
     """``int32 [B, d, bins]`` Bucket counts of ``x [B, N, d]`` (float32), or ``None`` (use the PyTorch form).
 
@@ -201,11 +203,9 @@ def counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor | None =
     (the robust form's quantiles). Without ``keep``: every token, :func:`entropy_bucket`'s rules."""
     if not _enabled(x):
         return None
-    k = _kernels()
     b, n, d = x.shape
     out = torch.zeros(b, d, bins, dtype=torch.int32)
     xa, oa = x.detach().numpy(), out.numpy()
-    par = _parallel(x)
     if keep is None:
         args = (xa, bins, oa)
     else:
@@ -217,17 +217,23 @@ def counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor | None =
         else:
             la = ha = np.zeros((1, 1), np.float32)
         args = (xa, ka, la, ha, given, bins, oa)
-    name = "plain" if keep is None else "masked"
-    if par:
-        global _PARALLEL
+    _launch("plain" if keep is None else "masked", args, x, reset=out.zero_)
+    return out
+
+
+def _launch(name: str, args: tuple, x: Tensor, reset=None) -> None:
+    """Run kernel ``name`` (its ``_par`` form where :func:`_parallel` allows) on ``args``."""
+    global _PARALLEL
+    k = _kernels()
+    if _parallel(x):
         try:
             import numba
 
             numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
             k[name + "_par"](*args)
-            return out
+            return
         except ValueError:              # no thread-safe threading layer loads here: serial from now on
             _PARALLEL = False
-            out.zero_()
+            if reset is not None:
+                reset()
     k[name](*args)
-    return out

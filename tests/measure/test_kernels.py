@@ -1,4 +1,4 @@
-"""The fused Bucket counts (analysis.measure.histogram) equal the PyTorch form exactly, on the values that make
+"""The fused Bucket counts (analysis.measure.kernels) equal the PyTorch form exactly, on the values that make
 float → int conversion and ranges tricky: NaN, ±inf, huge and denormal ranges, constant columns, ties on bin
 edges, sequences with no kept token, strided views and given (robust) ranges."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import platform
 import pytest
 import torch
 
-from analysis.measure import estimators as E, histogram, sinks as S
+from analysis.measure import estimators as E, kernels, sinks as S
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                                 reason="the fused kernel is x86-only (float → int conversion)")
@@ -39,11 +39,11 @@ def _hostile(seed: int, b: int = 3, n: int = 37, d: int = 29):
 
 
 def _torch_form(monkeypatch, fn, *args):
-    monkeypatch.setenv("ENTROSCOPE_FUSED_BUCKET", "0")
+    monkeypatch.setenv("ENTROSCOPE_FUSED_KERNELS", "0")
     try:
         return fn(*args)
     finally:
-        monkeypatch.setenv("ENTROSCOPE_FUSED_BUCKET", "1")
+        monkeypatch.setenv("ENTROSCOPE_FUSED_KERNELS", "1")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -51,9 +51,9 @@ def _torch_form(monkeypatch, fn, *args):
 @pytest.mark.parametrize("parallel", ["1", "0"])
 def test_fused_counts_equal_the_pytorch_form_on_hostile_values(monkeypatch, seed, bins, parallel):
     """Both drivers (sequences split over threads, and serial) give the PyTorch form's entropies bit for bit."""
-    monkeypatch.setenv("ENTROSCOPE_BUCKET_PARALLEL", parallel)
+    monkeypatch.setenv("ENTROSCOPE_KERNELS_PARALLEL", parallel)
     x, keep = _hostile(seed)
-    assert histogram.counts(x, bins) is not None, "the fused path must run here (CPU, float32, x86)"
+    assert kernels.bucket_counts(x, bins) is not None, "the fused path must run here (CPU, float32, x86)"
     views = {"whole": (x, keep), "strided": (x[:, 1:], keep[:, 1:]), "one-sequence": (x[:1], keep[:1])}
     for name, (xv, kv) in views.items():
         for label, fn, args in (("plain", E.entropy_bucket, (xv, bins)),
@@ -69,18 +69,18 @@ def test_fused_counts_equal_the_pytorch_form_on_hostile_values(monkeypatch, seed
 def test_fused_counts_are_the_histogram():
     """Counts directly: every kept token lands in exactly one bin of every dimension, the max in the last."""
     x = torch.tensor([[[0.0, 5.0], [1.0, 5.0], [2.0, 5.0], [4.0, 5.0]]])   # [1, 4, 2]
-    c = histogram.counts(x, 4)
+    c = kernels.bucket_counts(x, 4)
     assert c.tolist() == [[[1, 1, 1, 1], [4, 0, 0, 0]]]                  # constant column: all in bin 0
     keep = torch.tensor([[True, True, False, True]])
-    assert histogram.counts(x, 4, keep).tolist() == [[[1, 1, 0, 1], [3, 0, 0, 0]]]
+    assert kernels.bucket_counts(x, 4, keep).tolist() == [[[1, 1, 0, 1], [3, 0, 0, 0]]]
 
 
 def test_the_pytorch_form_is_used_where_the_kernel_does_not_apply(monkeypatch):
     x = torch.randn(2, 9, 5)
-    assert histogram.counts(x.double(), 80) is None                       # not float32
-    assert histogram.counts(x.to(torch.bfloat16), 80) is None
-    monkeypatch.setenv("ENTROSCOPE_FUSED_BUCKET", "0")
-    assert histogram.counts(x, 80) is None
+    assert kernels.bucket_counts(x.double(), 80) is None                       # not float32
+    assert kernels.bucket_counts(x.to(torch.bfloat16), 80) is None
+    monkeypatch.setenv("ENTROSCOPE_FUSED_KERNELS", "0")
+    assert kernels.bucket_counts(x, 80) is None
 
 
 def test_the_parallel_driver_runs_on_a_thread_safe_layer():
@@ -91,8 +91,8 @@ def test_the_parallel_driver_runs_on_a_thread_safe_layer():
     if torch.get_num_threads() < 2:
         pytest.skip("one intra-op thread: the serial driver runs")
     x = torch.randn(4, 20, 8)
-    assert histogram._parallel(x)
-    histogram.counts(x, 80)
+    assert kernels._parallel(x)
+    kernels.bucket_counts(x, 80)
     assert numba.threading_layer() in ("omp", "tbb")
 
 
@@ -101,8 +101,8 @@ def test_concurrent_callers_get_their_own_counts():
     from concurrent.futures import ThreadPoolExecutor
 
     xs = [torch.randn(3, 50, 16, generator=torch.Generator().manual_seed(i)) for i in range(8)]
-    want = [histogram.counts(x, 80) for x in xs]
+    want = [kernels.bucket_counts(x, 80) for x in xs]
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda x: histogram.counts(x, 80), xs * 4))
+        got = list(pool.map(lambda x: kernels.bucket_counts(x, 80), xs * 4))
     for i, g in enumerate(got):
         assert torch.equal(g, want[i % len(xs)])
