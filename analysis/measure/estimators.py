@@ -148,10 +148,15 @@ def knn_radii(x: Tensor, k: int, exclude: Tensor | None = None) -> Tensor:
     if exclude is not None:
         d2.masked_fill_(exclude.unsqueeze(1), float("inf"))
     d2.diagonal(dim1=1, dim2=2).fill_(float("-inf"))                            # self is rank 0, as in cdist
-    # sorted: which of several exactly tied fused distances is the k-th is topk's (stable across versions of this code)
-    top = torch.topk(d2, k + 1, dim=-1, largest=False)
-    r = neighbour_distance(x, top.indices[..., k])                             # [B, N] from the k-th neighbour
-    return r.masked_fill_(top.values[..., k].isinf(), float("nan")) if exclude is not None else r
+    # which of several exactly tied fused distances is the k-th is topk's (stable across versions of this code); on
+    # the CPU a compiled selection gives topk's answer on every row without a tie at rank k, and topk the others
+    sel = kernels.kth_smallest(d2, k)                                           # ([B, N], [B, N]) or None
+    if sel is None:
+        top = torch.topk(d2, k + 1, dim=-1, largest=False)
+        sel = top.values[..., k], top.indices[..., k]
+    kth, j = sel
+    r = neighbour_distance(x, j)                                                # [B, N] from the k-th neighbour
+    return r.masked_fill_(kth.isinf(), float("nan")) if exclude is not None else r
 
 
 def neighbour_distance(x: Tensor, j: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (numba) for the analysis pass, each exactly its PyTorch form (today: the Bucket counts).
+"""Compiled CPU kernels (numba) for the two costliest steps of an analysis pass, each exactly its PyTorch form.
 
 **Bucket counts** (:func:`bucket_counts`). The PyTorch form of :func:`~analysis.measure.estimators.entropy_bucket`
 makes an ``int32`` bin index per token and dimension (five elementwise passes and two reductions over
@@ -10,7 +10,14 @@ the sum) stays in PyTorch. Every float operation is the PyTorch form's, in float
 ``(x − lo) · scale``, then x86's float → int32 conversion (NaN and ``|f| ≥ 2³¹`` give ``INT32_MIN``, which the
 clamp sends to bin 0).
 
-The results are bit-identical to the PyTorch form (``tests/measure/test_kernels.py``,
+**The k-th neighbour** (:func:`kth_smallest`). KNN entropy needs, per token, the rank-k entry of its row of the
+fused distance matrix and that entry's column; ``torch.topk`` partially sorts every row for it. The kernel
+bisects on the float's order-preserving integer key for the least key with at least ``k + 1`` entries at or below
+it: that entry's *value* is unique whatever the algorithm, and where the value occurs once in the row its column
+is determined too. Rows where it is tied (repeated states, ``±0``) or that hold a NaN go to ``torch.topk`` itself,
+so which of several tied columns is chosen stays topk's.
+
+The results are bit-identical to the PyTorch forms (``tests/measure/test_kernels.py``,
 ``tests/measure/test_kernels_identical.py``). Elsewhere — tensors not on the CPU or not float32, processors other
 than x86 (they convert float → int differently), numba missing, or ``ENTROSCOPE_FUSED_KERNELS=0`` — the functions
 return ``None`` and the caller runs the PyTorch form. Sequences are split over threads on numba's thread-safe
@@ -40,145 +47,20 @@ def _kernels():
 
 
 def _compile():
-    import numpy as np
-    from numba import njit, prange
+    from analysis.measure.kernels_numba import KERNELS
 
-    f32 = np.float32
-    tiny = f32(np.finfo(np.float32).tiny)
-    big = f32(2147483648.0)            # 2^31: float → int32 is defined (truncation) strictly inside ±2^31
-
-    @njit(nogil=True, cache=True)
-    def plain_seq(x, b, bins, out):  # pragma: no cover - compiled
-        """Sequence ``b`` of ``x [B, N, d]``, every token: ``out[b] [d, bins]`` += its Bucket counts."""
-        n, d = x.shape[1], x.shape[2]
-        lo = np.empty(d, np.float32)
-        hi = np.empty(d, np.float32)
-        bad = np.zeros(d, np.bool_)
-        scale = np.empty(d, np.float32)
-        idx = np.empty(d, np.int32)
-        base = np.arange(d).astype(np.int32) * np.int32(bins)
-        last = np.int32(bins - 1)
-        zero = f32(0.0)
-        flat = out[b].reshape(-1)                    # [d · bins] this sequence's cells
-        for j in range(d):
-            lo[j] = np.inf
-            hi[j] = -np.inf
-        for t in range(n):                           # amin / amax over tokens (NaN propagates, as in PyTorch)
-            for j in range(d):
-                v = x[b, t, j]
-                if v < lo[j]:
-                    lo[j] = v
-                if v > hi[j]:
-                    hi[j] = v
-                if v != v:
-                    bad[j] = True
-        for j in range(d):
-            if bad[j]:
-                lo[j] = np.nan
-                hi[j] = np.nan
-            r = hi[j] - lo[j]
-            if r < tiny:                              # clamp_min(tiny); NaN stays NaN
-                r = tiny
-            scale[j] = (f32(1.0) / r) * f32(bins)
-        for t in range(n):
-            for j in range(d):                       # branch-free, so it vectorises
-                f = (x[b, t, j] - lo[j]) * scale[j]
-                # x86's cvttps2dq: NaN and |f| >= 2^31 give INT32_MIN, which the clamp sends to 0
-                g = f if (f >= zero) & (f < big) else zero
-                idx[j] = min(np.int32(g), last) + base[j]
-            for j in range(d):
-                flat[idx[j]] += 1
-
-    @njit(nogil=True, cache=True)
-    def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover - compiled
-        """Sequence ``b``, kept tokens only. Range: ``lo_in``/``hi_in [B, d]`` when ``given``, else the kept tokens'
-        min/max with :func:`~analysis.measure.sinks.kept_range`'s semantics (0 where none is kept, NaN/±inf → 0).
-        Bin: ``nan_to_num`` (NaN → 0, ±inf → ±max), clamp to ``[0, bins − 1]`` in float, truncate."""
-        n, d = x.shape[1], x.shape[2]
-        lo = np.empty(d, np.float32)
-        hi = np.empty(d, np.float32)
-        bad = np.zeros(d, np.bool_)
-        scale = np.empty(d, np.float32)
-        idx = np.empty(d, np.int32)
-        base = np.arange(d).astype(np.int32) * np.int32(bins)
-        zero = f32(0.0)
-        top = f32(bins - 1)
-        flat = out[b].reshape(-1)
-        if given:
-            for j in range(d):
-                lo[j] = lo_in[b, j]
-                hi[j] = hi_in[b, j]
-        else:
-            some = False
-            for j in range(d):
-                lo[j] = np.inf
-                hi[j] = -np.inf
-            for t in range(n):
-                if not keep[b, t]:
-                    continue
-                some = True
-                for j in range(d):
-                    v = x[b, t, j]
-                    if v < lo[j]:
-                        lo[j] = v
-                    if v > hi[j]:
-                        hi[j] = v
-                    if v != v:
-                        bad[j] = True
-            for j in range(d):
-                if not some or bad[j] or lo[j] == np.inf or lo[j] == -np.inf:
-                    lo[j] = zero
-                if not some or bad[j] or hi[j] == np.inf or hi[j] == -np.inf:
-                    hi[j] = zero
-        for j in range(d):
-            r = hi[j] - lo[j]
-            if r < tiny:
-                r = tiny
-            scale[j] = (f32(1.0) / r) * f32(bins)
-        for t in range(n):
-            if not keep[b, t]:
-                continue
-            for j in range(d):                       # nan_to_num → clamp in float → truncate, branch-free
-                f = (x[b, t, j] - lo[j]) * scale[j]
-                g = f if f > zero else zero          # NaN, -inf and negatives → 0
-                idx[j] = np.int32(min(g, top)) + base[j]
-            for j in range(d):
-                flat[idx[j]] += 1
-
-    @njit(nogil=True, cache=True)
-    def plain(x, bins, out):  # pragma: no cover - compiled
-        for b in range(x.shape[0]):
-            plain_seq(x, b, bins, out)
-
-    @njit(nogil=True, cache=True)
-    def masked(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
-        for b in range(x.shape[0]):
-            masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
-
-    @njit(nogil=True, cache=True, parallel=True)
-    def plain_par(x, bins, out):  # pragma: no cover - compiled
-        for b in prange(x.shape[0]):                 # sequences write disjoint cells: the same counts
-            plain_seq(x, b, bins, out)
-
-    @njit(nogil=True, cache=True, parallel=True)
-    def masked_par(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
-        for b in prange(x.shape[0]):
-            masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
-
-    return {"plain": plain, "masked": masked, "plain_par": plain_par, "masked_par": masked_par}
+    return KERNELS
 
 
 _PARALLEL: bool | None = None   # numba has a thread-safe threading layer (OpenMP or TBB) for the parallel kernels
 
 
-def _parallel(x: Tensor) -> bool:
-    """Split the sequences over threads? Only with more than one intra-op thread and more than one sequence, and only
-    on a thread-safe numba layer: the app analyses from several threads at once, and numba's ``workqueue`` layer
-    aborts the process on concurrent launches. A layer the user chose (``NUMBA_THREADING_LAYER``) is kept; the
-    default becomes ``threadsafe`` (OpenMP or TBB), and where neither loads the serial kernels run."""
+def _safe_layer() -> bool:
+    """numba has a thread-safe threading layer for the split kernels. The app analyses from several threads at once,
+    and numba's ``workqueue`` layer aborts the process on concurrent launches. A layer the user chose
+    (``NUMBA_THREADING_LAYER``) is kept; the default becomes ``threadsafe`` (OpenMP or TBB); where neither loads,
+    :func:`_launch` falls back to the serial kernels for good."""
     global _PARALLEL
-    if x.shape[0] < 2 or torch.get_num_threads() < 2 or os.environ.get("ENTROSCOPE_KERNELS_PARALLEL", "1") == "0":
-        return False
     if _PARALLEL is None:
         import numba
 
@@ -189,18 +71,25 @@ def _parallel(x: Tensor) -> bool:
     return _PARALLEL
 
 
+def _parallel(x: Tensor) -> bool:
+    """Split the sequences of ``x`` over threads? With more than one sequence and intra-op thread, on a safe layer."""
+    return (x.shape[0] > 1 and torch.get_num_threads() > 1
+            and os.environ.get("ENTROSCOPE_KERNELS_PARALLEL", "1") != "0" and _safe_layer())
+
+
 def _enabled(x: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 3 and x.numel() > 0 and _X86
             and os.environ.get("ENTROSCOPE_FUSED_KERNELS", "1") != "0" and bool(_kernels()))
 
 
 def bucket_counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor | None = None,
-           hi: Tensor | None = None) -> Tensor | None:
+                  hi: Tensor | None = None, split: bool | None = None) -> Tensor | None:
     """``int32 [B, d, bins]`` Bucket counts of ``x [B, N, d]`` (float32), or ``None`` (use the PyTorch form).
 
     ``keep`` ``[B, N]`` bool: only kept tokens are counted, with the masked form's range and bin rules
     (:func:`analysis.measure.sinks.entropy_bucket_masked`); ``lo``/``hi`` ``[B, 1, d]``: a given range for it
-    (the robust form's quantiles). Without ``keep``: every token, :func:`entropy_bucket`'s rules."""
+    (the robust form's quantiles). Without ``keep``: every token, :func:`entropy_bucket`'s rules. ``split``: the
+    sequences over threads or not (default: :func:`_parallel` decides)."""
     if not _enabled(x):
         return None
     b, n, d = x.shape
@@ -217,15 +106,15 @@ def bucket_counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor |
         else:
             la = ha = np.zeros((1, 1), np.float32)
         args = (xa, ka, la, ha, given, bins, oa)
-    _launch("plain" if keep is None else "masked", args, x, reset=out.zero_)
+    _launch("plain" if keep is None else "masked", args, x, reset=out.zero_, split=split)
     return out
 
 
-def _launch(name: str, args: tuple, x: Tensor, reset=None) -> None:
-    """Run kernel ``name`` (its ``_par`` form where :func:`_parallel` allows) on ``args``."""
+def _launch(name: str, args: tuple, x: Tensor, reset=None, split: bool | None = None) -> None:
+    """Run kernel ``name`` on ``args``: its ``_par`` form where ``split`` (default: :func:`_parallel`) says so."""
     global _PARALLEL
     k = _kernels()
-    if _parallel(x):
+    if _parallel(x) if split is None else split and _safe_layer():
         try:
             import numba
 
@@ -237,3 +126,39 @@ def _launch(name: str, args: tuple, x: Tensor, reset=None) -> None:
             if reset is not None:
                 reset()
     k[name](*args)
+
+
+def kth_smallest(d2: Tensor, k: int, split: bool | None = None) -> tuple[Tensor, Tensor] | None:
+    """The last column of ``torch.topk(d2, k + 1, dim=-1, largest=False)`` — ``(values [B, N], indices [B, N])`` —
+    for a float32 CPU ``d2 [B, N, N]``, bit for bit; ``None`` where the kernel does not apply (run topk)."""
+    if not _enabled(d2) or d2.shape[1] == 0 or not 0 <= k < d2.shape[2] or not d2.is_contiguous():
+        return None
+    b, n, m = d2.shape
+    val = torch.empty(b, n, dtype=torch.float32)
+    idx = torch.empty(b, n, dtype=torch.int64)
+    tied = torch.zeros(b, n, dtype=torch.bool)
+    _launch("kth", (d2.detach().numpy(), k, val.numpy(), idx.numpy(), tied.numpy()), d2, split=split)
+    if bool(tied.any()):              # a tie at rank k, or a NaN: topk's own choice, on those rows only
+        rows = tied.view(-1).nonzero().squeeze(1)
+        top = torch.topk(d2.reshape(b * n, m).index_select(0, rows), k + 1, dim=-1, largest=False)
+        val.view(-1)[rows] = top.values[:, k]
+        idx.view(-1)[rows] = top.indices[:, k]
+    return val, idx
+
+
+def warm() -> str:
+    """Compile (or load from numba's on-disk cache) every kernel variant an analysis uses: whole and strided
+    (``--sinks first``) states, all tokens and kept tokens, serial and split. ``make setup`` calls it once, so the
+    first analysis after a fresh install does not wait for the compiler. Returns what was done, for the log."""
+    x = torch.zeros(2, 4, 3)
+    if not _enabled(x):
+        return "compiled kernels not used here (PyTorch forms)"
+    keep = torch.ones(2, 4, dtype=torch.bool)
+    lo = hi = torch.zeros(2, 1, 3)
+    for split in (False, True):
+        for xv, kv in ((x, keep), (x[:, 1:], keep[:, 1:])):
+            bucket_counts(xv, 80, split=split)
+            bucket_counts(xv, 80, kv, split=split)
+            bucket_counts(xv, 80, kv, lo, hi, split=split)
+        kth_smallest(torch.zeros(2, 4, 4), 1, split=split)
+    return "compiled kernels ready"

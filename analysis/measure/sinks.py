@@ -112,7 +112,7 @@ def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> T
     """:func:`~analysis.measure.estimators.entropy_bucket` over the kept tokens only (ranges from kept tokens)."""
     x = as_float32(x)
     b, n, d = x.shape
-    fused = kernels.bucket_counts(x, bins, keep)                              # [B, d, bins] on the CPU, else None
+    fused = kernels.bucket_counts(x, bins, keep)                         # [B, d, bins] on the CPU, else None
     if fused is not None:
         return _bucket_from_counts(fused, keep)
     lo, hi = kept_range(x, keep)

@@ -1,0 +1,205 @@
+"""The numba kernels behind :mod:`analysis.measure.kernels` (imported on first use, so numba stays optional).
+
+Defined at module level so that numba's on-disk cache (``cache=True``, beside this file) serves every later
+process: compiled once per installation, loaded in well under a second after that.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+f32 = np.float32
+tiny = f32(np.finfo(np.float32).tiny)
+big = f32(2147483648.0)            # 2^31: float → int32 is defined (truncation) strictly inside ±2^31
+
+
+@njit(nogil=True, cache=True)
+def token_range(x, b, keep, masked, lo, hi, bad):  # pragma: no cover - compiled
+    """Per dimension, min / max over sequence ``b``'s tokens (its kept ones when ``masked``) into ``lo``/``hi``;
+    ``bad[j]`` where a NaN was seen. Returns whether any token was taken."""
+    some = False
+    for j in range(x.shape[2]):
+        lo[j] = np.inf
+        hi[j] = -np.inf
+        bad[j] = False
+    for t in range(x.shape[1]):
+        if masked and not keep[b, t]:
+            continue
+        some = True
+        for j in range(x.shape[2]):
+            v = x[b, t, j]
+            if v < lo[j]:
+                lo[j] = v
+            if v > hi[j]:
+                hi[j] = v
+            if v != v:
+                bad[j] = True
+    return some
+
+
+@njit(nogil=True, cache=True)
+def bin_scale(lo, hi, bins, scale):  # pragma: no cover - compiled
+    """``scale = reciprocal(clamp_min(hi − lo, tiny)) · bins`` in float32, NaN kept (PyTorch's ``bins / t``)."""
+    for j in range(lo.shape[0]):
+        r = hi[j] - lo[j]
+        if r < tiny:                              # clamp_min(tiny); NaN stays NaN
+            r = tiny
+        scale[j] = (f32(1.0) / r) * f32(bins)
+
+
+@njit(nogil=True, cache=True)
+def plain_seq(x, b, bins, out):  # pragma: no cover - compiled
+    """Sequence ``b`` of ``x [B, N, d]``, every token: ``out[b] [d, bins]`` += its Bucket counts, with
+    :func:`~analysis.measure.estimators.entropy_bucket`'s range (``amin``/``amax``, NaN propagates) and bins."""
+    n, d = x.shape[1], x.shape[2]
+    lo = np.empty(d, np.float32)
+    hi = np.empty(d, np.float32)
+    bad = np.empty(d, np.bool_)
+    scale = np.empty(d, np.float32)
+    idx = np.empty(d, np.int32)
+    base = np.arange(d).astype(np.int32) * np.int32(bins)
+    last = np.int32(bins - 1)
+    zero = f32(0.0)
+    flat = out[b].reshape(-1)                    # [d · bins] this sequence's cells
+    token_range(x, b, x[:1, :1, 0] == 0, False, lo, hi, bad)
+    for j in range(d):
+        if bad[j]:
+            lo[j] = np.nan
+            hi[j] = np.nan
+    bin_scale(lo, hi, bins, scale)
+    for t in range(n):
+        for j in range(d):                       # branch-free, so it vectorises
+            f = (x[b, t, j] - lo[j]) * scale[j]
+            # x86's cvttps2dq: NaN and |f| >= 2^31 give INT32_MIN, which the clamp sends to 0
+            g = f if (f >= zero) & (f < big) else zero
+            idx[j] = min(np.int32(g), last) + base[j]
+        for j in range(d):
+            flat[idx[j]] += 1
+
+
+@njit(nogil=True, cache=True)
+def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover - compiled
+    """Sequence ``b``, kept tokens only. Range: ``lo_in``/``hi_in [B, d]`` when ``given``, else the kept tokens'
+    min/max with :func:`~analysis.measure.sinks.kept_range`'s semantics (0 where none is kept, NaN/±inf → 0).
+    Bin: ``nan_to_num`` (NaN → 0, ±inf → ±max), clamp to ``[0, bins − 1]`` in float, truncate."""
+    n, d = x.shape[1], x.shape[2]
+    lo = np.empty(d, np.float32)
+    hi = np.empty(d, np.float32)
+    bad = np.empty(d, np.bool_)
+    scale = np.empty(d, np.float32)
+    idx = np.empty(d, np.int32)
+    base = np.arange(d).astype(np.int32) * np.int32(bins)
+    zero = f32(0.0)
+    top = f32(bins - 1)
+    flat = out[b].reshape(-1)
+    if given:
+        for j in range(d):
+            lo[j] = lo_in[b, j]
+            hi[j] = hi_in[b, j]
+    else:
+        some = token_range(x, b, keep, True, lo, hi, bad)
+        for j in range(d):
+            if not some or bad[j] or lo[j] == np.inf or lo[j] == -np.inf:
+                lo[j] = zero
+            if not some or bad[j] or hi[j] == np.inf or hi[j] == -np.inf:
+                hi[j] = zero
+    bin_scale(lo, hi, bins, scale)
+    for t in range(n):
+        if not keep[b, t]:
+            continue
+        for j in range(d):                       # nan_to_num → clamp in float → truncate, branch-free
+            f = (x[b, t, j] - lo[j]) * scale[j]
+            g = f if f > zero else zero          # NaN, -inf and negatives → 0
+            idx[j] = np.int32(min(g, top)) + base[j]
+        for j in range(d):
+            flat[idx[j]] += 1
+
+
+@njit(nogil=True, cache=True)
+def plain(x, bins, out):  # pragma: no cover - compiled
+    for b in range(x.shape[0]):
+        plain_seq(x, b, bins, out)
+
+
+@njit(nogil=True, cache=True)
+def masked(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
+    for b in range(x.shape[0]):
+        masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def plain_par(x, bins, out):  # pragma: no cover - compiled
+    for b in prange(x.shape[0]):                 # sequences write disjoint cells: the same counts
+        plain_seq(x, b, bins, out)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def masked_par(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
+    for b in prange(x.shape[0]):
+        masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
+
+
+@njit(nogil=True, cache=True)
+def kth_seq(d2, b, k, val, idx, tied):  # pragma: no cover - compiled
+    """Rows of ``d2[b] [N, N]``: ``val[b, i]`` = the rank-``k`` entry (0-based, ascending) and ``idx[b, i]`` its column
+    where that value occurs once in the row; ``tied[b, i]`` where it does not (``±0`` count as one value, as in
+    topk's comparator) or the row holds a NaN. Found by bisection on the float's order-preserving integer key:
+    the least key with at least ``k + 1`` keys at or below it (32 counting passes, each vectorised)."""
+    n = d2.shape[2]
+    keys = np.empty(n, np.int32)
+    for i in range(n):
+        row = d2[b, i]
+        bits = row.view(np.int32)
+        kmin = np.int32(2147483647)
+        kmax = np.int32(-2147483648)
+        for j in range(n):                       # negative floats: flip the magnitude bits so keys ascend with value
+            u = bits[j]
+            key = u ^ np.int32(2147483647) if u < 0 else u
+            keys[j] = key
+            kmin = min(kmin, key)
+            kmax = max(kmax, key)
+        nan = False
+        for j in range(n):
+            if row[j] != row[j]:
+                nan = True
+        if nan:
+            tied[b, i] = True
+            continue
+        lo = np.int64(kmin)
+        hi = np.int64(kmax)
+        while lo < hi:
+            mid = np.int32((lo + hi) >> 1)
+            c = 0
+            for j in range(n):
+                c += keys[j] <= mid
+            if c >= k + 1:
+                hi = np.int64(mid)
+            else:
+                lo = np.int64(mid) + 1
+        at = -1
+        for j in range(n):
+            if keys[j] == lo:
+                at = j
+        v = row[at]
+        count = 0
+        for j in range(n):
+            count += row[j] == v
+        val[b, i] = v
+        idx[b, i] = at
+        tied[b, i] = count != 1
+
+
+@njit(nogil=True, cache=True)
+def kth(d2, k, val, idx, tied):  # pragma: no cover - compiled
+    for b in range(d2.shape[0]):
+        kth_seq(d2, b, k, val, idx, tied)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def kth_par(d2, k, val, idx, tied):  # pragma: no cover - compiled
+    for b in prange(d2.shape[0]):
+        kth_seq(d2, b, k, val, idx, tied)
+
+
+KERNELS = {"plain": plain, "masked": masked, "plain_par": plain_par, "masked_par": masked_par,
+           "kth": kth, "kth_par": kth_par}
