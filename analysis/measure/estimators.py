@@ -164,7 +164,7 @@ def neighbour_distance(x: Tensor, j: Tensor) -> Tensor:
     b, n, d = x.shape
     rows = (j + torch.arange(0, b * n, n, device=x.device).view(b, 1)).view(-1)
     nb = x.reshape(b * n, d).index_select(0, rows).view(b, n, d)               # row copies, not an expanded gather
-    return (x - nb).pow_(2).sum(-1).sqrt_()
+    return nb.sub_(x).pow_(2).sum(-1).sqrt_()     # in place: (nb − x)² is (x − nb)² bit for bit (exact negation)
 
 
 def entropy_knn(x: Tensor, k: int = KNN_K, normalize: bool = False, dedup: bool = False) -> Tensor:

@@ -11,6 +11,7 @@ from numba import njit, prange
 f32 = np.float32
 tiny = f32(np.finfo(np.float32).tiny)
 big = f32(2147483648.0)            # 2^31: float → int32 is defined (truncation) strictly inside ±2^31
+NEG_INF_KEY = np.int32(np.float32(-np.inf).view(np.int32) ^ np.int32(2147483647))   # -inf's order key
 
 
 @njit(nogil=True, cache=True)
@@ -143,21 +144,26 @@ def masked_par(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - c
 def kth_seq(d2, b, k, val, idx, tied):  # pragma: no cover - compiled
     """Rows of ``d2[b] [N, N]``: ``val[b, i]`` = the rank-``k`` entry (0-based, ascending) and ``idx[b, i]`` its column
     where that value occurs once in the row; ``tied[b, i]`` where it does not (``±0`` count as one value, as in
-    topk's comparator) or the row holds a NaN. Found by bisection on the float's order-preserving integer key:
-    the least key with at least ``k + 1`` keys at or below it (32 counting passes, each vectorised)."""
+    topk's comparator) or the row holds a NaN. Found on the float's order-preserving integer key: bisection
+    (vectorised counting passes) until at most 16 entries are left in the bracket, then those few sorted."""
     n = d2.shape[2]
     keys = np.empty(n, np.int32)
+    cand = np.empty(n, np.int32)
     for i in range(n):
         row = d2[b, i]
         bits = row.view(np.int32)
         kmin = np.int32(2147483647)
         kmax = np.int32(-2147483648)
+        ninf = 0                                 # entries at -inf (the diagonal): below every bracket
         for j in range(n):                       # negative floats: flip the magnitude bits so keys ascend with value
             u = bits[j]
             key = u ^ np.int32(2147483647) if u < 0 else u
             keys[j] = key
-            kmin = min(kmin, key)
-            kmax = max(kmax, key)
+            if key == NEG_INF_KEY:
+                ninf += 1
+            else:
+                kmin = min(kmin, key)
+                kmax = max(kmax, key)
         nan = False
         for j in range(n):
             if row[j] != row[j]:
@@ -165,20 +171,34 @@ def kth_seq(d2, b, k, val, idx, tied):  # pragma: no cover - compiled
         if nan:
             tied[b, i] = True
             continue
-        lo = np.int64(kmin)
-        hi = np.int64(kmax)
-        while lo < hi:
+        # invariant: the answer's key is in [lo, hi]; below = #keys < lo <= k < upto = #keys <= hi
+        lo, hi = np.int64(kmin), np.int64(kmax)
+        below, upto = ninf, n
+        if k < ninf:                             # the answer is -inf itself
+            lo = hi = np.int64(NEG_INF_KEY)
+            below, upto = 0, ninf
+        while lo < hi and upto - below > 16:
             mid = np.int32((lo + hi) >> 1)
             c = 0
             for j in range(n):
                 c += keys[j] <= mid
             if c >= k + 1:
-                hi = np.int64(mid)
+                hi, upto = np.int64(mid), c
             else:
-                lo = np.int64(mid) + 1
+                lo, below = np.int64(mid) + 1, c
+        m = 0                                    # the few keys left in [lo, hi], sorted: rank k is at k - below
+        for j in range(n):
+            if lo <= keys[j] <= hi:
+                q = m
+                while q > 0 and cand[q - 1] > keys[j]:
+                    cand[q] = cand[q - 1]
+                    q -= 1
+                cand[q] = keys[j]
+                m += 1
+        key = cand[k - below]
         at = -1
         for j in range(n):
-            if keys[j] == lo:
+            if keys[j] == key:
                 at = j
         v = row[at]
         count = 0

@@ -151,7 +151,7 @@ def _masked_centered(x: Tensor, keep: Tensor) -> Tensor:
     """Centre on the kept tokens' mean and zero the masked rows (they never enter any sum)."""
     km = keep.unsqueeze(-1).to(x.dtype)
     mu = (x * km).sum(dim=1, keepdim=True) / _count(keep).clamp_min(1).view(-1, 1, 1)
-    return torch.where(keep.unsqueeze(-1), x - mu, torch.zeros((), dtype=x.dtype, device=x.device))
+    return (x - mu).masked_fill_(~keep.unsqueeze(-1), 0.0)      # = where(keep, x − mu, 0), one tensor fewer
 
 
 def _masked_sq_dists(xc: Tensor) -> Tensor:

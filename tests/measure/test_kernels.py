@@ -138,6 +138,8 @@ def _distance_rows(seed: int):
             d2[:, :, 0], d2[:, :, n - 1] = -0.0, 0.0
         if trial % 13 == 0:
             d2 = d2 * 1e-40
+        if trial % 17 == 0:
+            d2[:, :, -2:] = float("-inf")                     # several -inf: ranks 0..2 tied at -inf
         d2.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
         out.append(d2)
     return out
