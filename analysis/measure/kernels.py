@@ -37,22 +37,19 @@ _KERNELS = None          # name -> numba kernel, compiled on first use; False wh
 
 
 def _kernels():
+    """The compiled kernels by name (numba imported on first use), or False without numba."""
     global _KERNELS
     if _KERNELS is None:
         try:
-            _KERNELS = _compile()
+            from analysis.measure.kernels_numba import KERNELS
+
+            _KERNELS = KERNELS
         except ImportError:
             _KERNELS = False
     return _KERNELS
 
 
-def _compile():
-    from analysis.measure.kernels_numba import KERNELS
-
-    return KERNELS
-
-
-_PARALLEL: bool | None = None   # numba has a thread-safe threading layer (OpenMP or TBB) for the parallel kernels
+_PARALLEL: bool | None = None   # numba has a thread-safe threading layer (OpenMP or TBB) for the split kernels
 
 
 def _safe_layer() -> bool:

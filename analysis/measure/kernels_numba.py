@@ -49,16 +49,19 @@ def bin_scale(lo, hi, bins, scale):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
+def scratch(d, bins):  # pragma: no cover - compiled
+    """Per-sequence work arrays: ``lo``, ``hi``, ``bad`` (NaN seen), ``scale``, bin ``idx`` and each dimension's
+    first cell ``base = j · bins``."""
+    return (np.empty(d, np.float32), np.empty(d, np.float32), np.empty(d, np.bool_), np.empty(d, np.float32),
+            np.empty(d, np.int32), np.arange(d).astype(np.int32) * np.int32(bins))
+
+
+@njit(nogil=True, cache=True)
 def plain_seq(x, b, bins, out):  # pragma: no cover - compiled
     """Sequence ``b`` of ``x [B, N, d]``, every token: ``out[b] [d, bins]`` += its Bucket counts, with
     :func:`~analysis.measure.estimators.entropy_bucket`'s range (``amin``/``amax``, NaN propagates) and bins."""
     n, d = x.shape[1], x.shape[2]
-    lo = np.empty(d, np.float32)
-    hi = np.empty(d, np.float32)
-    bad = np.empty(d, np.bool_)
-    scale = np.empty(d, np.float32)
-    idx = np.empty(d, np.int32)
-    base = np.arange(d).astype(np.int32) * np.int32(bins)
+    lo, hi, bad, scale, idx, base = scratch(d, bins)
     last = np.int32(bins - 1)
     zero = f32(0.0)
     flat = out[b].reshape(-1)                    # [d · bins] this sequence's cells
@@ -84,12 +87,7 @@ def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover 
     min/max with :func:`~analysis.measure.sinks.kept_range`'s semantics (0 where none is kept, NaN/±inf → 0).
     Bin: ``nan_to_num`` (NaN → 0, ±inf → ±max), clamp to ``[0, bins − 1]`` in float, truncate."""
     n, d = x.shape[1], x.shape[2]
-    lo = np.empty(d, np.float32)
-    hi = np.empty(d, np.float32)
-    bad = np.empty(d, np.bool_)
-    scale = np.empty(d, np.float32)
-    idx = np.empty(d, np.int32)
-    base = np.arange(d).astype(np.int32) * np.int32(bins)
+    lo, hi, bad, scale, idx, base = scratch(d, bins)
     zero = f32(0.0)
     top = f32(bins - 1)
     flat = out[b].reshape(-1)
