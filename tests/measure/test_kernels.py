@@ -1,7 +1,8 @@
-"""The compiled kernels (analysis.measure.kernels) equal their PyTorch forms exactly. Bucket counts: on the values that make
-float → int conversion and ranges tricky: NaN, ±inf, huge and denormal ranges, constant columns, ties on bin
-edges, sequences with no kept token, strided views and given (robust) ranges. The k-th neighbour: ties at rank k,
-±0, ±inf, NaN and denormal distances, every k."""
+"""The compiled kernels (analysis.measure.kernels) equal their PyTorch forms exactly.
+
+Bucket counts: on the values that make float → int conversion and ranges tricky — NaN, ±inf, huge and denormal
+ranges, constant columns, ties on bin edges, sequences with no kept token, strided views and given (robust) ranges.
+The k-th neighbour: ties at rank k, ±0, ±inf, NaN and denormal distances, every k."""
 from __future__ import annotations
 
 import platform
