@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -78,7 +79,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=data["seq_len"])
     ap.add_argument("--batch-size", type=int, default=None, help="default: the analysis's own batch size")
     ap.add_argument("--extra", default="matrix,logit-lens", help="extra estimators measured one at a time ('' for none)")
-    ap.add_argument("--paths", default="", help="only these paths (comma list of names; default: all)")
+    ap.add_argument("--paths", default="", help="only these paths (comma list of names; default: all), e.g. "
+                    "'reference,default, PyTorch kernels'")
     ap.add_argument("--write", action="store_true", help="replace this bench's section of docs/benchmarks.md")
     args = ap.parse_args()
 
@@ -92,7 +94,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
     cfgs = paths([e for e in args.extra.split(",") if e])
     if args.paths:
-        want = [p.strip() for p in args.paths.split(",")]
+        want = [p.strip() for p in re.split(r",(?! )", args.paths)]     # names may hold ", " themselves
         cfgs = {k: v for k, v in cfgs.items() if k in want or k.lstrip("+ ") in want}
     ccfgs: dict[str, CaptureConfig] = {}
     for name, cfg in cfgs.items():
