@@ -95,7 +95,7 @@ def bucket_counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor |
     if keep is None:
         args = (xa, bins, oa)
     else:
-        ka = keep.detach().to(device="cpu").contiguous().numpy()
+        ka = keep.detach().contiguous().numpy()
         given = lo is not None
         if given:
             la = lo.detach().reshape(b, d).contiguous().numpy()
@@ -103,11 +103,11 @@ def bucket_counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor |
         else:
             la = ha = np.zeros((1, 1), np.float32)
         args = (xa, ka, la, ha, given, bins, oa)
-    _launch("plain" if keep is None else "masked", args, x, reset=out.zero_, split=split)
+    _launch("plain" if keep is None else "masked", args, x, split=split)
     return out
 
 
-def _launch(name: str, args: tuple, x: Tensor, reset=None, split: bool | None = None) -> None:
+def _launch(name: str, args: tuple, x: Tensor, split: bool | None = None) -> None:
     """Run kernel ``name`` on ``args``: its ``_par`` form where ``split`` (default: :func:`_parallel`) says so."""
     global _PARALLEL
     k = _kernels()
@@ -118,17 +118,15 @@ def _launch(name: str, args: tuple, x: Tensor, reset=None, split: bool | None = 
             numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
             k[name + "_par"](*args)
             return
-        except ValueError:              # no thread-safe threading layer loads here: serial from now on
+        except ValueError:              # no thread-safe layer loads here (raised at launch, before any work): serial
             _PARALLEL = False
-            if reset is not None:
-                reset()
     k[name](*args)
 
 
 def kth_smallest(d2: Tensor, k: int, split: bool | None = None) -> tuple[Tensor, Tensor] | None:
     """The last column of ``torch.topk(d2, k + 1, dim=-1, largest=False)`` — ``(values [B, N], indices [B, N])`` —
     for a float32 CPU ``d2 [B, N, N]``, bit for bit; ``None`` where the kernel does not apply (run topk)."""
-    if not _enabled(d2) or d2.shape[1] == 0 or not 0 <= k < d2.shape[2] or not d2.is_contiguous():
+    if not _enabled(d2) or not 0 <= k < d2.shape[2] or not d2.is_contiguous():
         return None
     b, n, m = d2.shape
     val = torch.empty(b, n, dtype=torch.float32)

@@ -15,8 +15,8 @@ NEG_INF_KEY = np.int32(np.float32(-np.inf).view(np.int32) ^ np.int32(2147483647)
 
 
 @njit(nogil=True, cache=True)
-def token_range(x, b, keep, masked, lo, hi, bad):  # pragma: no cover - compiled
-    """Per dimension, min / max over sequence ``b``'s tokens (its kept ones when ``masked``) into ``lo``/``hi``;
+def token_range(x, b, keep, lo, hi, bad):  # pragma: no cover - compiled
+    """Per dimension, min / max over sequence ``b``'s tokens (its kept ones unless ``keep`` is None) into ``lo``/``hi``;
     ``bad[j]`` where a NaN was seen. Returns whether any token was taken."""
     some = False
     for j in range(x.shape[2]):
@@ -24,7 +24,7 @@ def token_range(x, b, keep, masked, lo, hi, bad):  # pragma: no cover - compiled
         hi[j] = -np.inf
         bad[j] = False
     for t in range(x.shape[1]):
-        if masked and not keep[b, t]:
+        if keep is not None and not keep[b, t]:
             continue
         some = True
         for j in range(x.shape[2]):
@@ -65,7 +65,7 @@ def plain_seq(x, b, bins, out):  # pragma: no cover - compiled
     last = np.int32(bins - 1)
     zero = f32(0.0)
     flat = out[b].reshape(-1)                    # [d · bins] this sequence's cells
-    token_range(x, b, x[:1, :1, 0] == 0, False, lo, hi, bad)
+    token_range(x, b, None, lo, hi, bad)
     for j in range(d):
         if bad[j]:
             lo[j] = np.nan
@@ -96,7 +96,7 @@ def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover 
             lo[j] = lo_in[b, j]
             hi[j] = hi_in[b, j]
     else:
-        some = token_range(x, b, keep, True, lo, hi, bad)
+        some = token_range(x, b, keep, lo, hi, bad)
         for j in range(d):
             if not some or bad[j] or lo[j] == np.inf or lo[j] == -np.inf:
                 lo[j] = zero
@@ -153,7 +153,10 @@ def kth_seq(d2, b, k, val, idx, tied):  # pragma: no cover - compiled
         kmin = np.int32(2147483647)
         kmax = np.int32(-2147483648)
         ninf = 0                                 # entries at -inf (the diagonal): below every bracket
+        nan = False
         for j in range(n):                       # negative floats: flip the magnitude bits so keys ascend with value
+            if row[j] != row[j]:
+                nan = True
             u = bits[j]
             key = u ^ np.int32(2147483647) if u < 0 else u
             keys[j] = key
@@ -162,10 +165,6 @@ def kth_seq(d2, b, k, val, idx, tied):  # pragma: no cover - compiled
             else:
                 kmin = min(kmin, key)
                 kmax = max(kmax, key)
-        nan = False
-        for j in range(n):
-            if row[j] != row[j]:
-                nan = True
         if nan:
             tied[b, i] = True
             continue
