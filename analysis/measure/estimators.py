@@ -39,9 +39,11 @@ def entropy_bucket(x: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     """
     x = as_float32(x)                                                    # [B, N, d]
     b, n, d = x.shape
-    fused = kernels.bucket_counts(x, bins)                               # [B, d, bins] on the CPU, else None
-    if fused is not None:
-        return counts_plogp(fused.view(-1), n).view(b, d * bins).sum(dim=1).neg_()
+    cells = kernels.bucket_plogp(x, bins, counts_plogp)                  # [B, d, bins] p log p on the CPU, else None
+    if cells is None and (fused := kernels.bucket_counts(x, bins)) is not None:
+        cells = counts_plogp(fused.view(-1), n)
+    if cells is not None:
+        return cells.view(b, d * bins).sum(dim=1).neg_()
     lo = x.amin(dim=1, keepdim=True)                               # [B, 1, d]
     scale = bins / (x.amax(dim=1, keepdim=True) - lo).clamp_min_(torch.finfo(torch.float32).tiny)
     # int32 bin index (the max lands on `bins` and is clamped into the last bin; NaN → clamped, and

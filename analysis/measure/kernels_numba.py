@@ -57,14 +57,30 @@ def scratch(d, bins):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def plain_seq(x, b, bins, out):  # pragma: no cover - compiled
-    """Sequence ``b`` of ``x [B, N, d]``, every token: ``out[b] [d, bins]`` += its Bucket counts, with
+def emit(flat, b, out, tab, outp):  # pragma: no cover - compiled
+    """Sequence ``b``'s cell counts ``flat [d · bins]`` into ``out[b]`` (counts), or, where ``tab`` is given
+    (``[B, N + 1]``, row ``b`` = ``p log p`` of every possible count of that sequence), their ``p log p`` into
+    ``outp[b]``."""
+    if tab.shape[0] == 0:
+        o = out[b].reshape(-1)
+        for c in range(flat.shape[0]):
+            o[c] = flat[c]
+    else:
+        o = outp[b].reshape(-1)
+        row = tab[b]
+        for c in range(flat.shape[0]):
+            o[c] = row[flat[c]]
+
+
+@njit(nogil=True, cache=True)
+def plain_seq(x, b, bins, out, tab, outp):  # pragma: no cover - compiled
+    """Sequence ``b`` of ``x [B, N, d]``, every token: its Bucket counts (:func:`emit`), with
     :func:`~analysis.measure.estimators.entropy_bucket`'s range (``amin``/``amax``, NaN propagates) and bins."""
     n, d = x.shape[1], x.shape[2]
     lo, hi, bad, scale, idx, base = scratch(d, bins)
     last = np.int32(bins - 1)
     zero = f32(0.0)
-    flat = out[b].reshape(-1)                    # [d · bins] this sequence's cells
+    flat = np.zeros(d * bins, np.int32)          # [d · bins] this sequence's cells
     token_range(x, b, None, lo, hi, bad)
     for j in range(d):
         if bad[j]:
@@ -79,10 +95,11 @@ def plain_seq(x, b, bins, out):  # pragma: no cover - compiled
             idx[j] = min(np.int32(g), last) + base[j]
         for j in range(d):
             flat[idx[j]] += 1
+    emit(flat, b, out, tab, outp)
 
 
 @njit(nogil=True, cache=True)
-def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover - compiled
+def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out, tab, outp):  # pragma: no cover - compiled
     """Sequence ``b``, kept tokens only. Range: ``lo_in``/``hi_in [B, d]`` when ``given``, else the kept tokens'
     min/max with :func:`~analysis.measure.sinks.kept_range`'s semantics (0 where none is kept, NaN/±inf → 0).
     Bin: ``nan_to_num`` (NaN → 0, ±inf → ±max), clamp to ``[0, bins − 1]`` in float, truncate."""
@@ -90,7 +107,7 @@ def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover 
     lo, hi, bad, scale, idx, base = scratch(d, bins)
     zero = f32(0.0)
     top = f32(bins - 1)
-    flat = out[b].reshape(-1)
+    flat = np.zeros(d * bins, np.int32)
     if given:
         for j in range(d):
             lo[j] = lo_in[b, j]
@@ -112,30 +129,31 @@ def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out):  # pragma: no cover 
             idx[j] = np.int32(min(g, top)) + base[j]
         for j in range(d):
             flat[idx[j]] += 1
+    emit(flat, b, out, tab, outp)
 
 
 @njit(nogil=True, cache=True)
-def plain(x, bins, out):  # pragma: no cover - compiled
+def plain(x, bins, out, tab, outp):  # pragma: no cover - compiled
     for b in range(x.shape[0]):
-        plain_seq(x, b, bins, out)
+        plain_seq(x, b, bins, out, tab, outp)
 
 
 @njit(nogil=True, cache=True)
-def masked(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
+def masked(x, keep, lo_in, hi_in, given, bins, out, tab, outp):  # pragma: no cover - compiled
     for b in range(x.shape[0]):
-        masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
+        masked_seq(x, keep, lo_in, hi_in, given, b, bins, out, tab, outp)
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def plain_par(x, bins, out):  # pragma: no cover - compiled
+def plain_par(x, bins, out, tab, outp):  # pragma: no cover - compiled
     for b in prange(x.shape[0]):                 # sequences write disjoint cells: the same counts
-        plain_seq(x, b, bins, out)
+        plain_seq(x, b, bins, out, tab, outp)
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def masked_par(x, keep, lo_in, hi_in, given, bins, out):  # pragma: no cover - compiled
+def masked_par(x, keep, lo_in, hi_in, given, bins, out, tab, outp):  # pragma: no cover - compiled
     for b in prange(x.shape[0]):
-        masked_seq(x, keep, lo_in, hi_in, given, b, bins, out)
+        masked_seq(x, keep, lo_in, hi_in, given, b, bins, out, tab, outp)
 
 
 @njit(nogil=True, cache=True)
@@ -220,3 +238,4 @@ def kth_par(d2, k, val, idx, tied):  # pragma: no cover - compiled
 
 KERNELS = {"plain": plain, "masked": masked, "plain_par": plain_par, "masked_par": masked_par,
            "kth": kth, "kth_par": kth_par}
+

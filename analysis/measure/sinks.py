@@ -89,8 +89,28 @@ def _bucket_from_idx(idx: Tensor, keep: Tensor, b: int, d: int, bins: int) -> Te
 
 def _bucket_from_counts(counts: Tensor, keep: Tensor) -> Tensor:
     """``counts [B, d, bins]`` (integer) of the kept tokens → Bucket entropy ``[B]``."""
-    p = (counts.to(torch.float32) / _count(keep).clamp_min(1).view(-1, 1, 1)).clamp_min_(1e-10)
-    return p.log().mul_(p).sum(dim=(1, 2)).neg_()
+    return _cells_plogp(counts, _count(keep).clamp_min(1).view(-1, 1, 1)).sum(dim=(1, 2)).neg_()
+
+
+def _cells_plogp(counts: Tensor, n: Tensor) -> Tensor:
+    """``p log p`` of integer cell counts, ``p = count / n`` (float32 ``n``, broadcast) clamped to >= 1e-10."""
+    p = (counts.to(torch.float32) / n).clamp_min_(1e-10)
+    return p.log().mul_(p)
+
+
+def _table_plogp(counts: Tensor, n: int) -> Tensor:
+    """:func:`_cells_plogp` for one sequence's count ``n`` (the compiled kernels' table of every possible count)."""
+    return _cells_plogp(counts, torch.tensor([float(n)]))
+
+
+def _fused_bucket(x: Tensor, bins: int, keep: Tensor, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor | None:
+    """Bucket entropy ``[B]`` of the kept tokens from the compiled kernels (cells' ``p log p`` looked up, else counts),
+    or ``None`` where they do not run (the caller uses the PyTorch form)."""
+    cells = kernels.bucket_plogp(x, bins, _table_plogp, keep, lo, hi)
+    if cells is not None:
+        return cells.sum(dim=(1, 2)).neg_()
+    counts = kernels.bucket_counts(x, bins, keep, lo, hi)
+    return None if counts is None else _bucket_from_counts(counts, keep)
 
 
 def kept_range(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -112,9 +132,9 @@ def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> T
     """:func:`~analysis.measure.estimators.entropy_bucket` over the kept tokens only (ranges from kept tokens)."""
     x = as_float32(x)
     b, n, d = x.shape
-    fused = kernels.bucket_counts(x, bins, keep)                         # [B, d, bins] on the CPU, else None
+    fused = _fused_bucket(x, bins, keep)                                # [B] on the CPU, else None
     if fused is not None:
-        return _bucket_from_counts(fused, keep)
+        return fused
     lo, hi = kept_range(x, keep)
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
 
@@ -137,9 +157,9 @@ def entropy_bucket_robust_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BIN
     b, n, d = x.shape
     lo, hi = _quantile_range(x, keep, clip)
     lo, hi = lo.nan_to_num(0.0, 0.0, 0.0), hi.nan_to_num(0.0, 0.0, 0.0)
-    fused = kernels.bucket_counts(x, bins, keep, lo, hi)
+    fused = _fused_bucket(x, bins, keep, lo, hi)
     if fused is not None:
-        return _bucket_from_counts(fused, keep)
+        return fused
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
 
 

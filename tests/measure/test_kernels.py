@@ -179,3 +179,38 @@ def test_knn_uses_the_kernel_and_matches_topk(monkeypatch):
     want = [E.entropy_knn(x, k=5), S.entropy_knn_masked(x, keep, k=5), E.entropy_knn(x, k=5, dedup=True)]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_plogp_cells_equal_counts_then_pytorch_plogp(seed):
+    """The kernel's looked-up ``p log p`` cells are the PyTorch form applied to the kernel's counts, cell for cell and
+    bit for bit — every token (``n`` = T) and kept tokens (``n`` = each sequence's kept count, 1 where none)."""
+    x, keep = _hostile(seed)
+    b, n, d = x.shape
+    cells = kernels.bucket_plogp(x, 80, E.counts_plogp)
+    assert cells is not None and cells.dtype == torch.float32 and cells.shape == (b, d, 80)
+    want = E.counts_plogp(kernels.bucket_counts(x, 80).view(-1), n).view(b, d, 80)
+    assert torch.equal(cells.view(torch.int32), want.view(torch.int32))
+    for kv in (keep, torch.ones_like(keep)):
+        cells = kernels.bucket_plogp(x, 80, S._table_plogp, kv)
+        counts = kernels.bucket_counts(x, 80, kv)
+        want = S._cells_plogp(counts, kv.sum(1).clamp_min(1).to(torch.float32).view(-1, 1, 1))
+        assert torch.equal(cells.view(torch.int32), want.view(torch.int32))
+
+
+def test_plogp_table_is_refused_where_pytorch_loops_disagree(monkeypatch):
+    """A ``p log p`` form whose value for a count depends on where PyTorch computes it (vector loop or scalar tail)
+    gets no table: the kernel declines and the estimators count, then run the form itself — same result."""
+    def fickle(c: torch.Tensor, n: int) -> torch.Tensor:          # differs on one-element tensors (the scalar loop)
+        v = E.counts_plogp(c, n)
+        return v + 1 if c.numel() == 1 else v
+
+    assert kernels.plogp_table(fickle, 37) is None
+    x, _ = _hostile(0)
+    assert kernels.bucket_plogp(x, 80, fickle) is None
+    table = kernels.plogp_table(E.counts_plogp, 37)
+    assert table is not None and table.shape == (38,) and kernels.plogp_table(E.counts_plogp, 37) is table  # cached
+    monkeypatch.setattr(kernels, "plogp_table", lambda plogp, n: None)   # every table refused: counts + PyTorch
+    got = E.entropy_bucket(x)
+    monkeypatch.undo()
+    assert torch.equal(got, E.entropy_bucket(x))
