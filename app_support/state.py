@@ -29,9 +29,12 @@ import streamlit as st
 DEFAULT_MODEL = {"spec": "smollm2", "device": "auto", "dtype": "fp32", "trust_remote_code": False}
 DEFAULT_DATA = {"source": "builtin", "weights": {"wiki": 1.0}, "n_samples": 32, "seq_len": 256, "seed": 2024,
                 "mode": "random", "split": "calib"}
-#: the Entropy page's defaults where they differ from AnalysisConfig's (KNN is computed alongside by default
-#: because EntroDrop ranks with it); every other default is the dataclass's, see :func:`default_analysis`
-ANALYSIS_APP_DEFAULTS = {"extra_estimators": ("knn",), "both_views": True}   # the page's sinks-view toggle
+#: the Entropy page's defaults where they differ from AnalysisConfig's: both sinks views in one pass (the page's
+#: toggle). KNN is not computed by default: its 256 × 256 distance matrices alone cost about a fifth of a forward per
+#: sinks view (docs/benchmarks.md, issue 28), and no model's evidence recommends a criterion that needs it; the
+#: Select page offers a re-run with it when EntroDrop ranks. Every other default is the dataclass's
+#: (:func:`default_analysis`).
+ANALYSIS_APP_DEFAULTS = {"both_views": True}
 
 
 def default_analysis() -> dict:

@@ -11,6 +11,11 @@ import numpy as np
 RANKING_DEFAULT = {"estimator": "knn", "sinks": "exclude"}
 
 
+#: how a run gets an opt-in estimator, said wherever the ranking estimator is named
+OPT_IN = ("opt-in: *Also compute* on the Entropy page, or the re-run button on the Select page; without it EntroDrop "
+          "ranks with the run's own estimator")
+
+
 def _best_k(entry: dict) -> str | None:
     ks = sorted((entry.get("best") or {}), key=int)
     return ks[-1] if ks else None
@@ -62,8 +67,8 @@ def ranking_why(ev: dict | None = None) -> str:
     d = ev.get("default") or {}
     crit = d.get("criterion")
     if not models:
-        return (f"EntroDrop ranks blocks with the {est.upper()} estimator, sinks excluded (computed in the same pass as "
-                "the Bucket curve) when the run has it. The repository's evidence table holds no per-model bake-off "
+        return (f"EntroDrop ranks blocks with the {est.upper()} estimator, sinks excluded, when the run has it "
+                f"({OPT_IN}). The repository's evidence table holds no per-model bake-off "
                 f"yet; its default criterion is `{crit}` ({d.get('why') or 'no reason recorded'}). Run the bake-off on "
                 "the Select page to measure the loaded model.")
     parts = []
@@ -85,8 +90,8 @@ def ranking_why(ev: dict | None = None) -> str:
         parts.append(f"{name}, k = {k}{on}: recommended {rec}" + (f" {_fmt(rec_v)}" if rec_v else "")
                      + (f", {ed_text}" if ed_text else ""))
     measured = any(_entrodrop_best(e, _best_k(e)) for e in models.values() if _best_k(e))
-    lead = (f"EntroDrop ranks blocks with the {est.upper()} estimator, sinks excluded (computed in the same pass as the "
-            "Bucket curve) when the run has it" + (": the EntroDrop variant with the lowest held-out ΔPPL on the most "
+    lead = (f"EntroDrop ranks blocks with the {est.upper()} estimator, sinks excluded, when the run has it ({OPT_IN})"
+            + (": the EntroDrop variant with the lowest held-out ΔPPL on the most "
                                                    "models of the repository's evidence" if measured else ""))
     tail = (f". Over models and k the bake-off recommends `{crit}` most often" if crit else "")
     if crit and crit != "entrodrop":

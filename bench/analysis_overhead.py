@@ -12,8 +12,9 @@ Every path is an ``AnalysisConfig`` built from the product's own defaults (never
 * ``reference + other view`` — the same with ``--both-views`` (the sinks-excluded view in the same pass);
 * ``default``    — the app's default analysis (``app_support.state.default_analysis``), as the Entropy page runs it;
 * ``default, primary view only`` — the same without the other sinks view (its cost is the difference);
-* ``+ <lens>``   — the primary-view default plus one more registered estimator (``--extra``, default: the lenses
-  ``matrix`` and ``logit-lens``), each measured separately;
+* ``+ <estimator>`` — the primary-view default plus one more registered estimator (``--extra``, default: KNN, which
+  the app computes only when asked since issue 28, and the lenses ``matrix`` and ``logit-lens``), each measured
+  separately;
 * ``cli default`` — ``python -m analysis analyze`` with no analysis flags;
 * ``default, PyTorch kernels`` — the default path with the compiled kernels of :mod:`analysis.measure.kernels` off
   (``ENTROSCOPE_FUSED_KERNELS=0``: Bucket counts and KNN's k-th neighbour in their PyTorch forms); the
@@ -64,8 +65,8 @@ def paths(extra: list[str]) -> dict:
     return out
 
 
-#: the default path again with the compiled kernels off (Bucket counts and KNN's k-th neighbour in their PyTorch
-#: forms, as before issue 28's kernels), in the same run
+#: the default path again with the compiled kernels off (Bucket counts and p log p, and KNN's k-th neighbour, in their
+#: PyTorch forms, as before issue 28's kernels), in the same run
 FORMS = {"default, PyTorch kernels": {"ENTROSCOPE_FUSED_KERNELS": "0"}}
 
 
@@ -78,7 +79,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=data["n_samples"])
     ap.add_argument("--seq-len", type=int, default=data["seq_len"])
     ap.add_argument("--batch-size", type=int, default=None, help="default: the analysis's own batch size")
-    ap.add_argument("--extra", default="matrix,logit-lens", help="extra estimators measured one at a time ('' for none)")
+    ap.add_argument("--extra", default="knn,matrix,logit-lens",
+                    help="opt-in estimators measured one at a time on the primary-view default ('' for none)")
     ap.add_argument("--paths", default="", help="only these paths (comma list of names; default: all), e.g. "
                     "'reference,default, PyTorch kernels'")
     ap.add_argument("--write", action="store_true", help="replace this bench's section of docs/benchmarks.md")

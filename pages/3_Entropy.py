@@ -82,8 +82,9 @@ with st.expander("Analysis settings", expanded=state.current_run() is None, icon
                  help="Bucket (default, scale-invariant) as EntroDrop's Mistral path; KNN as its Llama path")
     c2.multiselect("Also compute (same pass)", SPECS["extra_estimators"].choices(),
                    format_func=lambda e: ESTIMATORS[e].title, key=_wk("extra_estimators"),
-                   help="For the side-by-side estimator comparison; KNN is on by default because EntroDrop ranks "
-                        "with it (see the note below)")
+                   help="For the side-by-side estimator comparison, and KNN for EntroDrop's ranking (its Llama "
+                        "path). Each is opt-in because of its cost: KNN adds about a fifth of a forward per sinks "
+                        "view (docs/benchmarks.md)")
     c3.radio("Granularity", SPECS["granularity"].choices(), horizontal=True, key=_wk("granularity"),
              help=SPECS["granularity"].help)
     c4.radio("Protected blocks", SPECS["protect"].choices(), horizontal=True, key=_wk("protect"),

@@ -134,6 +134,24 @@ if bo is not None and not bo_partial and bo_applied.get(rid) != bo_keys.get(rid)
         state.set_value(f"sel.param.{pick['criterion']}.{p_}", v_)
     s.pop("es.selection", None)
 
+def _rerun_adding(estimator: str | None = None, mi: bool = False, param_key: str | None = None) -> None:
+    """Queue the run on screen again — its own settings, not whatever the Entropy page shows now — with one more
+    estimator computed in the same pass and/or MI on; the Entropy page starts it. ``param_key``: the criterion's
+    estimator setting, which then ranks with the added estimator."""
+    for key_, val_ in rec.config.items():
+        if key_ != "seed":
+            state.set_value(f"an.{key_}", val_)
+    if estimator is not None:
+        extra = list(rec.config.get("extra_estimators") or [])
+        if estimator != rec.config.get("estimator") and estimator not in extra:
+            state.set_value("an.extra_estimators", extra + [estimator])
+        if param_key is not None:       # rank with it once the re-run has it (the page below applies this)
+            s.setdefault("es.rank_with", {})[param_key] = estimator
+    if mi:
+        state.set_value("an.mi", True)
+    s["es.autorun"] = True
+
+
 # ---- criterion, granularity, k, parameters ----------------------------------------------------------
 names = list(CRITERIA)
 avail = {n: (r.baselines.get(n) or {}).get("available", True) for n in names}
@@ -177,10 +195,21 @@ if c.params:
             from app_support.story import ranking_estimator, ranking_why
 
             opts = r.estimators
-            pref = ranking_estimator() if ranking_estimator() in opts else r.estimator
+            want = ranking_estimator()
+            pref = want if want in opts else r.estimator
+            if (s.get("es.rank_with") or {}).get(key) in opts:      # the re-run below asked for this estimator
+                state.set_value(key, s["es.rank_with"].pop(key))
             if state.get(key) not in opts:
                 state.set_value(key, pref)
             params[p] = pc[i].selectbox("Estimator", opts, key=state.wkey(key, pref), help=ranking_why())
+            if want not in opts:      # KNN is opt-in in the analysis (issue 28): say so, and offer the re-run
+                pc[i].caption(f"This run has no {want.upper()} entropies, so {c.title} ranks with "
+                              f"{params[p].upper()} here; the evidence ranks with {want.upper()}.")
+                if pc[i].button(f"Re-run the analysis with {want.upper()}", key="sel_rerun_est",
+                                on_click=_rerun_adding, args=(want, False, key), icon=":material/play_arrow:"):
+                    from app_support.widgets import switch_to
+
+                    switch_to("entropy")
         elif isinstance(default, bool):
             params[p] = pc[i].checkbox(p, key=state.wkey(key, default))
         elif isinstance(default, int):
@@ -205,16 +234,7 @@ except Exception as exc:  # noqa: BLE001 - last resort: show_error names the rea
                 "under *Compare with ground truth* below; the ranking appears here when it is done.")
     elif crit == "mi-prun" and "mi" not in (r.extras or {}):
         st.info("This run has no mutual-information data. MI-PRUN needs the analysis re-run with MI.")
-
-        def _rerun_with_mi() -> None:
-            # the run on screen's own settings (not whatever the Entropy page shows now), plus MI
-            for key_, val_ in rec.config.items():
-                if key_ != "seed":
-                    state.set_value(f"an.{key_}", val_)
-            state.set_value("an.mi", True)
-            s["es.autorun"] = True
-
-        if st.button("Re-run the analysis with MI-PRUN", key="sel_rerun_mi", on_click=_rerun_with_mi,
+        if st.button("Re-run the analysis with MI-PRUN", key="sel_rerun_mi", on_click=_rerun_adding, args=(None, True),
                      icon=":material/play_arrow:"):
             from app_support.widgets import switch_to
 

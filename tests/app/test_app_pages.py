@@ -545,3 +545,32 @@ def test_export_cli_downloads_and_checkpoint(tmp_path, monkeypatch):
     assert any("Invalid checkpoint folder name" in e.value for e in at.error)
     assert not at.exception
     assert re.search(r"manifest", " ".join(labels))
+
+
+def test_knn_is_opt_in_and_entrodrop_offers_the_rerun_with_it():
+    """The default analysis computes no KNN (issue 28: its distance matrices cost about a fifth of a forward per sinks
+    view). EntroDrop on the Select page then says which estimator it ranks with and offers the re-run with the
+    evidence's one; after it, EntroDrop ranks with KNN and the offer is gone."""
+    from app_support.story import ranking_estimator
+
+    want = ranking_estimator()
+    at = analysed()
+    res = current(at).result
+    assert want not in res.estimators and res.estimators == [res.estimator]
+    goto(at, "4_Select_blocks")
+    at.selectbox(key="w:sel.crit").set_value("entrodrop").run()
+    ok(at)
+    assert any(f"This run has no {want.upper()} entropies" in c.value for c in at.caption)
+    btn = at.button(key="sel_rerun_est")
+    assert btn.label == f"Re-run the analysis with {want.upper()}"
+    btn.click().run()
+    assert not at.exception
+    assert list(at.session_state["es.persist"]["an.extra_estimators"]) == [want]
+    goto(at, "3_Entropy")                                              # the queued re-run starts on the Entropy page
+    ok(at)
+    assert want in current(at).result.estimators
+    goto(at, "4_Select_blocks")
+    at.selectbox(key="w:sel.crit").set_value("entrodrop").run()
+    ok(at)
+    assert at.selectbox(key="w:sel.param.entrodrop.estimator").value == want
+    assert not any(b.key == "sel_rerun_est" for b in at.button)

@@ -49,4 +49,4 @@ def test_select_page_default_from_evidence_then_bakeoff_preselects(server, new_p
     assert k == "2"
     expect(page.get_by_label("k", exact=True)).to_have_value(k)                # pre-selected k
     expect(crit_box).to_have_value(CRITERIA[label.split("[")[0]].title)         # pre-selected criterion
-    expect(page.get_by_text(re.compile(r"random band")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"standing against the random band")).first).to_be_visible()   # the caption (the grid's cells are hidden DOM)
