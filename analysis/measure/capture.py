@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from analysis.measure import kernels
 from analysis.measure.estimators import get_estimator
 from analysis.models.loading import LoadedModel
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, MASKED, bind_masked, check_mode, detect_sinks
@@ -270,9 +271,11 @@ class _Recorder:
         return norms, keep
 
     def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor, ka: Tensor | None = None,
-             kb: Tensor | None = None) -> Tensor:
-        """Per-sequence mean over (kept) tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``."""
-        dot = (self._view(self._f32(a)) * self._view(self._f32(b))).sum(-1)
+             kb: Tensor | None = None, dot: Tensor | None = None) -> Tensor:
+        """Per-sequence mean over (kept) tokens of cos(a_t, b_t), from precomputed token norms: ``[B]``.
+        ``dot`` ``[B, T']``: the token dot products when computed already (:func:`analysis.measure.kernels.cosine_dots`)."""
+        if dot is None:
+            dot = (self._view(self._f32(a)) * self._view(self._f32(b))).sum(-1)
         cos = dot / (na * nb).clamp_min(1e-8)
         if ka is None:
             return cos.mean(-1)
@@ -298,10 +301,7 @@ class _Recorder:
         if threading.get_ident() != self.thread:
             return
         self.mid = x = self._here(x)
-        self.mid_norms, self.mid_keep = self._stats("mid", layer, x)
-        if self.cos_attn is not None:
-            self.cos_attn[self.rows, layer] = self._cos(self.pre, x, self.pre_norms, self.mid_norms,
-                                                        self.pre_keep, self.mid_keep)
+        self.mid_norms, self.mid_keep = self._stats("mid", layer, x)   # the block's cosines: at resid_post
 
     def layer_post(self, layer: int, y: Tensor) -> None:
         if threading.get_ident() != self.thread:
@@ -309,10 +309,16 @@ class _Recorder:
         y = self._here(y)
         self.post_norms, self.post_keep = self._stats("boundary", layer + 1, y)
         if self.cos_mlp is not None:
+            # the three token dot products of the block in one compiled pass over its points (else None: PyTorch)
+            t0 = 1 if self.mode == "first" and y.shape[1] > 1 else 0
+            dots = kernels.cosine_dots(self._f32(self.pre), self._f32(self.mid), self._f32(y), t0)   # [3, B, T']
+            pm, mp, pp = (None, None, None) if dots is None else dots
+            self.cos_attn[self.rows, layer] = self._cos(self.pre, self.mid, self.pre_norms, self.mid_norms,
+                                                        self.pre_keep, self.mid_keep, dot=pm)
             self.cos_mlp[self.rows, layer] = self._cos(self.mid, y, self.mid_norms, self.post_norms,
-                                                       self.mid_keep, self.post_keep)
+                                                       self.mid_keep, self.post_keep, dot=mp)
             self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms,
-                                                         self.pre_keep, self.post_keep)
+                                                         self.pre_keep, self.post_keep, dot=pp)
             self.last[: y.shape[0], layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
         hit = self._f32s.get(id(y))       # only resid_post's copy outlives the layer (it is the next resid_pre)

@@ -44,9 +44,10 @@ def _kernels():
     global _KERNELS
     if _KERNELS is None:
         try:
+            from analysis.measure.kernels_dots import KERNELS as DOTS
             from analysis.measure.kernels_numba import KERNELS
 
-            _KERNELS = KERNELS
+            _KERNELS = {**KERNELS, **DOTS}
         except ImportError:
             _KERNELS = False
     return _KERNELS
@@ -219,5 +220,42 @@ def warm() -> str:
             bucket_plogp(xv, 80, _warm_plogp, kv, split=split)
             bucket_plogp(xv, 80, _warm_plogp, kv, lo, hi, split=split)
         kth_smallest(torch.zeros(2, 4, 4), 1, split=split)
+        cosine_dots(x, x, x, split=split)
+        cosine_dots(x, x, x, 1, split=split)
     return "compiled kernels ready"
 
+
+_DOTS_OK: bool | None = None     # the compiled dots equal PyTorch's ``(a * b).sum(-1)`` on this build (checked once)
+
+
+def cosine_dots(pre: Tensor, mid: Tensor, post: Tensor, t0: int = 0, split: bool | None = None) -> Tensor | None:
+    """``float32 [3, B, T − t0]``: per token ``t >= t0`` the dot products ``pre·mid``, ``mid·post`` and ``pre·post`` of a
+    block's three residual points (float32 CPU ``[B, T, d]``, contiguous) — each bit for bit
+    ``(a[:, t0:] * b[:, t0:]).sum(-1)`` — with every row read once and no ``[B, T, d]`` product written
+    (:mod:`analysis.measure.kernels_dots`); ``None`` where the kernel does not apply (compute them in PyTorch)."""
+    if not (all(_enabled(x) and x.is_contiguous() for x in (pre, mid, post)) and pre.shape == mid.shape == post.shape
+            and 0 <= t0 < pre.shape[1] and _dots_agree()):
+        return None
+    b, t, d = pre.shape
+    out = torch.empty(3, b, t - t0, dtype=torch.float32)
+    _launch("cos3", (pre.detach().numpy(), mid.detach().numpy(), post.detach().numpy(), t0, out.numpy()), pre,
+            split=split)
+    return out
+
+
+def _dots_agree() -> bool:
+    """The compiled dots give PyTorch's bits here, on rows of lengths that take every branch of ATen's summation
+    (tails, leftover vectors, the level cascade); checked once per process, else the PyTorch form runs."""
+    global _DOTS_OK
+    if _DOTS_OK is None:
+        g = torch.Generator().manual_seed(0)
+        ok = True
+        for d in (8, 17, 100, 576, 1000, 4099):
+            p, m, q = (torch.randn(2, 3, d, generator=g) * torch.rand(2, 3, 1, generator=g) * 10 for _ in range(3))
+            for t0 in (0, 1):
+                out = torch.empty(3, 2, 3 - t0, dtype=torch.float32)
+                _kernels()["cos3"](p.numpy(), m.numpy(), q.numpy(), t0, out.numpy())
+                want = torch.stack([(p * m).sum(-1), (m * q).sum(-1), (p * q).sum(-1)])[:, :, t0:].contiguous()
+                ok &= torch.equal(out.view(torch.int32), want.view(torch.int32))
+        _DOTS_OK = bool(ok)
+    return _DOTS_OK

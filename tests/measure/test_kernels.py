@@ -214,3 +214,42 @@ def test_plogp_table_is_refused_where_pytorch_loops_disagree(monkeypatch):
     got = E.entropy_bucket(x)
     monkeypatch.undo()
     assert torch.equal(got, E.entropy_bucket(x))
+
+
+@pytest.mark.parametrize("d", [8, 13, 32, 100, 576, 1536, 4099])
+@pytest.mark.parametrize("parallel", ["1", "0"])
+def test_cosine_dots_equal_pytorch_row_sums(monkeypatch, d, parallel):
+    """The block's three token dot products equal PyTorch's ``(a * b).sum(-1)`` bit for bit — every branch of ATen's
+    summation (scalar tail, leftover vectors, the level cascade at long rows) and hostile values — from token 0
+    and from token 1 (``--sinks first``)."""
+    monkeypatch.setenv("ENTROSCOPE_KERNELS_PARALLEL", parallel)
+    g = torch.Generator().manual_seed(d)
+    p, m, q = (torch.randn(3, 9, d, generator=g) * torch.rand(3, 9, 1, generator=g).pow(4) * 1e3 for _ in range(3))
+    p[0, 1, 0], m[1, 2, d - 1], q[2, 3, d // 2] = float("nan"), float("inf"), -3e38
+    p[1, 4] = 1e-42                                                  # denormal products
+    for t0 in (0, 1):
+        got = kernels.cosine_dots(p, m, q, t0)
+        assert got is not None and got.shape == (3, 3, 9 - t0)
+        for i, (a, b) in enumerate(((p, m), (m, q), (p, q))):
+            want = (a[:, t0:] * b[:, t0:]).sum(-1)
+            assert torch.equal(got[i].view(torch.int32), want.view(torch.int32)), (d, t0, i)
+
+
+def test_cosine_dots_decline_what_they_do_not_cover():
+    x = torch.randn(2, 5, 16)
+    assert kernels.cosine_dots(x.to(torch.bfloat16), x, x) is None               # not float32
+    assert kernels.cosine_dots(x.transpose(1, 2).contiguous().transpose(1, 2), x, x) is None   # not contiguous
+    assert kernels.cosine_dots(x, x[:, :4], x[:, :4]) is None                     # shapes differ
+
+
+def test_capture_uses_the_compiled_cosines(monkeypatch):
+    """A real capture takes the compiled path for every block's cosines (the bit-identity of the result is
+    ``test_kernels_identical``'s capture test)."""
+    from analysis.measure.capture import CaptureConfig, capture
+    from analysis.testing import random_tokens, tiny_loaded
+
+    real, used = kernels.cosine_dots, []
+    monkeypatch.setattr(kernels, "cosine_dots", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    lm = tiny_loaded(layers=3, hidden=32)
+    capture(lm, random_tokens(4, 40, seed=1), CaptureConfig(batch_size=2, sinks="first"))
+    assert len(used) == 2 * 3 and all(u is not None for u in used)
