@@ -200,6 +200,7 @@ class _Recorder:
         self.pre_norms = self.mid_norms = self.post_norms = None   # [B, T'] token norms of the points
         self.on_layer: Callable[[int], None] | None = None         # progress within a batch (block done)
         self.pre_keep = self.mid_keep = self.post_keep = None      # [B, T] kept tokens (sinks="exclude")
+        self.b_full = self.b_med = self.b_sink = None              # per batch, see start_batch / end_batch
 
     def _view(self, x: Tensor) -> Tensor:
         return x[:, 1:] if self.mode == "first" and x.shape[1] > 1 else x
@@ -226,13 +227,13 @@ class _Recorder:
         full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
         med = full.median(dim=1, keepdim=True).values                             # [B, 1]
         sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac, median=med)   # [B, T]
-        self.sink_counts[kind][col] += sink.sum()
-        self.sink_counts[kind + "_pos0"][col] += sink[:, 0].sum()
-        self.massive[kind][r, col] = full.amax(-1) / med.view(-1).clamp_min(1e-30)
+        b = x.shape[0]
+        # kept for the batch's end (:meth:`end_batch`): sink counts, massive ratios, RMS norms, non-finite counts
+        self.b_full[kind][:b, col] = full
+        self.b_med[kind][:b, col] = med.view(-1)
+        self.b_sink[kind][:b, col] = sink
         x32 = self._f32(x)                                                         # [B, T, d] float32
         kept = ~sink if "exclude" in (self.mode, self.alt_mode) else None        # [B, T] one mask for both views
-        if self.flag_first and kind == "boundary":
-            self.first_flags[col] = sink[0]
         keep = None
         memo = {} if self.alt else None          # per point: work an estimator can share between the two views
         if self.mode == "exclude":
@@ -240,14 +241,12 @@ class _Recorder:
             norms = full
             for name, fn in self.est.items():
                 self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep, memo=memo)
-            ms = (norms.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         else:
             xs = self._view(x)
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
             xs32 = self._view(x32)
             for name, fn in self.est.items():
                 self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
-            ms = norms.pow(2).mean(-1)
         if self.seq_means is not None:
             for v, means in self.seq_means.items():
                 w = (~sink if v == "exclude" else torch.ones_like(sink)).to(torch.float32)   # [B, T]
@@ -259,8 +258,6 @@ class _Recorder:
             for name, fn in self.alt.items():
                 xv = x if name in self.raw else x32
                 self.entropy_alt[name][kind][r, col] = fn(xv, ka, memo=memo) if ka is not None else fn(xv, memo=memo)
-        self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
-        (self.norm_boundary if kind == "boundary" else self.norm_mid)[r, col] = ms.sqrt()
         if self.states is not None:
             b, m = self.pos_idx.shape
             picked = torch.gather(x, 1, self.pos_idx.unsqueeze(-1).expand(b, m, x.shape[-1]))
@@ -269,6 +266,35 @@ class _Recorder:
             if keep is not None:
                 self.batch_state_sink |= torch.gather(sink, 1, self.pos_idx).reshape(-1)
         return norms, keep
+
+    def start_batch(self, b: int, t: int) -> None:
+        """Per-batch buffers of every point's token norms ``[B, P, T]``, their medians ``[B, P]`` and sink flags."""
+        if self.b_full is None or self.b_full["mid"].shape[0] < b or self.b_full["mid"].shape[2] != t:
+            z = lambda *shape, dtype=torch.float32: torch.empty(*shape, device=self.dev, dtype=dtype)  # noqa: E731
+            L = self.L
+            self.b_full = {"boundary": z(b, L + 1, t), "mid": z(b, L, t)}
+            self.b_med = {"boundary": z(b, L + 1), "mid": z(b, L)}
+            self.b_sink = {"boundary": z(b, L + 1, t, dtype=torch.bool), "mid": z(b, L, t, dtype=torch.bool)}
+
+    def end_batch(self, b: int) -> None:
+        """The per-point bookkeeping of the batch's ``b`` sequences, over all its points at once: sink counts, the
+        massive-activation ratio, RMS token norms (over the view's tokens) and non-finite counts. Each is the
+        same per-row operation as at the point itself, so the values are bit for bit those of one point at a time."""
+        r = self.rows
+        for kind in ("boundary", "mid"):
+            full, med, sink = self.b_full[kind][:b], self.b_med[kind][:b], self.b_sink[kind][:b]   # [B, P, T], [B, P]
+            self.sink_counts[kind] += sink.sum(dim=(0, 2))
+            self.sink_counts[kind + "_pos0"] += sink[:, :, 0].sum(0)
+            self.massive[kind][r] = full.amax(-1) / med.clamp_min(1e-30)
+            if self.mode == "exclude":
+                keep = ~sink
+                ms = (full.pow(2) * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+            else:
+                ms = (full[..., 1:] if self.mode == "first" and full.shape[-1] > 1 else full).pow(2).mean(-1)
+            (self.norm_boundary if kind == "boundary" else self.norm_mid)[r] = ms.sqrt()
+            self.nonfinite[kind] += (~torch.isfinite(full)).sum()  # a NaN/inf anywhere in a token → its norm
+        if self.flag_first:
+            self.first_flags.copy_(self.b_sink["boundary"][0])
 
     def _cos(self, a: Tensor, b: Tensor, na: Tensor, nb: Tensor, ka: Tensor | None = None,
              kb: Tensor | None = None, dot: Tensor | None = None) -> Tensor:
@@ -420,7 +446,9 @@ def capture(lm: LoadedModel, input_ids: Tensor, cfg: CaptureConfig, progress: Pr
                     rec.pos_idx = rec.all_pos[s:e].to(dev)
                     rec.state_rows = slice(s * m, e * m)
                     rec.batch_state_sink = torch.zeros((e - s) * m, dtype=torch.bool, device=dev)
+                rec.start_batch(e - s, t)
                 base(input_ids=input_ids[s:e].to(dev), use_cache=False)
+                rec.end_batch(e - s)
                 if rec.last is not None:
                     rec.last_cos[s:e] = _pairwise_cos(rec.last[: e - s])
                 if rec.states is not None and rec.mode == "exclude":
