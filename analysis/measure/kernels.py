@@ -109,14 +109,10 @@ def bucket_plogp(x: Tensor, bins: int, plogp: Callable[[Tensor, int], Tensor], k
     if not _enabled(x):
         return None
     b, n = x.shape[:2]
-    ns = [n] * b if keep is None else keep.sum(1).clamp_min(1).tolist()    # [B] each sequence's n
-    tab = torch.zeros(b, n + 1, dtype=torch.float32)
-    for m in set(ns):
-        t = plogp_table(plogp, m)
-        if t is None:
-            return None
-        rows = [i for i, v in enumerate(ns) if v == m]
-        tab[rows, : m + 1] = t
+    ns = (n,) * b if keep is None else tuple(keep.sum(1).clamp_min(1).tolist())   # [B] each sequence's n
+    tab = _table_rows(plogp, ns, n)                                                # [B, n + 1]
+    if tab is None:
+        return None
     out = torch.empty(b, x.shape[2], bins, dtype=torch.float32)
     _bucket(x, bins, keep, lo, hi, split, _NO_COUNTS, tab.numpy(), out.numpy())
     return out
@@ -126,6 +122,25 @@ _NONE = np.zeros((0, 0), np.float32)          # "no table": the kernels write co
 _NONE3 = np.zeros((0, 0, 0), np.float32)      # "no p log p output"
 _NO_COUNTS = np.zeros((0, 0, 0), np.int32)    # "no counts output"
 _TABLES: dict = {}                            # (plogp, n) -> table [n + 1] or None
+
+
+_ROWS: dict = {}                              # (plogp, ns, n) -> [B, n + 1] stacked tables (the kernel only reads)
+
+
+def _table_rows(plogp: Callable[[Tensor, int], Tensor], ns: tuple, n: int) -> Tensor | None:
+    """Row ``i`` = the table of count ``ns[i]`` (zero-padded to ``n + 1``), or ``None`` if one is refused."""
+    key = (plogp, ns, n)
+    if key not in _ROWS:
+        rows = []
+        for m in ns:
+            t = plogp_table(plogp, m)
+            if t is None:
+                return None
+            rows.append(torch.nn.functional.pad(t, (0, n - m)))
+        if len(_ROWS) > 512:
+            _ROWS.clear()
+        _ROWS[key] = torch.stack(rows)
+    return _ROWS[key]
 
 
 def plogp_table(plogp: Callable[[Tensor, int], Tensor], n: int) -> Tensor | None:

@@ -211,6 +211,8 @@ def test_plogp_table_is_refused_where_pytorch_loops_disagree(monkeypatch):
     table = kernels.plogp_table(E.counts_plogp, 37)
     assert table is not None and table.shape == (38,) and kernels.plogp_table(E.counts_plogp, 37) is table  # cached
     monkeypatch.setattr(kernels, "plogp_table", lambda plogp, n: None)   # every table refused: counts + PyTorch
+    monkeypatch.setattr(kernels, "_ROWS", {})
+    assert kernels.bucket_plogp(x, 80, E.counts_plogp) is None
     got = E.entropy_bucket(x)
     monkeypatch.undo()
     assert torch.equal(got, E.entropy_bucket(x))
