@@ -22,7 +22,9 @@ Every path is an ``AnalysisConfig`` built from the product's own defaults (never
 
 Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
-printed. ``--write`` replaces the "Analysis pass overhead" section of docs/benchmarks.md (only then).
+printed. ``--repeats N`` measures every path in N rounds and reports the median round's ratio with the range (on a
+shared machine the ratio drifts by several hundredths between rounds). ``--write`` replaces the "Analysis pass
+overhead" section of docs/benchmarks.md (only then).
 
     .venv/bin/python bench/analysis_overhead.py                      # the product's defaults (figures: quiet machine)
     .venv/bin/python bench/analysis_overhead.py --samples 8 --seq-len 64 --paths reference,default   # a quick check
@@ -83,6 +85,10 @@ def main() -> None:
                     help="opt-in estimators measured one at a time on the primary-view default ('' for none)")
     ap.add_argument("--paths", default="", help="only these paths (comma list of names; default: all), e.g. "
                     "'reference,default, PyTorch kernels'")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="measure every path this many times over (rounds of all batches, one after another) and "
+                         "report the median round with the range: on a shared machine the ratio drifts by several "
+                         "hundredths between rounds")
     ap.add_argument("--write", action="store_true", help="replace this bench's section of docs/benchmarks.md")
     args = ap.parse_args()
 
@@ -120,29 +126,39 @@ def main() -> None:
     bare(batches[0])  # warm-up
     for name, c in ccfgs.items():
         analysed(batches[0], c, FORMS.get(name))
-    times = {name: [] for name in ccfgs}
-    bare_t = {name: [] for name in ccfgs}
-    for batch in batches:
-        for name, c in ccfgs.items():
-            t = time.perf_counter()
-            bare(batch)
-            bare_t[name].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            analysed(batch, c, FORMS.get(name))
-            times[name].append(time.perf_counter() - t)
+    rounds = []                                      # per round: name -> (bare s, analysis s, per-batch ratios)
+    for _ in range(max(1, args.repeats)):
+        times = {name: [] for name in ccfgs}
+        bare_t = {name: [] for name in ccfgs}
+        for batch in batches:
+            for name, c in ccfgs.items():
+                t = time.perf_counter()
+                bare(batch)
+                bare_t[name].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                analysed(batch, c, FORMS.get(name))
+                times[name].append(time.perf_counter() - t)
+        rounds.append({name: (sum(bare_t[name]), sum(times[name]),
+                              [a / b for a, b in zip(times[name], bare_t[name])]) for name in ccfgs})
     load1 = loadavg()
-    ratios = {name: sum(times[name]) / sum(bare_t[name]) for name in ccfgs}
+    per = {name: [r[name][1] / r[name][0] for r in rounds] for name in ccfgs}       # each round's ratio
+    ratios = {name: statistics.median(v) for name, v in per.items()}
     head = (f"model={args.model} dtype={args.dtype} device={lm.device} tokens={args.samples}x{args.seq_len} "
-            f"batch={batch_size} threads={torch.get_num_threads()} load(1/5/15 min) before={load0} after={load1}")
-    rows = ["| path | computes | bare s | analysis s | ratio | median per batch |", "|---|---|---|---|---|---|"]
+            f"batch={batch_size} threads={torch.get_num_threads()} rounds={len(rounds)} "
+            f"load(1/5/15 min) before={load0} after={load1}")
+    rows = ["| path | computes | bare s | analysis s | ratio | median per batch |" + (" rounds (min–max) |" if len(rounds) > 1 else ""),
+            "|---|---|---|---|---|---|" + ("---|" if len(rounds) > 1 else "")]
     print(machine())
     print(head)
     for name in ccfgs:
-        med = statistics.median(a / b for a, b in zip(times[name], bare_t[name]))
-        print(f"{name:28s} {describe(cfgs[name]):44s} bare {sum(bare_t[name]):7.2f}s  analysis "
-              f"{sum(times[name]):7.2f}s  ratio {ratios[name]:.3f} (median per-batch {med:.3f})")
-        rows.append(f"| {name} | {describe(cfgs[name])} | {sum(bare_t[name]):.2f} | {sum(times[name]):.2f} | "
-                    f"{ratios[name]:.3f} | {med:.3f} |")
+        bare_s = sum(r[name][0] for r in rounds)
+        ana_s = sum(r[name][1] for r in rounds)
+        med = statistics.median(x for r in rounds for x in r[name][2])
+        spread = f"{min(per[name]):.3f}–{max(per[name]):.3f}" if len(rounds) > 1 else ""
+        print(f"{name:28s} {describe(cfgs[name]):44s} bare {bare_s:7.2f}s  analysis {ana_s:7.2f}s  "
+              f"ratio {ratios[name]:.3f} (median per-batch {med:.3f})" + (f" rounds {spread}" if spread else ""))
+        rows.append(f"| {name} | {describe(cfgs[name])} | {bare_s:.2f} | {ana_s:.2f} | {ratios[name]:.3f} | {med:.3f} |"
+                    + (f" {spread} |" if spread else ""))
     write_section(SECTION, f"{machine()}\n\n`{' '.join(sys.argv)}` — {head}\n\n" + "\n".join(rows), args.write)
     print_ratio(ratios.get("default", next(iter(ratios.values()))))
 
