@@ -211,6 +211,8 @@ class _Recorder:
         self.on_layer: Callable[[int], None] | None = None         # progress within a batch (block done)
         self.pre_keep = self.mid_keep = self.post_keep = None      # [B, T] kept tokens (sinks="exclude")
         self.b_full = self.b_med = self.b_sink = None              # per batch, see start_batch / end_batch
+        # the sink mask is needed at each point only where a view excludes sinks; else end_batch applies the rule
+        self.sinks_now = "exclude" in (self.mode, self.alt_mode)
 
     def _view(self, x: Tensor) -> Tensor:
         return x[:, 1:] if self.mode == "first" and x.shape[1] > 1 else x
@@ -235,15 +237,17 @@ class _Recorder:
         r = self.rows
         # once per point: token norms → the sink mask → every estimator in the primary view, then the other view
         full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
-        med = full.median(dim=1, keepdim=True).values                             # [B, 1]
-        sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac, median=med)   # [B, T]
         b = x.shape[0]
         # kept for the batch's end (:meth:`end_batch`): sink counts, massive ratios, RMS norms, non-finite counts
         self.b_full[kind][:b, col] = full
-        self.b_med[kind][:b, col] = med.view(-1)
-        self.b_sink[kind][:b, col] = sink
+        sink = None
+        if self.sinks_now:      # the pass needs the sink mask here (a view excludes sinks); else the batch's end
+            med = full.median(dim=1, keepdim=True).values                         # [B, 1]
+            sink = detect_sinks(full, self.cfg.sink_ratio, self.cfg.sink_max_frac, median=med)   # [B, T]
+            self.b_med[kind][:b, col] = med.view(-1)
+            self.b_sink[kind][:b, col] = sink
         x32 = self._f32(x)                                                         # [B, T, d] float32
-        kept = ~sink if "exclude" in (self.mode, self.alt_mode) else None        # [B, T] one mask for both views
+        kept = ~sink if sink is not None else None                               # [B, T] one mask for both views
         keep = None
         memo = {} if self.alt else None          # per point: work an estimator can share between the two views
         for name, fn in self.views.items():     # both views in one call: (every token, kept tokens)
@@ -265,7 +269,7 @@ class _Recorder:
                     self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
         if self.seq_means is not None:
             for v, means in self.seq_means.items():
-                w = (~sink if v == "exclude" else torch.ones_like(sink)).to(torch.float32)   # [B, T]
+                w = (~sink if v == "exclude" else torch.ones_like(full, dtype=torch.bool)).to(torch.float32)  # [B, T]
                 if v == "first":
                     w[:, 0] = 0
                 means[kind][r, col] = (x32 * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
@@ -300,7 +304,15 @@ class _Recorder:
         same per-row operation as at the point itself, so the values are bit for bit those of one point at a time."""
         r = self.rows
         for kind in ("boundary", "mid"):
-            full, med, sink = self.b_full[kind][:b], self.b_med[kind][:b], self.b_sink[kind][:b]   # [B, P, T], [B, P]
+            full = self.b_full[kind][:b]                                                      # [B, P, T]
+            if not self.sinks_now:      # the sink rule over every point at once: the same per-row operations
+                p_, t = full.shape[1:]
+                med = full.median(dim=2, keepdim=True).values                                  # [B, P, 1]
+                flags = detect_sinks(full.reshape(b * p_, t), self.cfg.sink_ratio, self.cfg.sink_max_frac,
+                                     median=med.reshape(b * p_, 1))
+                self.b_med[kind][:b] = med.squeeze(2)
+                self.b_sink[kind][:b] = flags.view(b, p_, t)
+            med, sink = self.b_med[kind][:b], self.b_sink[kind][:b]                           # [B, P], [B, P, T]
             self.sink_counts[kind] += sink.sum(dim=(0, 2))
             self.sink_counts[kind + "_pos0"] += sink[:, :, 0].sum(0)
             self.massive[kind][r] = full.amax(-1) / med.clamp_min(1e-30)

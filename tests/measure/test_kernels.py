@@ -286,3 +286,32 @@ def test_capture_computes_buckets_two_views_in_one_pass(monkeypatch):
     stats = capture(lm, random_tokens(4, 40, seed=1), CaptureConfig(batch_size=2, sinks="exclude", alt_view=True))
     assert len(used) == 2 * (2 * 3 + 1) and all(u is not None for u in used)      # 2 batches × 7 points
     assert stats.entropy_alt is not None and stats.alt_mode == "keep"
+
+
+def test_sink_bookkeeping_is_the_same_batched_or_per_point():
+    """With no view excluding sinks (``keep``, ``first``) the sink rule runs once per batch over every point; with one
+    (``exclude``) it runs at each point. Sink counts, massive-activation ratios and the first sequence's flags are the
+    same either way, bit for bit — including three identical massive tokens where the rule's cap keeps two (a tie)."""
+    from analysis.measure.capture import CaptureConfig, capture
+    from analysis.testing import random_tokens, tiny_loaded
+
+    lm = tiny_loaded(layers=3, hidden=32)
+
+    def massive(mod, args, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[:, 4:7] = h[:, 4:5] * 500.0                      # three identical massive states: a tie at the cap (2 of 40)
+        h[:, 9] *= 300.0
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    for i in (1, 2):
+        lm.adapter.layers[i].register_forward_hook(massive)
+    ids = random_tokens(5, 40, seed=7)
+    runs = {m: capture(lm, ids, CaptureConfig(batch_size=2, sinks=m)) for m in ("keep", "first", "exclude")}
+    ref = runs["exclude"]
+    assert int(ref.sinks["boundary"].sum()) > 0
+    for m in ("keep", "first"):
+        for k in ref.sinks:
+            assert torch.equal(runs[m].sinks[k], ref.sinks[k]), (m, k)
+        for k in ref.massive:
+            assert torch.equal(runs[m].massive[k].view(torch.int32), ref.massive[k].view(torch.int32)), (m, k)
+        assert torch.equal(runs[m].first_flags, ref.first_flags), m
