@@ -142,25 +142,27 @@ _NONE = np.zeros((0, 0), np.float32)          # "no table": the kernels write co
 _NONE3 = np.zeros((0, 0, 0), np.float32)      # "no p log p output"
 _NO_COUNTS = np.zeros((0, 0, 0), np.int32)    # "no counts output"
 _TABLES: dict = {}                            # (plogp, n) -> table [n + 1] or None
-
-
 _ROWS: dict = {}                              # (plogp, ns, n) -> [B, n + 1] stacked tables (the kernel only reads)
+_MISS = object()
 
 
 def _table_rows(plogp: Callable[[Tensor, int], Tensor], ns: tuple, n: int) -> Tensor | None:
-    """Row ``i`` = the table of count ``ns[i]`` (zero-padded to ``n + 1``), or ``None`` if one is refused."""
+    """Row ``i`` = the table of count ``ns[i]`` (zero-padded to ``n + 1``), or ``None`` if one is refused. A few
+    recent stacks are kept (sessions analyse from several threads: read once, never between a check and a get)."""
     key = (plogp, ns, n)
-    if key not in _ROWS:
+    hit = _ROWS.get(key)
+    if hit is None:
         rows = []
         for m in ns:
             t = plogp_table(plogp, m)
             if t is None:
                 return None
             rows.append(torch.nn.functional.pad(t, (0, n - m)))
-        if len(_ROWS) > 512:
+        hit = torch.stack(rows)
+        if len(_ROWS) >= 64:
             _ROWS.clear()
-        _ROWS[key] = torch.stack(rows)
-    return _ROWS[key]
+        _ROWS[key] = hit
+    return hit
 
 
 def plogp_table(plogp: Callable[[Tensor, int], Tensor], n: int) -> Tensor | None:
@@ -169,14 +171,15 @@ def plogp_table(plogp: Callable[[Tensor, int], Tensor], n: int) -> Tensor | None
     last few elements; the table is used only where both loops give every count the same bits (the exact
     ``/``, clamp and ``·`` do by IEEE rules; ``log`` is checked). Cached per ``(plogp, n)``."""
     key = (plogp, n)
-    if key not in _TABLES:
+    hit = _TABLES.get(key, _MISS)
+    if hit is _MISS:
         c = torch.arange(n + 1, dtype=torch.int32)
         pad = -(-(n + 1) // 256) * 256 - (n + 1)                           # no tail: every count in the vector loop
         vec = plogp(torch.nn.functional.pad(c, (0, pad)), n)[: n + 1]
         one = torch.cat([plogp(c[i:i + 1], n) for i in range(n + 1)])     # one element each: the scalar loop
         same = torch.equal(vec.view(torch.int32), one.view(torch.int32))
-        _TABLES[key] = vec.contiguous() if same else None
-    return _TABLES[key]
+        hit = _TABLES[key] = vec.contiguous() if same else None
+    return hit
 
 
 def _bucket(x: Tensor, bins: int, keep: Tensor | None, lo: Tensor | None, hi: Tensor | None, split: bool | None,
