@@ -80,7 +80,7 @@ def plain_seq(x, b, bins, out, tab, outp):  # pragma: no cover - compiled
     lo, hi, bad, scale, idx, base = scratch(d, bins)
     last = np.int32(bins - 1)
     zero = f32(0.0)
-    flat = np.zeros(d * bins, np.int32)          # [d · bins] this sequence's cells
+    flat = np.zeros(d * bins, np.uint16)         # [d · bins] this sequence's cells (16-bit: N ≤ 65535, half the cache)
     token_range(x, b, None, lo, hi, bad)
     for j in range(d):
         if bad[j]:
@@ -94,7 +94,7 @@ def plain_seq(x, b, bins, out, tab, outp):  # pragma: no cover - compiled
             g = f if (f >= zero) & (f < big) else zero
             idx[j] = min(np.int32(g), last) + base[j]
         for j in range(d):
-            flat[idx[j]] += 1
+            flat[np.uint64(idx[j])] += 1      # unsigned: no negative-index check
     emit(flat, b, out, tab, outp)
 
 
@@ -107,7 +107,7 @@ def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out, tab, outp):  # pragma
     lo, hi, bad, scale, idx, base = scratch(d, bins)
     zero = f32(0.0)
     top = f32(bins - 1)
-    flat = np.zeros(d * bins, np.int32)
+    flat = np.zeros(d * bins, np.uint16)
     if given:
         for j in range(d):
             lo[j] = lo_in[b, j]
@@ -128,7 +128,7 @@ def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out, tab, outp):  # pragma
             g = f if f > zero else zero          # NaN, -inf and negatives → 0
             idx[j] = np.int32(min(g, top)) + base[j]
         for j in range(d):
-            flat[idx[j]] += 1
+            flat[np.uint64(idx[j])] += 1      # unsigned: no negative-index check
     emit(flat, b, out, tab, outp)
 
 
@@ -188,22 +188,22 @@ def views_seq(x, keep, b, bins, tab_all, tab_kept, out_all, out_kept):  # pragma
             khi[j] = zero
     bin_scale(lo, hi, bins, scale)
     bin_scale(klo, khi, bins, kscale)
-    fa = np.zeros(d * bins, np.int32)
-    fk = np.zeros(d * bins, np.int32)
+    fa = np.zeros(d * bins, np.uint16)
+    fk = np.zeros(d * bins, np.uint16)
     for t in range(n):
         for j in range(d):
             f = (x[b, t, j] - lo[j]) * scale[j]
             g = f if (f >= zero) & (f < big) else zero
             idx[j] = min(np.int32(g), last) + base[j]
         for j in range(d):
-            fa[idx[j]] += 1
+            fa[np.uint64(idx[j])] += 1
         if keep[b, t]:
             for j in range(d):
                 f = (x[b, t, j] - klo[j]) * kscale[j]
                 g = f if f > zero else zero
                 kidx[j] = np.int32(min(g, top)) + base[j]
             for j in range(d):
-                fk[kidx[j]] += 1
+                fk[np.uint64(kidx[j])] += 1
     oa = out_all[b].reshape(-1)
     ok = out_kept[b].reshape(-1)
     ra = tab_all[b]

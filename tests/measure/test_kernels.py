@@ -315,3 +315,21 @@ def test_sink_bookkeeping_is_the_same_batched_or_per_point():
         for k in ref.massive:
             assert torch.equal(runs[m].massive[k].view(torch.int32), ref.massive[k].view(torch.int32)), (m, k)
         assert torch.equal(runs[m].first_flags, ref.first_flags), m
+
+
+def test_sixteen_bit_cells_hold_the_longest_sequence_and_longer_ones_decline(monkeypatch):
+    """The kernels count into 16-bit cells: a sequence of ``MAX_TOKENS`` tokens all in one bin counts exactly; a longer
+    one is left to the PyTorch form (same result)."""
+    n = kernels.MAX_TOKENS
+    x = torch.zeros(1, n, 3)
+    x[0, :, 1] = torch.arange(n, dtype=torch.float32)                 # a spread column beside two constant ones
+    counts = kernels.bucket_counts(x, 80)
+    assert counts[0, 0, 0] == n and counts[0, 2, 0] == n and int(counts[0, 1].sum()) == n
+    xs, keep = _hostile(0)
+    monkeypatch.setattr(kernels, "MAX_TOKENS", xs.shape[1] - 1)
+    assert kernels.bucket_counts(xs, 80) is None and kernels.bucket_plogp(xs, 80, E.counts_plogp) is None
+    assert kernels.bucket_plogp_views(xs, 80, E.counts_plogp, S._table_plogp, keep) is None
+    got = (E.entropy_bucket(xs), S.entropy_bucket_masked(xs, keep))
+    monkeypatch.undo()
+    torch.testing.assert_close(got[0], E.entropy_bucket(xs), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(got[1], S.entropy_bucket_masked(xs, keep), rtol=0, atol=0, equal_nan=True)
