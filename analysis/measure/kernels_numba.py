@@ -153,7 +153,7 @@ def views_seq(x, keep, b, bins, tab_all, tab_kept, out_all, out_kept):  # pragma
         khi[j] = -np.inf
         kbad[j] = False
     # both ranges in one read of the sequence; the update is written out for each range on purpose: as a numba
-    # helper (inline="always") it made this kernel 20x slower (array arguments re-wrapped in the hot loop)
+    # helper (inline="always") it made this kernel 20x slower, measured (likely its array arguments in the hot loop)
     for t in range(n):
         if keep[b, t]:
             some = True
