@@ -133,101 +133,6 @@ def masked_seq(x, keep, lo_in, hi_in, given, b, bins, out, tab, outp):  # pragma
 
 
 @njit(nogil=True, cache=True)
-def views_seq(x, keep, b, bins, tab_all, tab_kept, out_all, out_kept):  # pragma: no cover - compiled
-    """Sequence ``b`` in both sinks views in one pass over its tokens: every token with :func:`plain_seq`'s range and
-    bins into ``out_all[b]``, the kept ones with :func:`masked_seq`'s (own range) into ``out_kept[b]``, each cell's
-    ``p log p`` looked up in its table row (``tab_all[b]``, ``tab_kept[b]``). The same float operations per view as
-    the two kernels, so the same cells."""
-    n, d = x.shape[1], x.shape[2]
-    lo, hi, bad, scale, idx, base = scratch(d, bins)
-    klo, khi, kbad, kscale, kidx, _ = scratch(d, bins)
-    last = np.int32(bins - 1)
-    top = f32(bins - 1)
-    zero = f32(0.0)
-    some = False
-    for j in range(d):
-        lo[j] = np.inf
-        hi[j] = -np.inf
-        bad[j] = False
-        klo[j] = np.inf
-        khi[j] = -np.inf
-        kbad[j] = False
-    # both ranges in one read of the sequence; the update is written out for each range on purpose: as a numba
-    # helper (inline="always") it made this kernel 20x slower, measured (likely its array arguments in the hot loop)
-    for t in range(n):
-        if keep[b, t]:
-            some = True
-            for j in range(d):
-                v = x[b, t, j]
-                if v < lo[j]:
-                    lo[j] = v
-                if v > hi[j]:
-                    hi[j] = v
-                if v != v:
-                    bad[j] = True
-                if v < klo[j]:
-                    klo[j] = v
-                if v > khi[j]:
-                    khi[j] = v
-                if v != v:
-                    kbad[j] = True
-        else:
-            for j in range(d):
-                v = x[b, t, j]
-                if v < lo[j]:
-                    lo[j] = v
-                if v > hi[j]:
-                    hi[j] = v
-                if v != v:
-                    bad[j] = True
-    for j in range(d):
-        if bad[j]:
-            lo[j] = np.nan
-            hi[j] = np.nan
-        if not some or kbad[j] or klo[j] == np.inf or klo[j] == -np.inf:
-            klo[j] = zero
-        if not some or kbad[j] or khi[j] == np.inf or khi[j] == -np.inf:
-            khi[j] = zero
-    bin_scale(lo, hi, bins, scale)
-    bin_scale(klo, khi, bins, kscale)
-    fa = np.zeros(d * bins, np.uint16)
-    fk = np.zeros(d * bins, np.uint16)
-    for t in range(n):
-        for j in range(d):
-            f = (x[b, t, j] - lo[j]) * scale[j]
-            g = f if (f >= zero) & (f < big) else zero
-            idx[j] = min(np.int32(g), last) + base[j]
-        for j in range(d):
-            fa[np.uint64(idx[j])] += 1
-        if keep[b, t]:
-            for j in range(d):
-                f = (x[b, t, j] - klo[j]) * kscale[j]
-                g = f if f > zero else zero
-                kidx[j] = np.int32(min(g, top)) + base[j]
-            for j in range(d):
-                fk[np.uint64(kidx[j])] += 1
-    oa = out_all[b].reshape(-1)
-    ok = out_kept[b].reshape(-1)
-    ra = tab_all[b]
-    rk = tab_kept[b]
-    for c in range(d * bins):
-        oa[c] = ra[fa[c]]
-        ok[c] = rk[fk[c]]
-
-
-@njit(nogil=True, cache=True)
-def views(x, keep, bins, tab_all, tab_kept, out_all, out_kept):  # pragma: no cover - compiled
-    for b in range(x.shape[0]):
-        views_seq(x, keep, b, bins, tab_all, tab_kept, out_all, out_kept)
-
-
-@njit(nogil=True, cache=True, parallel=True)
-def views_par(x, keep, bins, tab_all, tab_kept, out_all, out_kept):  # pragma: no cover - compiled
-    for b in prange(x.shape[0]):
-        views_seq(x, keep, b, bins, tab_all, tab_kept, out_all, out_kept)
-
-
-@njit(nogil=True, cache=True)
 def plain(x, bins, out, tab, outp):  # pragma: no cover - compiled
     for b in range(x.shape[0]):
         plain_seq(x, b, bins, out, tab, outp)
@@ -332,5 +237,5 @@ def kth_par(d2, k, val, idx, tied):  # pragma: no cover - compiled
 
 
 KERNELS = {"plain": plain, "masked": masked, "plain_par": plain_par, "masked_par": masked_par,
-           "views": views, "views_par": views_par, "kth": kth, "kth_par": kth_par}
+           "kth": kth, "kth_par": kth_par}
 
