@@ -24,6 +24,7 @@ from torch import Tensor
 
 from analysis.measure import kernels
 from analysis.measure.estimators import get_estimator
+from analysis.registry import resolve
 from analysis.models.loading import LoadedModel
 from analysis.measure.sinks import DEFAULT_MAX_FRAC, DEFAULT_RATIO, MASKED, bind_masked, check_mode, detect_sinks
 
@@ -168,6 +169,15 @@ class _Recorder:
                 fn = bind_view(name, params, self.alt_mode, head)
                 if fn is not None:
                     self.alt[name] = fn
+        # estimators with a form for both views at once (kept ↔ excluded): one call per point fills both
+        self.views = {}
+        if {self.mode, self.alt_mode} == {"keep", "exclude"}:
+            for name, params in cfg.estimators.items():
+                info = get_estimator(name)
+                if info.views is not None and name in self.alt and name not in self.raw:
+                    f = resolve(info.views) if isinstance(info.views, str) else info.views
+                    kw = {k: v for k, v in info.params(**params).items() if v is not None}
+                    self.views[name] = lambda x, keep, f=f, kw=kw: f(x, keep, **kw)
         zi = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.int64)  # noqa: E731
         self.sink_counts = {"boundary": zi(L + 1), "mid": zi(L), "boundary_pos0": zi(L + 1), "mid_pos0": zi(L)}
         self.state_sink: Tensor | None = None   # [N·m] bool: sampled state row is a sink at some point
@@ -240,17 +250,23 @@ class _Recorder:
         kept = ~sink if sink is not None else None                               # [B, T] one mask for both views
         keep = None
         memo = {} if self.alt else None          # per point: work an estimator can share between the two views
+        for name, fn in self.views.items():     # both views in one call: (every token, kept tokens)
+            h_all, h_kept = fn(x32, kept)
+            self.entropy[name][kind][r, col] = h_kept if self.mode == "exclude" else h_all
+            self.entropy_alt[name][kind][r, col] = h_all if self.mode == "exclude" else h_kept
         if self.mode == "exclude":
             keep = kept
             norms = full
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep, memo=memo)
+                if name not in self.views:
+                    self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep, memo=memo)
         else:
             xs = self._view(x)
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
             xs32 = self._view(x32)
             for name, fn in self.est.items():
-                self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
+                if name not in self.views:
+                    self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
         if self.seq_means is not None:
             for v, means in self.seq_means.items():
                 w = (~sink if v == "exclude" else torch.ones_like(full, dtype=torch.bool)).to(torch.float32)  # [B, T]
@@ -260,6 +276,8 @@ class _Recorder:
         if self.alt:
             ka = kept if self.alt_mode == "exclude" else None
             for name, fn in self.alt.items():
+                if name in self.views:
+                    continue
                 xv = x if name in self.raw else x32
                 self.entropy_alt[name][kind][r, col] = fn(xv, ka, memo=memo) if ka is not None else fn(xv, memo=memo)
         if self.states is not None:

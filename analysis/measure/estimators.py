@@ -243,6 +243,8 @@ class EstimatorInfo:
     needs_head: bool = False    # fn(x, head=...) decodes states through the model's final norm + unembedding
     bounds: str = ""            # known range, e.g. "0 ≤ H ≤ log N" (explainer)
     pooled: Callable[..., Tensor] | str | None = None   # dataset-level form over per-sequence mean states [N, P, d] -> [P]
+    views: Callable[..., tuple] | str | None = None     # both sinks views in one call, sharing work: fn(x, keep,
+    #                                                     **params) -> (H of every token [B], H of the kept tokens [B]), bit for bit
 
     def bind(self, **params) -> Callable[[Tensor], Tensor]:
         """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
@@ -271,6 +273,7 @@ def register_estimator(info: EstimatorInfo) -> EstimatorInfo:
 
 register_estimator(EstimatorInfo(
     "bucket", "Bucket (marginal histogram)", entropy_bucket, {"bins": BUCKET_BINS}, scale_invariant=True,
+    views="analysis.measure.sinks:entropy_bucket_views",
     formula=r"H=-\sum_{j=1}^{d}\sum_{b=1}^{B} p_{jb}\log p_{jb},\; p_{jb}=\frac{\#\{t: x_{tj}\in\text{bin}_b\}}{N}",
     notes="Per-dimension min–max bins; sum of marginal entropies (an upper bound on the joint entropy). "
           "EntroDrop's Mistral path, 80 bins."))

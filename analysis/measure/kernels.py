@@ -126,6 +126,29 @@ def bucket_plogp(x: Tensor, bins: int, plogp: Callable[[Tensor, int], Tensor], k
     return out
 
 
+def bucket_plogp_views(x: Tensor, bins: int, plogp_all: Callable[[Tensor, int], Tensor],
+                       plogp_kept: Callable[[Tensor, int], Tensor], keep: Tensor,
+                       split: bool | None = None) -> tuple[Tensor, Tensor] | None:
+    """Both sinks views of :func:`bucket_plogp`: ``(every token's cells, the kept tokens' cells)``, each
+    ``float32 [B, d, bins]`` and bit for bit what ``bucket_plogp(x, bins, plogp_all)`` and
+    ``bucket_plogp(x, bins, plogp_kept, keep)`` give; or ``None`` (compute the views one at a time).
+
+    A sequence that keeps every token (with finite ranges) is counted once for both views (where no token is a sink,
+    half the work); any other, once per view."""
+    if not _counts_fit(x):
+        return None
+    b, n, d = x.shape
+    ns = tuple(keep.sum(1).clamp_min(1).tolist())
+    tab_all, tab_kept = _table_rows(plogp_all, (n,) * b, n), _table_rows(plogp_kept, ns, n)
+    if tab_all is None or tab_kept is None:
+        return None
+    out_all = torch.empty(b, d, bins, dtype=torch.float32)
+    out_kept = torch.empty(b, d, bins, dtype=torch.float32)
+    _launch("views", (x.detach().numpy(), keep.detach().contiguous().numpy(), bins, tab_all.numpy(), tab_kept.numpy(),
+                      out_all.numpy(), out_kept.numpy()), x, split=split)
+    return out_all, out_kept
+
+
 _NONE = np.zeros((0, 0), np.float32)          # "no table": the kernels write counts
 _NONE3 = np.zeros((0, 0, 0), np.float32)      # "no p log p output"
 _NO_COUNTS = np.zeros((0, 0, 0), np.int32)    # "no counts output"
@@ -245,6 +268,7 @@ def warm() -> str:
             bucket_plogp(xv, 80, _warm_plogp, split=split)
             bucket_plogp(xv, 80, _warm_plogp, kv, split=split)
             bucket_plogp(xv, 80, _warm_plogp, kv, lo, hi, split=split)
+            bucket_plogp_views(xv, 80, _warm_plogp, _warm_plogp, kv, split=split)
         kth_smallest(torch.zeros(2, 4, 4), 1, split=split)
         cosine_dots(x, x, x, split=split)
         cosine_dots(x, x, x, 1, split=split)

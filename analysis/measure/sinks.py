@@ -30,7 +30,7 @@ from torch import Tensor
 
 from analysis.errors import SelectionError
 from analysis.measure import kernels
-from analysis.measure.estimators import BUCKET_BINS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, _centered, as_float32, cell_counts, cell_offsets, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
+from analysis.measure.estimators import BUCKET_BINS, KNN_K, RENYI_ALPHA, ROBUST_CLIP, _centered, as_float32, cell_counts, cell_offsets, counts_plogp, entropy_bucket, entropy_knn, entropy_renyi, exact_duplicates, knn_radii  # noqa: F401
 
 SINK_MODES = ("exclude", "keep", "first")
 DEFAULT_RATIO = 8.0
@@ -137,6 +137,19 @@ def entropy_bucket_masked(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> T
         return fused
     lo, hi = kept_range(x, keep)
     return _bucket_from_idx(_bucket_idx(x, lo, hi, keep, bins), keep, b, d, bins)
+
+
+def entropy_bucket_views(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> tuple[Tensor, Tensor]:
+    """Bucket in both sinks views, ``(every token [B], kept tokens [B])``: bit for bit ``entropy_bucket(x, bins)`` and
+    ``entropy_bucket_masked(x, keep, bins)``. Where the compiled kernels run, a sequence with no excluded token is
+    counted once for both (:func:`analysis.measure.kernels.bucket_plogp_views`)."""
+    x = as_float32(x)
+    b = x.shape[0]
+    both = kernels.bucket_plogp_views(x, bins, counts_plogp, _table_plogp, keep)
+    if both is None:
+        return entropy_bucket(x, bins), entropy_bucket_masked(x, keep, bins)
+    cells_all, cells_kept = both
+    return cells_all.view(b, -1).sum(dim=1).neg_(), cells_kept.sum(dim=(1, 2)).neg_()
 
 
 def _quantile_range(x: Tensor, keep: Tensor, clip: float) -> tuple[Tensor, Tensor]:

@@ -257,6 +257,47 @@ def test_capture_uses_the_compiled_cosines(monkeypatch):
     assert len(used) == 2 * 3 and all(u is not None for u in used)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("parallel", ["1", "0"])
+def test_both_views_in_one_call_equal_each_view(monkeypatch, seed, parallel):
+    """Bucket's two sinks views from one call are each view's own kernel, and the PyTorch forms, bit for bit: the
+    sequences counted once for both (every token kept, finite ranges: ``finite`` with ``mixed``'s first sequence and
+    ``ones``) and those counted again (hostile values, excluded tokens, none kept)."""
+    monkeypatch.setenv("ENTROSCOPE_KERNELS_PARALLEL", parallel)
+    x, keep = _hostile(seed)
+    g = torch.Generator().manual_seed(seed)
+    finite = torch.randn(3, 37, 29, generator=g) * 3
+    finite[:, :, 1] = torch.round(finite[:, :, 1])              # bin-edge ties
+    finite[:, :, 2] = -0.0                                       # a constant column of -0
+    finite[1, 5, 3] = 1e30                                       # a massive value, kept
+    mixed = torch.ones_like(keep)
+    mixed[1:, 0] = False                                         # sequence 0 keeps every token, the others not
+    for xv, kv in ((x, keep), (x[:, 1:], keep[:, 1:]), (x, torch.ones_like(keep)), (x, torch.zeros_like(keep)),
+                   (finite, mixed), (finite, torch.ones_like(keep)), (finite[:, 1:], mixed[:, 1:])):
+        both = kernels.bucket_plogp_views(xv, 80, E.counts_plogp, S._table_plogp, kv)
+        assert both is not None
+        assert torch.equal(both[0].view(torch.int32), kernels.bucket_plogp(xv, 80, E.counts_plogp).view(torch.int32))
+        assert torch.equal(both[1].view(torch.int32), kernels.bucket_plogp(xv, 80, S._table_plogp, kv).view(torch.int32))
+        h_all, h_kept = S.entropy_bucket_views(xv, kv)
+        torch.testing.assert_close(h_all, _torch_form(monkeypatch, E.entropy_bucket, xv), rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(h_kept, _torch_form(monkeypatch, S.entropy_bucket_masked, xv, kv), rtol=0, atol=0,
+                                   equal_nan=True)
+
+
+def test_capture_computes_buckets_two_views_in_one_call(monkeypatch):
+    """With both sinks views (the app's default), Bucket's two views come from one compiled call per point (the
+    values' identity to the frozen kernels is ``test_kernels_identical``'s capture test)."""
+    from analysis.measure.capture import CaptureConfig, capture
+    from analysis.testing import random_tokens, tiny_loaded
+
+    real, used = kernels.bucket_plogp_views, []
+    monkeypatch.setattr(kernels, "bucket_plogp_views", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    lm = tiny_loaded(layers=3, hidden=32)
+    stats = capture(lm, random_tokens(4, 40, seed=1), CaptureConfig(batch_size=2, sinks="exclude", alt_view=True))
+    assert len(used) == 2 * (2 * 3 + 1) and all(u is not None for u in used)      # 2 batches × 7 points
+    assert stats.entropy_alt is not None and stats.alt_mode == "keep"
+
+
 def test_sink_bookkeeping_is_the_same_batched_or_per_point():
     """With no view excluding sinks (``keep``, ``first``) the sink rule runs once per batch over every point; with one
     (``exclude``) it runs at each point. Sink counts, massive-activation ratios and the first sequence's flags are the
@@ -297,6 +338,7 @@ def test_sixteen_bit_cells_hold_the_longest_sequence_and_longer_ones_decline(mon
     xs, keep = _hostile(0)
     monkeypatch.setattr(kernels, "MAX_TOKENS", xs.shape[1] - 1)
     assert kernels.bucket_counts(xs, 80) is None and kernels.bucket_plogp(xs, 80, E.counts_plogp) is None
+    assert kernels.bucket_plogp_views(xs, 80, E.counts_plogp, S._table_plogp, keep) is None
     got = (E.entropy_bucket(xs), S.entropy_bucket_masked(xs, keep))
     monkeypatch.undo()
     torch.testing.assert_close(got[0], E.entropy_bucket(xs), rtol=0, atol=0, equal_nan=True)
