@@ -71,7 +71,8 @@ def evaluate_plan(lm, plan, settings: dict, data, with_latency: bool = True, pro
             progress(1.0, "latency (repeats until the spread is tight)")
         lat = ev.latency(lm, plan, prompt_len=int(settings["prompt_len"]), new_tokens=int(settings["new_tokens"]),
                          repeats=int(settings["repeats"]), warmup=1,
-                         max_repeats=max(LATENCY_MAX_REPEATS, int(settings["repeats"])), time_cap_s=LATENCY_CAP_S)
+                         max_repeats=max(LATENCY_MAX_REPEATS, int(settings["repeats"])), time_cap_s=LATENCY_CAP_S,
+                         progress=progress)
         out["latency"] = lat
     store[key] = out
     return out
@@ -244,7 +245,12 @@ def comparison_job(lms: dict, chosen: list[str], plans: dict, settings: dict, da
                     out["interrupted"] = {"name": name, "at": "task accuracy"}
                     return out
                 tick(1.0, "task accuracy (lm-evaluation-harness)")
-            out["tasks"][name] = evaluate_plan_tasks(lms[name], plan_, task_settings, store=task_evals)
+            try:
+                out["tasks"][name] = evaluate_plan_tasks(lms[name], plan_, task_settings, store=task_evals,
+                                                         progress=stoppable(job, tick))
+            except StoppedMidway as exc:          # its quality is kept; its task accuracy is not a result
+                out["interrupted"] = {"name": name, "at": str(exc)}
+                return out
         for j, name in enumerate(heal_todo):
             i = len(todo) + j
             ch = heal_choices[name]

@@ -40,9 +40,9 @@ def task_picker() -> dict:
     return {"tasks": list(names), "limit": int(limit), "allow_code_execution": bool(allow)}
 
 
-def evaluate_plan_tasks(lm, plan, settings: dict, store: dict | None = None) -> dict | None:
+def evaluate_plan_tasks(lm, plan, settings: dict, store: dict | None = None, progress=None) -> dict | None:
     """``evaluate_tasks`` result for one plan (None: no task picked); cached in ``store`` (default: session
-    state; a job passes its own dict)."""
+    state; a job passes its own dict). ``progress``: told before every model call (the job's Stop raises there)."""
     if not settings.get("tasks"):
         return None
     from analysis.tasks import TaskConfig, evaluate_tasks
@@ -53,7 +53,7 @@ def evaluate_plan_tasks(lm, plan, settings: dict, store: dict | None = None) -> 
     store = st.session_state.setdefault("es.task_evals", {}) if store is None else store
     if key not in store:
         cfg = TaskConfig(limit=settings["limit"], allow_code_execution=settings["allow_code_execution"], batch_size=4)
-        store[key] = evaluate_tasks(lm, settings["tasks"], plan, cfg)
+        store[key] = evaluate_tasks(lm, settings["tasks"], plan, cfg, progress=progress)
     return store[key]
 
 

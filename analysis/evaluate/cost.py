@@ -6,7 +6,7 @@ import math
 import os
 import statistics
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -159,7 +159,8 @@ def speed_verdict(mine: dict | None, base: dict | None, metric: str = "decode") 
 
 def latency(lm: LoadedModel, plan: Plan | None = None, batch_sizes: Sequence[int] = (1,), prompt_len: int = 128,
             new_tokens: int = 32, repeats: int = 5, warmup: int = 1, seed: int = 0, max_repeats: int | None = None,
-            target_spread: float = 0.10, time_cap_s: float = 20.0) -> dict:
+            target_spread: float = 0.10, time_cap_s: float = 20.0,
+            progress: Callable[[float, str], None] | None = None) -> dict:
     """Prefill and decode throughput (tokens/s over ``repeats`` after ``warmup``: median, p95, p10–p90, min–max).
 
     With ``max_repeats > repeats``, repeats are added until the p10–p90 spread of every measured quantity
@@ -170,6 +171,8 @@ def latency(lm: LoadedModel, plan: Plan | None = None, batch_sizes: Sequence[int
 
     A plan is applied to a physically pruned copy (:func:`prune_copy`), so dropped blocks cost nothing.
     Also reports parameters, KV-cache bytes per token and peak memory (CUDA) or the RSS delta (CPU).
+    ``progress(1.0, text)`` is told after every run, with the runs and seconds spent of their caps (an exception it
+    raises, such as the app's Stop, ends the measurement there).
     """
     max_repeats = repeats if max_repeats is None else max_repeats
     if repeats < 1 or prompt_len < 1 or new_tokens < 0 or max_repeats < repeats:
@@ -193,6 +196,10 @@ def latency(lm: LoadedModel, plan: Plan | None = None, batch_sizes: Sequence[int
             r = 0
             while True:
                 tp, td = oom_guard(lambda: _one_run(model, ids, new_tokens), "latency measurement")
+                if progress is not None:
+                    spent = time.perf_counter() - t_start
+                    progress(1.0, f"latency, batch size {bs}: run {r + 1} of at most {max_repeats + warmup}, "
+                                  f"{spent:.0f} s of its {time_cap_s:.0f} s")
                 if r >= warmup:
                     pre.append(bs * prompt_len / tp)
                     if new_tokens:

@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from analysis.errors import DataError
 from analysis.models.plan import Plan
@@ -211,14 +211,13 @@ def _result(raw: dict, names: Sequence[str], cfg: TaskConfig) -> dict:
 
 
 def evaluate_tasks(model_or_lm, tasks: str | Sequence[str], plan: Plan | None = None, cfg: TaskConfig | None = None,
-                   tokenizer=None, tm=None) -> dict:
+                   tokenizer=None, tm=None, progress: Callable[[float, str], None] | None = None) -> dict:
     """Task accuracy of ``model_or_lm`` (a LoadedModel or model + ``tokenizer``) with ``plan`` applied as a view.
 
     Returns ``{"tasks": {name: {"metrics": {metric: {"value", "stderr"}}, "primary", "n", ...}},
-    "config": {...}}``. Nothing about the base model changes.
+    "config": {...}}``. Nothing about the base model changes. ``progress(1.0, text)`` is told before every model
+    call (a batch of requests, or one generation): an exception it raises (the app's Stop) ends the evaluation there.
     """
-    from lm_eval.models.huggingface import HFLM
-
     from analysis.models.surgery import what_if
 
     cfg = cfg or TaskConfig()
@@ -230,9 +229,34 @@ def evaluate_tasks(model_or_lm, tasks: str | Sequence[str], plan: Plan | None = 
     if any(n in CODE_TASKS for n in names):
         print(CODE_WARNING, file=sys.stderr)
     with what_if(model_or_lm, plan) as view, _quiet_lm_eval():
-        lm_obj = HFLM(pretrained=view, tokenizer=tokenizer, batch_size=cfg.batch_size)
+        lm_obj = _hflm(progress)(pretrained=view, tokenizer=tokenizer, batch_size=cfg.batch_size)
         raw = _simple_evaluate(lm_obj, names, cfg, tm)
     return _result(raw, names, cfg)
+
+
+def _hflm(progress: Callable[[float, str], None] | None):
+    """lm-eval's ``HFLM``, or where ``progress`` is given a subclass that tells it before every model call."""
+    from lm_eval.models.huggingface import HFLM
+
+    if progress is None:
+        return HFLM
+
+    class _Told(HFLM):
+        calls = 0
+
+        def _tell(self) -> None:
+            self.calls += 1
+            progress(1.0, f"task accuracy: model call {self.calls}")
+
+        def _model_call(self, *args, **kwargs):
+            self._tell()
+            return super()._model_call(*args, **kwargs)
+
+        def _model_generate(self, *args, **kwargs):
+            self._tell()
+            return super()._model_generate(*args, **kwargs)
+
+    return _Told
 
 
 def evaluate_checkpoint_hf(path, tasks: str | Sequence[str], cfg: TaskConfig | None = None, device: str = "cpu",

@@ -234,3 +234,27 @@ def test_cli_sweep_gives_accuracy_per_plan(lm, tmp_path, capsys):
     assert rows[1]["cloze-news/perplexity"] != rows[0]["cloze-news/perplexity"]
     header = csv.read_text().splitlines()[0].split(",")
     assert "cloze-news/acc" in header and not any(c.startswith("tasks.") for c in header)
+
+
+def test_progress_is_told_before_every_model_call_and_can_end_the_evaluation(lm):
+    """``progress`` hears of every lm-eval model call; what it raises (the app's Stop) ends the evaluation there, and
+    the base model is left as it was (the plan's view is undone)."""
+    before = _snapshot(lm.model)
+    told: list[str] = []
+    cfg = TaskConfig(limit=3, batch_size=1)
+    full = evaluate_tasks(lm, "cloze-news", Plan(drop_layers=[1]), cfg, progress=lambda f, m: told.append(m))
+    assert len(told) >= 3 and told[:3] == [f"task accuracy: model call {i}" for i in (1, 2, 3)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(f, msg):
+        if msg.endswith("call 2"):
+            raise Stop(msg)
+
+    with pytest.raises(Stop, match="model call 2"):
+        evaluate_tasks(lm, "cloze-news", Plan(drop_layers=[1]), cfg, progress=stop_at_2)
+    after = _snapshot(lm.model)
+    assert after[:3] == before[:3] and torch.equal(after[3], before[3])
+    again = evaluate_tasks(lm, "cloze-news", Plan(drop_layers=[1]), cfg)           # no progress: lm-eval's own HFLM
+    assert again["tasks"] == full["tasks"]
