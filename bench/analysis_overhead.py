@@ -23,8 +23,11 @@ Every path is an ``AnalysisConfig`` built from the product's own defaults (never
 Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MODEL``, ``DEFAULT_DATA``,
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
 printed. ``--repeats N`` measures every path in N rounds and reports the median round's ratio with the range (on a
-shared machine the ratio drifts by several hundredths between rounds). ``--write`` replaces the "Analysis pass
-overhead" section of docs/benchmarks.md (only then).
+shared machine the ratio drifts by several hundredths between rounds). Each path also reports ``1 + hooks ÷ bare``:
+the seconds spent inside the capture's hooks (its statistics, timed in the pass) over the bare forwards' — the pass's
+own work, which the drift between one forward and the next does not reach (it leaves out any slowing of the forward
+itself by the hooks, which the ratio includes). ``--write`` replaces the "Analysis pass overhead" section of
+docs/benchmarks.md (only then).
 
     .venv/bin/python bench/analysis_overhead.py                      # the product's defaults (figures: quiet machine)
     .venv/bin/python bench/analysis_overhead.py --samples 8 --seq-len 64 --paths reference,default   # a quick check
@@ -116,11 +119,34 @@ def main() -> None:
             base(input_ids=batch.to(lm.device), use_cache=False)
         sync()
 
+    hooks = [0.0]                                    # seconds inside the capture's hooks, summed
+
+    def timed(f):
+        def g(*a, **k):
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                sync()
+                hooks[0] += time.perf_counter() - t
+        return g
+
+    import analysis.measure.capture as cap
+    inside = [mock.patch.object(cap._Recorder, m, timed(getattr(cap._Recorder, m)))
+              for m in ("layer_pre", "layer_mid", "layer_post", "start_batch", "end_batch")]
+    inside.append(mock.patch.object(cap, "_pairwise_cos", timed(cap._pairwise_cos)))
+
     def analysed(batch, ccfg, env=None):
         ccfg.batch_size = len(batch)
         with mock.patch.dict(os.environ, env or {}):      # a FORMS path: its variables for this call only
-            capture(lm, batch, ccfg)
-            sync()
+            for p in inside:
+                p.start()
+            try:
+                capture(lm, batch, ccfg)
+                sync()
+            finally:
+                for p in inside:
+                    p.stop()
 
     batches = list(ids.split(batch_size))
     bare(batches[0])  # warm-up
@@ -130,24 +156,28 @@ def main() -> None:
     for _ in range(max(1, args.repeats)):
         times = {name: [] for name in ccfgs}
         bare_t = {name: [] for name in ccfgs}
+        hook_t = {name: 0.0 for name in ccfgs}
         for batch in batches:
             for name, c in ccfgs.items():
                 t = time.perf_counter()
                 bare(batch)
                 bare_t[name].append(time.perf_counter() - t)
+                hooks[0] = 0.0
                 t = time.perf_counter()
                 analysed(batch, c, FORMS.get(name))
                 times[name].append(time.perf_counter() - t)
+                hook_t[name] += hooks[0]
         rounds.append({name: (sum(bare_t[name]), sum(times[name]),
-                              [a / b for a, b in zip(times[name], bare_t[name])]) for name in ccfgs})
+                              [a / b for a, b in zip(times[name], bare_t[name])], hook_t[name]) for name in ccfgs})
     load1 = loadavg()
     per = {name: [r[name][1] / r[name][0] for r in rounds] for name in ccfgs}       # each round's ratio
     ratios = {name: statistics.median(v) for name, v in per.items()}
     head = (f"model={args.model} dtype={args.dtype} device={lm.device} tokens={args.samples}x{args.seq_len} "
             f"batch={batch_size} threads={torch.get_num_threads()} rounds={len(rounds)} "
             f"load(1/5/15 min) before={load0} after={load1}")
-    rows = ["| path | computes | bare s | analysis s | ratio | median per batch |" + (" rounds (min–max) |" if len(rounds) > 1 else ""),
-            "|---|---|---|---|---|---|" + ("---|" if len(rounds) > 1 else "")]
+    rows = ["| path | computes | bare s | analysis s | ratio | median per batch |" + (" rounds (min–max) |" if len(rounds) > 1 else "")
+            + " 1 + hooks ÷ bare |",
+            "|---|---|---|---|---|---|" + ("---|" if len(rounds) > 1 else "") + "---|"]
     print(machine())
     print(head)
     for name in ccfgs:
@@ -155,10 +185,12 @@ def main() -> None:
         ana_s = sum(r[name][1] for r in rounds)
         med = statistics.median(x for r in rounds for x in r[name][2])
         spread = f"{min(per[name]):.3f}–{max(per[name]):.3f}" if len(rounds) > 1 else ""
+        inner = 1 + sum(r[name][3] for r in rounds) / bare_s
         print(f"{name:28s} {describe(cfgs[name]):44s} bare {bare_s:7.2f}s  analysis {ana_s:7.2f}s  "
-              f"ratio {ratios[name]:.3f} (median per-batch {med:.3f})" + (f" rounds {spread}" if spread else ""))
+              f"ratio {ratios[name]:.3f} (median per-batch {med:.3f})" + (f" rounds {spread}" if spread else "")
+              + f"  1 + hooks/bare {inner:.3f}")
         rows.append(f"| {name} | {describe(cfgs[name])} | {bare_s:.2f} | {ana_s:.2f} | {ratios[name]:.3f} | {med:.3f} |"
-                    + (f" {spread} |" if spread else ""))
+                    + (f" {spread} |" if spread else "") + f" {inner:.3f} |")
     write_section(SECTION, f"{machine()}\n\n`{' '.join(sys.argv)}` — {head}\n\n" + "\n".join(rows), args.write)
     print_ratio(ratios.get("default", next(iter(ratios.values()))))
 

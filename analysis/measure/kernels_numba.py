@@ -42,16 +42,10 @@ def token_range(x, b, keep, lo, hi, bad):  # pragma: no cover - compiled
 def bin_scale(lo, hi, bins, scale):  # pragma: no cover - compiled
     """``scale = reciprocal(clamp_min(hi − lo, tiny)) · bins`` in float32, NaN kept (PyTorch's ``bins / t``)."""
     for j in range(lo.shape[0]):
-        scale[j] = range_scale(lo[j], hi[j], bins)
-
-
-@njit(nogil=True, cache=True)
-def range_scale(lo, hi, bins):  # pragma: no cover - compiled
-    """One dimension's :func:`bin_scale`."""
-    r = hi - lo
-    if r < tiny:                                  # clamp_min(tiny); NaN stays NaN
-        r = tiny
-    return (f32(1.0) / r) * f32(bins)
+        r = hi[j] - lo[j]
+        if r < tiny:                              # clamp_min(tiny); NaN stays NaN
+            r = tiny
+        scale[j] = (f32(1.0) / r) * f32(bins)
 
 
 @njit(nogil=True, cache=True)
