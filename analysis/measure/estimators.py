@@ -39,7 +39,7 @@ def entropy_bucket(x: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     """
     x = as_float32(x)                                                    # [B, N, d]
     b, n, d = x.shape
-    cells = kernels.bucket_plogp(x, bins, counts_plogp)                  # [B, d, bins] p log p on the CPU, else None
+    cells = kernels.bucket_plogp(x, bins, counts_plogp, reuse=True)      # [B, d, bins] p log p on the CPU, else None
     if cells is None and (fused := kernels.bucket_counts(x, bins)) is not None:
         cells = counts_plogp(fused.view(-1), n)
     if cells is not None:

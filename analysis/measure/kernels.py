@@ -28,6 +28,7 @@ layer (OpenMP or TBB); ``ENTROSCOPE_KERNELS_PARALLEL=0`` keeps them serial.
 from __future__ import annotations
 
 import os
+import threading
 import platform
 from typing import Callable
 
@@ -107,13 +108,17 @@ def bucket_counts(x: Tensor, bins: int, keep: Tensor | None = None, lo: Tensor |
 
 
 def bucket_plogp(x: Tensor, bins: int, plogp: Callable[[Tensor, int], Tensor], keep: Tensor | None = None,
-                 lo: Tensor | None = None, hi: Tensor | None = None, split: bool | None = None) -> Tensor | None:
+                 lo: Tensor | None = None, hi: Tensor | None = None, split: bool | None = None,
+                 reuse: bool = False) -> Tensor | None:
     """``float32 [B, d, bins]``: ``p log p`` of every Bucket cell of ``x`` (:func:`bucket_counts`' cells), each
     value exactly what ``plogp(counts, n)`` — the PyTorch form, ``p = count / n`` with ``n`` the sequence's token
     count (its kept count with ``keep``, at least 1) — gives it; or ``None`` (count with :func:`bucket_counts` and
     run ``plogp``). A count has at most ``n + 1`` values, so the kernel looks each cell up in a table of them
     (:func:`plogp_table`) instead of four elementwise passes over ``B·d·bins`` cells; summing the result in PyTorch
-    then gives the PyTorch form's entropy bit for bit."""
+    then gives the PyTorch form's entropy bit for bit.
+
+    ``reuse``: the result is this thread's scratch buffer (:func:`_scratch`), overwritten by the next ``reuse`` call
+    in the thread — for a caller that reduces it at once."""
     if not _counts_fit(x):
         return None
     b, n = x.shape[:2]
@@ -121,20 +126,20 @@ def bucket_plogp(x: Tensor, bins: int, plogp: Callable[[Tensor, int], Tensor], k
     tab = _table_rows(plogp, ns, n)                                                # [B, n + 1]
     if tab is None:
         return None
-    out = torch.empty(b, x.shape[2], bins, dtype=torch.float32)
+    out = _scratch("cells", (b, x.shape[2], bins), reuse)
     _bucket(x, bins, keep, lo, hi, split, _NO_COUNTS, tab.numpy(), out.numpy())
     return out
 
 
 def bucket_plogp_views(x: Tensor, bins: int, plogp_all: Callable[[Tensor, int], Tensor],
                        plogp_kept: Callable[[Tensor, int], Tensor], keep: Tensor,
-                       split: bool | None = None) -> tuple[Tensor, Tensor] | None:
+                       split: bool | None = None, reuse: bool = False) -> tuple[Tensor, Tensor] | None:
     """Both sinks views of :func:`bucket_plogp`: ``(every token's cells, the kept tokens' cells)``, each
     ``float32 [B, d, bins]`` and bit for bit what ``bucket_plogp(x, bins, plogp_all)`` and
     ``bucket_plogp(x, bins, plogp_kept, keep)`` give; or ``None`` (compute the views one at a time).
 
     A sequence that keeps every token (with finite ranges) is counted once for both views (where no token is a sink,
-    half the work); any other, once per view."""
+    half the work); any other, once per view. ``reuse``: as :func:`bucket_plogp`'s."""
     if not _counts_fit(x):
         return None
     b, n, d = x.shape
@@ -142,11 +147,27 @@ def bucket_plogp_views(x: Tensor, bins: int, plogp_all: Callable[[Tensor, int], 
     tab_all, tab_kept = _table_rows(plogp_all, (n,) * b, n), _table_rows(plogp_kept, ns, n)
     if tab_all is None or tab_kept is None:
         return None
-    out_all = torch.empty(b, d, bins, dtype=torch.float32)
-    out_kept = torch.empty(b, d, bins, dtype=torch.float32)
+    out_all = _scratch("cells", (b, d, bins), reuse)
+    out_kept = _scratch("cells kept", (b, d, bins), reuse)
     _launch("views", (x.detach().numpy(), keep.detach().contiguous().numpy(), bins, tab_all.numpy(), tab_kept.numpy(),
                       out_all.numpy(), out_kept.numpy()), x, split=split)
     return out_all, out_kept
+
+
+_SCRATCH = threading.local()                  # per thread: name -> the float32 buffer last used under that name
+
+
+def _scratch(name: str, shape: tuple, reuse: bool) -> Tensor:
+    """A float32 ``shape`` buffer for the kernels to fill: a new one, or with ``reuse`` this thread's buffer ``name``
+    (kept while its shape repeats). Every new ``[B, d, bins]`` buffer (1.5 MB at SmolLM2's 8 × 576 × 80) costs the
+    first touch of its pages — about 18,000 page faults per batch of the capture, 1 % of a forward on this VM."""
+    if not reuse:
+        return torch.empty(shape, dtype=torch.float32)
+    mine = _SCRATCH.__dict__
+    buf = mine.get(name)
+    if buf is None or tuple(buf.shape) != tuple(shape):
+        buf = mine[name] = torch.empty(shape, dtype=torch.float32)
+    return buf
 
 
 _NONE = np.zeros((0, 0), np.float32)          # "no table": the kernels write counts

@@ -106,7 +106,7 @@ def _table_plogp(counts: Tensor, n: int) -> Tensor:
 def _fused_bucket(x: Tensor, bins: int, keep: Tensor, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor | None:
     """Bucket entropy ``[B]`` of the kept tokens from the compiled kernels (cells' ``p log p`` looked up, else counts),
     or ``None`` where they do not run (the caller uses the PyTorch form)."""
-    cells = kernels.bucket_plogp(x, bins, _table_plogp, keep, lo, hi)
+    cells = kernels.bucket_plogp(x, bins, _table_plogp, keep, lo, hi, reuse=True)
     if cells is not None:
         return cells.sum(dim=(1, 2)).neg_()
     counts = kernels.bucket_counts(x, bins, keep, lo, hi)
@@ -145,7 +145,7 @@ def entropy_bucket_views(x: Tensor, keep: Tensor, bins: int = BUCKET_BINS) -> tu
     counted once for both (:func:`analysis.measure.kernels.bucket_plogp_views`)."""
     x = as_float32(x)
     b = x.shape[0]
-    both = kernels.bucket_plogp_views(x, bins, counts_plogp, _table_plogp, keep)
+    both = kernels.bucket_plogp_views(x, bins, counts_plogp, _table_plogp, keep, reuse=True)
     if both is None:
         return entropy_bucket(x, bins), entropy_bucket_masked(x, keep, bins)
     cells_all, cells_kept = both
