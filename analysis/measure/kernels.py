@@ -160,7 +160,7 @@ _SCRATCH = threading.local()                  # per thread: name -> the float32 
 def _scratch(name: str, shape: tuple, reuse: bool) -> Tensor:
     """A float32 ``shape`` buffer for the kernels to fill: a new one, or with ``reuse`` this thread's buffer ``name``
     (kept while its shape repeats). Every new ``[B, d, bins]`` buffer (1.5 MB at SmolLM2's 8 × 576 × 80) costs the
-    first touch of its pages — about 18,000 page faults per batch of the capture, 1 % of a forward on this VM."""
+    first touch of its pages: about 18,000 page faults per batch of the capture."""
     if not reuse:
         return torch.empty(shape, dtype=torch.float32)
     mine = _SCRATCH.__dict__

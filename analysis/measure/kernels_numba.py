@@ -152,8 +152,8 @@ def views_seq(x, keep, b, bins, tab_all, tab_kept, out_all, out_kept):  # pragma
     A sequence that keeps every token, with every dimension's range and scale finite, has the same counts in both
     views (the same range, hence the same scale, and the two bin rules agree on finite values in range), so it is
     counted once; any other is counted again by :func:`masked_seq`. Where no token is a sink (about a third of
-    SmolLM2's sequences and points at 256 tokens) that halves the work. (Deriving the kept counts by taking the excluded tokens out does not pay: a sink
-    holds an extreme in most dimensions, and those must be counted again.)"""
+    SmolLM2's sequences and points at 256 tokens) that halves the work. (Deriving the kept counts by taking the
+    excluded tokens out does not pay: a sink holds an extreme in most dimensions, and those must be counted again.)"""
     no_counts = np.zeros((0, 0, 0), np.int32)   # p log p is written, not counts
     flat, same = plain_counts(x, b, bins)
     emit(flat, b, no_counts, tab_all, out_all)
