@@ -301,6 +301,30 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
     return shapes
 
 
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The hub cache's folder of ``repo_id`` (its cached ``main`` revision) when it holds ``config.json`` and every
+    weight file already — nothing is downloaded — else None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, no such repo, no hub library: nothing to check from
+        return None
+    return path if (path / "config.json").is_file() and weights_complete(path) else None
+
+
+def weights_complete(path: Path) -> bool:
+    """Every weight file the folder's index (or its single-file layout) names is there."""
+    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
+        if index.is_file():
+            try:
+                names = set(read_json(index, kind="weight index").get("weight_map", {}).values())
+            except (DataError, AttributeError):
+                return False
+            return bool(names) and all((path / n).is_file() for n in names)
+    return (path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()
+
+
 def check_config_against_headers(path: Path, config, where: str) -> None:
     """Refuse a checkpoint whose config.json disagrees with its weights' shapes or depth, reading only the
     safetensors headers (or the ``.bin`` files' tensor metadata, mapped) and an empty (meta-device) model:

@@ -22,7 +22,7 @@ from analysis.models.channel_checkpoint import build_channel_pruned, needs_chann
 from analysis.models.device import (DTYPES, budget_device_map, dtype_name, parse_max_memory, resolve_device,
                                     resolve_dtype)
 from analysis.models.embedded import DEFAULT_MODEL, EMBEDDED, REBUILT, cache_root, gguf_checkpoint, is_installed
-from analysis.models.integrity import check_config_against_headers, check_loading_info
+from analysis.models.integrity import check_config_against_headers, check_loading_info, hub_snapshot
 from analysis.models.surgery import load_subblock_checkpoint, saved_plan
 from analysis.store.inputs import check_input_file
 
@@ -214,10 +214,19 @@ def load_model(
                                             local_files_only=local_only)
         if kind == "local":         # config vs weights from the safetensors headers: before any allocation
             check_config_against_headers(load_dir, config, str(spec))
+        snapshot = hub_snapshot(spec) if kind == "hub" else None
+        if snapshot is not None:    # a hub id already in the hub cache: the same check, before any allocation
+            check_config_against_headers(snapshot, config, str(spec))
         # dirs saved with sub-block drops (entroscope-plan.json)
         model = load_subblock_checkpoint(load_dir, dt) if kind == "local" else None
         if model is None and kind == "hub":
             model = AutoModelForCausalLM.from_pretrained(str(load_dir), **kwargs)
+            if snapshot is None and (snapshot := hub_snapshot(spec)) is not None:   # downloaded just now
+                try:
+                    check_config_against_headers(snapshot, config, str(spec))
+                except ModelLoadError as exc:
+                    raise ModelLoadError(exc.message, hint="the checkpoint on the hub is incomplete or was edited "
+                                                           "(refused after the download, before any use)") from None
         elif model is None:                          # local files: config and weights must agree exactly
             model, info = AutoModelForCausalLM.from_pretrained(str(load_dir), output_loading_info=True,
                                                                ignore_mismatched_sizes=True, **kwargs)
