@@ -62,8 +62,8 @@ class AnalysisConfig:
     both_views: bool = setting(False, app=False,  # also the other sinks view in the same pass (result.views); the app: on
         help="also compute every estimator in the other sinks view (sinks kept when excluded, excluded when kept; "
              "first → kept) in the same pass, so both curves compare without a re-run; with Bucket (both views "
-             "counted in one pass) it adds 0.02–0.07 of a bare forward, with KNN KNN's own cost again, about 0.16 "
-             "(bench/analysis_overhead.py)")
+             "in one call, a sequence without sinks counted once) it adds about 0.01–0.02 of a bare forward, with "
+             "KNN KNN's own cost again, about 0.16 (bench/analysis_overhead.py)")
     state_tokens: int = field(default=0, metadata={  # keep this many sampled token states per point (for MI criteria)
         "derive": lambda c: int(c.mi.get("n_tokens", 0)) if c.mi else 0})      # settings: exactly what MI uses
     extensions: tuple[str, ...] = field(default=(), metadata={  # names in EXTENSIONS to run after the pass

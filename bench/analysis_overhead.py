@@ -24,9 +24,9 @@ Model, dtype, device, windows and batch size default to the app's (``DEFAULT_MOD
 ``AnalysisConfig``). The last line is ``ratio=<default path ÷ bare>``; the load average before and after is
 printed. ``--repeats N`` measures every path in N rounds and reports the median round's ratio with the range (on a
 shared machine the ratio drifts by several hundredths between rounds). Each path also reports ``1 + hooks ÷ bare``:
-the seconds spent inside the capture's hooks (its statistics, timed in the pass) over the bare forwards' — the pass's
-own work, which the drift between one forward and the next does not reach (it leaves out any slowing of the forward
-itself by the hooks, which the ratio includes). ``--write`` replaces the "Analysis pass overhead" section of
+the seconds spent inside the capture's hooks (its statistics, timed in the pass; on the CPU only) over the bare
+forwards' — the pass's own work, which the drift between one forward and the next does not reach (it leaves out any
+slowing of the forward itself by the hooks, which the ratio includes). ``--write`` replaces the "Analysis pass overhead" section of
 docs/benchmarks.md (only then).
 
     .venv/bin/python bench/analysis_overhead.py                      # the product's defaults (figures: quiet machine)
@@ -127,14 +127,15 @@ def main() -> None:
             try:
                 return f(*a, **k)
             finally:
-                sync()
                 hooks[0] += time.perf_counter() - t
         return g
 
     import analysis.measure.capture as cap
-    inside = [mock.patch.object(cap._Recorder, m, timed(getattr(cap._Recorder, m)))
-              for m in ("layer_pre", "layer_mid", "layer_post", "start_batch", "end_batch")]
-    inside.append(mock.patch.object(cap, "_pairwise_cos", timed(cap._pairwise_cos)))
+    # on a GPU the hooks only queue their work (timing it would need a sync per hook, which changes the pass): CPU only
+    inside = [] if lm.device.type == "cuda" else [
+        mock.patch.object(cap._Recorder, m, timed(getattr(cap._Recorder, m)))
+        for m in ("layer_pre", "layer_mid", "layer_post", "start_batch", "end_batch")]
+    inside += [mock.patch.object(cap, "_pairwise_cos", timed(cap._pairwise_cos))] if inside else []
 
     def analysed(batch, ccfg, env=None):
         ccfg.batch_size = len(batch)
@@ -185,7 +186,7 @@ def main() -> None:
         ana_s = sum(r[name][1] for r in rounds)
         med = statistics.median(x for r in rounds for x in r[name][2])
         spread = f"{min(per[name]):.3f}–{max(per[name]):.3f}" if len(rounds) > 1 else ""
-        inner = 1 + sum(r[name][3] for r in rounds) / bare_s
+        inner = 1 + sum(r[name][3] for r in rounds) / bare_s if inside else float("nan")
         print(f"{name:28s} {describe(cfgs[name]):44s} bare {bare_s:7.2f}s  analysis {ana_s:7.2f}s  "
               f"ratio {ratios[name]:.3f} (median per-batch {med:.3f})" + (f" rounds {spread}" if spread else "")
               + f"  1 + hooks/bare {inner:.3f}")

@@ -184,6 +184,9 @@ class _Recorder:
         z = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.float32)  # noqa: E731
         self.entropy = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.est}
         self.entropy_alt = {name: {"boundary": z(n, L + 1), "mid": z(n, L)} for name in self.alt}
+        # the per-view loops run the estimators that have no both-views form
+        self.est = {name: fn for name, fn in self.est.items() if name not in self.views}
+        self.alt = {name: fn for name, fn in self.alt.items() if name not in self.views}
         self.massive = {"boundary": z(n, L + 1), "mid": z(n, L)}   # max token norm / median token norm
         self.first_flags: Tensor | None = None  # [L+1, T] bool, set when the pass holds sequence 0 (offset 0)
         self.flag_first = False                 # the current batch's row 0 is the set's first sequence
@@ -258,15 +261,13 @@ class _Recorder:
             keep = kept
             norms = full
             for name, fn in self.est.items():
-                if name not in self.views:
-                    self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep, memo=memo)
+                self.entropy[name][kind][r, col] = fn(x if name in self.raw else x32, keep, memo=memo)
         else:
             xs = self._view(x)
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
             xs32 = self._view(x32)
             for name, fn in self.est.items():
-                if name not in self.views:
-                    self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
+                self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
         if self.seq_means is not None:
             for v, means in self.seq_means.items():
                 w = (~sink if v == "exclude" else torch.ones_like(full, dtype=torch.bool)).to(torch.float32)  # [B, T]
@@ -276,8 +277,6 @@ class _Recorder:
         if self.alt:
             ka = kept if self.alt_mode == "exclude" else None
             for name, fn in self.alt.items():
-                if name in self.views:
-                    continue
                 xv = x if name in self.raw else x32
                 self.entropy_alt[name][kind][r, col] = fn(xv, ka, memo=memo) if ka is not None else fn(xv, memo=memo)
         if self.states is not None:

@@ -276,19 +276,28 @@ def bin_shapes(path: Path, files: list[str]) -> dict[str, tuple[int, ...]] | Non
     return shapes
 
 
+def _weight_files(path: Path) -> tuple[str, list[str]] | None:
+    """``("safetensors" | "bin", the weight files its index or single-file layout names)``, or None for neither."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return "safetensors", sorted(set(read_json(index, kind="weight index").get("weight_map", {}).values()))
+    if (path / "model.safetensors").is_file():
+        return "safetensors", ["model.safetensors"]
+    bins = _bin_files(path)
+    return ("bin", bins) if bins else None
+
+
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
     """Tensor shapes from the safetensors headers of a checkpoint folder (no tensor is read), or else from its
     PyTorch ``.bin`` files mapped without reading them (:func:`bin_shapes`); None when neither can say."""
     from safetensors import safe_open
 
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(read_json(index, kind="weight index").get("weight_map", {}).values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        bins = _bin_files(path)
-        return bin_shapes(path, bins) if bins else None
+    found = _weight_files(path)
+    if found is None:
+        return None
+    kind, files = found
+    if kind == "bin":
+        return bin_shapes(path, files)
     shapes = {}
     for name in files:
         try:
@@ -315,14 +324,11 @@ def hub_snapshot(repo_id: str) -> Path | None:
 
 def weights_complete(path: Path) -> bool:
     """Every weight file the folder's index (or its single-file layout) names is there."""
-    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
-        if index.is_file():
-            try:
-                names = set(read_json(index, kind="weight index").get("weight_map", {}).values())
-            except (DataError, AttributeError):
-                return False
-            return bool(names) and all((path / n).is_file() for n in names)
-    return (path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()
+    try:
+        files = _weight_files(path)
+    except (DataError, AttributeError):       # an unreadable index: not complete
+        return False
+    return bool(files and files[1]) and all((path / n).is_file() for n in files[1])
 
 
 def check_config_against_headers(path: Path, config, where: str) -> None:
