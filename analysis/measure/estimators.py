@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from analysis.errors import SelectionError
-from analysis.measure import kernels
+from analysis.measure import kernels, onepass
 from analysis.registry import Registry, resolve
 
 # Estimator parameter defaults, the one place each is written (estimator functions, registry, AnalysisConfig)
@@ -51,6 +51,16 @@ def entropy_bucket(x: Tensor, bins: int = BUCKET_BINS) -> Tensor:
     idx = (x - lo).mul_(scale).to(torch.int32).clamp_(0, bins - 1)  # [B, N, d]
     idx += cell_offsets(b, d, bins, x.device)
     return cell_plogp(idx, b * d * bins, n).view(b, d * bins).sum(dim=1).neg_()
+
+
+def entropy_bucket_point(x: Tensor, pre: Tensor | None, mid: Tensor | None, h: Tensor, norms: Tensor,
+                         dots: Tensor | None, mid_out: tuple[Tensor, Tensor] | None = None,
+                         bins: int = BUCKET_BINS) -> bool:
+    """:func:`entropy_bucket` of every token with the capture's other per-point work from the same read of ``x``,
+    written into ``h [B]``, the token norms ``norms [B, T]``, with ``pre``/``mid`` the dots pre·mid, mid·x, pre·x
+    ``dots [3, B, T]`` and with ``mid_out`` ``(h, norms)`` of ``mid`` itself, each bit for bit its PyTorch form
+    (:func:`analysis.measure.onepass.bucket_point`); False, writing nothing, where the compiled kernel does not run."""
+    return onepass.bucket_point(x, bins, counts_plogp, h, norms, pre, mid, dots, mid_out)
 
 
 def cell_offsets(b: int, d: int, stride: int, device: torch.device) -> Tensor:
@@ -245,6 +255,10 @@ class EstimatorInfo:
     pooled: Callable[..., Tensor] | str | None = None   # dataset-level form over per-sequence mean states [N, P, d] -> [P]
     views: Callable[..., tuple] | str | None = None     # both sinks views in one call, sharing work: fn(x, keep,
     #                                                     **params) -> (H of every token [B], H of the kept tokens [B]), bit for bit
+    point: Callable[..., bool] | str | None = None   # every token, with the capture's per-point work in the same read:
+    #   fn(x, pre, mid, h, norms, dots, mid_out, **params) writes H [B], the token norms [B, T], (with pre, mid) the
+    #   block's dots [3, B, T] and (mid_out) mid's own (H, norms) into the given tensors, bit for bit, and returns True;
+    #   False (nothing written) where it cannot
 
     def bind(self, **params) -> Callable[[Tensor], Tensor]:
         """The estimator with parameters fixed: ``x [B, N, d] -> H [B]``."""
@@ -273,7 +287,7 @@ def register_estimator(info: EstimatorInfo) -> EstimatorInfo:
 
 register_estimator(EstimatorInfo(
     "bucket", "Bucket (marginal histogram)", entropy_bucket, {"bins": BUCKET_BINS}, scale_invariant=True,
-    views="analysis.measure.sinks:entropy_bucket_views",
+    views="analysis.measure.sinks:entropy_bucket_views", point="analysis.measure.estimators:entropy_bucket_point",
     formula=r"H=-\sum_{j=1}^{d}\sum_{b=1}^{B} p_{jb}\log p_{jb},\; p_{jb}=\frac{\#\{t: x_{tj}\in\text{bin}_b\}}{N}",
     notes="Per-dimension min–max bins; sum of marginal entropies (an upper bound on the joint entropy). "
           "EntroDrop's Mistral path, 80 bins."))

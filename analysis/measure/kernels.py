@@ -47,8 +47,9 @@ def _kernels():
         try:
             from analysis.measure.kernels_dots import KERNELS as DOTS
             from analysis.measure.kernels_numba import KERNELS
+            from analysis.measure.kernels_point import KERNELS as POINT
 
-            _KERNELS = {**KERNELS, **DOTS}
+            _KERNELS = {**KERNELS, **DOTS, **POINT}
         except ImportError:
             _KERNELS = False
     return _KERNELS
@@ -234,6 +235,9 @@ def _bucket(x: Tensor, bins: int, keep: Tensor | None, lo: Tensor | None, hi: Te
     _launch("plain" if keep is None else "masked", args, x, split=split)
 
 
+_THREADS = threading.local()     # per thread: the numba thread count last set on it (``n``)
+
+
 def _launch(name: str, args: tuple, x: Tensor, split: bool | None = None) -> None:
     """Run kernel ``name`` on ``args``: its ``_par`` form where ``split`` (default: :func:`_parallel`) says so."""
     global _PARALLEL
@@ -242,7 +246,10 @@ def _launch(name: str, args: tuple, x: Tensor, split: bool | None = None) -> Non
         try:
             import numba
 
-            numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+            n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+            if getattr(_THREADS, "n", None) != n:       # numba's count is per thread; setting it costs tens of µs
+                numba.set_num_threads(n)               # inside a forward pass (the interpreter's caches are cold)
+                _THREADS.n = n
             k[name + "_par"](*args)
             return
         except ValueError:              # no thread-safe layer loads here (raised at launch, before any work): serial
@@ -273,9 +280,10 @@ def _warm_plogp(c: Tensor, n: int) -> Tensor:
 
 
 def warm() -> str:
-    """Compile (or load from numba's on-disk cache) every kernel variant an analysis uses: whole and strided
-    (``--sinks first``) states, all tokens and kept tokens, serial and split. ``make setup`` calls it once, so the
-    first analysis after a fresh install does not wait for the compiler. Returns what was done, for the log."""
+    """Compile (or load from numba's on-disk cache) every kernel variant of this module an analysis uses: whole and
+    strided (``--sinks first``) states, all tokens and kept tokens, serial and split. ``make setup`` calls it (through
+    :func:`analysis.measure.warm.warm`), so the first analysis after a fresh install does not wait for the compiler.
+    Returns what was done, for the log."""
     x = torch.zeros(2, 4, 3)
     if not _enabled(x):
         return "compiled kernels not used here (PyTorch forms)"
@@ -293,6 +301,7 @@ def warm() -> str:
         kth_smallest(torch.zeros(2, 4, 4), 1, split=split)
         cosine_dots(x, x, x, split=split)
         cosine_dots(x, x, x, 1, split=split)
+    return "compiled kernels ready"
     return "compiled kernels ready"
 
 

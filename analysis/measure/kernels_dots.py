@@ -12,7 +12,7 @@ in ATen's order directly (``aten/src/ATen/native/cpu/SumKernel.cpp``, ``vectoriz
   the 8 lanes in order.
 
 The 32 level-0 accumulators are written out as scalars so that LLVM's SLP vectoriser packs them into four 8-lane
-vectors; numba leaves SLP off by default, so :func:`_compile_row` compiles :func:`dot_row` with it on, eagerly
+vectors; numba leaves SLP off by default, so :func:`compile_slp` compiles :func:`dot_row` with it on, eagerly
 (:data:`SIGNATURES`), at import. Vectorised or not, the additions are the same, so the bits are too (≈ 1.5× faster).
 :func:`analysis.measure.kernels.cosine_dots` checks the bits against PyTorch once per process before using them.
 """
@@ -41,7 +41,7 @@ def ceil_log2(x):  # pragma: no cover - compiled
     return c
 
 
-def dot_row(a, b, r0, d, acc):  # pragma: no cover - compiled (by _compile_row)
+def dot_row(a, b, r0, d, acc):  # pragma: no cover - compiled (by compile_slp)
     """``sum(a[r0 : r0 + d] * b[r0 : r0 + d])`` in ATen's order (module doc); ``acc`` ``[4, 32]`` float32 scratch
     (cascade levels 1–3; level 0 lives in ``c0 … c31``)."""
     nv = d // 8
@@ -176,20 +176,20 @@ def dot_row(a, b, r0, d, acc):  # pragma: no cover - compiled (by _compile_row)
     return s
 
 
-def _compile_row():
-    """:func:`dot_row` compiled eagerly with LLVM's SLP vectoriser on (numba's default leaves it off), this one
+def compile_slp(fn, signature: str):
+    """``fn`` compiled eagerly for ``signature`` with LLVM's SLP vectoriser on (numba's default leaves it off), this one
     function only; numba's on-disk cache serves later processes."""
     from numba.core import config
 
     slp = config.SLP_VECTORIZE
     config.SLP_VECTORIZE = 1
     try:
-        return njit(SIGNATURES["dot_row"], nogil=True, cache=True)(dot_row)
+        return njit(signature, nogil=True, cache=True)(fn)
     finally:
         config.SLP_VECTORIZE = slp
 
 
-row = _compile_row()
+row = compile_slp(dot_row, SIGNATURES["dot_row"])
 
 
 @njit(nogil=True, cache=True)

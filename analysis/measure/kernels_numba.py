@@ -77,12 +77,20 @@ def plain_counts(x, b, bins):  # pragma: no cover - compiled
     """Sequence ``b`` of ``x [B, N, d]``, every token: its Bucket cell counts ``[d · bins]`` with
     :func:`~analysis.measure.estimators.entropy_bucket`'s range (``amin``/``amax``, NaN propagates) and bins, and
     whether every dimension's range and scale are finite."""
+    lo, hi, bad, scale, idx, base = scratch(x.shape[2], bins)
+    flat = np.zeros(x.shape[2] * bins, np.uint16)  # [d · bins] this sequence's cells (16-bit: N ≤ 65535, half the cache)
+    token_range(x, b, None, lo, hi, bad)
+    finite = count_ranged(x, b, bins, lo, hi, bad, scale, idx, base, flat)
+    return flat, finite
+
+
+@njit(nogil=True, cache=True)
+def count_ranged(x, b, bins, lo, hi, bad, scale, idx, base, flat):  # pragma: no cover - compiled
+    """:func:`plain_counts` once sequence ``b``'s range is in ``lo``/``hi``/``bad`` (:func:`token_range`): every token
+    counted into ``flat`` (zeroed ``[d · bins]``); returns whether every dimension's range and scale are finite."""
     n, d = x.shape[1], x.shape[2]
-    lo, hi, bad, scale, idx, base = scratch(d, bins)
     last = np.int32(bins - 1)
     zero = f32(0.0)
-    flat = np.zeros(d * bins, np.uint16)         # [d · bins] this sequence's cells (16-bit: N ≤ 65535, half the cache)
-    token_range(x, b, None, lo, hi, bad)
     for j in range(d):
         if bad[j]:
             lo[j] = np.nan
@@ -99,7 +107,7 @@ def plain_counts(x, b, bins):  # pragma: no cover - compiled
     finite = True
     for j in range(d):
         finite &= np.isfinite(lo[j]) & np.isfinite(hi[j]) & np.isfinite(hi[j] - lo[j]) & np.isfinite(scale[j])
-    return flat, finite
+    return finite
 
 
 @njit(nogil=True, cache=True)

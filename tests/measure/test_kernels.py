@@ -112,13 +112,19 @@ def test_concurrent_callers_get_their_own_counts():
 
 def test_warm_compiles_every_variant_an_analysis_uses():
     """``make setup`` warms the kernels: after ``warm()`` the serial and split kernels hold signatures for whole
-    and strided states (numba then serves them from its on-disk cache in later processes)."""
+    and strided states, and the reference path's one read for the capture's column views (numba then serves them
+    from its on-disk cache in later processes)."""
     from analysis.measure.kernels_numba import KERNELS
+    from analysis.measure.kernels_point import KERNELS as POINT
+    from analysis.measure.warm import warm
 
-    assert kernels.warm() == "compiled kernels ready"
+    assert warm() == "compiled kernels ready"
     for name in ("plain", "masked") + (("plain_par", "masked_par") if kernels._safe_layer() else ()):
         layouts = {sig[0].layout for sig in KERNELS[name].signatures}
         assert {"C", "A"} <= layouts, (name, layouts)
+    for name in ("point", "point_par"):              # norms (argument 6): whole and a column view
+        assert {sig[6].layout for sig in POINT[name].signatures} >= {"C", "A"}, name
+    assert {sig[4].layout for sig in POINT["cosines"].signatures} >= {"C", "A"}
 
 
 def _distance_rows(seed: int):
