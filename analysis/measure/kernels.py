@@ -302,7 +302,6 @@ def warm() -> str:
         cosine_dots(x, x, x, split=split)
         cosine_dots(x, x, x, 1, split=split)
     return "compiled kernels ready"
-    return "compiled kernels ready"
 
 
 _DOTS_OK: bool | None = None     # the compiled dots equal PyTorch's ``(a * b).sum(-1)`` on this build (checked once)

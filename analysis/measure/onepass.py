@@ -65,7 +65,8 @@ def block_cosines(dots: Tensor, n_pre: Tensor, n_mid: Tensor, n_post: Tensor, ou
     PyTorch operations. False, writing nothing, where it does not apply or the shape's check fails
     (:func:`_cosines_agree`)."""
     b, t = n_pre.shape
-    if not (_enabled(dots) and t >= 8 and _cosines_agree(b, t)):
+    if not (_enabled(dots) and t >= 8 and all(n.dtype == torch.float32 for n in (n_pre, n_mid, n_post))
+            and _cosines_agree(b, t)):
         return False
     _kernels()["cosines"](dots.numpy(), n_pre.numpy(), n_mid.numpy(), n_post.numpy(), out_attn.numpy(),
                           out_mlp.numpy(), out_layer.numpy(), _ones(t), _EPS)
@@ -122,16 +123,19 @@ def _point_agrees(d: int, bins: int, plogp: Callable[[Tensor, int], Tensor]) -> 
         ref_cells = [bucket_plogp(y, bins, plogp) for y in (x, m)]
         ok = tab is not None and all(c is not None for c in ref_cells)
         if ok:
-            h, norms, dots, hm, nm = torch.empty(2), torch.empty(2, n), torch.empty(3, 2, n), torch.empty(2), torch.empty(2, n)
+            h, hm, norms, nm = torch.empty(2), torch.empty(2), torch.empty(2, n), torch.empty(2, n)
+            dots = torch.empty(3, 2, n)
             _kernels()["point"](x.numpy(), p.numpy(), m.numpy(), dots.numpy(), bins, tab.numpy(), norms.numpy(),
                                 h.numpy(), nm.numpy(), hm.numpy(), np.empty((2, d * bins), np.float32), _ones(d * bins))
-            want = (ref_cells[0].view(2, -1).sum(dim=1).neg_(), torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32),
-                    torch.stack([(p * m).sum(-1), (m * x).sum(-1), (p * x).sum(-1)]),
-                    ref_cells[1].view(2, -1).sum(dim=1).neg_(), torch.linalg.vector_norm(m, dim=-1, dtype=torch.float32))
+            entropy = lambda cells: cells.view(2, -1).sum(dim=1).neg_()  # noqa: E731 - entropy_bucket's sum
+            norm = lambda y: torch.linalg.vector_norm(y, dim=-1, dtype=torch.float32)  # noqa: E731
+            want = (entropy(ref_cells[0]), norm(x), torch.stack([(p * m).sum(-1), (m * x).sum(-1), (p * x).sum(-1)]),
+                    entropy(ref_cells[1]), norm(m))
             ok = all(torch.equal(a.view(torch.int32), w.view(torch.int32))
                      for a, w in zip((h, norms, dots, hm, nm), want))
         hit = _POINT_OK[key] = bool(ok)
     return hit
+
 
 def warm(split: bool) -> None:
     """Compile (or load from numba's cache) this module's kernels as the capture calls them: whole buffers, and its
