@@ -19,23 +19,35 @@ def token_range(x, b, keep, lo, hi, bad):  # pragma: no cover - compiled
     """Per dimension, min / max over sequence ``b``'s tokens (its kept ones unless ``keep`` is None) into ``lo``/``hi``;
     ``bad[j]`` where a NaN was seen. Returns whether any token was taken."""
     some = False
-    for j in range(x.shape[2]):
-        lo[j] = np.inf
-        hi[j] = -np.inf
-        bad[j] = False
+    range_start(lo, hi, bad)
     for t in range(x.shape[1]):
         if keep is not None and not keep[b, t]:
             continue
         some = True
-        for j in range(x.shape[2]):
-            v = x[b, t, j]
-            if v < lo[j]:
-                lo[j] = v
-            if v > hi[j]:
-                hi[j] = v
-            if v != v:
-                bad[j] = True
+        range_row(x, b, t, lo, hi, bad)
     return some
+
+
+@njit(nogil=True, cache=True)
+def range_start(lo, hi, bad):  # pragma: no cover - compiled
+    """An empty range: ``lo`` = +inf, ``hi`` = −inf, no NaN seen."""
+    for j in range(lo.shape[0]):
+        lo[j] = np.inf
+        hi[j] = -np.inf
+        bad[j] = False
+
+
+@njit(nogil=True, cache=True)
+def range_row(x, b, t, lo, hi, bad):  # pragma: no cover - compiled
+    """Token ``t`` of sequence ``b`` into the per-dimension range ``lo``/``hi`` (NaN skipped, flagged in ``bad``)."""
+    for j in range(x.shape[2]):
+        v = x[b, t, j]
+        if v < lo[j]:
+            lo[j] = v
+        if v > hi[j]:
+            hi[j] = v
+        if v != v:
+            bad[j] = True
 
 
 @njit(nogil=True, cache=True)

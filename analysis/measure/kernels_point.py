@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from analysis.measure.kernels_dots import compile_slp, row
-from analysis.measure.kernels_numba import count_ranged, scratch
+from analysis.measure.kernels_numba import count_ranged, range_row, range_start, scratch
 
 f32 = np.float32
 
@@ -67,14 +67,7 @@ def take_row(x, s, t, xs, r, lo, hi, bad, norms):  # pragma: no cover - compiled
     """Token ``t`` of sequence ``s``: its norm into ``norms[s, t]``, its values into the range (:func:`token_range`'s
     rules) ``lo``/``hi``/``bad``."""
     norms[s, t] = nrow(xs, r, x.shape[2])
-    for j in range(x.shape[2]):
-        v = x[s, t, j]
-        if v < lo[j]:
-            lo[j] = v
-        if v > hi[j]:
-            hi[j] = v
-        if v != v:
-            bad[j] = True
+    range_row(x, s, t, lo, hi, bad)
 
 
 @njit(nogil=True, cache=True)
@@ -103,10 +96,8 @@ def point_seq(x, p, m, dots, s, bins, tab, norms, h, norms_m, h_m, c, ones, acc)
     with_dots = dots.shape[0] == 3
     with_mid = h_m.shape[0] > 0
     ps, ms = (p[s].reshape(-1), m[s].reshape(-1)) if with_dots else (xs, xs)
-    for j in range(d):
-        lo[j] = lo_m[j] = np.inf
-        hi[j] = hi_m[j] = -np.inf
-        bad[j] = bad_m[j] = False
+    range_start(lo, hi, bad)
+    range_start(lo_m, hi_m, bad_m)
     for t in range(n):                           # pass 1: norms, ranges, dots
         r = np.uint64(t * d)
         take_row(x, s, t, xs, r, lo, hi, bad, norms)
