@@ -170,18 +170,18 @@ def test_deferred_mid_points_keep_every_statistic(monkeypatch):
     MI states and a short last batch, every statistic equals the capture's PyTorch forms."""
     import dataclasses
 
-    import analysis.measure.capture as C
+    import analysis.measure.recorder as R
     from analysis.measure.capture import CaptureConfig, capture
     from analysis.testing import random_tokens, tiny_loaded
 
-    real = C.get_estimator
+    real = R.get_estimator
     lm = tiny_loaded(layers=3, hidden=32)
     ids = random_tokens(5, 24, seed=4)
     for cosine in (True, False):
         cfg = CaptureConfig(batch_size=2, sinks="keep", cosine=cosine, state_tokens=20)
         fast = capture(lm, ids, cfg)
         with monkeypatch.context() as m:         # no point form (nothing waits) and every statistic in PyTorch
-            m.setattr(C, "get_estimator", lambda name: dataclasses.replace(real(name), point=None))
+            m.setattr(R, "get_estimator", lambda name: dataclasses.replace(real(name), point=None))
             m.setenv("ENTROSCOPE_FUSED_KERNELS", "0")
             slow = capture(lm, ids, cfg)
         pairs = [(fast.entropy["bucket"][k], slow.entropy["bucket"][k]) for k in ("boundary", "mid")]
