@@ -71,12 +71,12 @@ def take_row(x, s, t, xs, r, lo, hi, bad, norms):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def entropy_of(x, s, bins, lo, hi, bad, tr, c, ones, acc):  # pragma: no cover - compiled
-    """Sequence ``s``'s Bucket entropy once its range is taken: counts (:func:`count_ranged`, from cache), each
-    cell's ``p log p`` from the table row ``tr`` into the scratch ``c [d · bins]``, −(ATen's row sum)."""
-    d = x.shape[2]
-    _, _, _, scale, idx, base = scratch(d, bins)
-    flat = np.zeros(d * bins, np.uint16)
+def entropy_of(x, s, bins, work, tr, c, ones, acc):  # pragma: no cover - compiled
+    """Sequence ``s``'s Bucket entropy once its range is in ``work`` (:func:`scratch`'s arrays, the range taken):
+    counts (:func:`count_ranged`, from cache), each cell's ``p log p`` from the table row ``tr`` into the scratch
+    ``c [d · bins]``, −(ATen's row sum)."""
+    lo, hi, bad, scale, idx, base = work
+    flat = np.zeros(x.shape[2] * bins, np.uint16)
     count_ranged(x, s, bins, lo, hi, bad, scale, idx, base, flat)
     for k in range(flat.shape[0]):
         c[k] = tr[flat[k]]
@@ -90,26 +90,27 @@ def point_seq(x, p, m, dots, s, bins, tab, norms, h, norms_m, h_m, c, ones, acc)
     (``[3, B, T]``, else empty): the dots p·m, m·x, p·x of ``resid_pre`` ``p`` and ``resid_mid`` ``m``; with ``h_m``
     (``[B]``, else empty) also ``resid_mid``'s own ``norms_m[s]`` and ``h_m[s]``, its rows read once for both."""
     n, d = x.shape[1], x.shape[2]
-    lo, hi, bad, _, _, _ = scratch(d, bins)
-    lo_m, hi_m, bad_m, _, _, _ = scratch(d, bins)
-    xs = x[s].reshape(-1)
     with_dots = dots.shape[0] == 3
     with_mid = h_m.shape[0] > 0
-    ps, ms = (p[s].reshape(-1), m[s].reshape(-1)) if with_dots else (xs, xs)
-    range_start(lo, hi, bad)
-    range_start(lo_m, hi_m, bad_m)
+    xs = x[s].reshape(-1)
+    ms = m[s].reshape(-1) if with_dots or with_mid else xs
+    ps = p[s].reshape(-1) if with_dots else xs
+    work = scratch(d, bins)                      # lo, hi, bad, scale, idx, base of x; of m where it is taken
+    work_m = scratch(d, bins) if with_mid else work
+    range_start(work[0], work[1], work[2])
+    range_start(work_m[0], work_m[1], work_m[2])
     for t in range(n):                           # pass 1: norms, ranges, dots
         r = np.uint64(t * d)
-        take_row(x, s, t, xs, r, lo, hi, bad, norms)
+        take_row(x, s, t, xs, r, work[0], work[1], work[2], norms)
         if with_mid:
-            take_row(m, s, t, ms, r, lo_m, hi_m, bad_m, norms_m)
+            take_row(m, s, t, ms, r, work_m[0], work_m[1], work_m[2], norms_m)
         if with_dots:
             dots[0, s, t] = row(ps, ms, r, d, acc)
             dots[1, s, t] = row(ms, xs, r, d, acc)
             dots[2, s, t] = row(ps, xs, r, d, acc)
     if with_mid:
-        h_m[s] = entropy_of(m, s, bins, lo_m, hi_m, bad_m, tab[s], c, ones, acc)
-    h[s] = entropy_of(x, s, bins, lo, hi, bad, tab[s], c, ones, acc)
+        h_m[s] = entropy_of(m, s, bins, work_m, tab[s], c, ones, acc)
+    h[s] = entropy_of(x, s, bins, work, tab[s], c, ones, acc)
 
 
 @njit(nogil=True, cache=True)

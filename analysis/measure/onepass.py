@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from analysis.measure.kernels import (_NONE, _NONE3, _counts_fit, _enabled, _kernels, _launch, _scratch, _table_rows,
-                                      bucket_plogp)
+                                      _warm_plogp, bucket_plogp)
 
 
 def bucket_point(x: Tensor, bins: int, plogp: Callable[[Tensor, int], Tensor], h: Tensor, norms: Tensor,
@@ -141,7 +141,7 @@ def warm(split: bool) -> None:
     """Compile (or load from numba's cache) this module's kernels as the capture calls them: whole buffers, and its
     views (a column of its entropies and norms; the first rows of its dots in a short last batch)."""
     z = torch.zeros(2, 8, 8)
-    plogp = lambda c, n: c.to(torch.float32)  # noqa: E731
+    plogp = _warm_plogp
     whole = (torch.empty(2), torch.empty(2, 8))
     views = (torch.empty(2, 3)[:, 1], torch.empty(2, 3, 8)[:, 1])
     for h, norms in (whole, views):

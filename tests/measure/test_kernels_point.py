@@ -62,6 +62,15 @@ def test_one_read_equals_the_pytorch_forms(monkeypatch, d, parallel, strided):
     assert done and none is None and torch.equal(_bits(h2), _bits(h)) and torch.equal(_bits(norms2), _bits(norms))
 
 
+def test_resid_mid_without_the_dots_is_its_own_point():
+    """``mid_out`` without a block's dots still reads ``mid`` itself (not ``x``): its entropy and norms."""
+    x, _, m = _states(32)
+    h, norms, hm, nm = torch.empty(3), torch.empty(3, 37), torch.empty(3), torch.empty(3, 37)
+    assert onepass.bucket_point(x, 80, E.counts_plogp, h, norms, None, m, None, (hm, nm))
+    assert torch.equal(_bits(hm), _bits(E.entropy_bucket(m))) and torch.equal(_bits(h), _bits(E.entropy_bucket(x)))
+    assert torch.equal(_bits(nm), _bits(torch.linalg.vector_norm(m, dim=-1, dtype=torch.float32)))
+
+
 def test_one_read_declines_what_it_does_not_cover_and_writes_nothing():
     x, p, m = _states(16)
     for args in ((x[:1],),                                       # one sequence: ATen splits its sum
